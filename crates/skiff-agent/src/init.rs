@@ -1,0 +1,148 @@
+//! Turning a bare initramfs into a usable system: mounts, kernel modules.
+
+use crate::log;
+use nix::mount::{mount, MsFlags};
+use std::collections::HashSet;
+use std::ffi::CString;
+use std::fs;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+/// Guest uptime in milliseconds, from /proc/uptime (0 if unreadable).
+pub fn uptime_ms() -> u64 {
+    let Ok(text) = fs::read_to_string("/proc/uptime") else {
+        return 0;
+    };
+    let first = text.split_whitespace().next().unwrap_or("0");
+    first
+        .parse::<f64>()
+        .map(|s| (s * 1000.0) as u64)
+        .unwrap_or(0)
+}
+
+/// Everything PID 1 does before serving: mounts, hostname, modules.
+/// Failures are logged, not fatal: a missing mount is better reported by the
+/// command that needs it than by a dead VM.
+pub fn prepare_system() {
+    mount_filesystems();
+    if let Err(e) = nix::unistd::sethostname("skiff") {
+        log(format_args!("cannot set hostname: {e}"));
+    }
+    load_modules(Path::new("/lib/modules"));
+}
+
+fn mount_filesystems() {
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 7] = [
+        ("proc", "/proc", "proc", nosuid_nodev_noexec, None),
+        ("sysfs", "/sys", "sysfs", nosuid_nodev_noexec, None),
+        ("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755")),
+        ("devpts", "/dev/pts", "devpts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("gid=5,mode=0620,ptmxmode=0666")),
+        ("tmpfs", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
+        ("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777")),
+        ("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755")),
+    ];
+    for (source, target, fstype, flags, data) in mounts {
+        if let Err(e) = fs::create_dir_all(target) {
+            log(format_args!("cannot create {target}: {e}"));
+            continue;
+        }
+        if let Err(e) = mount(Some(source), target, Some(fstype), flags, data) {
+            // EBUSY: already mounted (the kernel may mount devtmpfs itself).
+            if e != nix::errno::Errno::EBUSY {
+                log(format_args!("cannot mount {fstype} on {target}: {e}"));
+            }
+        }
+    }
+}
+
+/// Load every module listed in `modules.dep` under the single kernel
+/// directory in `root`, dependencies first. The image builder writes a
+/// modules.dep that names exactly the modules this guest needs.
+pub fn load_modules(root: &Path) {
+    let Some(dir) = kernel_module_dir(root) else {
+        return; // A kernel with everything built in needs no modules.
+    };
+    let dep_text = match fs::read_to_string(dir.join("modules.dep")) {
+        Ok(t) => t,
+        Err(e) => {
+            log(format_args!("cannot read {}/modules.dep: {e}", dir.display()));
+            return;
+        }
+    };
+    for module in load_order(&dep_text) {
+        if let Err(e) = insert_module(&dir.join(&module)) {
+            log(format_args!("cannot load module {module}: {e}"));
+        }
+    }
+}
+
+fn kernel_module_dir(root: &Path) -> Option<PathBuf> {
+    let release = nix::sys::utsname::uname().ok()?;
+    let dir = root.join(release.release());
+    dir.join("modules.dep").exists().then_some(dir)
+}
+
+/// The order in which to load the modules of a `modules.dep` file: each
+/// module after all its dependencies. modules.dep lists a module's
+/// dependencies so that the last one must be loaded first.
+pub fn load_order(dep_text: &str) -> Vec<String> {
+    let mut deps_of: Vec<(String, Vec<String>)> = Vec::new();
+    for line in dep_text.lines() {
+        let Some((module, deps)) = line.split_once(':') else {
+            continue;
+        };
+        let deps = deps.split_whitespace().map(str::to_owned).collect();
+        deps_of.push((module.trim().to_owned(), deps));
+    }
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    for (module, deps) in &deps_of {
+        for dep in deps.iter().rev() {
+            if seen.insert(dep.clone()) {
+                order.push(dep.clone());
+            }
+        }
+        if seen.insert(module.clone()) {
+            order.push(module.clone());
+        }
+    }
+    order
+}
+
+fn insert_module(path: &Path) -> nix::Result<()> {
+    let file = fs::File::open(path).map_err(|e| {
+        nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT))
+    })?;
+    let params = CString::default();
+    match nix::kmod::finit_module(file.as_fd(), &params, nix::kmod::ModuleInitFlags::empty()) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::load_order;
+
+    #[test]
+    fn dependencies_load_before_their_users_in_reverse_listing_order() {
+        let dep = "\
+kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: kernel/net/vmw_vsock/vmw_vsock_virtio_transport_common.ko kernel/net/vmw_vsock/vsock.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio_mmio.ko: kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio.ko:
+";
+        let order = load_order(dep);
+        let pos = |m: &str| order.iter().position(|x| x.ends_with(m)).expect(m);
+        assert!(pos("/virtio_ring.ko") < pos("/virtio.ko"));
+        assert!(pos("/vsock.ko") < pos("/vmw_vsock_virtio_transport_common.ko"));
+        assert!(pos("_common.ko") < pos("/vmw_vsock_virtio_transport.ko"));
+        assert!(pos("/virtio.ko") < pos("/virtio_mmio.ko"));
+        assert_eq!(order.len(), 6, "each module once: {order:?}");
+    }
+
+    #[test]
+    fn malformed_lines_are_skipped() {
+        assert_eq!(load_order("garbage\n\n a.ko:\n"), vec!["a.ko".to_owned()]);
+    }
+}

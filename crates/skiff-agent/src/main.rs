@@ -1,0 +1,42 @@
+//! skiff-agent: the guest's PID 1.
+//!
+//! It prepares the guest (mounts, kernel modules), tells the host it is ready
+//! over vsock, then serves exec/shutdown requests. It must never panic on a
+//! recoverable error: a PID 1 that exits takes the whole VM down with it.
+
+mod exec;
+mod init;
+mod reaper;
+mod server;
+
+use skiff_proto::BootTimes;
+use std::time::Duration;
+
+fn main() {
+    let init_start_ms = init::uptime_ms();
+    let is_init = std::process::id() == 1;
+    if is_init {
+        init::prepare_system();
+    }
+    let reaper = reaper::Reaper::start();
+    let init_done_ms = init::uptime_ms();
+    let boot = BootTimes {
+        init_start_ms,
+        init_done_ms,
+        ready_ms: 0,
+    };
+    server::serve(boot, reaper);
+    // serve() only returns if the control channel cannot be set up at all.
+    // As PID 1 we must not exit (that panics the kernel); keep the VM alive
+    // so the host's boot timeout reports the console output.
+    if is_init {
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
+/// Log a line to the console (PID 1's stderr is /dev/console).
+pub(crate) fn log(msg: std::fmt::Arguments<'_>) {
+    eprintln!("skiff-agent: {msg}");
+}

@@ -1,0 +1,170 @@
+//! The control server: the ready connection to the host and a listener for
+//! further host-initiated connections, each serving exec/shutdown requests.
+
+use crate::exec::{self, FrameSink, Running};
+use crate::init::uptime_ms;
+use crate::log;
+use crate::reaper::Reaper;
+use skiff_proto::{BootTimes, FrameError, Hello, Message, AGENT_PORT, PROTOCOL_VERSION, READY_PORT};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+use vsock::{VsockAddr, VsockListener, VsockStream, VMADDR_CID_ANY, VMADDR_CID_HOST};
+
+/// Serve for ever. Returns only if vsock is unusable.
+pub fn serve(mut boot: BootTimes, reaper: Reaper) {
+    let listener = match VsockListener::bind(&VsockAddr::new(VMADDR_CID_ANY, AGENT_PORT)) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log(format_args!("cannot listen on vsock port {AGENT_PORT}: {e}"));
+            None
+        }
+    };
+    if let Some(listener) = listener {
+        let reaper = reaper.clone();
+        let accept = thread::Builder::new().name("accept".into()).spawn(move || {
+            for stream in listener.incoming() {
+                match stream {
+                    Ok(s) => spawn_connection(s, boot, reaper.clone()),
+                    Err(e) => log(format_args!("vsock accept failed: {e}")),
+                }
+            }
+        });
+        if let Err(e) = accept {
+            log(format_args!("cannot start the accept thread: {e}"));
+        }
+    }
+
+    let Some(ready) = connect_to_host() else {
+        return;
+    };
+    boot.ready_ms = uptime_ms();
+    serve_connection(ready, boot, reaper);
+    // The host closed the ready connection. Keep serving the listener.
+    loop {
+        thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn connect_to_host() -> Option<VsockStream> {
+    let addr = VsockAddr::new(VMADDR_CID_HOST, READY_PORT);
+    let mut last_err = None;
+    for attempt in 0..200u64 {
+        match VsockStream::connect(&addr) {
+            Ok(s) => return Some(s),
+            Err(e) => last_err = Some(e),
+        }
+        thread::sleep(Duration::from_millis(5 + attempt.min(45)));
+    }
+    if let Some(e) = last_err {
+        log(format_args!("cannot reach the host on vsock port {READY_PORT}: {e}"));
+    }
+    None
+}
+
+fn spawn_connection(stream: VsockStream, boot: BootTimes, reaper: Reaper) {
+    let spawned = thread::Builder::new()
+        .name("conn".into())
+        .spawn(move || serve_connection(stream, boot, reaper));
+    if let Err(e) = spawned {
+        log(format_args!("cannot start a connection thread: {e}"));
+    }
+}
+
+/// Serve one connection until the host closes it.
+fn serve_connection(stream: VsockStream, mut boot: BootTimes, reaper: Reaper) {
+    let mut reader = match stream.try_clone() {
+        Ok(r) => r,
+        Err(e) => {
+            log(format_args!("cannot clone a vsock stream: {e}"));
+            return;
+        }
+    };
+    let sink: FrameSink = Arc::new(Mutex::new(stream));
+    if boot.ready_ms == 0 {
+        boot.ready_ms = uptime_ms();
+    }
+    let hello = Message::Hello(Hello {
+        protocol: PROTOCOL_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        boot,
+    });
+    if exec::send(&sink, &hello).is_err() {
+        return;
+    }
+    let mut running: Option<Running> = None;
+    loop {
+        let msg = match skiff_proto::read_message(&mut reader) {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(FrameError::Decode(e)) => {
+                let _ = exec::send(&sink, &Message::Error(format!("bad frame from host: {e}")));
+                break;
+            }
+            Err(_) => break,
+        };
+        if running.as_ref().is_some_and(|r| r.done.load(Ordering::SeqCst)) {
+            running = None;
+        }
+        match msg {
+            Message::Exec(req) => {
+                if running.is_some() {
+                    let _ = exec::send(
+                        &sink,
+                        &Message::Error("a command is already running on this connection".into()),
+                    );
+                    continue;
+                }
+                running = exec::start(req, sink.clone(), &reaper);
+            }
+            Message::Stdin(bytes) => {
+                if let Some(r) = running.as_mut() {
+                    let eof = bytes.is_empty();
+                    if let Some(tx) = r.stdin.as_ref() {
+                        let _ = tx.send(bytes);
+                    }
+                    if eof {
+                        r.stdin = None;
+                    }
+                }
+            }
+            Message::Signal(sig) => {
+                if let Some(r) = running.as_ref() {
+                    signal_group(r.pgid, sig);
+                }
+            }
+            Message::Shutdown => shutdown(),
+            other => {
+                let _ = exec::send(
+                    &sink,
+                    &Message::Error(format!("unexpected {} message from host", other.name())),
+                );
+            }
+        }
+    }
+    // The host went away: whatever it started here has no one to report to.
+    if let Some(r) = running {
+        if !r.done.load(Ordering::SeqCst) {
+            signal_group(r.pgid, libc::SIGKILL);
+        }
+    }
+}
+
+fn signal_group(pgid: i32, sig: i32) {
+    let Ok(signal) = nix::sys::signal::Signal::try_from(sig) else {
+        return;
+    };
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), signal);
+}
+
+/// Flush filesystems and power off. Only PID 1 may do this.
+fn shutdown() {
+    if std::process::id() != 1 {
+        log(format_args!("shutdown requested but not running as init; ignoring"));
+        return;
+    }
+    nix::unistd::sync();
+    let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    log(format_args!("power off failed: {e}"));
+}

@@ -1,0 +1,174 @@
+//! The messages exchanged between host and agent.
+
+use crate::{json_body, push_json, DecodeError};
+use serde::{Deserialize, Serialize};
+
+/// First message on every connection, sent by the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hello {
+    /// The agent's [`crate::PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// The agent's crate version, for error messages.
+    pub agent_version: String,
+    /// Boot milestones measured by the guest.
+    pub boot: BootTimes,
+}
+
+/// Guest-side boot milestones, in milliseconds of guest uptime (time since
+/// the kernel started).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootTimes {
+    /// When the agent started running as /init.
+    pub init_start_ms: u64,
+    /// When the agent had loaded its modules and mounted everything.
+    pub init_done_ms: u64,
+    /// When the agent sent this hello.
+    pub ready_ms: u64,
+}
+
+/// Run a command in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// Program and arguments; the program is looked up in `PATH`.
+    pub argv: Vec<String>,
+    /// Extra environment, applied over the agent's defaults.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Working directory; `/` when absent.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Whether the host will send stdin. If false the command's stdin is
+    /// `/dev/null`.
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// The exit code a shell would report: the code itself, or 128 + signal.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Code(c) => c,
+            ExitStatus::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// One protocol message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// agent -> host, first on every connection.
+    Hello(Hello),
+    /// host -> agent: start a command. One command at a time per connection.
+    Exec(ExecRequest),
+    /// host -> agent: bytes for the command's stdin; empty means end of input.
+    Stdin(Vec<u8>),
+    /// agent -> host: bytes the command wrote to stdout.
+    Stdout(Vec<u8>),
+    /// agent -> host: bytes the command wrote to stderr.
+    Stderr(Vec<u8>),
+    /// agent -> host: the command ended; all its output has been sent.
+    Exited(ExitStatus),
+    /// host -> agent: send this signal to the running command's process group.
+    Signal(i32),
+    /// host -> agent: sync and power the VM off.
+    Shutdown,
+    /// agent -> host: a request could not be carried out.
+    Error(String),
+}
+
+const TAG_HELLO: u8 = 1;
+const TAG_EXEC: u8 = 2;
+const TAG_STDIN: u8 = 3;
+const TAG_STDOUT: u8 = 4;
+const TAG_STDERR: u8 = 5;
+const TAG_EXITED: u8 = 6;
+const TAG_SIGNAL: u8 = 7;
+const TAG_SHUTDOWN: u8 = 8;
+const TAG_ERROR: u8 = 9;
+
+impl Message {
+    pub(crate) fn tag(&self) -> u8 {
+        match self {
+            Message::Hello(_) => TAG_HELLO,
+            Message::Exec(_) => TAG_EXEC,
+            Message::Stdin(_) => TAG_STDIN,
+            Message::Stdout(_) => TAG_STDOUT,
+            Message::Stderr(_) => TAG_STDERR,
+            Message::Exited(_) => TAG_EXITED,
+            Message::Signal(_) => TAG_SIGNAL,
+            Message::Shutdown => TAG_SHUTDOWN,
+            Message::Error(_) => TAG_ERROR,
+        }
+    }
+
+    /// A short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Exec(_) => "exec",
+            Message::Stdin(_) => "stdin",
+            Message::Stdout(_) => "stdout",
+            Message::Stderr(_) => "stderr",
+            Message::Exited(_) => "exited",
+            Message::Signal(_) => "signal",
+            Message::Shutdown => "shutdown",
+            Message::Error(_) => "error",
+        }
+    }
+
+    pub(crate) fn encode_body(&self, out: &mut Vec<u8>) {
+        match self {
+            Message::Hello(h) => push_json(h, out),
+            Message::Exec(e) => push_json(e, out),
+            Message::Stdin(b) | Message::Stdout(b) | Message::Stderr(b) => {
+                out.extend_from_slice(b)
+            }
+            Message::Exited(s) => push_json(s, out),
+            Message::Signal(s) => out.extend_from_slice(&s.to_be_bytes()),
+            Message::Shutdown => {}
+            Message::Error(m) => out.extend_from_slice(m.as_bytes()),
+        }
+    }
+
+    pub(crate) fn decode_body(tag: u8, body: &[u8]) -> Result<Message, DecodeError> {
+        Ok(match tag {
+            TAG_HELLO => Message::Hello(json_body("hello", body)?),
+            TAG_EXEC => Message::Exec(json_body("exec", body)?),
+            TAG_STDIN => Message::Stdin(body.to_vec()),
+            TAG_STDOUT => Message::Stdout(body.to_vec()),
+            TAG_STDERR => Message::Stderr(body.to_vec()),
+            TAG_EXITED => Message::Exited(json_body("exited", body)?),
+            TAG_SIGNAL => {
+                let bytes: [u8; 4] = body.try_into().map_err(|_| DecodeError::Malformed {
+                    what: "signal",
+                    reason: format!("body is {} bytes, expected 4", body.len()),
+                })?;
+                Message::Signal(i32::from_be_bytes(bytes))
+            }
+            TAG_SHUTDOWN => {
+                if !body.is_empty() {
+                    return Err(DecodeError::Malformed {
+                        what: "shutdown",
+                        reason: format!("unexpected {}-byte body", body.len()),
+                    });
+                }
+                Message::Shutdown
+            }
+            TAG_ERROR => Message::Error(String::from_utf8_lossy(body).into_owned()),
+            other => return Err(DecodeError::UnknownTag(other)),
+        })
+    }
+}
