@@ -8,16 +8,13 @@ use std::fs;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-/// Guest uptime in milliseconds, from /proc/uptime (0 if unreadable).
+/// Milliseconds since the guest kernel started (CLOCK_BOOTTIME, which works
+/// before /proc is mounted).
 pub fn uptime_ms() -> u64 {
-    let Ok(text) = fs::read_to_string("/proc/uptime") else {
-        return 0;
-    };
-    let first = text.split_whitespace().next().unwrap_or("0");
-    first
-        .parse::<f64>()
-        .map(|s| (s * 1000.0) as u64)
-        .unwrap_or(0)
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
+        Ok(ts) => (ts.tv_sec() as u64) * 1000 + (ts.tv_nsec() as u64) / 1_000_000,
+        Err(_) => 0,
+    }
 }
 
 /// Everything PID 1 does before serving: mounts, hostname, modules.

@@ -1,0 +1,13 @@
+//! skiff's hypervisor backend: a VM config becomes a [`plan::LaunchPlan`]
+//! (pure data, unit-tested), which [`launch::RunningVm`] turns into running
+//! processes: QEMU's `microvm` machine plus a vhost-user vsock backend.
+
+pub mod accel;
+pub mod agent;
+pub mod launch;
+pub mod plan;
+
+pub use accel::{decide, Accel, AccelChoice, AccelDecision, HostKvm};
+pub use agent::{AgentConn, AgentError, AgentReader, AgentWriter};
+pub use launch::{Console, LaunchError, RunningVm};
+pub use plan::{plan, LaunchPlan, PlanError, VmConfig};

@@ -1,1 +1,192 @@
-fn main() {}
+//! The `skiff` command line.
+
+mod image;
+mod paths;
+mod run;
+mod timings;
+mod ui;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Exit code for failures of skiff itself (as opposed to the guest command),
+/// the same convention as `docker run`.
+const EXIT_SKIFF_ERROR: i32 = 125;
+
+#[derive(Parser)]
+#[command(name = "skiff", version, about = "Run Linux microVMs: sandboxes, services, dev boxes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Boot a fresh microVM, run COMMAND in it, and exit with its status.
+    Run(RunArgs),
+    /// Manage guest images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Fetch the kernel and build the default image now (otherwise the
+    /// first `skiff run` does it).
+    Prepare {
+        #[command(flatten)]
+        kernel: KernelArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct KernelArgs {
+    /// Boot this kernel image instead of Debian's linux-image-cloud-amd64.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
+    /// The kernel's lib/modules/<release> directory (with modules.dep), if
+    /// the virtio/vsock drivers are modules.
+    #[arg(long, value_name = "DIR", requires = "kernel")]
+    modules: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TimingsFormat {
+    Human,
+    Json,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AccelArg {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=255))]
+    cpus: u32,
+    /// Memory in MiB.
+    #[arg(long, value_name = "MiB", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(i64::from(skiff_vmm::plan::MIN_MEMORY_MIB)..=i64::from(skiff_vmm::plan::MAX_MEMORY_MIB)))]
+    memory: u32,
+    /// Set an environment variable in the guest command (repeatable).
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Working directory of the command in the guest.
+    #[arg(short, long, value_name = "DIR")]
+    workdir: Option<String>,
+    /// Forward stdin even when it is a terminal (it is always forwarded
+    /// when it is a pipe or a file).
+    #[arg(short, long)]
+    interactive: bool,
+    /// Print how long each phase took, on stderr.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "human", value_name = "FORMAT")]
+    timings: Option<TimingsFormat>,
+    /// CPU accelerator: hardware KVM, TCG emulation, or auto-detect.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: AccelArg,
+    #[command(flatten)]
+    kernel: KernelArgs,
+    /// Seconds to wait for the guest to become ready.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    boot_timeout: u64,
+    /// No notices or progress on stderr (the command's own stderr still
+    /// comes through).
+    #[arg(short, long)]
+    quiet: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE (example: --env LANG=C.UTF-8)"))?;
+    if k.is_empty() || k.contains('\0') || v.contains('\0') {
+        return Err(format!("{s:?}: the name must be non-empty and neither part may contain NUL"));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
+
+fn kernel_choice(k: &KernelArgs) -> image::KernelChoice {
+    image::KernelChoice { kernel: k.kernel.clone(), modules: k.modules.clone() }
+}
+
+async fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Run(a) => {
+            let req = run::RunRequest {
+                argv: a.command,
+                cpus: a.cpus,
+                memory_mib: a.memory,
+                env: a.env,
+                workdir: a.workdir,
+                interactive: a.interactive,
+                accel: match a.accel {
+                    AccelArg::Auto => skiff_vmm::AccelChoice::Auto,
+                    AccelArg::Kvm => skiff_vmm::AccelChoice::Kvm,
+                    AccelArg::Tcg => skiff_vmm::AccelChoice::Tcg,
+                },
+                kernel: kernel_choice(&a.kernel),
+                boot_timeout: Duration::from_secs(a.boot_timeout),
+                quiet: a.quiet,
+            };
+            let outcome = run::run(req).await?;
+            match a.timings {
+                Some(TimingsFormat::Human) => eprint!("{}", outcome.timings.render()),
+                Some(TimingsFormat::Json) => eprintln!("{}", serde_json::to_string(&outcome.timings.to_json())?),
+                None => {}
+            }
+            Ok(outcome.code)
+        }
+        Command::Image(ImageCommand::Prepare { kernel, json }) => {
+            let choice = kernel_choice(&kernel);
+            let img = tokio::task::spawn_blocking(move || image::prepare(&choice, false)).await??;
+            if json {
+                let v = serde_json::json!({
+                    "kernel": img.kernel.image,
+                    "kernel_release": img.kernel.release,
+                    "initrd": img.initrd,
+                    "built": img.built,
+                });
+                println!("{v}");
+            } else {
+                println!("kernel  {} ({})", img.kernel.image.display(), img.kernel.release);
+                println!("initrd  {}{}", img.initrd.display(), if img.built { " (built now)" } else { " (cached)" });
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("skiff: error: cannot start the async runtime: {e}");
+            std::process::exit(EXIT_SKIFF_ERROR);
+        }
+    };
+    let code = match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("skiff: error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            EXIT_SKIFF_ERROR
+        }
+    };
+    // Do not wait for the runtime's tasks or the stdin thread.
+    std::process::exit(code);
+}

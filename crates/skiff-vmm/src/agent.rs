@@ -1,0 +1,143 @@
+//! The host end of a connection to the guest agent.
+//!
+//! Everything read here comes from an untrusted guest: frames are bounded by
+//! the protocol, reads have deadlines where the host waits on the guest, and
+//! a malformed frame is an error, never a panic.
+
+use skiff_proto::{Hello, Message, PROTOCOL_VERSION};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+
+/// Errors talking to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("the guest agent closed the control channel{context}")]
+    Closed { context: &'static str },
+    #[error("the guest agent sent an invalid frame")]
+    Protocol(#[from] skiff_proto::DecodeError),
+    #[error("cannot encode a message for the agent")]
+    Encode(#[source] skiff_proto::FrameError),
+    #[error("I/O error on the agent connection")]
+    Io(#[from] std::io::Error),
+    #[error("the guest agent speaks protocol version {agent} (agent {agent_version}) but this skiff speaks version {host}; rebuild the guest image with this skiff's agent")]
+    VersionMismatch { agent: u32, agent_version: String, host: u32 },
+    #[error("expected a hello from the agent, got a {0} message")]
+    NoHello(&'static str),
+    #[error("no answer from the agent within {0:?}")]
+    Timeout(Duration),
+    #[error("the vsock backend refused the connection to guest port {port}: {reply:?}")]
+    ConnectRefused { port: u32, reply: String },
+}
+
+/// A framed connection to the agent, split so that reading and writing can
+/// happen in different tasks.
+pub struct AgentConn {
+    pub reader: AgentReader,
+    pub writer: AgentWriter,
+    /// What the agent said when the connection opened.
+    pub hello: Hello,
+}
+
+pub struct AgentReader {
+    stream: OwnedReadHalf,
+    buf: Vec<u8>,
+}
+
+pub struct AgentWriter {
+    stream: OwnedWriteHalf,
+}
+
+impl AgentConn {
+    /// Take a fresh stream to the agent and check its hello.
+    pub async fn handshake(stream: UnixStream, timeout: Duration) -> Result<AgentConn, AgentError> {
+        let (r, w) = stream.into_split();
+        let mut reader = AgentReader { stream: r, buf: Vec::new() };
+        let first = tokio::time::timeout(timeout, reader.recv())
+            .await
+            .map_err(|_| AgentError::Timeout(timeout))??;
+        let hello = match first {
+            Some(Message::Hello(h)) => h,
+            Some(other) => return Err(AgentError::NoHello(other.name())),
+            None => return Err(AgentError::Closed { context: " before saying hello" }),
+        };
+        if hello.protocol != PROTOCOL_VERSION {
+            return Err(AgentError::VersionMismatch {
+                agent: hello.protocol,
+                agent_version: hello.agent_version,
+                host: PROTOCOL_VERSION,
+            });
+        }
+        Ok(AgentConn { reader, writer: AgentWriter { stream: w }, hello })
+    }
+
+    /// Open a host-initiated connection through the vsock backend's Unix
+    /// socket (`CONNECT <port>` / `OK <port>`), then handshake.
+    pub async fn connect(vsock_socket: &Path, port: u32, timeout: Duration) -> Result<AgentConn, AgentError> {
+        let fut = async {
+            let mut stream = UnixStream::connect(vsock_socket).await?;
+            stream.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
+            // Read the reply a byte at a time so no agent bytes are consumed.
+            let mut reply = Vec::new();
+            loop {
+                let b = stream.read_u8().await?;
+                if b == b'\n' {
+                    break;
+                }
+                reply.push(b);
+                if reply.len() > 64 {
+                    break;
+                }
+            }
+            let reply = String::from_utf8_lossy(&reply).into_owned();
+            if !reply.starts_with("OK ") {
+                return Err(AgentError::ConnectRefused { port, reply });
+            }
+            Ok(stream)
+        };
+        let stream = tokio::time::timeout(timeout, fut).await.map_err(|_| AgentError::Timeout(timeout))??;
+        AgentConn::handshake(stream, timeout).await
+    }
+}
+
+impl AgentReader {
+    /// The next message, or `None` if the agent closed the connection
+    /// between frames.
+    ///
+    /// Cancel-safe: bytes are only appended to the frame buffer after a read
+    /// completed, so dropping this future (in a `select!`) loses nothing.
+    pub async fn recv(&mut self) -> Result<Option<Message>, AgentError> {
+        loop {
+            // decode() checks the length prefix before anything else, so the
+            // buffer never holds more than one maximal frame plus one chunk.
+            if let Some((msg, used)) = skiff_proto::decode(&self.buf)? {
+                self.buf.drain(..used);
+                return Ok(Some(msg));
+            }
+            let mut chunk = [0u8; READ_CHUNK];
+            let n = self.stream.read(&mut chunk).await?;
+            if n == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(AgentError::Closed { context: " in the middle of a frame" })
+                };
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// How much is read from the socket at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+impl AgentWriter {
+    pub async fn send(&mut self, msg: &Message) -> Result<(), AgentError> {
+        let mut buf = Vec::new();
+        skiff_proto::encode(msg, &mut buf).map_err(AgentError::Encode)?;
+        self.stream.write_all(&buf).await?;
+        Ok(())
+    }
+}

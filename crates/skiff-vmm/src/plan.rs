@@ -1,0 +1,260 @@
+//! A VM as plain data: what to run and with which arguments. Building the
+//! plan does no I/O, so every command line is checked by unit tests.
+
+use crate::accel::Accel;
+use std::path::{Path, PathBuf};
+
+/// The guest CID given to every VM. Each VM has its own vsock backend
+/// process, so CIDs never meet and one fixed value is enough.
+pub const GUEST_CID: u32 = 3;
+
+/// Under TCG the kernel's early TSC calibration hangs on about half of all
+/// boots; telling it the frequency avoids that (see docs/FACTS.md).
+const TCG_TSC_KHZ: &str = "tsc_early_khz=2000000";
+
+/// What the caller wants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmConfig {
+    pub cpus: u32,
+    pub memory_mib: u32,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub accel: Accel,
+    /// Extra kernel command-line arguments, appended last.
+    pub extra_cmdline: Vec<String>,
+    /// Directory for this VM's sockets; created at launch, removed at teardown.
+    pub run_dir: PathBuf,
+    /// Programs to run (names are looked up in PATH).
+    pub qemu_binary: PathBuf,
+    pub vsock_binary: PathBuf,
+}
+
+/// One process to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessPlan {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+/// Everything needed to launch the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchPlan {
+    pub run_dir: PathBuf,
+    /// vhost-user socket QEMU connects to (served by the vsock backend).
+    pub vhost_socket: PathBuf,
+    /// Unix socket for host-initiated vsock connections (`CONNECT <port>`).
+    pub vsock_socket: PathBuf,
+    /// Unix socket the host listens on for the agent's ready connection.
+    pub ready_socket: PathBuf,
+    pub vsock_backend: ProcessPlan,
+    pub qemu: ProcessPlan,
+}
+
+/// Why a config cannot be planned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("{field}: {value} is out of range; allowed: {allowed}")]
+    OutOfRange { field: &'static str, value: u64, allowed: &'static str },
+    #[error("kernel argument {arg:?} contains a control character or a quote; it cannot be passed safely")]
+    BadKernelArg { arg: String },
+}
+
+pub const MIN_MEMORY_MIB: u32 = 64;
+pub const MAX_MEMORY_MIB: u32 = 1024 * 1024;
+pub const MAX_CPUS: u32 = 255;
+
+/// Turn a config into the processes that run it.
+pub fn plan(cfg: &VmConfig) -> Result<LaunchPlan, PlanError> {
+    if cfg.cpus == 0 || cfg.cpus > MAX_CPUS {
+        return Err(PlanError::OutOfRange { field: "cpus", value: cfg.cpus.into(), allowed: "1 to 255" });
+    }
+    if cfg.memory_mib < MIN_MEMORY_MIB || cfg.memory_mib > MAX_MEMORY_MIB {
+        return Err(PlanError::OutOfRange {
+            field: "memory (MiB)",
+            value: cfg.memory_mib.into(),
+            allowed: "64 to 1048576",
+        });
+    }
+    for arg in &cfg.extra_cmdline {
+        if arg.chars().any(|c| c.is_control() || c == '"') {
+            return Err(PlanError::BadKernelArg { arg: arg.clone() });
+        }
+    }
+    let run = &cfg.run_dir;
+    let vhost_socket = run.join("vhost-vsock.sock");
+    let vsock_socket = run.join("vsock.sock");
+    let ready_socket = ready_socket_path(&vsock_socket, skiff_proto::READY_PORT);
+    Ok(LaunchPlan {
+        run_dir: run.clone(),
+        vsock_backend: ProcessPlan {
+            program: cfg.vsock_binary.clone(),
+            args: vec![
+                "--guest-cid".into(),
+                GUEST_CID.to_string(),
+                "--socket".into(),
+                path_arg(&vhost_socket),
+                "--uds-path".into(),
+                path_arg(&vsock_socket),
+            ],
+        },
+        qemu: ProcessPlan {
+            program: cfg.qemu_binary.clone(),
+            args: qemu_args(cfg, &vhost_socket),
+        },
+        vhost_socket,
+        vsock_socket,
+        ready_socket,
+    })
+}
+
+/// Guest-initiated connections to host port P arrive on `<uds-path>_P`.
+pub fn ready_socket_path(vsock_socket: &Path, port: u32) -> PathBuf {
+    let mut s = vsock_socket.as_os_str().to_owned();
+    s.push(format!("_{port}"));
+    PathBuf::from(s)
+}
+
+fn path_arg(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// The kernel command line for a VM.
+pub fn kernel_cmdline(cfg: &VmConfig) -> String {
+    let mut args: Vec<String> = [
+        "console=ttyS0",
+        "quiet",
+        "panic=-1",
+        "pci=off",
+        "8250.nr_uarts=1",
+        "random.trust_cpu=on",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    if cfg.accel == Accel::Tcg {
+        args.push(TCG_TSC_KHZ.into());
+    }
+    args.extend(cfg.extra_cmdline.iter().cloned());
+    args.join(" ")
+}
+
+/// QEMU's arguments: the `microvm` machine with ACPI (so the guest finds its
+/// virtio-mmio devices), memory from a shared memfd (vhost-user devices map
+/// guest memory), the serial console on stdout, vsock via vhost-user.
+fn qemu_args(cfg: &VmConfig, vhost_socket: &Path) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
+    push(&["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot"]);
+    push(&["-machine", "microvm,acpi=on,x-option-roms=off,pit=off,pic=off,rtc=on"]);
+    match cfg.accel {
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
+    }
+    let mem = format!("{}M", cfg.memory_mib);
+    a.extend([
+        "-smp".into(),
+        cfg.cpus.to_string(),
+        "-m".into(),
+        mem.clone(),
+        "-object".into(),
+        format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        "-numa".into(),
+        "node,memdev=mem".into(),
+        "-kernel".into(),
+        path_arg(&cfg.kernel),
+        "-initrd".into(),
+        path_arg(&cfg.initrd),
+        "-append".into(),
+        kernel_cmdline(cfg),
+        "-chardev".into(),
+        format!("socket,id=vsock0,path={}", path_arg(vhost_socket)),
+        "-device".into(),
+        "vhost-user-vsock-device,chardev=vsock0".into(),
+    ]);
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> VmConfig {
+        VmConfig {
+            cpus: 2,
+            memory_mib: 512,
+            kernel: "/k/vmlinuz".into(),
+            initrd: "/c/initrd.cpio".into(),
+            accel: Accel::Tcg,
+            extra_cmdline: vec![],
+            run_dir: "/run/skiff/vm1".into(),
+            qemu_binary: "qemu-system-x86_64".into(),
+            vsock_binary: "vhost-device-vsock".into(),
+        }
+    }
+
+    fn value_after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+    }
+
+    #[test]
+    fn qemu_gets_microvm_with_acpi_shared_memory_and_vhost_user_vsock() {
+        let p = plan(&cfg()).expect("plan");
+        let a = &p.qemu.args;
+        assert!(value_after(a, "-machine")[0].starts_with("microvm,acpi=on"));
+        assert_eq!(value_after(a, "-smp"), ["2"]);
+        assert_eq!(value_after(a, "-m"), ["512M"]);
+        assert_eq!(value_after(a, "-object"), ["memory-backend-memfd,id=mem,size=512M,share=on"]);
+        assert_eq!(value_after(a, "-numa"), ["node,memdev=mem"]);
+        assert_eq!(value_after(a, "-chardev"), ["socket,id=vsock0,path=/run/skiff/vm1/vhost-vsock.sock"]);
+        assert_eq!(value_after(a, "-device"), ["vhost-user-vsock-device,chardev=vsock0"]);
+        assert_eq!(value_after(a, "-kernel"), ["/k/vmlinuz"]);
+        assert_eq!(value_after(a, "-initrd"), ["/c/initrd.cpio"]);
+        assert_eq!(value_after(a, "-serial"), ["stdio"]);
+        assert!(a.contains(&"-nodefaults".to_owned()));
+    }
+
+    #[test]
+    fn tcg_gets_the_tsc_workaround_and_kvm_does_not() {
+        let tcg = kernel_cmdline(&cfg());
+        assert!(tcg.contains("tsc_early_khz=2000000"), "{tcg}");
+        assert!(tcg.starts_with("console=ttyS0"));
+        let kvm_cfg = VmConfig { accel: Accel::Kvm, ..cfg() };
+        assert!(!kernel_cmdline(&kvm_cfg).contains("tsc_early_khz"));
+        let p = plan(&kvm_cfg).expect("plan");
+        assert_eq!(value_after(&p.qemu.args, "-accel"), ["kvm"]);
+        assert_eq!(value_after(&p.qemu.args, "-cpu"), ["host"]);
+    }
+
+    #[test]
+    fn extra_kernel_args_come_last() {
+        let c = VmConfig { extra_cmdline: vec!["foo=bar".into()], ..cfg() };
+        assert!(kernel_cmdline(&c).ends_with(" foo=bar"));
+    }
+
+    #[test]
+    fn vsock_backend_serves_the_socket_qemu_uses() {
+        let p = plan(&cfg()).expect("plan");
+        assert_eq!(
+            p.vsock_backend.args,
+            [
+                "--guest-cid",
+                "3",
+                "--socket",
+                "/run/skiff/vm1/vhost-vsock.sock",
+                "--uds-path",
+                "/run/skiff/vm1/vsock.sock"
+            ]
+        );
+        assert_eq!(p.ready_socket, PathBuf::from("/run/skiff/vm1/vsock.sock_1025"));
+    }
+
+    #[test]
+    fn out_of_range_sizes_are_rejected_with_the_allowed_range() {
+        let e = plan(&VmConfig { memory_mib: 0, ..cfg() }).unwrap_err();
+        assert!(e.to_string().contains("64 to"), "{e}");
+        let e = plan(&VmConfig { cpus: 0, ..cfg() }).unwrap_err();
+        assert!(e.to_string().contains("cpus"), "{e}");
+        let e = plan(&VmConfig { extra_cmdline: vec!["a\"b".into()], ..cfg() }).unwrap_err();
+        assert!(matches!(e, PlanError::BadKernelArg { .. }));
+    }
+}

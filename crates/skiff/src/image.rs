@@ -1,0 +1,53 @@
+//! Preparing the default guest image (kernel + initramfs) for a VM.
+
+use crate::paths;
+use crate::ui::StepProgress;
+use anyhow::{Context, Result};
+use skiff_image::{InitramfsSpec, Kernel, KernelSource};
+use std::path::PathBuf;
+
+/// Modules the default guest loads at boot: the virtio-mmio transport (the
+/// devices are found through ACPI) and vsock for the control channel.
+pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "vmw_vsock_virtio_transport"];
+
+/// Where the kernel should come from, as the user said.
+#[derive(Debug, Clone, Default)]
+pub struct KernelChoice {
+    pub kernel: Option<PathBuf>,
+    pub modules: Option<PathBuf>,
+}
+
+impl KernelChoice {
+    fn source(&self) -> KernelSource {
+        match &self.kernel {
+            Some(k) => KernelSource::Path { kernel: k.clone(), modules: self.modules.clone() },
+            None => KernelSource::Debian { package: skiff_image::DEFAULT_KERNEL_PACKAGE.to_owned() },
+        }
+    }
+}
+
+/// A bootable kernel and initramfs.
+pub struct GuestImage {
+    pub kernel: Kernel,
+    pub initrd: PathBuf,
+    pub built: bool,
+}
+
+/// Make sure the default image exists (building it with progress if not).
+pub fn prepare(choice: &KernelChoice, quiet: bool) -> Result<GuestImage> {
+    let cache = paths::cache_dir()?;
+    let progress = StepProgress::new(quiet);
+    let kernel = skiff_image::ensure_kernel(&choice.source(), &cache, &progress)
+        .context("cannot get a guest kernel")?;
+    let agent = paths::agent_binary()?;
+    let busybox = paths::busybox();
+    let modules: &[&str] = if kernel.modules_dir.is_some() { GUEST_MODULES } else { &[] };
+    let spec = InitramfsSpec { agent: &agent, busybox: busybox.as_deref(), kernel: &kernel, modules };
+    let initramfs = skiff_image::ensure_initramfs(&spec, &cache, &progress)
+        .context("cannot build the guest initramfs")?;
+    progress.finish();
+    if busybox.is_none() && !quiet {
+        eprintln!("skiff: warning: no static busybox found (install busybox-static); the guest has no shell or tools");
+    }
+    Ok(GuestImage { kernel, initrd: initramfs.path, built: initramfs.built })
+}

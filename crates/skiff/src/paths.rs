@@ -1,0 +1,130 @@
+//! Where skiff keeps things and finds its helpers.
+
+use anyhow::{bail, Result};
+use std::env;
+use std::path::{Path, PathBuf};
+
+fn home() -> Option<PathBuf> {
+    env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from)
+}
+
+/// The cache of kernels and images: `$SKIFF_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/skiff`, else `~/.cache/skiff`.
+pub fn cache_dir() -> Result<PathBuf> {
+    if let Some(d) = env::var_os("SKIFF_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    if let Some(d) = env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("skiff"));
+    }
+    match home() {
+        Some(h) => Ok(h.join(".cache/skiff")),
+        None => bail!("cannot choose a cache directory: set SKIFF_CACHE_DIR or HOME"),
+    }
+}
+
+/// Runtime files (sockets) of running VMs: `$SKIFF_RUNTIME_DIR`, else
+/// `/run/skiff` for root, `$XDG_RUNTIME_DIR/skiff`, or `/tmp/skiff-<uid>`.
+pub fn runtime_dir() -> PathBuf {
+    if let Some(d) = env::var_os("SKIFF_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    let uid = nix::unistd::getuid();
+    if uid.is_root() {
+        return PathBuf::from("/run/skiff");
+    }
+    if let Some(d) = env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("skiff");
+    }
+    PathBuf::from(format!("/tmp/skiff-{uid}"))
+}
+
+/// A short random identifier for a VM (12 hex digits).
+pub fn new_vm_id() -> String {
+    let mut bytes = [0u8; 6];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    if bytes == [0u8; 6] {
+        // No /dev/urandom: fall back on time and pid, unique enough per host.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let mixed = nanos ^ (u128::from(std::process::id()) << 64);
+        bytes.copy_from_slice(&mixed.to_le_bytes()[..6]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Find `name` in `PATH`.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = env::var_os("PATH")?;
+    env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// The vhost-user vsock backend: `$SKIFF_VSOCK_BACKEND`, `PATH`, or where
+/// `cargo install` puts it.
+pub fn vsock_backend() -> PathBuf {
+    const NAME: &str = "vhost-device-vsock";
+    if let Some(p) = env::var_os("SKIFF_VSOCK_BACKEND").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = which(NAME) {
+        return p;
+    }
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| home().map(|h| h.join(".cargo")));
+    if let Some(p) = cargo_home.map(|c| c.join("bin").join(NAME)).filter(|p| is_executable(p)) {
+        return p;
+    }
+    PathBuf::from(NAME) // spawning it reports the "not installed" error
+}
+
+/// The static guest agent: `$SKIFF_AGENT`, next to this executable, in the
+/// Cargo target directory this executable was built in, or installed under
+/// `/usr/local/lib/skiff`.
+pub fn agent_binary() -> Result<PathBuf> {
+    if let Some(p) = env::var_os("SKIFF_AGENT").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join("skiff-agent"));
+            // target/{debug,release}/skiff -> target/x86_64-unknown-linux-gnu/release/skiff-agent
+            // target/debug/deps/<test>     -> the same, one level further up
+            for up in [dir.parent(), dir.parent().and_then(Path::parent)].into_iter().flatten() {
+                candidates.push(up.join("x86_64-unknown-linux-gnu/release/skiff-agent"));
+            }
+        }
+    }
+    candidates.push(PathBuf::from("/usr/local/lib/skiff/skiff-agent"));
+    candidates.push(PathBuf::from("/usr/lib/skiff/skiff-agent"));
+    match candidates.iter().find(|p| p.is_file()) {
+        Some(p) => Ok(p.clone()),
+        None => bail!(
+            "the guest agent (skiff-agent) was not found; build it with scripts/build-agent.sh \
+             or set SKIFF_AGENT to its path (looked in: {})",
+            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        ),
+    }
+}
+
+/// A static busybox for the guest: `$SKIFF_BUSYBOX` or `/bin/busybox`
+/// (Debian's busybox-static package).
+pub fn busybox() -> Option<PathBuf> {
+    if let Some(p) = env::var_os("SKIFF_BUSYBOX").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    ["/bin/busybox", "/usr/bin/busybox"].iter().map(PathBuf::from).find(|p| p.is_file())
+}
