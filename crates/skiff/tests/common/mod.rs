@@ -1,0 +1,113 @@
+//! Shared fixture for end-to-end tests: every test gets its own runtime
+//! directory, runs the real `skiff` binary (which boots real VMs with QEMU),
+//! and checks afterwards that no process or runtime file was left behind.
+
+#![allow(dead_code)] // each test file uses a different part of this fixture
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Env {
+    pub runtime: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env { runtime: tempfile::Builder::new().prefix("skiff-e2e").tempdir().expect("runtime tempdir") }
+    }
+
+    /// A `skiff` command using this test's runtime directory.
+    pub fn skiff(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
+        cmd.env("SKIFF_RUNTIME_DIR", self.runtime.path());
+        cmd
+    }
+
+    /// `skiff run -q [extra...] -- argv...`, stdin from `input`.
+    pub fn run(&self, extra: &[&str], argv: &[&str], input: Option<&[u8]>) -> Output {
+        let mut cmd = self.skiff();
+        cmd.arg("run").arg("-q").args(extra).arg("--").args(argv);
+        output_with_input(&mut cmd, input)
+    }
+
+    /// Assert that nothing of this test's VMs survives: no process mentions
+    /// the runtime directory, and the directory holds no VM files.
+    pub fn assert_clean(&self) {
+        assert_no_processes_under(self.runtime.path());
+        let vms = self.runtime.path().join("vms");
+        if vms.exists() {
+            let left: Vec<_> = std::fs::read_dir(&vms).expect("read vms").filter_map(Result::ok).map(|e| e.path()).collect();
+            assert!(left.is_empty(), "runtime files left behind: {left:?}");
+        }
+    }
+}
+
+pub fn output_with_input(cmd: &mut Command, input: Option<&[u8]>) -> Output {
+    use std::io::Write;
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.spawn().expect("spawn skiff");
+    if let Some(bytes) = input {
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(bytes).expect("write stdin");
+    }
+    child.wait_with_output().expect("wait skiff")
+}
+
+/// Processes whose command line mentions `dir` (QEMU and the vsock backend
+/// are given paths inside the VM's runtime directory).
+pub fn processes_under(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").filter_map(Result::ok) {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
+        // The skiff process itself only has the directory in its environment.
+        if cmdline.contains(&needle) {
+            found.push(format!("{}: {}", name.to_string_lossy(), cmdline));
+        }
+    }
+    found
+}
+
+pub fn assert_no_processes_under(dir: &Path) {
+    // Killed processes may need a moment to be reaped by their parent.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = processes_under(dir);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "processes left behind: {left:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The cached kernel the default image boots, from `skiff image prepare`.
+pub fn prepared_image(env: &Env) -> serde_json::Value {
+    let out = env.skiff().args(["image", "prepare", "--json"]).output().expect("image prepare");
+    assert!(out.status.success(), "image prepare failed: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).expect("image prepare json")
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+pub fn path(v: &serde_json::Value, key: &str) -> PathBuf {
+    PathBuf::from(v[key].as_str().unwrap_or_else(|| panic!("{key} missing in {v}")))
+}

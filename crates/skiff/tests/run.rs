@@ -1,0 +1,164 @@
+//! End-to-end tests of `skiff run`: each boots real microVMs with QEMU
+//! (under TCG on hosts without hardware KVM).
+
+mod common;
+
+use common::{sha256_hex, stderr, stdout, Env};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+#[test]
+fn uname_prints_the_guest_kernel_release() {
+    let env = Env::new();
+    let image = common::prepared_image(&env);
+    let out = env.run(&[], &["uname", "-r"], None);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), image["kernel_release"].as_str().expect("release"));
+    env.assert_clean();
+}
+
+#[test]
+fn exit_codes_follow_the_guest_command() {
+    let env = Env::new();
+    for (argv, code) in [
+        (vec!["true"], 0),
+        (vec!["false"], 1),
+        (vec!["sh", "-c", "exit 3"], 3),
+        (vec!["sh", "-c", "kill -9 $$"], 128 + 9),
+    ] {
+        let out = env.run(&[], &argv, None);
+        assert_eq!(out.status.code(), Some(code), "{argv:?}: stderr: {}", stderr(&out));
+    }
+    env.assert_clean();
+}
+
+#[test]
+fn a_missing_command_exits_127_with_a_shell_like_message() {
+    let env = Env::new();
+    let out = env.run(&[], &["no-such-command", "arg"], None);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(stderr(&out).contains("no-such-command: command not found"), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    env.assert_clean();
+}
+
+#[test]
+fn stdout_and_stderr_stay_separate() {
+    let env = Env::new();
+    let out = env.run(&[], &["sh", "-c", "echo out; echo err >&2; exit 3"], None);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(stdout(&out), "out\n");
+    assert_eq!(stderr(&out), "err\n");
+    env.assert_clean();
+}
+
+#[test]
+fn stdin_reaches_the_guest_command() {
+    let env = Env::new();
+    let out = env.run(&[], &["cat"], Some(b"hello\nworld\n"));
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "hello\nworld\n");
+    // Bytes in, count out: stdin is binary-safe and ends with EOF.
+    let input: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let out = env.run(&[], &["sh", "-c", "wc -c"], Some(&input));
+    assert_eq!(stdout(&out).trim(), "300000");
+    env.assert_clean();
+}
+
+#[test]
+fn cpus_memory_env_and_workdir_are_applied() {
+    let env = Env::new();
+    let out = env.run(
+        &["--cpus", "2", "--memory", "512", "--env", "A=1", "-e", "B=two words", "--workdir", "/tmp"],
+        &["sh", "-c", "nproc; echo $A; echo $B; pwd; awk '/MemTotal/ {print $2}' /proc/meminfo"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(&lines[..4], ["2", "1", "two words", "/tmp"], "{text}");
+    let mem_kib: u64 = lines[4].parse().expect("MemTotal");
+    assert!((400 * 1024..=512 * 1024).contains(&mem_kib), "MemTotal {mem_kib} KiB for --memory 512");
+    env.assert_clean();
+}
+
+#[test]
+fn ten_mib_of_output_arrives_intact_and_in_order() {
+    let env = Env::new();
+    // The guest hashes what it sends; the host hashes what it got.
+    let script = "head -c 10485760 /dev/urandom > /tmp/blob && sha256sum /tmp/blob >&2 && cat /tmp/blob";
+    let out = env.run(&["--memory", "256"], &["sh", "-c", script], None);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
+    assert_eq!(out.stdout.len(), 10 * 1024 * 1024);
+    let guest_hash = stderr(&out).split_whitespace().next().unwrap_or_default().to_owned();
+    assert_eq!(sha256_hex(&out.stdout), guest_hash);
+
+    // Ordered text the host can regenerate exactly.
+    let out = env.run(&[], &["seq", "1", "1500000"], None);
+    let expected: String = (1..=1_500_000).map(|i| format!("{i}\n")).collect();
+    assert!(out.stdout.len() > 10 * 1024 * 1024 - 2_000_000);
+    assert!(out.stdout == expected.as_bytes(), "seq output differs from the expected sequence");
+    env.assert_clean();
+}
+
+#[test]
+fn three_vms_run_concurrently_without_interfering() {
+    let env = Env::new();
+    let children: Vec<_> = (0..3)
+        .map(|i| {
+            env.skiff()
+                .args(["run", "-q", "--env", &format!("ID={i}"), "--", "sh", "-c", "echo start-$ID; sleep 1; echo end-$ID >&2; exit $ID"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(i as i32), "vm {i}: {}", stderr(&out));
+        assert_eq!(stdout(&out), format!("start-{i}\n"));
+        assert_eq!(stderr(&out), format!("end-{i}\n"));
+    }
+    env.assert_clean();
+}
+
+#[test]
+fn ctrl_c_tears_the_vm_down() {
+    let env = Env::new();
+    let mut child = env
+        .skiff()
+        .args(["run", "-q", "--", "sh", "-c", "echo started; sleep 600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait for the command to be running in the guest.
+    use std::io::BufRead;
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("started"));
+    assert!(!common::processes_under(env.runtime.path()).is_empty(), "the VM should be running now");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let start = Instant::now();
+    let status = child.wait().expect("wait");
+    assert!(start.elapsed() < Duration::from_secs(10), "teardown took {:?}", start.elapsed());
+    assert_eq!(status.code(), Some(130));
+    env.assert_clean();
+}
+
+#[test]
+fn a_guest_that_dies_mid_command_is_an_error_not_a_hang() {
+    let env = Env::new();
+    let start = Instant::now();
+    // `poweroff -f` stops the VM under the running command.
+    let out = env.run(&[], &["sh", "-c", "echo before; poweroff -f; sleep 600"], None);
+    assert!(start.elapsed() < Duration::from_secs(60), "took {:?}", start.elapsed());
+    assert_eq!(out.status.code(), Some(125), "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "before\n");
+    let err = stderr(&out);
+    assert!(err.contains("VM stopped") || err.contains("control channel"), "{err}");
+    env.assert_clean();
+}
