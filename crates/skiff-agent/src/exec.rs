@@ -55,11 +55,19 @@ pub fn start(req: ExecRequest, sink: FrameSink, reaper: &Reaper) -> Option<Runni
     let resolved = match resolve_program(program, path_var) {
         Ok(p) => p,
         Err(Unrunnable::NotFound) => {
-            fail(&sink, &format!("skiff: {program}: command not found\n"), 127);
+            fail(
+                &sink,
+                &format!("skiff: {program}: command not found\n"),
+                127,
+            );
             return None;
         }
         Err(Unrunnable::NotExecutable) => {
-            fail(&sink, &format!("skiff: {program}: Permission denied\n"), 126);
+            fail(
+                &sink,
+                &format!("skiff: {program}: Permission denied\n"),
+                126,
+            );
             return None;
         }
     };
@@ -78,11 +86,20 @@ pub fn start(req: ExecRequest, sink: FrameSink, reaper: &Reaper) -> Option<Runni
         .args(&req.argv[1..])
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&workdir)
-        .stdin(if req.stdin { Stdio::piped() } else { Stdio::null() })
+        .stdin(if req.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    // The agent's own cwd is "/". Setting it anyway would make std fall back
+    // from posix_spawn (vfork-like) to a full fork, which costs tens of
+    // milliseconds under TCG.
+    if workdir != "/" {
+        cmd.current_dir(&workdir);
+    }
     let spawned = reaper.spawn_registered(|| {
         cmd.spawn().map(|child| {
             let pid = child.id() as i32;
@@ -92,7 +109,11 @@ pub fn start(req: ExecRequest, sink: FrameSink, reaper: &Reaper) -> Option<Runni
     let (mut child, exit_rx) = match spawned {
         Ok(v) => v,
         Err(e) => {
-            let code = if e.kind() == io::ErrorKind::PermissionDenied { 126 } else { 127 };
+            let code = if e.kind() == io::ErrorKind::PermissionDenied {
+                126
+            } else {
+                127
+            };
             fail(&sink, &format!("skiff: {program}: {e}\n"), code);
             return None;
         }
@@ -103,24 +124,36 @@ pub fn start(req: ExecRequest, sink: FrameSink, reaper: &Reaper) -> Option<Runni
 
     let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {
-        readers.push(spawn_reader(out, Message::Stdout, sink.clone(), exited.clone()));
+        readers.push(spawn_reader(
+            out,
+            Message::Stdout,
+            sink.clone(),
+            exited.clone(),
+        ));
     }
     if let Some(err) = child.stderr.take() {
-        readers.push(spawn_reader(err, Message::Stderr, sink.clone(), exited.clone()));
+        readers.push(spawn_reader(
+            err,
+            Message::Stderr,
+            sink.clone(),
+            exited.clone(),
+        ));
     }
     let stdin = child.stdin.take().map(spawn_stdin_writer);
 
     let done_flag = done.clone();
-    let waiter = thread::Builder::new().name("exec-wait".into()).spawn(move || {
-        // The reaper always answers unless the agent is shutting down.
-        let status = exit_rx.recv().unwrap_or(ExitStatus::Signal(libc::SIGKILL));
-        exited.store(true, Ordering::SeqCst);
-        for r in readers.into_iter().flatten() {
-            let _ = r.join();
-        }
-        let _ = send(&sink, &Message::Exited(status));
-        done_flag.store(true, Ordering::SeqCst);
-    });
+    let waiter = thread::Builder::new()
+        .name("exec-wait".into())
+        .spawn(move || {
+            // The reaper always answers unless the agent is shutting down.
+            let status = exit_rx.recv().unwrap_or(ExitStatus::Signal(libc::SIGKILL));
+            exited.store(true, Ordering::SeqCst);
+            for r in readers.into_iter().flatten() {
+                let _ = r.join();
+            }
+            let _ = send(&sink, &Message::Exited(status));
+            done_flag.store(true, Ordering::SeqCst);
+        });
     if let Err(e) = waiter {
         crate::log(format_args!("cannot start a waiter thread: {e}"));
     }
@@ -200,32 +233,37 @@ fn spawn_reader<R>(
 where
     R: Read + AsFd + Send + 'static,
 {
-    if let Err(e) = fcntl(pipe.as_fd().as_raw_fd(), FcntlArg::F_SETFL(OFlag::O_NONBLOCK)) {
+    if let Err(e) = fcntl(
+        pipe.as_fd().as_raw_fd(),
+        FcntlArg::F_SETFL(OFlag::O_NONBLOCK),
+    ) {
         crate::log(format_args!("cannot make an output pipe non-blocking: {e}"));
     }
-    let spawned = thread::Builder::new().name("exec-out".into()).spawn(move || {
-        let mut buf = vec![0u8; MAX_CHUNK];
-        loop {
-            let finishing = exited.load(Ordering::SeqCst);
-            match pipe.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    if send(&sink, &wrap(buf[..n].to_vec())).is_err() {
-                        return;
+    let spawned = thread::Builder::new()
+        .name("exec-out".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; MAX_CHUNK];
+            loop {
+                let finishing = exited.load(Ordering::SeqCst);
+                match pipe.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => {
+                        if send(&sink, &wrap(buf[..n].to_vec())).is_err() {
+                            return;
+                        }
                     }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if finishing {
-                        return; // drained everything the command wrote
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        if finishing {
+                            return; // drained everything the command wrote
+                        }
+                        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+                        let _ = poll(&mut fds, PollTimeout::from(50u16));
                     }
-                    let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
-                    let _ = poll(&mut fds, PollTimeout::from(50u16));
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return,
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return,
             }
-        }
-    });
+        });
     spawned.ok()
 }
 
@@ -233,14 +271,16 @@ where
 /// sender (or sending an empty chunk) closes it.
 fn spawn_stdin_writer(mut stdin: ChildStdin) -> Sender<Vec<u8>> {
     let (tx, rx) = channel::<Vec<u8>>();
-    let spawned = thread::Builder::new().name("exec-in".into()).spawn(move || {
-        for chunk in rx.iter() {
-            if chunk.is_empty() || stdin.write_all(&chunk).is_err() {
-                break;
+    let spawned = thread::Builder::new()
+        .name("exec-in".into())
+        .spawn(move || {
+            for chunk in rx.iter() {
+                if chunk.is_empty() || stdin.write_all(&chunk).is_err() {
+                    break;
+                }
             }
-        }
-        // Dropping `stdin` here closes the pipe: the command sees EOF.
-    });
+            // Dropping `stdin` here closes the pipe: the command sees EOF.
+        });
     if let Err(e) = spawned {
         crate::log(format_args!("cannot start a stdin thread: {e}"));
     }

@@ -78,10 +78,7 @@ impl Reaper {
                 Err(Errno::ECHILD) => {
                     // No children at all: sleep until a command is spawned.
                     let table = self.lock();
-                    let _ = self
-                        .table
-                        .1
-                        .wait_timeout(table, Duration::from_millis(500));
+                    let _ = self.table.1.wait_timeout(table, Duration::from_millis(500));
                 }
                 Err(e) => {
                     log(format_args!("waitpid failed: {e}"));

@@ -5,7 +5,9 @@ use crate::exec::{self, FrameSink, Running};
 use crate::init::uptime_ms;
 use crate::log;
 use crate::reaper::Reaper;
-use skiff_proto::{BootTimes, FrameError, Hello, Message, AGENT_PORT, PROTOCOL_VERSION, READY_PORT};
+use skiff_proto::{
+    BootTimes, FrameError, Hello, Message, AGENT_PORT, PROTOCOL_VERSION, READY_PORT,
+};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -17,7 +19,9 @@ pub fn serve(mut boot: BootTimes, reaper: Reaper) {
     let listener = match VsockListener::bind(&VsockAddr::new(VMADDR_CID_ANY, AGENT_PORT)) {
         Ok(l) => Some(l),
         Err(e) => {
-            log(format_args!("cannot listen on vsock port {AGENT_PORT}: {e}"));
+            log(format_args!(
+                "cannot listen on vsock port {AGENT_PORT}: {e}"
+            ));
             None
         }
     };
@@ -58,7 +62,9 @@ fn connect_to_host() -> Option<VsockStream> {
         thread::sleep(Duration::from_millis(5 + attempt.min(45)));
     }
     if let Some(e) = last_err {
-        log(format_args!("cannot reach the host on vsock port {READY_PORT}: {e}"));
+        log(format_args!(
+            "cannot reach the host on vsock port {READY_PORT}: {e}"
+        ));
     }
     None
 }
@@ -104,7 +110,10 @@ fn serve_connection(stream: VsockStream, mut boot: BootTimes, reaper: Reaper) {
             }
             Err(_) => break,
         };
-        if running.as_ref().is_some_and(|r| r.done.load(Ordering::SeqCst)) {
+        if running
+            .as_ref()
+            .is_some_and(|r| r.done.load(Ordering::SeqCst))
+        {
             running = None;
         }
         match msg {
@@ -161,7 +170,9 @@ fn signal_group(pgid: i32, sig: i32) {
 /// Flush filesystems and power off. Only PID 1 may do this.
 fn shutdown() {
     if std::process::id() != 1 {
-        log(format_args!("shutdown requested but not running as init; ignoring"));
+        log(format_args!(
+            "shutdown requested but not running as init; ignoring"
+        ));
         return;
     }
     nix::unistd::sync();

@@ -123,7 +123,10 @@ mod tests {
             std::path::PathBuf::from("hello")
         );
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(out_dir.join("odd")).expect("meta").permissions().mode();
+        let mode = std::fs::metadata(out_dir.join("odd"))
+            .expect("meta")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 

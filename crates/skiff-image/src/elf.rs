@@ -10,9 +10,21 @@ pub fn is_static(bytes: &[u8]) -> Option<bool> {
     if bytes.get(..4)? != b"\x7fELF" || *bytes.get(4)? != 2 || *bytes.get(5)? != 1 {
         return None; // not ELF, not 64-bit, or not little-endian
     }
-    let u16_at = |off: usize| -> Option<u16> { Some(u16::from_le_bytes(bytes.get(off..off + 2)?.try_into().ok()?)) };
-    let u32_at = |off: usize| -> Option<u32> { Some(u32::from_le_bytes(bytes.get(off..off + 4)?.try_into().ok()?)) };
-    let u64_at = |off: usize| -> Option<u64> { Some(u64::from_le_bytes(bytes.get(off..off + 8)?.try_into().ok()?)) };
+    let u16_at = |off: usize| -> Option<u16> {
+        Some(u16::from_le_bytes(
+            bytes.get(off..off + 2)?.try_into().ok()?,
+        ))
+    };
+    let u32_at = |off: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(
+            bytes.get(off..off + 4)?.try_into().ok()?,
+        ))
+    };
+    let u64_at = |off: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(
+            bytes.get(off..off + 8)?.try_into().ok()?,
+        ))
+    };
     let phoff = usize::try_from(u64_at(0x20)?).ok()?;
     let phentsize = usize::from(u16_at(0x36)?);
     let phnum = usize::from(u16_at(0x38)?);

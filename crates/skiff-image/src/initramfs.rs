@@ -46,20 +46,32 @@ pub fn ensure_initramfs(
     cache_dir: &Path,
     progress: &dyn Progress,
 ) -> Result<Initramfs, Error> {
-    let agent = read_static_binary(spec.agent, "skiff-agent", "build it with scripts/build-agent.sh")?;
+    let agent = read_static_binary(
+        spec.agent,
+        "skiff-agent",
+        "build it with scripts/build-agent.sh",
+    )?;
     let busybox = match spec.busybox {
-        Some(p) => Some(read_static_binary(p, "busybox", "install the busybox-static package")?),
+        Some(p) => Some(read_static_binary(
+            p,
+            "busybox",
+            "install the busybox-static package",
+        )?),
         None => None,
     };
     let modules = match &spec.kernel.modules_dir {
-        Some(dir) => module_closure(dir, spec.modules)?,
+        Some(dir) => module_closure(dir, spec.modules, spec.kernel.unsigned_modules_ok)?,
         None => Vec::new(),
     };
 
     let mut hasher = Sha256::new();
     hasher.update(LAYOUT_VERSION);
     hash_part(&mut hasher, "agent", &agent);
-    hash_part(&mut hasher, "busybox", busybox.as_deref().unwrap_or_default());
+    hash_part(
+        &mut hasher,
+        "busybox",
+        busybox.as_deref().unwrap_or_default(),
+    );
     hash_part(&mut hasher, "release", spec.kernel.release.as_bytes());
     for m in &modules {
         hash_part(&mut hasher, &m.rel_path, &m.bytes);
@@ -69,17 +81,46 @@ pub fn ensure_initramfs(
     let dir = cache_dir.join("initramfs");
     let path = dir.join(format!("{}.cpio", &key[..32]));
     if path.is_file() {
-        return Ok(Initramfs { path, key, built: false });
+        return Ok(Initramfs {
+            path,
+            key,
+            built: false,
+        });
     }
 
     progress.step("building the guest initramfs");
     let mut w = CpioWriter::new();
-    for d in ["bin", "sbin", "usr", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "tmp", "run", "root", "lib", "lib/modules", "mnt", "var"] {
+    for d in [
+        "bin",
+        "sbin",
+        "usr",
+        "usr/bin",
+        "usr/sbin",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "root",
+        "lib",
+        "lib/modules",
+        "mnt",
+        "var",
+    ] {
         w.dir(d, 0o755);
     }
     w.file("init", 0o755, &agent);
-    w.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n");
-    w.file("etc/group", 0o644, b"root:x:0:\ntty:x:5:\nnogroup:x:65534:\n");
+    w.file(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    );
+    w.file(
+        "etc/group",
+        0o644,
+        b"root:x:0:\ntty:x:5:\nnogroup:x:65534:\n",
+    );
     w.file("etc/hostname", 0o644, b"skiff\n");
     if let (Some(bytes), Some(bb_path)) = (&busybox, spec.busybox) {
         w.file("bin/busybox", 0o755, bytes);
@@ -117,7 +158,11 @@ pub fn ensure_initramfs(
     let tmp = dir.join(format!(".{}.tmp{}", &key[..32], std::process::id()));
     fs::write(&tmp, &bytes).map_err(|e| Error::io("write", &tmp, e))?;
     fs::rename(&tmp, &path).map_err(|e| Error::io("move into place", &path, e))?;
-    Ok(Initramfs { path, key, built: true })
+    Ok(Initramfs {
+        path,
+        key,
+        built: true,
+    })
 }
 
 fn hash_part(h: &mut Sha256, name: &str, bytes: &[u8]) {
@@ -128,12 +173,23 @@ fn hash_part(h: &mut Sha256, name: &str, bytes: &[u8]) {
 }
 
 /// Read a binary that must run without a dynamic loader in the guest.
-fn read_static_binary(path: &Path, what: &'static str, fix: &'static str) -> Result<Vec<u8>, Error> {
+fn read_static_binary(
+    path: &Path,
+    what: &'static str,
+    fix: &'static str,
+) -> Result<Vec<u8>, Error> {
     let bytes = fs::read(path).map_err(|e| Error::io("read", path, e))?;
     match crate::elf::is_static(&bytes) {
         Some(true) => Ok(bytes),
-        Some(false) => Err(Error::NotStatic { what, path: path.to_owned(), fix }),
-        None => Err(Error::NotElf { what, path: path.to_owned() }),
+        Some(false) => Err(Error::NotStatic {
+            what,
+            path: path.to_owned(),
+            fix,
+        }),
+        None => Err(Error::NotElf {
+            what,
+            path: path.to_owned(),
+        }),
     }
 }
 
@@ -146,7 +202,11 @@ struct ModuleFile {
 }
 
 /// The wanted modules and everything they depend on, from `modules.dep`.
-fn module_closure(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<ModuleFile>, Error> {
+fn module_closure(
+    modules_dir: &Path,
+    wanted: &[&str],
+    strip_signatures: bool,
+) -> Result<Vec<ModuleFile>, Error> {
     let dep_path = modules_dir.join("modules.dep");
     let dep_text = fs::read_to_string(&dep_path).map_err(|e| Error::io("read", &dep_path, e))?;
     let lines = select_modules(&dep_text, wanted).map_err(|name| Error::ModuleMissing {
@@ -159,19 +219,58 @@ fn module_closure(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<ModuleFile>
         for rel in deps.iter().chain(std::iter::once(module)) {
             if seen.insert(rel.clone()) {
                 let p = modules_dir.join(rel);
-                let bytes = fs::read(&p).map_err(|e| Error::io("read", &p, e))?;
+                let mut bytes = fs::read(&p).map_err(|e| Error::io("read", &p, e))?;
+                if strip_signatures {
+                    let unsigned_len = strip_module_signature(&bytes).len();
+                    bytes.truncate(unsigned_len);
+                }
                 let dep_line = dep_line_for(&dep_text, rel).unwrap_or_else(|| format!("{rel}:"));
-                files.push(ModuleFile { rel_path: rel.clone(), bytes, dep_line });
+                files.push(ModuleFile {
+                    rel_path: rel.clone(),
+                    bytes,
+                    dep_line,
+                });
             }
         }
     }
     Ok(files)
 }
 
+const MODULE_SIG_MAGIC: &[u8] = b"~Module signature appended~\n";
+/// `struct module_signature`: algo, hash, id_type, signer_len, key_id_len,
+/// 3 bytes of padding, then the signature length as a big-endian u32.
+const MODULE_SIG_INFO_LEN: usize = 12;
+
+/// The module without its appended signature (unchanged if it has none or
+/// the trailer does not add up).
+///
+/// Why: the kernel checks an appended signature at every load, hashing the
+/// whole module, which under TCG costs a noticeable share of the guest's
+/// boot. Kernels that *require* signatures (CONFIG_MODULE_SIG_FORCE or a
+/// lockdown) refuse unsigned modules, so this is applied only when the
+/// kernel's config says signatures are optional.
+pub fn strip_module_signature(ko: &[u8]) -> &[u8] {
+    let Some(body) = ko.strip_suffix(MODULE_SIG_MAGIC) else {
+        return ko;
+    };
+    let Some(info_start) = body.len().checked_sub(MODULE_SIG_INFO_LEN) else {
+        return ko;
+    };
+    let info = &body[info_start..];
+    let sig_len = u32::from_be_bytes([info[8], info[9], info[10], info[11]]) as usize;
+    match info_start.checked_sub(sig_len) {
+        Some(end) => &body[..end],
+        None => ko,
+    }
+}
+
 /// For each wanted module name, its path and dependency paths from
 /// modules.dep; a name not found is returned as the error. Names match with
 /// `-` and `_` treated alike, as modprobe does.
-pub fn select_modules(dep_text: &str, wanted: &[&str]) -> Result<Vec<(String, Vec<String>)>, String> {
+pub fn select_modules(
+    dep_text: &str,
+    wanted: &[&str],
+) -> Result<Vec<(String, Vec<String>)>, String> {
     let norm = |s: &str| s.replace('-', "_");
     let mut out = Vec::new();
     for name in wanted {
@@ -182,7 +281,9 @@ pub fn select_modules(dep_text: &str, wanted: &[&str]) -> Result<Vec<(String, Ve
             (norm(stem) == norm(name)).then(|| {
                 (
                     module.trim().to_owned(),
-                    deps.split_whitespace().map(str::to_owned).collect::<Vec<_>>(),
+                    deps.split_whitespace()
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>(),
                 )
             })
         });
@@ -237,10 +338,27 @@ kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: kernel/net/vmw_vsock/vsock.k
 
     #[test]
     fn wanted_modules_come_with_their_dependencies() {
-        let got = select_modules(DEP, &["virtio_mmio", "vmw-vsock-virtio-transport"]).expect("found");
+        let got =
+            select_modules(DEP, &["virtio_mmio", "vmw-vsock-virtio-transport"]).expect("found");
         assert_eq!(got[0].0, "kernel/drivers/virtio/virtio_mmio.ko");
         assert_eq!(got[0].1.len(), 2);
         assert_eq!(got[1].1, vec!["kernel/net/vmw_vsock/vsock.ko".to_owned()]);
+    }
+
+    #[test]
+    fn module_signatures_are_stripped_only_when_well_formed() {
+        use super::strip_module_signature;
+        let mut ko = b"\x7fELFmodule-body".to_vec();
+        let body_len = ko.len();
+        ko.extend_from_slice(&[0xAB; 20]); // the signature
+        ko.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 20]); // module_signature
+        ko.extend_from_slice(b"~Module signature appended~\n");
+        assert_eq!(strip_module_signature(&ko), &ko[..body_len]);
+        // No trailer, or a signature length larger than the file: unchanged.
+        assert_eq!(strip_module_signature(b"plain"), b"plain");
+        let mut lying = vec![0, 0, 2, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff];
+        lying.extend_from_slice(b"~Module signature appended~\n");
+        assert_eq!(strip_module_signature(&lying), &lying[..]);
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub struct Kernel {
     pub modules_dir: Option<PathBuf>,
     /// The kernel release (`uname -r` inside the guest).
     pub release: String,
+    /// Whether the kernel loads unsigned modules (its config has module
+    /// signatures but does not force them). Unknown counts as false.
+    #[serde(default)]
+    pub unsigned_modules_ok: bool,
 }
 
 /// Resolve `source` to a kernel, fetching and unpacking a Debian package into
@@ -58,7 +62,9 @@ fn user_kernel(image: &Path, modules: Option<&Path>) -> Result<Kernel, Error> {
         None => (None, String::new()),
         Some(dir) => {
             if !dir.join("modules.dep").is_file() {
-                return Err(Error::ModulesDirInvalid { path: dir.to_owned() });
+                return Err(Error::ModulesDirInvalid {
+                    path: dir.to_owned(),
+                });
             }
             let release = dir
                 .file_name()
@@ -71,17 +77,23 @@ fn user_kernel(image: &Path, modules: Option<&Path>) -> Result<Kernel, Error> {
         image: image.to_owned(),
         modules_dir,
         release,
+        unsigned_modules_ok: false,
     })
 }
 
-fn debian_kernel(package: &str, cache_dir: &Path, progress: &dyn Progress) -> Result<Kernel, Error> {
+fn debian_kernel(
+    package: &str,
+    cache_dir: &Path,
+    progress: &dyn Progress,
+) -> Result<Kernel, Error> {
     let kernels = cache_dir.join("kernels");
     // A cached kernel for the meta package is used as is; `skiff image
     // prune` (or deleting the cache) picks up a newer Debian kernel.
     let marker = kernels.join(format!("{package}.json"));
     if let Ok(text) = fs::read_to_string(&marker) {
-        if let Ok(kernel) = serde_json::from_str::<Kernel>(&text) {
+        if let Ok(mut kernel) = serde_json::from_str::<Kernel>(&text) {
             if kernel.image.is_file() {
+                kernel.unsigned_modules_ok = unsigned_modules_allowed(&read_config(&kernel));
                 return Ok(kernel);
             }
         }
@@ -90,11 +102,14 @@ fn debian_kernel(package: &str, cache_dir: &Path, progress: &dyn Progress) -> Re
 
     progress.step(&format!("resolving Debian package {package}"));
     let versioned = resolve_meta_package(package)?;
-    let staging = tempfile::tempdir_in(&kernels).map_err(|e| Error::io("create a directory in", &kernels, e))?;
+    let staging = tempfile::tempdir_in(&kernels)
+        .map_err(|e| Error::io("create a directory in", &kernels, e))?;
 
     progress.step(&format!("downloading {versioned}"));
     run_tool(
-        Command::new("apt-get").args(["download", "-q", &versioned]).current_dir(staging.path()),
+        Command::new("apt-get")
+            .args(["download", "-q", &versioned])
+            .current_dir(staging.path()),
         "apt-get",
         "download the kernel package",
     )?;
@@ -133,12 +148,17 @@ fn debian_kernel(package: &str, cache_dir: &Path, progress: &dyn Progress) -> Re
     let _ = fs::remove_dir_all(&final_dir);
     fs::rename(&root, &final_dir).map_err(|e| Error::io("move into place", &final_dir, e))?;
     drop(staging); // removes what is left of the download
+    let config = fs::read_to_string(final_dir.join("boot").join(format!("config-{release}")))
+        .unwrap_or_default();
     let kernel = Kernel {
         image: final_dir.join("boot").join(format!("vmlinuz-{release}")),
         modules_dir: Some(final_dir.join("lib/modules").join(&release)),
         release,
+        unsigned_modules_ok: unsigned_modules_allowed(&config),
     };
-    let json = serde_json::to_string_pretty(&kernel).map_err(|e| Error::Fetch { what: e.to_string() })?;
+    let json = serde_json::to_string_pretty(&kernel).map_err(|e| Error::Fetch {
+        what: e.to_string(),
+    })?;
     fs::write(&marker, json).map_err(|e| Error::io("write", &marker, e))?;
     Ok(kernel)
 }
@@ -161,6 +181,26 @@ pub fn parse_meta_depends(apt_cache_output: &str) -> Option<String> {
     })
 }
 
+/// The `config-<release>` a Debian kernel package ships beside its image.
+fn read_config(kernel: &Kernel) -> String {
+    let Some(boot) = kernel.image.parent() else {
+        return String::new();
+    };
+    fs::read_to_string(boot.join(format!("config-{}", kernel.release))).unwrap_or_default()
+}
+
+/// True when a kernel config shows that unsigned modules load: signatures
+/// are not forced and no lockdown is forced at build time. An empty or
+/// unreadable config counts as "no".
+pub fn unsigned_modules_allowed(config: &str) -> bool {
+    let set = |opt: &str| config.lines().any(|l| l.trim() == format!("{opt}=y"));
+    let known = config.lines().any(|l| l.contains("CONFIG_MODULE_SIG"));
+    known
+        && !set("CONFIG_MODULE_SIG_FORCE")
+        && !set("CONFIG_LOCK_DOWN_KERNEL_FORCE_INTEGRITY")
+        && !set("CONFIG_LOCK_DOWN_KERNEL_FORCE_CONFIDENTIALITY")
+}
+
 fn single_entry(dir: &Path) -> Result<String, Error> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .map_err(|e| Error::io("read", dir, e))?
@@ -171,7 +211,10 @@ fn single_entry(dir: &Path) -> Result<String, Error> {
     match names.as_slice() {
         [one] => Ok(one.clone()),
         _ => Err(Error::Fetch {
-            what: format!("expected one kernel release in {}, found {names:?}", dir.display()),
+            what: format!(
+                "expected one kernel release in {}, found {names:?}",
+                dir.display()
+            ),
         }),
     }
 }
@@ -195,7 +238,16 @@ fn run_tool(cmd: &mut Command, tool: &'static str, purpose: &'static str) -> Res
         return Err(Error::ToolFailed {
             tool,
             purpose,
-            output: text.trim().lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"),
+            output: text
+                .trim()
+                .lines()
+                .rev()
+                .take(5)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n"),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -213,6 +265,19 @@ mod tests {
             Some("linux-image-6.1.0-56-cloud-amd64")
         );
         assert_eq!(parse_meta_depends("foo\n  Depends: libc6\n"), None);
+    }
+
+    #[test]
+    fn unsigned_modules_are_allowed_only_when_the_config_says_so() {
+        let debian = "CONFIG_MODULE_SIG=y\n# CONFIG_MODULE_SIG_FORCE is not set\nCONFIG_SECURITY_LOCKDOWN_LSM=y\n";
+        assert!(unsigned_modules_allowed(debian));
+        assert!(!unsigned_modules_allowed(
+            "CONFIG_MODULE_SIG=y\nCONFIG_MODULE_SIG_FORCE=y\n"
+        ));
+        assert!(!unsigned_modules_allowed(
+            "CONFIG_MODULE_SIG=y\nCONFIG_LOCK_DOWN_KERNEL_FORCE_INTEGRITY=y\n"
+        ));
+        assert!(!unsigned_modules_allowed(""));
     }
 
     #[test]

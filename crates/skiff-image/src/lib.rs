@@ -8,7 +8,9 @@ mod kernel;
 
 pub use cpio::CpioWriter;
 pub use elf::is_static;
-pub use initramfs::{ensure_initramfs, select_modules, Initramfs, InitramfsSpec};
+pub use initramfs::{
+    ensure_initramfs, select_modules, strip_module_signature, Initramfs, InitramfsSpec,
+};
 pub use kernel::{ensure_kernel, parse_meta_depends, Kernel, KernelSource, DEFAULT_KERNEL_PACKAGE};
 
 use std::path::{Path, PathBuf};
@@ -42,19 +44,34 @@ pub enum Error {
     #[error("kernel module {name} is not in {}/modules.dep; the kernel needs it to reach the agent over vsock", modules_dir.display())]
     ModuleMissing { name: String, modules_dir: PathBuf },
     #[error("{tool} is not installed; it is needed to {purpose} (install it, or pass --kernel PATH [--modules DIR] to use a kernel you already have)")]
-    ToolMissing { tool: &'static str, purpose: &'static str },
+    ToolMissing {
+        tool: &'static str,
+        purpose: &'static str,
+    },
     #[error("{tool} failed to {purpose}:\n{output}")]
-    ToolFailed { tool: &'static str, purpose: &'static str, output: String },
+    ToolFailed {
+        tool: &'static str,
+        purpose: &'static str,
+        output: String,
+    },
     #[error("cannot fetch the kernel: {what}")]
     Fetch { what: String },
     #[error("{what} at {} is dynamically linked, but the guest has no dynamic loader; {fix}", path.display())]
-    NotStatic { what: &'static str, path: PathBuf, fix: &'static str },
+    NotStatic {
+        what: &'static str,
+        path: PathBuf,
+        fix: &'static str,
+    },
     #[error("{what} at {} is not an ELF executable", path.display())]
     NotElf { what: &'static str, path: PathBuf },
 }
 
 impl Error {
     pub(crate) fn io(action: &'static str, path: &Path, source: std::io::Error) -> Error {
-        Error::Io { action, path: path.to_owned(), source }
+        Error::Io {
+            action,
+            path: path.to_owned(),
+            source,
+        }
     }
 }

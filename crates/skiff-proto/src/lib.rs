@@ -171,7 +171,10 @@ fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// A JSON body helper shared by the structured messages.
-fn json_body<T: for<'de> Deserialize<'de>>(what: &'static str, body: &[u8]) -> Result<T, DecodeError> {
+fn json_body<T: for<'de> Deserialize<'de>>(
+    what: &'static str,
+    body: &[u8],
+) -> Result<T, DecodeError> {
     serde_json::from_slice(body).map_err(|e| DecodeError::Malformed {
         what,
         reason: e.to_string(),

@@ -133,9 +133,7 @@ impl Message {
         match self {
             Message::Hello(h) => push_json(h, out),
             Message::Exec(e) => push_json(e, out),
-            Message::Stdin(b) | Message::Stdout(b) | Message::Stderr(b) => {
-                out.extend_from_slice(b)
-            }
+            Message::Stdin(b) | Message::Stdout(b) | Message::Stderr(b) => out.extend_from_slice(b),
             Message::Exited(s) => push_json(s, out),
             Message::Signal(s) => out.extend_from_slice(&s.to_be_bytes()),
             Message::Shutdown => {}

@@ -83,7 +83,10 @@ fn oversized_length_prefix_is_rejected_before_reading_the_body() {
 #[test]
 fn zero_length_frame_and_unknown_tag_are_errors() {
     assert_eq!(decode(&[0, 0, 0, 0]), Err(DecodeError::Empty));
-    assert_eq!(decode(&[0, 0, 0, 1, 200]), Err(DecodeError::UnknownTag(200)));
+    assert_eq!(
+        decode(&[0, 0, 0, 1, 200]),
+        Err(DecodeError::UnknownTag(200))
+    );
 }
 
 #[test]
@@ -116,7 +119,11 @@ fn encode_refuses_frames_over_the_limit() {
     let mut buf = vec![9u8];
     let err = encode(&Message::Stdout(vec![0; MAX_FRAME_LEN]), &mut buf).unwrap_err();
     assert!(matches!(err, FrameError::EncodeTooLarge { .. }));
-    assert_eq!(buf, vec![9u8], "a refused frame leaves the buffer as it was");
+    assert_eq!(
+        buf,
+        vec![9u8],
+        "a refused frame leaves the buffer as it was"
+    );
 }
 
 #[test]

@@ -39,7 +39,9 @@ impl std::str::FromStr for AccelChoice {
             "auto" => Ok(AccelChoice::Auto),
             "kvm" => Ok(AccelChoice::Kvm),
             "tcg" => Ok(AccelChoice::Tcg),
-            other => Err(format!("unknown accelerator {other:?}; use auto, kvm or tcg")),
+            other => Err(format!(
+                "unknown accelerator {other:?}; use auto, kvm or tcg"
+            )),
         }
     }
 }
@@ -119,14 +121,22 @@ pub fn decide(choice: AccelChoice, host: &HostKvm) -> AccelDecision {
 mod tests {
     use super::*;
 
-    const NO_VIRT: HostKvm = HostKvm { cpu_has_virt: false, dev_kvm_opens: true };
-    const REAL_KVM: HostKvm = HostKvm { cpu_has_virt: true, dev_kvm_opens: true };
+    const NO_VIRT: HostKvm = HostKvm {
+        cpu_has_virt: false,
+        dev_kvm_opens: true,
+    };
+    const REAL_KVM: HostKvm = HostKvm {
+        cpu_has_virt: true,
+        dev_kvm_opens: true,
+    };
 
     #[test]
     fn cpu_flags_are_matched_as_whole_words() {
         assert!(cpu_flags_have_virt("flags\t\t: fpu vme vmx sse\n"));
         assert!(cpu_flags_have_virt("flags\t\t: fpu svm\n"));
-        assert!(!cpu_flags_have_virt("flags\t\t: fpu vmxnotreally\nmodel name: vmx\n"));
+        assert!(!cpu_flags_have_virt(
+            "flags\t\t: fpu vmxnotreally\nmodel name: vmx\n"
+        ));
     }
 
     #[test]
@@ -138,7 +148,13 @@ mod tests {
 
     #[test]
     fn auto_uses_real_kvm_silently() {
-        assert_eq!(decide(AccelChoice::Auto, &REAL_KVM), AccelDecision { accel: Accel::Kvm, notice: None });
+        assert_eq!(
+            decide(AccelChoice::Auto, &REAL_KVM),
+            AccelDecision {
+                accel: Accel::Kvm,
+                notice: None
+            }
+        );
     }
 
     #[test]

@@ -23,7 +23,11 @@ pub enum AgentError {
     #[error("I/O error on the agent connection")]
     Io(#[from] std::io::Error),
     #[error("the guest agent speaks protocol version {agent} (agent {agent_version}) but this skiff speaks version {host}; rebuild the guest image with this skiff's agent")]
-    VersionMismatch { agent: u32, agent_version: String, host: u32 },
+    VersionMismatch {
+        agent: u32,
+        agent_version: String,
+        host: u32,
+    },
     #[error("expected a hello from the agent, got a {0} message")]
     NoHello(&'static str),
     #[error("no answer from the agent within {0:?}")]
@@ -54,14 +58,21 @@ impl AgentConn {
     /// Take a fresh stream to the agent and check its hello.
     pub async fn handshake(stream: UnixStream, timeout: Duration) -> Result<AgentConn, AgentError> {
         let (r, w) = stream.into_split();
-        let mut reader = AgentReader { stream: r, buf: Vec::new() };
+        let mut reader = AgentReader {
+            stream: r,
+            buf: Vec::new(),
+        };
         let first = tokio::time::timeout(timeout, reader.recv())
             .await
             .map_err(|_| AgentError::Timeout(timeout))??;
         let hello = match first {
             Some(Message::Hello(h)) => h,
             Some(other) => return Err(AgentError::NoHello(other.name())),
-            None => return Err(AgentError::Closed { context: " before saying hello" }),
+            None => {
+                return Err(AgentError::Closed {
+                    context: " before saying hello",
+                })
+            }
         };
         if hello.protocol != PROTOCOL_VERSION {
             return Err(AgentError::VersionMismatch {
@@ -70,15 +81,25 @@ impl AgentConn {
                 host: PROTOCOL_VERSION,
             });
         }
-        Ok(AgentConn { reader, writer: AgentWriter { stream: w }, hello })
+        Ok(AgentConn {
+            reader,
+            writer: AgentWriter { stream: w },
+            hello,
+        })
     }
 
     /// Open a host-initiated connection through the vsock backend's Unix
     /// socket (`CONNECT <port>` / `OK <port>`), then handshake.
-    pub async fn connect(vsock_socket: &Path, port: u32, timeout: Duration) -> Result<AgentConn, AgentError> {
+    pub async fn connect(
+        vsock_socket: &Path,
+        port: u32,
+        timeout: Duration,
+    ) -> Result<AgentConn, AgentError> {
         let fut = async {
             let mut stream = UnixStream::connect(vsock_socket).await?;
-            stream.write_all(format!("CONNECT {port}\n").as_bytes()).await?;
+            stream
+                .write_all(format!("CONNECT {port}\n").as_bytes())
+                .await?;
             // Read the reply a byte at a time so no agent bytes are consumed.
             let mut reply = Vec::new();
             loop {
@@ -97,7 +118,9 @@ impl AgentConn {
             }
             Ok(stream)
         };
-        let stream = tokio::time::timeout(timeout, fut).await.map_err(|_| AgentError::Timeout(timeout))??;
+        let stream = tokio::time::timeout(timeout, fut)
+            .await
+            .map_err(|_| AgentError::Timeout(timeout))??;
         AgentConn::handshake(stream, timeout).await
     }
 }
@@ -122,7 +145,9 @@ impl AgentReader {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
-                    Err(AgentError::Closed { context: " in the middle of a frame" })
+                    Err(AgentError::Closed {
+                        context: " in the middle of a frame",
+                    })
                 };
             }
             self.buf.extend_from_slice(&chunk[..n]);

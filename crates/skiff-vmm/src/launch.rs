@@ -26,15 +26,27 @@ pub enum LaunchError {
     #[error("{program} is not installed ({hint})")]
     Missing { program: String, hint: &'static str },
     #[error("cannot start {program}")]
-    Spawn { program: String, #[source] source: io::Error },
+    Spawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot create the VM's runtime directory {}", path.display())]
-    RunDir { path: PathBuf, #[source] source: io::Error },
+    RunDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("the vsock backend exited before it was ready: {stderr}")]
     VsockBackend { stderr: String },
     #[error("the vsock backend did not create {} within {timeout:?}", path.display())]
     VsockBackendTimeout { path: PathBuf, timeout: Duration },
     #[error("QEMU exited during boot ({status}).{stderr}\nlast console lines:\n{console}")]
-    QemuExited { status: String, stderr: String, console: String },
+    QemuExited {
+        status: String,
+        stderr: String,
+        console: String,
+    },
     #[error("the guest did not become ready within {timeout:?}; last console lines:\n{console}")]
     BootTimeout { timeout: Duration, console: String },
     #[error("the guest agent did not complete its handshake")]
@@ -60,7 +72,11 @@ impl Console {
         if lines.is_empty() {
             return "  (the guest printed nothing)".into();
         }
-        lines.iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")
+        lines
+            .iter()
+            .map(|l| format!("  | {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -90,7 +106,14 @@ fn command(p: &ProcessPlan) -> Command {
     // thread that spawned it dies, so a SIGKILLed skiff leaves no VM behind.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
@@ -101,8 +124,14 @@ fn command(p: &ProcessPlan) -> Command {
 
 fn spawn(p: &ProcessPlan, hint: &'static str, cmd: &mut Command) -> Result<Child, LaunchError> {
     cmd.spawn().map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => LaunchError::Missing { program: p.program.display().to_string(), hint },
-        _ => LaunchError::Spawn { program: p.program.display().to_string(), source: e },
+        io::ErrorKind::NotFound => LaunchError::Missing {
+            program: p.program.display().to_string(),
+            hint,
+        },
+        _ => LaunchError::Spawn {
+            program: p.program.display().to_string(),
+            source: e,
+        },
     })
 }
 
@@ -114,11 +143,17 @@ impl RunningVm {
             .recursive(true)
             .mode(0o700)
             .create(&plan.run_dir)
-            .map_err(|source| LaunchError::RunDir { path: plan.run_dir.clone(), source })?;
+            .map_err(|source| LaunchError::RunDir {
+                path: plan.run_dir.clone(),
+                source,
+            })?;
         // From here on, `cleanup` removes the directory on every error path.
         let cleanup = RunDirGuard(Some(plan.run_dir.clone()));
-        let ready = UnixListener::bind(&plan.ready_socket)
-            .map_err(|source| LaunchError::RunDir { path: plan.ready_socket.clone(), source })?;
+        let ready =
+            UnixListener::bind(&plan.ready_socket).map_err(|source| LaunchError::RunDir {
+                path: plan.ready_socket.clone(),
+                source,
+            })?;
 
         let mut vsock_cmd = command(&plan.vsock_backend);
         vsock_cmd.stdout(Stdio::null()).stderr(Stdio::piped());
@@ -131,7 +166,11 @@ impl RunningVm {
 
         let mut qemu_cmd = command(&plan.qemu);
         qemu_cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut qemu = spawn(&plan.qemu, "install the Debian package qemu-system-x86", &mut qemu_cmd)?;
+        let mut qemu = spawn(
+            &plan.qemu,
+            "install the Debian package qemu-system-x86",
+            &mut qemu_cmd,
+        )?;
 
         let console = Console::default();
         if let Some(out) = qemu.stdout.take() {
@@ -142,7 +181,15 @@ impl RunningVm {
             tokio::spawn(read_bounded(err, qemu_stderr.clone()));
         }
         std::mem::forget(cleanup); // ownership passes to RunningVm
-        Ok(RunningVm { plan, qemu, vsock, ready: Some(ready), qemu_stderr, console, torn_down: false })
+        Ok(RunningVm {
+            plan,
+            qemu,
+            vsock,
+            ready: Some(ready),
+            qemu_stderr,
+            console,
+            torn_down: false,
+        })
     }
 
     pub fn plan(&self) -> &LaunchPlan {
@@ -153,7 +200,10 @@ impl RunningVm {
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<AgentConn, LaunchError> {
         let deadline = Instant::now() + timeout;
         let Some(listener) = self.ready.take() else {
-            return Err(AgentError::Closed { context: " (ready connection already taken)" }.into());
+            return Err(AgentError::Closed {
+                context: " (ready connection already taken)",
+            }
+            .into());
         };
         let accepted = tokio::select! {
             r = tokio::time::timeout(timeout, listener.accept()) => r,
@@ -169,17 +219,29 @@ impl RunningVm {
         let stream = match accepted {
             Ok(Ok((stream, _))) => stream,
             Ok(Err(e)) => return Err(AgentError::Io(e).into()),
-            Err(_) => return Err(LaunchError::BootTimeout { timeout, console: self.console.tail() }),
+            Err(_) => {
+                return Err(LaunchError::BootTimeout {
+                    timeout,
+                    console: self.console.tail(),
+                })
+            }
         };
         // The hello follows the connection at once; bound the wait anyway.
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(1));
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
         Ok(AgentConn::handshake(stream, left).await?)
     }
 
     /// Wait until QEMU exits on its own; returns how it ended and the last
     /// console lines. Cancel-safe.
     pub async fn wait_exit(&mut self) -> (String, String) {
-        let status = self.qemu.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+        let status = self
+            .qemu
+            .wait()
+            .await
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| e.to_string());
         tokio::time::sleep(Duration::from_millis(50)).await;
         (status, self.console.tail())
     }
@@ -246,7 +308,10 @@ async fn wait_for_socket(path: &Path, backend: &mut Child) -> Result<(), LaunchE
             return Err(LaunchError::VsockBackend { stderr });
         }
         if Instant::now() > deadline {
-            return Err(LaunchError::VsockBackendTimeout { path: path.to_owned(), timeout });
+            return Err(LaunchError::VsockBackendTimeout {
+                path: path.to_owned(),
+                timeout,
+            });
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }

@@ -54,7 +54,11 @@ pub struct LaunchPlan {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
     #[error("{field}: {value} is out of range; allowed: {allowed}")]
-    OutOfRange { field: &'static str, value: u64, allowed: &'static str },
+    OutOfRange {
+        field: &'static str,
+        value: u64,
+        allowed: &'static str,
+    },
     #[error("kernel argument {arg:?} contains a control character or a quote; it cannot be passed safely")]
     BadKernelArg { arg: String },
 }
@@ -66,7 +70,11 @@ pub const MAX_CPUS: u32 = 255;
 /// Turn a config into the processes that run it.
 pub fn plan(cfg: &VmConfig) -> Result<LaunchPlan, PlanError> {
     if cfg.cpus == 0 || cfg.cpus > MAX_CPUS {
-        return Err(PlanError::OutOfRange { field: "cpus", value: cfg.cpus.into(), allowed: "1 to 255" });
+        return Err(PlanError::OutOfRange {
+            field: "cpus",
+            value: cfg.cpus.into(),
+            allowed: "1 to 255",
+        });
     }
     if cfg.memory_mib < MIN_MEMORY_MIB || cfg.memory_mib > MAX_MEMORY_MIB {
         return Err(PlanError::OutOfRange {
@@ -144,8 +152,19 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> String {
 fn qemu_args(cfg: &VmConfig, vhost_socket: &Path) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
-    push(&["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot"]);
-    push(&["-machine", "microvm,acpi=on,x-option-roms=off,pit=off,pic=off,rtc=on"]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+    ]);
+    push(&[
+        "-machine",
+        "microvm,acpi=on,x-option-roms=off,pit=off,pic=off,rtc=on",
+    ]);
     match cfg.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
@@ -193,7 +212,10 @@ mod tests {
     }
 
     fn value_after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
-        args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
     }
 
     #[test]
@@ -203,10 +225,19 @@ mod tests {
         assert!(value_after(a, "-machine")[0].starts_with("microvm,acpi=on"));
         assert_eq!(value_after(a, "-smp"), ["2"]);
         assert_eq!(value_after(a, "-m"), ["512M"]);
-        assert_eq!(value_after(a, "-object"), ["memory-backend-memfd,id=mem,size=512M,share=on"]);
+        assert_eq!(
+            value_after(a, "-object"),
+            ["memory-backend-memfd,id=mem,size=512M,share=on"]
+        );
         assert_eq!(value_after(a, "-numa"), ["node,memdev=mem"]);
-        assert_eq!(value_after(a, "-chardev"), ["socket,id=vsock0,path=/run/skiff/vm1/vhost-vsock.sock"]);
-        assert_eq!(value_after(a, "-device"), ["vhost-user-vsock-device,chardev=vsock0"]);
+        assert_eq!(
+            value_after(a, "-chardev"),
+            ["socket,id=vsock0,path=/run/skiff/vm1/vhost-vsock.sock"]
+        );
+        assert_eq!(
+            value_after(a, "-device"),
+            ["vhost-user-vsock-device,chardev=vsock0"]
+        );
         assert_eq!(value_after(a, "-kernel"), ["/k/vmlinuz"]);
         assert_eq!(value_after(a, "-initrd"), ["/c/initrd.cpio"]);
         assert_eq!(value_after(a, "-serial"), ["stdio"]);
@@ -218,7 +249,10 @@ mod tests {
         let tcg = kernel_cmdline(&cfg());
         assert!(tcg.contains("tsc_early_khz=2000000"), "{tcg}");
         assert!(tcg.starts_with("console=ttyS0"));
-        let kvm_cfg = VmConfig { accel: Accel::Kvm, ..cfg() };
+        let kvm_cfg = VmConfig {
+            accel: Accel::Kvm,
+            ..cfg()
+        };
         assert!(!kernel_cmdline(&kvm_cfg).contains("tsc_early_khz"));
         let p = plan(&kvm_cfg).expect("plan");
         assert_eq!(value_after(&p.qemu.args, "-accel"), ["kvm"]);
@@ -227,7 +261,10 @@ mod tests {
 
     #[test]
     fn extra_kernel_args_come_last() {
-        let c = VmConfig { extra_cmdline: vec!["foo=bar".into()], ..cfg() };
+        let c = VmConfig {
+            extra_cmdline: vec!["foo=bar".into()],
+            ..cfg()
+        };
         assert!(kernel_cmdline(&c).ends_with(" foo=bar"));
     }
 
@@ -245,16 +282,27 @@ mod tests {
                 "/run/skiff/vm1/vsock.sock"
             ]
         );
-        assert_eq!(p.ready_socket, PathBuf::from("/run/skiff/vm1/vsock.sock_1025"));
+        assert_eq!(
+            p.ready_socket,
+            PathBuf::from("/run/skiff/vm1/vsock.sock_1025")
+        );
     }
 
     #[test]
     fn out_of_range_sizes_are_rejected_with_the_allowed_range() {
-        let e = plan(&VmConfig { memory_mib: 0, ..cfg() }).unwrap_err();
+        let e = plan(&VmConfig {
+            memory_mib: 0,
+            ..cfg()
+        })
+        .unwrap_err();
         assert!(e.to_string().contains("64 to"), "{e}");
         let e = plan(&VmConfig { cpus: 0, ..cfg() }).unwrap_err();
         assert!(e.to_string().contains("cpus"), "{e}");
-        let e = plan(&VmConfig { extra_cmdline: vec!["a\"b".into()], ..cfg() }).unwrap_err();
+        let e = plan(&VmConfig {
+            extra_cmdline: vec!["a\"b".into()],
+            ..cfg()
+        })
+        .unwrap_err();
         assert!(matches!(e, PlanError::BadKernelArg { .. }));
     }
 }

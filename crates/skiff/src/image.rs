@@ -20,8 +20,13 @@ pub struct KernelChoice {
 impl KernelChoice {
     fn source(&self) -> KernelSource {
         match &self.kernel {
-            Some(k) => KernelSource::Path { kernel: k.clone(), modules: self.modules.clone() },
-            None => KernelSource::Debian { package: skiff_image::DEFAULT_KERNEL_PACKAGE.to_owned() },
+            Some(k) => KernelSource::Path {
+                kernel: k.clone(),
+                modules: self.modules.clone(),
+            },
+            None => KernelSource::Debian {
+                package: skiff_image::DEFAULT_KERNEL_PACKAGE.to_owned(),
+            },
         }
     }
 }
@@ -41,13 +46,26 @@ pub fn prepare(choice: &KernelChoice, quiet: bool) -> Result<GuestImage> {
         .context("cannot get a guest kernel")?;
     let agent = paths::agent_binary()?;
     let busybox = paths::busybox();
-    let modules: &[&str] = if kernel.modules_dir.is_some() { GUEST_MODULES } else { &[] };
-    let spec = InitramfsSpec { agent: &agent, busybox: busybox.as_deref(), kernel: &kernel, modules };
+    let modules: &[&str] = if kernel.modules_dir.is_some() {
+        GUEST_MODULES
+    } else {
+        &[]
+    };
+    let spec = InitramfsSpec {
+        agent: &agent,
+        busybox: busybox.as_deref(),
+        kernel: &kernel,
+        modules,
+    };
     let initramfs = skiff_image::ensure_initramfs(&spec, &cache, &progress)
         .context("cannot build the guest initramfs")?;
     progress.finish();
     if busybox.is_none() && !quiet {
         eprintln!("skiff: warning: no static busybox found (install busybox-static); the guest has no shell or tools");
     }
-    Ok(GuestImage { kernel, initrd: initramfs.path, built: initramfs.built })
+    Ok(GuestImage {
+        kernel,
+        initrd: initramfs.path,
+        built: initramfs.built,
+    })
 }

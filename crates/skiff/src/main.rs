@@ -16,7 +16,11 @@ use std::time::Duration;
 const EXIT_SKIFF_ERROR: i32 = 125;
 
 #[derive(Parser)]
-#[command(name = "skiff", version, about = "Run Linux microVMs: sandboxes, services, dev boxes")]
+#[command(
+    name = "skiff",
+    version,
+    about = "Run Linux microVMs: sandboxes, services, dev boxes"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -112,13 +116,18 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         .split_once('=')
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE (example: --env LANG=C.UTF-8)"))?;
     if k.is_empty() || k.contains('\0') || v.contains('\0') {
-        return Err(format!("{s:?}: the name must be non-empty and neither part may contain NUL"));
+        return Err(format!(
+            "{s:?}: the name must be non-empty and neither part may contain NUL"
+        ));
     }
     Ok((k.to_owned(), v.to_owned()))
 }
 
 fn kernel_choice(k: &KernelArgs) -> image::KernelChoice {
-    image::KernelChoice { kernel: k.kernel.clone(), modules: k.modules.clone() }
+    image::KernelChoice {
+        kernel: k.kernel.clone(),
+        modules: k.modules.clone(),
+    }
 }
 
 async fn dispatch(cli: Cli) -> Result<i32> {
@@ -143,7 +152,9 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             let outcome = run::run(req).await?;
             match a.timings {
                 Some(TimingsFormat::Human) => eprint!("{}", outcome.timings.render()),
-                Some(TimingsFormat::Json) => eprintln!("{}", serde_json::to_string(&outcome.timings.to_json())?),
+                Some(TimingsFormat::Json) => {
+                    eprintln!("{}", serde_json::to_string(&outcome.timings.to_json())?)
+                }
                 None => {}
             }
             Ok(outcome.code)
@@ -160,8 +171,20 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 });
                 println!("{v}");
             } else {
-                println!("kernel  {} ({})", img.kernel.image.display(), img.kernel.release);
-                println!("initrd  {}{}", img.initrd.display(), if img.built { " (built now)" } else { " (cached)" });
+                println!(
+                    "kernel  {} ({})",
+                    img.kernel.image.display(),
+                    img.kernel.release
+                );
+                println!(
+                    "initrd  {}{}",
+                    img.initrd.display(),
+                    if img.built {
+                        " (built now)"
+                    } else {
+                        " (cached)"
+                    }
+                );
             }
             Ok(0)
         }
@@ -170,7 +193,11 @@ async fn dispatch(cli: Cli) -> Result<i32> {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("skiff: error: cannot start the async runtime: {e}");

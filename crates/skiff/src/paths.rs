@@ -5,7 +5,9 @@ use std::env;
 use std::path::{Path, PathBuf};
 
 fn home() -> Option<PathBuf> {
-    env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from)
+    env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
 }
 
 /// The cache of kernels and images: `$SKIFF_CACHE_DIR`, else
@@ -61,7 +63,9 @@ pub fn new_vm_id() -> String {
 /// Find `name` in `PATH`.
 pub fn which(name: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH")?;
-    env::split_paths(&path).map(|d| d.join(name)).find(|p| is_executable(p))
+    env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -84,7 +88,10 @@ pub fn vsock_backend() -> PathBuf {
     let cargo_home = env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| home().map(|h| h.join(".cargo")));
-    if let Some(p) = cargo_home.map(|c| c.join("bin").join(NAME)).filter(|p| is_executable(p)) {
+    if let Some(p) = cargo_home
+        .map(|c| c.join("bin").join(NAME))
+        .filter(|p| is_executable(p))
+    {
         return p;
     }
     PathBuf::from(NAME) // spawning it reports the "not installed" error
@@ -103,7 +110,10 @@ pub fn agent_binary() -> Result<PathBuf> {
             candidates.push(dir.join("skiff-agent"));
             // target/{debug,release}/skiff -> target/x86_64-unknown-linux-gnu/release/skiff-agent
             // target/debug/deps/<test>     -> the same, one level further up
-            for up in [dir.parent(), dir.parent().and_then(Path::parent)].into_iter().flatten() {
+            for up in [dir.parent(), dir.parent().and_then(Path::parent)]
+                .into_iter()
+                .flatten()
+            {
                 candidates.push(up.join("x86_64-unknown-linux-gnu/release/skiff-agent"));
             }
         }
@@ -112,11 +122,13 @@ pub fn agent_binary() -> Result<PathBuf> {
     candidates.push(PathBuf::from("/usr/lib/skiff/skiff-agent"));
     match candidates.iter().find(|p| p.is_file()) {
         Some(p) => Ok(p.clone()),
-        None => bail!(
+        None => {
+            bail!(
             "the guest agent (skiff-agent) was not found; build it with scripts/build-agent.sh \
              or set SKIFF_AGENT to its path (looked in: {})",
             candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-        ),
+        )
+        }
     }
 }
 
@@ -126,5 +138,8 @@ pub fn busybox() -> Option<PathBuf> {
     if let Some(p) = env::var_os("SKIFF_BUSYBOX").filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
     }
-    ["/bin/busybox", "/usr/bin/busybox"].iter().map(PathBuf::from).find(|p| p.is_file())
+    ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
 }

@@ -153,7 +153,12 @@ enum Ended {
 }
 
 /// Run the command on an open agent connection, streaming both ways.
-async fn exec(vm: &mut RunningVm, conn: &mut AgentConn, req: &RunRequest, interrupts: &mut Interrupts) -> Result<Ended> {
+async fn exec(
+    vm: &mut RunningVm,
+    conn: &mut AgentConn,
+    req: &RunRequest,
+    interrupts: &mut Interrupts,
+) -> Result<Ended> {
     let forward_stdin = req.interactive || !std::io::stdin().is_terminal();
     conn.writer
         .send(&Message::Exec(ExecRequest {
@@ -164,7 +169,11 @@ async fn exec(vm: &mut RunningVm, conn: &mut AgentConn, req: &RunRequest, interr
         }))
         .await
         .context("cannot send the command to the guest")?;
-    let mut stdin_rx = if forward_stdin { Some(spawn_stdin_reader()) } else { None };
+    let mut stdin_rx = if forward_stdin {
+        Some(spawn_stdin_reader())
+    } else {
+        None
+    };
     let mut stdout = Sink::new(std::io::stdout());
     let mut stderr = Sink::new(std::io::stderr());
     loop {
@@ -204,23 +213,25 @@ async fn recv_opt(rx: &mut Option<mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {
 /// thread does not keep the process alive at exit). An empty chunk is EOF.
 fn spawn_stdin_reader() -> mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = mpsc::channel(4);
-    let spawned = std::thread::Builder::new().name("stdin".into()).spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        let mut buf = vec![0u8; MAX_CHUNK];
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) | Err(_) => {
-                    let _ = tx.blocking_send(Vec::new());
-                    return;
-                }
-                Ok(n) => {
-                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
+    let spawned = std::thread::Builder::new()
+        .name("stdin".into())
+        .spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; MAX_CHUNK];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.blocking_send(Vec::new());
                         return;
+                    }
+                    Ok(n) => {
+                        if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                            return;
+                        }
                     }
                 }
             }
-        }
-    });
+        });
     if spawned.is_err() {
         eprintln!("skiff: warning: cannot read stdin (no thread); the command gets none");
     }
@@ -243,7 +254,12 @@ impl<W: Write> Sink<W> {
         if self.broken {
             return;
         }
-        if self.out.write_all(bytes).and_then(|_| self.out.flush()).is_err() {
+        if self
+            .out
+            .write_all(bytes)
+            .and_then(|_| self.out.flush())
+            .is_err()
+        {
             self.broken = true;
         }
     }

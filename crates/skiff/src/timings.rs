@@ -43,7 +43,9 @@ impl Timings {
             launch_ms: ms(self.launch),
             boot_ms: ms(self.boot),
             guest_kernel_to_init_ms: self.guest.map(|g| g.init_start_ms),
-            guest_init_ms: self.guest.map(|g| g.init_done_ms.saturating_sub(g.init_start_ms)),
+            guest_init_ms: self
+                .guest
+                .map(|g| g.init_done_ms.saturating_sub(g.init_start_ms)),
             guest_kernel_to_ready_ms: self.guest.map(|g| g.ready_ms),
             exec_ms: ms(self.exec),
             teardown_ms: ms(self.teardown),
@@ -54,13 +56,29 @@ impl Timings {
     /// The human form: one phase per line.
     pub fn render(&self) -> String {
         let mut s = String::from("skiff: timings\n");
-        let image_note = if self.image_built { " (built)" } else { " (cached)" };
-        s += &format!("  image               {:>9.1} ms{image_note}\n", ms(self.image));
-        s += &format!("  launch              {:>9.1} ms  (vsock backend + QEMU started)\n", ms(self.launch));
+        let image_note = if self.image_built {
+            " (built)"
+        } else {
+            " (cached)"
+        };
+        s += &format!(
+            "  image               {:>9.1} ms{image_note}\n",
+            ms(self.image)
+        );
+        s += &format!(
+            "  launch              {:>9.1} ms  (vsock backend + QEMU started)\n",
+            ms(self.launch)
+        );
         s += &format!("  boot to agent ready {:>9.1} ms\n", ms(self.boot));
         if let Some(g) = self.guest {
-            s += &format!("    guest: kernel start to /init {:>6} ms\n", g.init_start_ms);
-            s += &format!("    guest: /init setup (mounts, modules) {:>6} ms\n", g.init_done_ms.saturating_sub(g.init_start_ms));
+            s += &format!(
+                "    guest: kernel start to /init {:>6} ms\n",
+                g.init_start_ms
+            );
+            s += &format!(
+                "    guest: /init setup (mounts, modules) {:>6} ms\n",
+                g.init_done_ms.saturating_sub(g.init_start_ms)
+            );
             s += &format!("    guest: kernel start to ready {:>6} ms\n", g.ready_ms);
         }
         s += &format!("  exec                {:>9.1} ms\n", ms(self.exec));

@@ -38,7 +38,10 @@ fn missing_qemu_names_the_package_and_leaves_nothing() {
         .expect("run");
     assert_eq!(out.status.code(), Some(125));
     let err = stderr(&out);
-    assert!(err.contains("qemu-system-x86_64 is not installed") && err.contains("qemu-system-x86"), "{err}");
+    assert!(
+        err.contains("qemu-system-x86_64 is not installed") && err.contains("qemu-system-x86"),
+        "{err}"
+    );
     env.assert_clean();
 }
 
@@ -48,7 +51,10 @@ fn a_kernel_that_does_not_exist_says_how_to_supply_one() {
     let out = env.run(&["--kernel", "/nonexistent/vmlinuz"], &["true"], None);
     assert_eq!(out.status.code(), Some(125));
     let err = stderr(&out);
-    assert!(err.contains("/nonexistent/vmlinuz") && err.contains("--kernel"), "{err}");
+    assert!(
+        err.contains("/nonexistent/vmlinuz") && err.contains("--kernel"),
+        "{err}"
+    );
     env.assert_clean();
 }
 
@@ -84,10 +90,19 @@ fn the_image_is_cached_and_rebuilt_when_the_agent_changes() {
     let cache = dir.path().join("cache");
     let kernel = common::path(&image, "kernel");
     let release = image["kernel_release"].as_str().expect("release");
-    let modules = kernel.parent().and_then(|b| b.parent()).expect("kernel root").join("lib/modules").join(release);
+    let modules = kernel
+        .parent()
+        .and_then(|b| b.parent())
+        .expect("kernel root")
+        .join("lib/modules")
+        .join(release);
     let prepare = |agent: Option<&std::path::Path>| {
         let mut cmd = env.skiff();
-        cmd.env("SKIFF_CACHE_DIR", &cache).args(["image", "prepare", "--json", "--kernel"]).arg(&kernel).arg("--modules").arg(&modules);
+        cmd.env("SKIFF_CACHE_DIR", &cache)
+            .args(["image", "prepare", "--json", "--kernel"])
+            .arg(&kernel)
+            .arg("--modules")
+            .arg(&modules);
         if let Some(a) = agent {
             cmd.env("SKIFF_AGENT", a);
         }
@@ -103,7 +118,11 @@ fn the_image_is_cached_and_rebuilt_when_the_agent_changes() {
 
     // A different agent binary (one extra byte) is a different image.
     let agent = dir.path().join("agent");
-    let current = env.skiff().args(["image", "prepare", "--json"]).output().expect("prepare");
+    let current = env
+        .skiff()
+        .args(["image", "prepare", "--json"])
+        .output()
+        .expect("prepare");
     assert!(current.status.success());
     let mut bytes = std::fs::read(agent_path()).expect("agent binary");
     bytes.push(0);

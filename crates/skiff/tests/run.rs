@@ -13,7 +13,10 @@ fn uname_prints_the_guest_kernel_release() {
     let image = common::prepared_image(&env);
     let out = env.run(&[], &["uname", "-r"], None);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
-    assert_eq!(stdout(&out).trim(), image["kernel_release"].as_str().expect("release"));
+    assert_eq!(
+        stdout(&out).trim(),
+        image["kernel_release"].as_str().expect("release")
+    );
     env.assert_clean();
 }
 
@@ -27,7 +30,12 @@ fn exit_codes_follow_the_guest_command() {
         (vec!["sh", "-c", "kill -9 $$"], 128 + 9),
     ] {
         let out = env.run(&[], &argv, None);
-        assert_eq!(out.status.code(), Some(code), "{argv:?}: stderr: {}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{argv:?}: stderr: {}",
+            stderr(&out)
+        );
     }
     env.assert_clean();
 }
@@ -37,7 +45,11 @@ fn a_missing_command_exits_127_with_a_shell_like_message() {
     let env = Env::new();
     let out = env.run(&[], &["no-such-command", "arg"], None);
     assert_eq!(out.status.code(), Some(127));
-    assert!(stderr(&out).contains("no-such-command: command not found"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no-such-command: command not found"),
+        "{}",
+        stderr(&out)
+    );
     assert!(out.stdout.is_empty());
     env.assert_clean();
 }
@@ -69,8 +81,23 @@ fn stdin_reaches_the_guest_command() {
 fn cpus_memory_env_and_workdir_are_applied() {
     let env = Env::new();
     let out = env.run(
-        &["--cpus", "2", "--memory", "512", "--env", "A=1", "-e", "B=two words", "--workdir", "/tmp"],
-        &["sh", "-c", "nproc; echo $A; echo $B; pwd; awk '/MemTotal/ {print $2}' /proc/meminfo"],
+        &[
+            "--cpus",
+            "2",
+            "--memory",
+            "512",
+            "--env",
+            "A=1",
+            "-e",
+            "B=two words",
+            "--workdir",
+            "/tmp",
+        ],
+        &[
+            "sh",
+            "-c",
+            "nproc; echo $A; echo $B; pwd; awk '/MemTotal/ {print $2}' /proc/meminfo",
+        ],
         None,
     );
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
@@ -78,7 +105,10 @@ fn cpus_memory_env_and_workdir_are_applied() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(&lines[..4], ["2", "1", "two words", "/tmp"], "{text}");
     let mem_kib: u64 = lines[4].parse().expect("MemTotal");
-    assert!((400 * 1024..=512 * 1024).contains(&mem_kib), "MemTotal {mem_kib} KiB for --memory 512");
+    assert!(
+        (400 * 1024..=512 * 1024).contains(&mem_kib),
+        "MemTotal {mem_kib} KiB for --memory 512"
+    );
     env.assert_clean();
 }
 
@@ -86,18 +116,26 @@ fn cpus_memory_env_and_workdir_are_applied() {
 fn ten_mib_of_output_arrives_intact_and_in_order() {
     let env = Env::new();
     // The guest hashes what it sends; the host hashes what it got.
-    let script = "head -c 10485760 /dev/urandom > /tmp/blob && sha256sum /tmp/blob >&2 && cat /tmp/blob";
+    let script =
+        "head -c 10485760 /dev/urandom > /tmp/blob && sha256sum /tmp/blob >&2 && cat /tmp/blob";
     let out = env.run(&["--memory", "256"], &["sh", "-c", script], None);
     assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(&out));
     assert_eq!(out.stdout.len(), 10 * 1024 * 1024);
-    let guest_hash = stderr(&out).split_whitespace().next().unwrap_or_default().to_owned();
+    let guest_hash = stderr(&out)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     assert_eq!(sha256_hex(&out.stdout), guest_hash);
 
     // Ordered text the host can regenerate exactly.
     let out = env.run(&[], &["seq", "1", "1500000"], None);
     let expected: String = (1..=1_500_000).map(|i| format!("{i}\n")).collect();
     assert!(out.stdout.len() > 10 * 1024 * 1024 - 2_000_000);
-    assert!(out.stdout == expected.as_bytes(), "seq output differs from the expected sequence");
+    assert!(
+        out.stdout == expected.as_bytes(),
+        "seq output differs from the expected sequence"
+    );
     env.assert_clean();
 }
 
@@ -107,7 +145,16 @@ fn three_vms_run_concurrently_without_interfering() {
     let children: Vec<_> = (0..3)
         .map(|i| {
             env.skiff()
-                .args(["run", "-q", "--env", &format!("ID={i}"), "--", "sh", "-c", "echo start-$ID; sleep 1; echo end-$ID >&2; exit $ID"])
+                .args([
+                    "run",
+                    "-q",
+                    "--env",
+                    &format!("ID={i}"),
+                    "--",
+                    "sh",
+                    "-c",
+                    "echo start-$ID; sleep 1; echo end-$ID >&2; exit $ID",
+                ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -117,7 +164,12 @@ fn three_vms_run_concurrently_without_interfering() {
         .collect();
     for (i, child) in children.into_iter().enumerate() {
         let out = child.wait_with_output().expect("wait");
-        assert_eq!(out.status.code(), Some(i as i32), "vm {i}: {}", stderr(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(i as i32),
+            "vm {i}: {}",
+            stderr(&out)
+        );
         assert_eq!(stdout(&out), format!("start-{i}\n"));
         assert_eq!(stderr(&out), format!("end-{i}\n"));
     }
@@ -138,13 +190,23 @@ fn ctrl_c_tears_the_vm_down() {
     // Wait for the command to be running in the guest.
     use std::io::BufRead;
     let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("started"));
-    assert!(!common::processes_under(env.runtime.path()).is_empty(), "the VM should be running now");
+    assert_eq!(
+        lines.next().and_then(Result::ok).as_deref(),
+        Some("started")
+    );
+    assert!(
+        !common::processes_under(env.runtime.path()).is_empty(),
+        "the VM should be running now"
+    );
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
     let start = Instant::now();
     let status = child.wait().expect("wait");
-    assert!(start.elapsed() < Duration::from_secs(10), "teardown took {:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "teardown took {:?}",
+        start.elapsed()
+    );
     assert_eq!(status.code(), Some(130));
     env.assert_clean();
 }
@@ -154,11 +216,22 @@ fn a_guest_that_dies_mid_command_is_an_error_not_a_hang() {
     let env = Env::new();
     let start = Instant::now();
     // `poweroff -f` stops the VM under the running command.
-    let out = env.run(&[], &["sh", "-c", "echo before; poweroff -f; sleep 600"], None);
-    assert!(start.elapsed() < Duration::from_secs(60), "took {:?}", start.elapsed());
+    let out = env.run(
+        &[],
+        &["sh", "-c", "echo before; poweroff -f; sleep 600"],
+        None,
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        start.elapsed()
+    );
     assert_eq!(out.status.code(), Some(125), "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "before\n");
     let err = stderr(&out);
-    assert!(err.contains("VM stopped") || err.contains("control channel"), "{err}");
+    assert!(
+        err.contains("VM stopped") || err.contains("control channel"),
+        "{err}"
+    );
     env.assert_clean();
 }

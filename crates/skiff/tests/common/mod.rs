@@ -14,7 +14,12 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
-        Env { runtime: tempfile::Builder::new().prefix("skiff-e2e").tempdir().expect("runtime tempdir") }
+        Env {
+            runtime: tempfile::Builder::new()
+                .prefix("skiff-e2e")
+                .tempdir()
+                .expect("runtime tempdir"),
+        }
     }
 
     /// A `skiff` command using this test's runtime directory.
@@ -37,7 +42,11 @@ impl Env {
         assert_no_processes_under(self.runtime.path());
         let vms = self.runtime.path().join("vms");
         if vms.exists() {
-            let left: Vec<_> = std::fs::read_dir(&vms).expect("read vms").filter_map(Result::ok).map(|e| e.path()).collect();
+            let left: Vec<_> = std::fs::read_dir(&vms)
+                .expect("read vms")
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .collect();
             assert!(left.is_empty(), "runtime files left behind: {left:?}");
         }
     }
@@ -46,7 +55,11 @@ impl Env {
 pub fn output_with_input(cmd: &mut Command, input: Option<&[u8]>) -> Output {
     use std::io::Write;
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdin(if input.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
     let mut child = cmd.spawn().expect("spawn skiff");
     if let Some(bytes) = input {
         let mut stdin = child.stdin.take().expect("stdin");
@@ -60,12 +73,17 @@ pub fn output_with_input(cmd: &mut Command, input: Option<&[u8]>) -> Output {
 pub fn processes_under(dir: &Path) -> Vec<String> {
     let needle = dir.to_string_lossy().into_owned();
     let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").filter_map(Result::ok) {
+    for entry in std::fs::read_dir("/proc")
+        .expect("/proc")
+        .filter_map(Result::ok)
+    {
         let name = entry.file_name();
         if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
         // The skiff process itself only has the directory in its environment.
         if cmdline.contains(&needle) {
@@ -83,7 +101,10 @@ pub fn assert_no_processes_under(dir: &Path) {
         if left.is_empty() {
             return;
         }
-        assert!(Instant::now() < deadline, "processes left behind: {left:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "processes left behind: {left:#?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -98,8 +119,16 @@ pub fn stderr(o: &Output) -> String {
 
 /// The cached kernel the default image boots, from `skiff image prepare`.
 pub fn prepared_image(env: &Env) -> serde_json::Value {
-    let out = env.skiff().args(["image", "prepare", "--json"]).output().expect("image prepare");
-    assert!(out.status.success(), "image prepare failed: {}", stderr(&out));
+    let out = env
+        .skiff()
+        .args(["image", "prepare", "--json"])
+        .output()
+        .expect("image prepare");
+    assert!(
+        out.status.success(),
+        "image prepare failed: {}",
+        stderr(&out)
+    );
     serde_json::from_slice(&out.stdout).expect("image prepare json")
 }
 
@@ -109,5 +138,9 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 pub fn path(v: &serde_json::Value, key: &str) -> PathBuf {
-    PathBuf::from(v[key].as_str().unwrap_or_else(|| panic!("{key} missing in {v}")))
+    PathBuf::from(
+        v[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} missing in {v}")),
+    )
 }

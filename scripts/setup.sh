@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Install everything skiff needs on a Debian (12+) machine, build skiff, and
+# prepare the default guest image. Safe to run again: it only does what is
+# missing. Needs root or sudo for the Debian packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VHOST_DEVICE_VSOCK_VERSION=0.3.0
+PACKAGES=(qemu-system-x86 busybox-static cpio e2fsprogs kmod ca-certificates)
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# 1. Debian packages: QEMU, a static busybox for the guest, cpio (tests),
+#    e2fsprogs (drive images), kmod (depmod indexes the guest kernel's modules).
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+have_lists=$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' 2>/dev/null | head -n1)
+if [ ${#missing[@]} -gt 0 ] || [ -z "$have_lists" ]; then
+  say "installing Debian packages: ${missing[*]:-(refreshing package lists)}"
+  as_root apt-get update -qq
+  if [ ${#missing[@]} -gt 0 ]; then
+    as_root env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+
+# 2. Rust toolchain (rustup) must already be there.
+if ! command -v cargo >/dev/null; then
+  say "cargo not found: install Rust with rustup (https://rustup.rs) and run this again"
+  exit 1
+fi
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+# 3. The vhost-user vsock backend (built once, cached in ~/.cargo/bin).
+if ! vhost-device-vsock --version 2>/dev/null | grep -q "$VHOST_DEVICE_VSOCK_VERSION"; then
+  say "building vhost-device-vsock $VHOST_DEVICE_VSOCK_VERSION (once; about a minute)"
+  cargo install --locked --quiet vhost-device-vsock --version "$VHOST_DEVICE_VSOCK_VERSION"
+fi
+
+# 4. skiff and its static guest agent.
+say "building the guest agent and skiff"
+scripts/build-agent.sh --quiet >/dev/null
+cargo build --release --locked --quiet -p skiff
+
+# 5. The default guest image: Debian's cloud kernel plus an initramfs with the agent.
+say "preparing the default guest image"
+target/release/skiff image prepare
+say "ready: target/release/skiff run -- uname -a"

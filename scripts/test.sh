@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, unit tests and the
+# end-to-end tests that boot real microVMs (run scripts/setup.sh first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+cargo fmt --all --check
+scripts/build-agent.sh --quiet >/dev/null
+cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+# VMs run under emulation on hosts without hardware KVM: two at a time keeps
+# a 2-core machine responsive enough for the boot timeouts.
+cargo test --workspace --locked -- --test-threads=2
