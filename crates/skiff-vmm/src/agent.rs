@@ -166,3 +166,163 @@ impl AgentWriter {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use skiff_proto::{BootTimes, ExitStatus};
+    use tokio::io::AsyncWriteExt;
+
+    fn hello(protocol: u32) -> Message {
+        Message::Hello(Hello {
+            protocol,
+            agent_version: "9.9.9".into(),
+            boot: BootTimes::default(),
+        })
+    }
+
+    fn frame(msg: &Message) -> Vec<u8> {
+        let mut b = Vec::new();
+        skiff_proto::encode(msg, &mut b).expect("encode");
+        b
+    }
+
+    const T: Duration = Duration::from_secs(2);
+
+    async fn handshake_err(host: UnixStream, timeout: Duration) -> AgentError {
+        match AgentConn::handshake(host, timeout).await {
+            Err(e) => e,
+            Ok(_) => panic!("the handshake should have failed"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_matching_hello_completes_the_handshake_and_frames_flow() {
+        let (host, mut guest) = UnixStream::pair().expect("pair");
+        guest
+            .write_all(&frame(&hello(PROTOCOL_VERSION)))
+            .await
+            .expect("write");
+        guest
+            .write_all(&frame(&Message::Stdout(b"hi".to_vec())))
+            .await
+            .expect("write");
+        guest
+            .write_all(&frame(&Message::Exited(ExitStatus::Code(4))))
+            .await
+            .expect("write");
+        drop(guest);
+        let mut conn = AgentConn::handshake(host, T).await.expect("handshake");
+        assert_eq!(conn.hello.agent_version, "9.9.9");
+        assert_eq!(
+            conn.reader.recv().await.expect("recv"),
+            Some(Message::Stdout(b"hi".to_vec()))
+        );
+        assert_eq!(
+            conn.reader.recv().await.expect("recv"),
+            Some(Message::Exited(ExitStatus::Code(4)))
+        );
+        assert_eq!(conn.reader.recv().await.expect("recv"), None);
+    }
+
+    #[tokio::test]
+    async fn a_mismatched_protocol_version_is_refused_with_both_versions() {
+        let (host, mut guest) = UnixStream::pair().expect("pair");
+        guest
+            .write_all(&frame(&hello(PROTOCOL_VERSION + 1)))
+            .await
+            .expect("write");
+        let err = handshake_err(host, T).await;
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("version {}", PROTOCOL_VERSION + 1)) && text.contains("9.9.9"),
+            "{text}"
+        );
+        assert!(text.contains("rebuild"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_says_nothing_times_out() {
+        let (host, _guest) = UnixStream::pair().expect("pair");
+        let err = handshake_err(host, Duration::from_millis(100)).await;
+        assert!(matches!(err, AgentError::Timeout(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_first_message_other_than_hello_is_refused() {
+        let (host, mut guest) = UnixStream::pair().expect("pair");
+        guest
+            .write_all(&frame(&Message::Stdout(vec![1])))
+            .await
+            .expect("write");
+        let err = handshake_err(host, T).await;
+        assert!(matches!(err, AgentError::NoHello("stdout")), "{err}");
+    }
+
+    #[tokio::test]
+    async fn garbage_oversized_and_truncated_frames_are_errors_not_panics() {
+        // An oversized length prefix is rejected without reading the body.
+        let (host, mut guest) = UnixStream::pair().expect("pair");
+        guest
+            .write_all(&[0xff, 0xff, 0xff, 0xff, 1])
+            .await
+            .expect("write");
+        let err = handshake_err(host, T).await;
+        assert!(
+            matches!(
+                err,
+                AgentError::Protocol(skiff_proto::DecodeError::TooLarge { .. })
+            ),
+            "{err}"
+        );
+
+        // A frame cut short by a closed connection.
+        let (host, mut guest) = UnixStream::pair().expect("pair");
+        let mut bytes = frame(&hello(PROTOCOL_VERSION));
+        bytes.extend_from_slice(&frame(&Message::Stdout(vec![7; 100]))[..50]);
+        guest.write_all(&bytes).await.expect("write");
+        drop(guest);
+        let mut conn = AgentConn::handshake(host, T).await.expect("handshake");
+        let err = conn.reader.recv().await.expect_err("must fail");
+        assert!(matches!(err, AgentError::Closed { .. }), "{err}");
+
+        // An unknown tag after a good hello.
+        let (host, mut guest) = UnixStream::pair().expect("pair");
+        guest
+            .write_all(&frame(&hello(PROTOCOL_VERSION)))
+            .await
+            .expect("write");
+        guest.write_all(&[0, 0, 0, 1, 250]).await.expect("write");
+        let mut conn = AgentConn::handshake(host, T).await.expect("handshake");
+        let err = conn.reader.recv().await.expect_err("must fail");
+        assert!(
+            matches!(
+                err,
+                AgentError::Protocol(skiff_proto::DecodeError::UnknownTag(250))
+            ),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn frames_split_across_many_small_writes_reassemble() {
+        let (host, mut guest) = UnixStream::pair().expect("pair");
+        let mut bytes = frame(&hello(PROTOCOL_VERSION));
+        let payload: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        for chunk in payload.chunks(skiff_proto::MAX_CHUNK) {
+            bytes.extend_from_slice(&frame(&Message::Stdout(chunk.to_vec())));
+        }
+        let writer = tokio::spawn(async move {
+            for piece in bytes.chunks(7) {
+                guest.write_all(piece).await.expect("write");
+            }
+        });
+        let mut conn = AgentConn::handshake(host, T).await.expect("handshake");
+        let mut got = Vec::new();
+        while let Some(Message::Stdout(b)) = conn.reader.recv().await.expect("recv") {
+            got.extend_from_slice(&b);
+        }
+        writer.await.expect("writer");
+        assert_eq!(got, payload);
+    }
+}

@@ -42,8 +42,9 @@ pub struct GuestImage {
 pub fn prepare(choice: &KernelChoice, quiet: bool) -> Result<GuestImage> {
     let cache = paths::cache_dir()?;
     let progress = StepProgress::new(quiet);
-    let kernel = skiff_image::ensure_kernel(&choice.source(), &cache, &progress)
-        .context("cannot get a guest kernel")?;
+    let kernel = skiff_image::ensure_kernel(&choice.source(), &cache, &progress).context(
+        "cannot get a guest kernel (to boot one you already have: --kernel PATH [--modules DIR])",
+    )?;
     let agent = paths::agent_binary()?;
     let busybox = paths::busybox();
     let modules: &[&str] = if kernel.modules_dir.is_some() {

@@ -59,6 +59,31 @@ fn a_kernel_that_does_not_exist_says_how_to_supply_one() {
 }
 
 #[test]
+fn no_kernel_and_no_way_to_fetch_one_says_how_to_supply_one() {
+    let env = Env::new();
+    let empty_cache = tempfile::tempdir().expect("tempdir");
+    let no_tools = tempfile::tempdir().expect("tempdir");
+    let out = env
+        .skiff()
+        .env("SKIFF_CACHE_DIR", empty_cache.path())
+        .env("PATH", no_tools.path())
+        .args(["run", "-q", "--", "true"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(125));
+    let err = stderr(&out);
+    assert!(err.contains("apt-cache is not installed"), "{err}");
+    assert!(err.contains("--kernel PATH"), "{err}");
+    // Nothing half-fetched is left in the cache.
+    let kernels = empty_cache.path().join("kernels");
+    let left: Vec<_> = std::fs::read_dir(&kernels)
+        .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+    env.assert_clean();
+}
+
+#[test]
 fn a_guest_that_is_not_ready_in_time_reports_its_console() {
     let env = Env::new();
     let image = common::prepared_image(&env);
