@@ -1,0 +1,261 @@
+//! skiff's VM spec: the TOML a user writes, the typed value the daemon
+//! stores and acts on, and validation that reports every problem at once,
+//! each with its field path and what is allowed.
+//!
+//! ```toml
+//! [vm.web]
+//! vcpus = 2
+//! memory = "512M"
+//! command = ["python3", "-m", "http.server", "8080"]
+//! forward_ports = ["8080:8080"]
+//! restart = { policy = "on-failure", max_retries = 5, backoff = "2s" }
+//! ```
+//!
+//! This crate does no I/O: paths are checked for form (absolute), not for
+//! existence; the daemon checks existence when it acts.
+
+mod parse;
+mod units;
+
+pub use parse::{parse_file, parse_forward, parse_vm_table};
+pub use units::{parse_duration_ms, parse_size_mib};
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+pub const MIN_MEMORY_MIB: u32 = 64;
+pub const MAX_MEMORY_MIB: u32 = 1024 * 1024;
+pub const MAX_VCPUS: u32 = 255;
+pub const MAX_NAME_LEN: usize = 63;
+
+/// One VM, validated and with every default filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub kernel: Option<KernelSpec>,
+    pub image: Option<String>,
+    pub hypervisor: Hypervisor,
+    pub accel: Accel,
+    pub network: Vec<NetworkSpec>,
+    pub forward_ports: Vec<PortForward>,
+    pub shares: Vec<Share>,
+    pub volumes: Vec<Volume>,
+    pub env: BTreeMap<String, String>,
+    /// What the guest runs after boot (a service); none: the VM idles and
+    /// takes `exec` requests.
+    pub command: Option<Vec<String>>,
+    pub autostart: bool,
+    /// Whether `apply` restarts the VM when its spec changed.
+    pub restart_if_changed: bool,
+    pub restart: RestartPolicy,
+}
+
+impl VmSpec {
+    /// A spec with every default and the given name (what `[vm.NAME]` with
+    /// no fields means).
+    pub fn with_defaults(name: &str) -> VmSpec {
+        VmSpec {
+            name: name.to_owned(),
+            vcpus: 1,
+            memory_mib: 256,
+            kernel: None,
+            image: None,
+            hypervisor: Hypervisor::Qemu,
+            accel: Accel::Auto,
+            network: Vec::new(),
+            forward_ports: Vec::new(),
+            shares: Vec::new(),
+            volumes: Vec::new(),
+            env: BTreeMap::new(),
+            command: None,
+            autostart: false,
+            restart_if_changed: true,
+            restart: RestartPolicy::No,
+        }
+    }
+
+    /// A stable hash of the spec's content, to tell whether it changed.
+    pub fn content_hash(&self) -> String {
+        use sha2::Digest;
+        // serde_json of these plain types cannot fail; BTreeMap keeps key order stable.
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        hex::encode(&sha2::Sha256::digest(&json)[..16])
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelSpec {
+    pub path: Option<PathBuf>,
+    pub modules: Option<PathBuf>,
+    /// Extra kernel command-line arguments.
+    pub params: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Hypervisor {
+    Qemu,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Accel {
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    pub mode: NetMode,
+    /// The skiff network to join (bridge mode).
+    pub network: Option<String>,
+    /// A fixed address on that network; none: the next free one.
+    pub address: Option<Ipv4Addr>,
+    pub egress: Egress,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetMode {
+    None,
+    User,
+    Bridge,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Egress {
+    All,
+    None,
+    /// Only to these CIDRs (as written, validated).
+    Cidrs(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortForward {
+    pub host_address: IpAddr,
+    pub host_port: u16,
+    pub guest_port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Share {
+    /// Host directory (absolute).
+    pub source: PathBuf,
+    /// Where it appears in the guest (absolute).
+    pub target: String,
+    pub tag: String,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Volume {
+    /// A named volume (persistent, survives `rm` and re-create).
+    pub name: String,
+    /// Mount point in the guest (absolute).
+    pub target: String,
+    pub size_mib: Option<u32>,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum RestartPolicy {
+    No,
+    OnFailure {
+        max_retries: Option<u32>,
+        backoff_ms: u64,
+        max_backoff_ms: u64,
+    },
+    Always {
+        backoff_ms: u64,
+        max_backoff_ms: u64,
+    },
+}
+
+/// One problem in a spec, with the path of the field it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in a spec file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "the spec has {n} problem{}:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            writeln!(f, "  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Check a VM name: 1 to 63 characters, lowercase letters, digits and
+/// hyphens, starting with a letter or digit (usable as a host name).
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the name is empty".into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "{:?} is {} characters long; at most {MAX_NAME_LEN} are allowed",
+            name,
+            name.len()
+        ));
+    }
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let ok_start = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !ok_chars || !ok_start || name.ends_with('-') {
+        return Err(format!(
+            "{name:?} is not a valid name; use lowercase letters, digits and '-', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,717 @@
+//! From TOML text to validated [`VmSpec`]s, collecting every problem.
+//!
+//! The TOML is walked by hand rather than deserialized with serde, because
+//! serde stops at the first problem and a user fixing a spec wants them all.
+
+mod net;
+pub use net::parse_forward;
+
+use crate::*;
+use std::collections::BTreeSet;
+use toml::{Table, Value};
+
+#[derive(Default)]
+struct Errs(Vec<SpecError>);
+
+impl Errs {
+    fn push(&mut self, path: &str, message: impl Into<String>) {
+        self.0.push(SpecError {
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+}
+
+/// The keys of one TOML table, tracking which were read so that the rest
+/// can be reported as unknown.
+struct Fields<'a> {
+    table: &'a Table,
+    path: String,
+    used: BTreeSet<&'a str>,
+}
+
+impl<'a> Fields<'a> {
+    fn new(table: &'a Table, path: &str) -> Fields<'a> {
+        Fields {
+            table,
+            path: path.to_owned(),
+            used: BTreeSet::new(),
+        }
+    }
+
+    fn get(&mut self, key: &'a str) -> Option<&'a Value> {
+        self.used.insert(key);
+        self.table.get(key)
+    }
+
+    fn sub(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    /// Report keys that were never read.
+    fn finish(self, allowed: &[&str], errs: &mut Errs) {
+        for key in self.table.keys() {
+            if !self.used.contains(key.as_str()) {
+                errs.push(
+                    &self.sub(key),
+                    format!("unknown field; allowed here: {}", allowed.join(", ")),
+                );
+            }
+        }
+    }
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a date",
+        Value::Array(_) => "an array",
+        Value::Table(_) => "a table",
+    }
+}
+
+fn expect_str<'v>(v: &'v Value, path: &str, errs: &mut Errs) -> Option<&'v str> {
+    match v {
+        Value::String(s) => Some(s),
+        other => {
+            errs.push(
+                path,
+                format!("expected a string, found {}", type_name(other)),
+            );
+            None
+        }
+    }
+}
+
+fn expect_bool(v: &Value, path: &str, errs: &mut Errs) -> Option<bool> {
+    match v {
+        Value::Boolean(b) => Some(*b),
+        other => {
+            errs.push(
+                path,
+                format!("expected true or false, found {}", type_name(other)),
+            );
+            None
+        }
+    }
+}
+
+fn expect_int(v: &Value, path: &str, errs: &mut Errs) -> Option<i64> {
+    match v {
+        Value::Integer(i) => Some(*i),
+        other => {
+            errs.push(
+                path,
+                format!("expected an integer, found {}", type_name(other)),
+            );
+            None
+        }
+    }
+}
+
+fn expect_table<'v>(v: &'v Value, path: &str, errs: &mut Errs) -> Option<&'v Table> {
+    match v {
+        Value::Table(t) => Some(t),
+        other => {
+            errs.push(
+                path,
+                format!("expected a table, found {}", type_name(other)),
+            );
+            None
+        }
+    }
+}
+
+fn expect_strings(v: &Value, path: &str, errs: &mut Errs) -> Option<Vec<String>> {
+    let Value::Array(items) = v else {
+        errs.push(
+            path,
+            format!("expected an array of strings, found {}", type_name(v)),
+        );
+        return None;
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        out.push(expect_str(item, &format!("{path}[{i}]"), errs)?.to_owned());
+    }
+    Some(out)
+}
+
+fn absolute(path: &str, value: &str, errs: &mut Errs) -> bool {
+    if !value.starts_with('/') {
+        errs.push(
+            path,
+            format!("{value:?} must be an absolute path (starting with /)"),
+        );
+        return false;
+    }
+    true
+}
+
+/// Parse a spec file: either `[vm.NAME]` tables (one or more VMs), or the
+/// fields of a single VM at the top level with a `name`.
+pub fn parse_file(text: &str) -> Result<Vec<VmSpec>, SpecErrors> {
+    let table: Table = text.parse().map_err(|e: toml::de::Error| {
+        SpecErrors(vec![SpecError {
+            path: String::new(),
+            message: format!("not valid TOML: {}", e.message().trim()),
+        }])
+    })?;
+    let mut errs = Errs::default();
+    let mut specs = Vec::new();
+    match table.get("vm") {
+        Some(vms) => {
+            for key in table.keys().filter(|k| k.as_str() != "vm") {
+                errs.push(
+                    key,
+                    "unknown top-level field; a file with [vm.NAME] tables may hold only those",
+                );
+            }
+            if let Some(vms) = expect_table(vms, "vm", &mut errs) {
+                if vms.is_empty() {
+                    errs.push("vm", "no VM defined; add a [vm.NAME] table");
+                }
+                for (name, body) in vms {
+                    let path = format!("vm.{name}");
+                    if let Some(body) = expect_table(body, &path, &mut errs) {
+                        if let Some(spec) = vm_table(name, body, &path, &mut errs) {
+                            specs.push(spec);
+                        }
+                    }
+                }
+            }
+        }
+        None => {
+            let name = match table.get("name") {
+                Some(v) => expect_str(v, "name", &mut errs)
+                    .unwrap_or_default()
+                    .to_owned(),
+                None => {
+                    errs.push(
+                        "name",
+                        "missing; name the VM (name = \"web\") or use [vm.NAME] tables",
+                    );
+                    String::new()
+                }
+            };
+            let mut rest = table.clone();
+            rest.remove("name");
+            if let Some(spec) = vm_table(&name, &rest, "", &mut errs) {
+                specs.push(spec);
+            }
+        }
+    }
+    if errs.0.is_empty() {
+        Ok(specs)
+    } else {
+        Err(SpecErrors(errs.0))
+    }
+}
+
+/// Parse the body of one `[vm.NAME]` table.
+pub fn parse_vm_table(name: &str, body: &Table) -> Result<VmSpec, SpecErrors> {
+    let mut errs = Errs::default();
+    let path = format!("vm.{name}");
+    match vm_table(name, body, &path, &mut errs) {
+        Some(spec) if errs.0.is_empty() => Ok(spec),
+        _ => Err(SpecErrors(errs.0)),
+    }
+}
+
+const VM_FIELDS: &[&str] = &[
+    "vcpus",
+    "memory",
+    "kernel",
+    "image",
+    "hypervisor",
+    "accel",
+    "network",
+    "forward_ports",
+    "shares",
+    "volumes",
+    "env",
+    "command",
+    "autostart",
+    "restart_if_changed",
+    "restart",
+];
+
+fn vm_table(name: &str, body: &Table, path: &str, errs: &mut Errs) -> Option<VmSpec> {
+    let before = errs.0.len();
+    let name_path = if path.is_empty() {
+        "name".to_owned()
+    } else {
+        path.to_owned()
+    };
+    if let Err(e) = check_name(name) {
+        errs.push(&name_path, e);
+    }
+    let mut spec = VmSpec::with_defaults(name);
+    let mut f = Fields::new(body, path);
+
+    if let Some(v) = f.get("vcpus") {
+        let p = f.sub("vcpus");
+        if let Some(n) = expect_int(v, &p, errs) {
+            match u32::try_from(n) {
+                Ok(n) if (1..=MAX_VCPUS).contains(&n) => spec.vcpus = n,
+                _ => errs.push(
+                    &p,
+                    format!("{n} is out of range; allowed: 1 to {MAX_VCPUS}"),
+                ),
+            }
+        }
+    }
+    if let Some(v) = f.get("memory") {
+        let p = f.sub("memory");
+        let mib = match v {
+            Value::Integer(n) => u64::try_from(*n).map_err(|_| format!("{n} MiB is negative")),
+            Value::String(s) => parse_size_mib(s),
+            other => Err(format!(
+                "expected MiB as an integer or a string like \"512M\", found {}",
+                type_name(other)
+            )),
+        };
+        match mib {
+            Ok(m) if m < u64::from(MIN_MEMORY_MIB) => errs.push(
+                &p,
+                format!("{m} MiB is below the {MIN_MEMORY_MIB} MiB minimum"),
+            ),
+            Ok(m) if m > u64::from(MAX_MEMORY_MIB) => errs.push(
+                &p,
+                format!("{m} MiB is above the {MAX_MEMORY_MIB} MiB maximum"),
+            ),
+            Ok(m) => spec.memory_mib = m as u32,
+            Err(e) => errs.push(&p, e),
+        }
+    }
+    if let Some(v) = f.get("kernel") {
+        spec.kernel = kernel(v, &f.sub("kernel"), errs);
+    }
+    if let Some(v) = f.get("image") {
+        spec.image = expect_str(v, &f.sub("image"), errs).map(str::to_owned);
+    }
+    if let Some(v) = f.get("hypervisor") {
+        let p = f.sub("hypervisor");
+        match expect_str(v, &p, errs) {
+            Some("qemu") | None => {}
+            Some(h @ ("firecracker" | "cloud-hypervisor")) => {
+                errs.push(&p, format!("{h:?} is not supported yet; allowed: \"qemu\""))
+            }
+            Some(other) => errs.push(
+                &p,
+                format!("unknown hypervisor {other:?}; allowed: \"qemu\""),
+            ),
+        }
+    }
+    if let Some(v) = f.get("accel") {
+        let p = f.sub("accel");
+        match expect_str(v, &p, errs) {
+            Some("auto") => spec.accel = Accel::Auto,
+            Some("kvm") => spec.accel = Accel::Kvm,
+            Some("tcg") => spec.accel = Accel::Tcg,
+            Some(other) => errs.push(
+                &p,
+                format!("unknown accelerator {other:?}; allowed: \"auto\", \"kvm\", \"tcg\""),
+            ),
+            None => {}
+        }
+    }
+    if let Some(v) = f.get("network") {
+        spec.network = net::networks(v, &f.sub("network"), errs);
+    }
+    if let Some(v) = f.get("forward_ports") {
+        spec.forward_ports = net::forwards(v, &f.sub("forward_ports"), errs);
+    }
+    if let Some(v) = f.get("shares") {
+        spec.shares = shares(v, &f.sub("shares"), errs);
+    }
+    if let Some(v) = f.get("volumes") {
+        spec.volumes = volumes(v, &f.sub("volumes"), errs);
+    }
+    if let Some(v) = f.get("env") {
+        let p = f.sub("env");
+        if let Some(t) = expect_table(v, &p, errs) {
+            for (k, val) in t {
+                let kp = format!("{p}.{k}");
+                let valid_key = !k.is_empty()
+                    && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    && !k.as_bytes()[0].is_ascii_digit();
+                if !valid_key {
+                    errs.push(&kp, "not a valid variable name; use letters, digits and _, not starting with a digit");
+                }
+                if let Some(s) = expect_str(val, &kp, errs) {
+                    spec.env.insert(k.clone(), s.to_owned());
+                }
+            }
+        }
+    }
+    if let Some(v) = f.get("command") {
+        let p = f.sub("command");
+        spec.command = match v {
+            Value::String(s) if !s.trim().is_empty() => {
+                Some(vec!["/bin/sh".into(), "-c".into(), s.clone()])
+            }
+            Value::Array(a) if a.is_empty() => {
+                errs.push(&p, "empty command; give the program and its arguments");
+                None
+            }
+            Value::String(_) => {
+                errs.push(&p, "empty command; give the program and its arguments");
+                None
+            }
+            other => expect_strings(other, &p, errs),
+        };
+    }
+    if let Some(v) = f.get("autostart") {
+        spec.autostart = expect_bool(v, &f.sub("autostart"), errs).unwrap_or(false);
+    }
+    if let Some(v) = f.get("restart_if_changed") {
+        spec.restart_if_changed =
+            expect_bool(v, &f.sub("restart_if_changed"), errs).unwrap_or(true);
+    }
+    if let Some(v) = f.get("restart") {
+        spec.restart = restart(v, &f.sub("restart"), errs);
+    }
+    f.finish(VM_FIELDS, errs);
+    let has_nic = spec.network.iter().any(|n| n.mode != NetMode::None);
+    if !spec.forward_ports.is_empty() && !has_nic {
+        let p = if path.is_empty() {
+            "forward_ports".to_owned()
+        } else {
+            format!("{path}.forward_ports")
+        };
+        errs.push(
+            &p,
+            "port forwards need a network interface of mode \"user\" or \"bridge\"",
+        );
+    }
+    (errs.0.len() == before).then_some(spec)
+}
+
+fn kernel(v: &Value, p: &str, errs: &mut Errs) -> Option<KernelSpec> {
+    let mut k = KernelSpec {
+        path: None,
+        modules: None,
+        params: Vec::new(),
+    };
+    match v {
+        Value::String(s) => {
+            absolute(p, s, errs).then(|| k.path = Some(s.into()));
+        }
+        Value::Table(t) => {
+            let mut f = Fields::new(t, p);
+            if let Some(v) = f.get("path") {
+                let pp = f.sub("path");
+                if let Some(s) = expect_str(v, &pp, errs) {
+                    absolute(&pp, s, errs).then(|| k.path = Some(s.into()));
+                }
+            }
+            if let Some(v) = f.get("modules") {
+                let pp = f.sub("modules");
+                if let Some(s) = expect_str(v, &pp, errs) {
+                    absolute(&pp, s, errs).then(|| k.modules = Some(s.into()));
+                }
+            }
+            if let Some(v) = f.get("params") {
+                let pp = f.sub("params");
+                for (i, param) in expect_strings(v, &pp, errs)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .enumerate()
+                {
+                    if param.is_empty()
+                        || param
+                            .chars()
+                            .any(|c| c.is_whitespace() || c.is_control() || c == '"')
+                    {
+                        errs.push(&format!("{pp}[{i}]"), format!("{param:?} must be one word without spaces, quotes or control characters"));
+                    } else {
+                        k.params.push(param);
+                    }
+                }
+            }
+            if k.modules.is_some() && k.path.is_none() {
+                errs.push(
+                    &f.sub("modules"),
+                    "given without kernel.path; modules belong to a kernel you name",
+                );
+            }
+            f.finish(&["path", "modules", "params"], errs);
+        }
+        other => errs.push(
+            p,
+            format!("expected a path or a table, found {}", type_name(other)),
+        ),
+    }
+    Some(k)
+}
+
+fn table_items<'v>(v: &'v Value, p: &str, what: &str, errs: &mut Errs) -> Vec<(String, &'v Table)> {
+    let Value::Array(items) = v else {
+        errs.push(
+            p,
+            format!(
+                "expected an array of {what} tables ([[...]]), found {}",
+                type_name(v)
+            ),
+        );
+        return Vec::new();
+    };
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            let ip = format!("{p}[{i}]");
+            expect_table(item, &ip, errs).map(|t| (ip, t))
+        })
+        .collect()
+}
+
+fn shares(v: &Value, p: &str, errs: &mut Errs) -> Vec<Share> {
+    let mut out: Vec<Share> = Vec::new();
+    for (ip, t) in table_items(v, p, "share", errs) {
+        let mut f = Fields::new(t, &ip);
+        let source = f
+            .get("source")
+            .and_then(|v| expect_str(v, &format!("{ip}.source"), errs))
+            .map(str::to_owned);
+        let target = f
+            .get("target")
+            .and_then(|v| expect_str(v, &format!("{ip}.target"), errs))
+            .map(str::to_owned);
+        let readonly = f
+            .get("readonly")
+            .and_then(|v| expect_bool(v, &format!("{ip}.readonly"), errs))
+            .unwrap_or(false);
+        let tag = f
+            .get("tag")
+            .and_then(|v| expect_str(v, &format!("{ip}.tag"), errs))
+            .map(str::to_owned);
+        f.finish(&["source", "target", "tag", "readonly"], errs);
+        let (Some(source), Some(target)) = (source, target) else {
+            errs.push(
+                &ip,
+                "a share needs both source (host directory) and target (guest path)",
+            );
+            continue;
+        };
+        if !absolute(&format!("{ip}.source"), &source, errs)
+            || !absolute(&format!("{ip}.target"), &target, errs)
+        {
+            continue;
+        }
+        let tag = tag.unwrap_or_else(|| format!("share{}", out.len()));
+        if tag.is_empty()
+            || tag.len() > 36
+            || !tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            errs.push(
+                &format!("{ip}.tag"),
+                format!("{tag:?} is not a valid tag; 1 to 36 letters, digits, '-' or '_'"),
+            );
+            continue;
+        }
+        if out.iter().any(|s| s.target == target) {
+            errs.push(
+                &format!("{ip}.target"),
+                format!("{target:?} is already the target of another share"),
+            );
+            continue;
+        }
+        if out.iter().any(|s| s.tag == tag) {
+            errs.push(
+                &format!("{ip}.tag"),
+                format!("{tag:?} is already the tag of another share"),
+            );
+            continue;
+        }
+        out.push(Share {
+            source: source.into(),
+            target,
+            tag,
+            readonly,
+        });
+    }
+    out
+}
+
+fn volumes(v: &Value, p: &str, errs: &mut Errs) -> Vec<Volume> {
+    let mut out: Vec<Volume> = Vec::new();
+    for (ip, t) in table_items(v, p, "volume", errs) {
+        let mut f = Fields::new(t, &ip);
+        let name = f
+            .get("name")
+            .and_then(|v| expect_str(v, &format!("{ip}.name"), errs))
+            .map(str::to_owned);
+        let target = f
+            .get("target")
+            .and_then(|v| expect_str(v, &format!("{ip}.target"), errs))
+            .map(str::to_owned);
+        let readonly = f
+            .get("readonly")
+            .and_then(|v| expect_bool(v, &format!("{ip}.readonly"), errs))
+            .unwrap_or(false);
+        let size = match f.get("size") {
+            None => None,
+            Some(Value::Integer(n)) => u32::try_from(*n).ok().filter(|n| *n > 0).or_else(|| {
+                errs.push(
+                    &format!("{ip}.size"),
+                    format!("{n} MiB is not a valid size"),
+                );
+                None
+            }),
+            Some(Value::String(s)) => match parse_size_mib(s) {
+                Ok(m) if m > 0 && m <= u64::from(u32::MAX) => Some(m as u32),
+                Ok(_) => {
+                    errs.push(&format!("{ip}.size"), format!("{s:?} is not a valid size"));
+                    None
+                }
+                Err(e) => {
+                    errs.push(&format!("{ip}.size"), e);
+                    None
+                }
+            },
+            Some(other) => {
+                errs.push(
+                    &format!("{ip}.size"),
+                    format!("expected a size, found {}", type_name(other)),
+                );
+                None
+            }
+        };
+        f.finish(&["name", "target", "size", "readonly"], errs);
+        let (Some(name), Some(target)) = (name, target) else {
+            errs.push(&ip, "a volume needs a name and a target (guest path)");
+            continue;
+        };
+        if let Err(e) = check_name(&name) {
+            errs.push(&format!("{ip}.name"), e);
+            continue;
+        }
+        if !absolute(&format!("{ip}.target"), &target, errs) {
+            continue;
+        }
+        if out.iter().any(|v| v.name == name) {
+            errs.push(
+                &format!("{ip}.name"),
+                format!("volume {name:?} is attached twice"),
+            );
+            continue;
+        }
+        out.push(Volume {
+            name,
+            target,
+            size_mib: size,
+            readonly,
+        });
+    }
+    out
+}
+
+fn restart(v: &Value, p: &str, errs: &mut Errs) -> RestartPolicy {
+    const DEFAULT_BACKOFF_MS: u64 = 1000;
+    const DEFAULT_MAX_BACKOFF_MS: u64 = 60_000;
+    let (policy, table) = match v {
+        Value::String(s) => (s.as_str(), None),
+        Value::Table(t) => match t.get("policy") {
+            Some(Value::String(s)) => (s.as_str(), Some(t)),
+            Some(other) => {
+                errs.push(
+                    &format!("{p}.policy"),
+                    format!("expected a string, found {}", type_name(other)),
+                );
+                return RestartPolicy::No;
+            }
+            None => {
+                errs.push(
+                    &format!("{p}.policy"),
+                    "missing; allowed: \"no\", \"on-failure\", \"always\"",
+                );
+                return RestartPolicy::No;
+            }
+        },
+        other => {
+            errs.push(
+                p,
+                format!(
+                    "expected a policy name or a table, found {}",
+                    type_name(other)
+                ),
+            );
+            return RestartPolicy::No;
+        }
+    };
+    let mut backoff = DEFAULT_BACKOFF_MS;
+    let mut max_backoff = DEFAULT_MAX_BACKOFF_MS;
+    let mut max_retries = None;
+    if let Some(t) = table {
+        let mut f = Fields::new(t, p);
+        f.get("policy");
+        for (key, slot) in [("backoff", &mut backoff), ("max_backoff", &mut max_backoff)] {
+            if let Some(v) = f.get(key) {
+                let kp = f.sub(key);
+                if let Some(s) = expect_str(v, &kp, errs) {
+                    match parse_duration_ms(s) {
+                        Ok(ms) => *slot = ms,
+                        Err(e) => errs.push(&kp, e),
+                    }
+                }
+            }
+        }
+        if let Some(v) = f.get("max_retries") {
+            let kp = f.sub("max_retries");
+            if let Some(n) = expect_int(v, &kp, errs) {
+                match u32::try_from(n) {
+                    Ok(n) => max_retries = Some(n),
+                    Err(_) => errs.push(&kp, format!("{n} is not a valid count; use 0 or more")),
+                }
+            }
+        }
+        if policy != "on-failure" && max_retries.is_some() {
+            errs.push(
+                &f.sub("max_retries"),
+                "only applies to policy \"on-failure\"",
+            );
+        }
+        f.finish(&["policy", "backoff", "max_backoff", "max_retries"], errs);
+    }
+    if backoff > max_backoff {
+        errs.push(
+            &format!("{p}.backoff"),
+            format!("{backoff} ms is longer than max_backoff ({max_backoff} ms)"),
+        );
+    }
+    match policy {
+        "no" => RestartPolicy::No,
+        "on-failure" => RestartPolicy::OnFailure {
+            max_retries,
+            backoff_ms: backoff,
+            max_backoff_ms: max_backoff,
+        },
+        "always" => RestartPolicy::Always {
+            backoff_ms: backoff,
+            max_backoff_ms: max_backoff,
+        },
+        other => {
+            let pp = if table.is_some() {
+                format!("{p}.policy")
+            } else {
+                p.to_owned()
+            };
+            errs.push(
+                &pp,
+                format!("unknown policy {other:?}; allowed: \"no\", \"on-failure\", \"always\""),
+            );
+            RestartPolicy::No
+        }
+    }
+}

@@ -1,0 +1,121 @@
+use super::*;
+
+#[test]
+fn an_empty_vm_table_gets_every_default() {
+    let specs = parse_file("[vm.box]\n").expect("valid");
+    assert_eq!(specs, vec![VmSpec::with_defaults("box")]);
+    assert_eq!(specs[0].memory_mib, 256);
+    assert_eq!(specs[0].restart, RestartPolicy::No);
+}
+
+#[test]
+fn a_full_service_spec_parses_into_the_expected_value() {
+    let text = r#"
+[vm.web]
+vcpus = 2
+memory = "1G"
+kernel = { path = "/boot/vmlinuz", modules = "/lib/modules/6.1", params = ["quiet"] }
+accel = "tcg"
+network = [{ mode = "bridge", network = "lan", address = "10.88.0.10", egress = ["10.0.0.0/8"] }]
+forward_ports = ["8080:80", "0.0.0.0:5353:53/udp", { host_port = 2222, guest_port = 22 }]
+shares = [{ source = "/srv/site", target = "/var/www", readonly = true }]
+volumes = [{ name = "web-data", target = "/data", size = "2G" }]
+env = { PORT = "80" }
+command = "httpd -f"
+autostart = true
+restart_if_changed = false
+restart = { policy = "on-failure", max_retries = 5, backoff = "2s", max_backoff = "1m" }
+"#;
+    let spec = parse_file(text).expect("valid").remove(0);
+    assert_eq!(
+        (spec.vcpus, spec.memory_mib, spec.accel),
+        (2, 1024, Accel::Tcg)
+    );
+    let k = spec.kernel.as_ref().expect("kernel");
+    assert_eq!(k.params, ["quiet"]);
+    assert_eq!(spec.network[0].address, Some(Ipv4Addr::new(10, 88, 0, 10)));
+    assert_eq!(
+        spec.network[0].egress,
+        Egress::Cidrs(vec!["10.0.0.0/8".into()])
+    );
+    assert_eq!(spec.forward_ports.len(), 3);
+    assert_eq!(spec.forward_ports[1].protocol, Protocol::Udp);
+    assert_eq!(
+        spec.forward_ports[1].host_address,
+        "0.0.0.0".parse::<IpAddr>().expect("ip")
+    );
+    assert_eq!(spec.forward_ports[2].host_port, 2222);
+    assert_eq!(spec.shares[0].tag, "share0");
+    assert!(spec.shares[0].readonly);
+    assert_eq!(spec.volumes[0].size_mib, Some(2048));
+    assert_eq!(
+        spec.command.as_deref(),
+        Some(&["/bin/sh".to_owned(), "-c".into(), "httpd -f".into()][..])
+    );
+    assert!(spec.autostart && !spec.restart_if_changed);
+    assert_eq!(
+        spec.restart,
+        RestartPolicy::OnFailure {
+            max_retries: Some(5),
+            backoff_ms: 2000,
+            max_backoff_ms: 60_000
+        }
+    );
+}
+
+#[test]
+fn a_single_vm_file_uses_top_level_fields_with_a_name() {
+    let specs = parse_file("name = \"dev\"\nmemory = 512\n").expect("valid");
+    assert_eq!(specs[0].name, "dev");
+    assert_eq!(specs[0].memory_mib, 512);
+}
+
+#[test]
+fn several_vms_in_one_file() {
+    let specs = parse_file("[vm.a]\n[vm.b]\nvcpus = 2\n").expect("valid");
+    let names: Vec<_> = specs.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+}
+
+#[test]
+fn all_problems_are_reported_at_once_with_paths() {
+    let err = parse_file("[vm.web]\nmemory = 0\nvcpus = 0\nbogus = 1\n").unwrap_err();
+    assert_eq!(err.0.len(), 3, "{err}");
+    assert!(err.to_string().starts_with("the spec has 3 problems:"));
+}
+
+#[test]
+fn the_content_hash_changes_with_the_spec_and_only_then() {
+    let a = parse_file("[vm.a]\nmemory = 512\n")
+        .expect("valid")
+        .remove(0);
+    let same = parse_file("[vm.a]\nmemory = \"512M\"\n")
+        .expect("valid")
+        .remove(0);
+    let other = parse_file("[vm.a]\nmemory = 1024\n")
+        .expect("valid")
+        .remove(0);
+    assert_eq!(a.content_hash(), same.content_hash());
+    assert_ne!(a.content_hash(), other.content_hash());
+}
+
+#[test]
+fn names_follow_host_name_rules() {
+    assert!(check_name("web-1").is_ok());
+    assert!(check_name("1web").is_ok());
+    for bad in ["", "-web", "web-", "Web", "web_1", "web.1", &"a".repeat(64)] {
+        assert!(check_name(bad).is_err(), "{bad:?} accepted");
+    }
+}
+
+#[test]
+fn the_spec_round_trips_through_json_for_the_api_and_the_store() {
+    let spec = parse_file(
+        "[vm.a]\nrestart = \"always\"\nnetwork = \"user\"\nforward_ports = [\"8080:80\"]\n",
+    )
+    .expect("valid")
+    .remove(0);
+    let json = serde_json::to_string(&spec).expect("json");
+    let back: VmSpec = serde_json::from_str(&json).expect("back");
+    assert_eq!(back, spec);
+}
