@@ -94,11 +94,14 @@ pub fn start(req: ExecRequest, sink: FrameSink, reaper: &Reaper) -> Option<Runni
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    // The agent's own cwd is "/". Setting it anyway would make std fall back
-    // from posix_spawn (vfork-like) to a full fork, which costs tens of
-    // milliseconds under TCG.
+    // The agent's own cwd is "/"; not setting it keeps std's posix_spawn
+    // path open (a vfork-like spawn instead of a full fork).
     if workdir != "/" {
         cmd.current_dir(&workdir);
+    }
+    if req.service {
+        crate::service::start(cmd, program, &sink, reaper);
+        return None;
     }
     let spawned = reaper.spawn_registered(|| {
         cmd.spawn().map(|child| {

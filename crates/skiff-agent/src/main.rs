@@ -8,6 +8,7 @@ mod exec;
 mod init;
 mod reaper;
 mod server;
+mod service;
 
 use skiff_proto::BootTimes;
 use std::time::Duration;

@@ -44,6 +44,11 @@ pub struct ExecRequest {
     /// `/dev/null`.
     #[serde(default)]
     pub stdin: bool,
+    /// Run as the VM's service: output goes to the guest console, the
+    /// command outlives this connection, and when it exits the agent tells
+    /// the hypervisor (debug-exit port) and powers the VM off.
+    #[serde(default)]
+    pub service: bool,
 }
 
 /// How a command ended.
@@ -87,6 +92,8 @@ pub enum Message {
     Shutdown,
     /// agent -> host: a request could not be carried out.
     Error(String),
+    /// agent -> host: a service command started with this guest pid.
+    Started(u32),
 }
 
 const TAG_HELLO: u8 = 1;
@@ -98,6 +105,7 @@ const TAG_EXITED: u8 = 6;
 const TAG_SIGNAL: u8 = 7;
 const TAG_SHUTDOWN: u8 = 8;
 const TAG_ERROR: u8 = 9;
+const TAG_STARTED: u8 = 10;
 
 impl Message {
     pub(crate) fn tag(&self) -> u8 {
@@ -111,6 +119,7 @@ impl Message {
             Message::Signal(_) => TAG_SIGNAL,
             Message::Shutdown => TAG_SHUTDOWN,
             Message::Error(_) => TAG_ERROR,
+            Message::Started(_) => TAG_STARTED,
         }
     }
 
@@ -126,6 +135,7 @@ impl Message {
             Message::Signal(_) => "signal",
             Message::Shutdown => "shutdown",
             Message::Error(_) => "error",
+            Message::Started(_) => "started",
         }
     }
 
@@ -138,6 +148,7 @@ impl Message {
             Message::Signal(s) => out.extend_from_slice(&s.to_be_bytes()),
             Message::Shutdown => {}
             Message::Error(m) => out.extend_from_slice(m.as_bytes()),
+            Message::Started(pid) => out.extend_from_slice(&pid.to_be_bytes()),
         }
     }
 
@@ -166,6 +177,13 @@ impl Message {
                 Message::Shutdown
             }
             TAG_ERROR => Message::Error(String::from_utf8_lossy(body).into_owned()),
+            TAG_STARTED => {
+                let bytes: [u8; 4] = body.try_into().map_err(|_| DecodeError::Malformed {
+                    what: "started",
+                    reason: format!("body is {} bytes, expected 4", body.len()),
+                })?;
+                Message::Started(u32::from_be_bytes(bytes))
+            }
             other => return Err(DecodeError::UnknownTag(other)),
         })
     }

@@ -8,6 +8,33 @@ use std::path::{Path, PathBuf};
 /// process, so CIDs never meet and one fixed value is enough.
 pub const GUEST_CID: u32 = 3;
 
+/// I/O port of the `isa-debug-exit` device the agent writes its service's
+/// outcome to.
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+
+/// How QEMU's exit status tells a VM's end apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestExit {
+    /// The guest powered off (or was asked to).
+    PowerOff,
+    /// The service exited successfully.
+    ServiceSucceeded,
+    /// The service failed.
+    ServiceFailed,
+    /// Anything else: QEMU crashed or was killed.
+    Crashed,
+}
+
+/// Interpret QEMU's exit code (None: killed by a signal).
+pub fn guest_exit(code: Option<i32>) -> GuestExit {
+    match code {
+        Some(0) => GuestExit::PowerOff,
+        Some(1) => GuestExit::ServiceSucceeded,
+        Some(3) => GuestExit::ServiceFailed,
+        _ => GuestExit::Crashed,
+    }
+}
+
 /// Under TCG the kernel's early TSC calibration hangs on about half of all
 /// boots; telling it the frequency avoids that (see docs/FACTS.md).
 const TCG_TSC_KHZ: &str = "tsc_early_khz=2000000";
@@ -27,6 +54,10 @@ pub struct VmConfig {
     /// Programs to run (names are looked up in PATH).
     pub qemu_binary: PathBuf,
     pub vsock_binary: PathBuf,
+    /// Where the serial console goes: QEMU's stdout when `None` (the caller
+    /// reads it), else this file (appended to, so it can be truncated while
+    /// QEMU runs).
+    pub console_log: Option<PathBuf>,
 }
 
 /// One process to start.
@@ -157,10 +188,15 @@ fn qemu_args(cfg: &VmConfig, vhost_socket: &Path) -> Vec<String> {
         "-no-user-config",
         "-display",
         "none",
-        "-serial",
-        "stdio",
         "-no-reboot",
     ]);
+    match &cfg.console_log {
+        None => push(&["-serial", "stdio"]),
+        Some(path) => {
+            let chardev = format!("file,id=console,path={},append=on", path_arg(path));
+            push(&["-chardev", &chardev, "-serial", "chardev:console"]);
+        }
+    }
     push(&[
         "-machine",
         "microvm,acpi=on,x-option-roms=off,pit=off,pic=off,rtc=on",
@@ -189,6 +225,10 @@ fn qemu_args(cfg: &VmConfig, vhost_socket: &Path) -> Vec<String> {
         format!("socket,id=vsock0,path={}", path_arg(vhost_socket)),
         "-device".into(),
         "vhost-user-vsock-device,chardev=vsock0".into(),
+        // Lets the guest's service report success (QEMU exits 1) or failure
+        // (exits 3); a plain power-off exits 0.
+        "-device".into(),
+        format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04"),
     ]);
     a
 }
@@ -208,6 +248,7 @@ mod tests {
             run_dir: "/run/skiff/vm1".into(),
             qemu_binary: "qemu-system-x86_64".into(),
             vsock_binary: "vhost-device-vsock".into(),
+            console_log: None,
         }
     }
 
@@ -236,7 +277,10 @@ mod tests {
         );
         assert_eq!(
             value_after(a, "-device"),
-            ["vhost-user-vsock-device,chardev=vsock0"]
+            [
+                "vhost-user-vsock-device,chardev=vsock0",
+                "isa-debug-exit,iobase=0xf4,iosize=0x04"
+            ]
         );
         assert_eq!(value_after(a, "-kernel"), ["/k/vmlinuz"]);
         assert_eq!(value_after(a, "-initrd"), ["/c/initrd.cpio"]);
@@ -257,6 +301,20 @@ mod tests {
         let p = plan(&kvm_cfg).expect("plan");
         assert_eq!(value_after(&p.qemu.args, "-accel"), ["kvm"]);
         assert_eq!(value_after(&p.qemu.args, "-cpu"), ["host"]);
+    }
+
+    #[test]
+    fn a_console_log_file_replaces_stdio() {
+        let c = VmConfig {
+            console_log: Some("/var/lib/skiff/vms/web/console.log".into()),
+            ..cfg()
+        };
+        let p = plan(&c).expect("plan");
+        assert_eq!(value_after(&p.qemu.args, "-serial"), ["chardev:console"]);
+        assert_eq!(
+            value_after(&p.qemu.args, "-chardev")[0],
+            "file,id=console,path=/var/lib/skiff/vms/web/console.log,append=on"
+        );
     }
 
     #[test]

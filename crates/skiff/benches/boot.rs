@@ -109,6 +109,7 @@ fn bare_qemu_args(kernel: &Path, initrd: &Path, work: &Path) -> Vec<String> {
         run_dir: work.join("bare"),
         qemu_binary: "qemu-system-x86_64".into(),
         vsock_binary: "unused".into(),
+        console_log: None,
     };
     let plan = skiff_vmm::plan(&cfg).expect("plan");
     let mut args = Vec::new();

@@ -1,5 +1,9 @@
 //! The `skiff` command line.
 
+mod cli_vm;
+mod client;
+mod daemon;
+mod frames;
 mod image;
 mod paths;
 mod run;
@@ -33,6 +37,81 @@ enum Command {
     /// Manage guest images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Run the daemon that owns long-lived VMs (API on a Unix socket).
+    Daemon,
+    /// Create VMs from a spec file (they start with `skiff start`).
+    Create(SpecFileArgs),
+    /// Create or update VMs from a spec file; running VMs whose spec changed
+    /// restart where `restart_if_changed` allows.
+    Apply(SpecFileArgs),
+    /// Start a VM and wait until it is ready.
+    Start {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a VM: power off through its agent, kill after the timeout.
+    Stop {
+        name: String,
+        /// Seconds to wait for a clean power-off.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop and start a VM.
+    Restart {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove VMs.
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Stop running VMs first.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// List VMs.
+    #[command(alias = "ps")]
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show everything the daemon knows about a VM, as JSON.
+    Inspect { name: String },
+    /// Print a VM's console and service output.
+    Logs {
+        name: String,
+        /// Keep printing new output.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Run a command in a running VM; exits with the command's status.
+    Exec(ExecArgs),
+}
+
+#[derive(clap::Args)]
+struct SpecFileArgs {
+    /// The spec file (TOML; `-` for stdin).
+    #[arg(short, long = "file", value_name = "FILE")]
+    file: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct ExecArgs {
+    name: String,
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    #[arg(short, long, value_name = "DIR")]
+    workdir: Option<String>,
+    #[arg(short, long)]
+    interactive: bool,
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -131,7 +210,54 @@ fn kernel_choice(k: &KernelArgs) -> image::KernelChoice {
 }
 
 async fn dispatch(cli: Cli) -> Result<i32> {
+    let client = || client::Client::new(paths::socket_path());
     match cli.command {
+        Command::Daemon => {
+            let cfg = daemon::DaemonConfig {
+                socket: paths::socket_path(),
+                state_dir: paths::state_dir()?,
+                runtime_dir: paths::runtime_dir(),
+            };
+            daemon::serve(cfg).await?;
+            Ok(0)
+        }
+        Command::Create(a) => cli_vm::create(&client(), &a.file, a.json).await,
+        Command::Apply(a) => cli_vm::apply(&client(), &a.file, a.json).await,
+        Command::Start { name, json } => {
+            cli_vm::lifecycle(&client(), "start", &name, "", json).await
+        }
+        Command::Stop {
+            name,
+            timeout,
+            json,
+        } => {
+            cli_vm::lifecycle(
+                &client(),
+                "stop",
+                &name,
+                &format!("?timeout={timeout}"),
+                json,
+            )
+            .await
+        }
+        Command::Restart { name, json } => {
+            cli_vm::lifecycle(&client(), "restart", &name, "", json).await
+        }
+        Command::Rm { names, force } => cli_vm::remove(&client(), &names, force).await,
+        Command::Ls { json } => cli_vm::list(&client(), json).await,
+        Command::Inspect { name } => cli_vm::inspect(&client(), &name).await,
+        Command::Logs { name, follow } => cli_vm::logs(&client(), &name, follow).await,
+        Command::Exec(a) => {
+            cli_vm::exec(
+                &client(),
+                &a.name,
+                a.command,
+                a.env,
+                a.workdir,
+                a.interactive,
+            )
+            .await
+        }
         Command::Run(a) => {
             let req = run::RunRequest {
                 argv: a.command,

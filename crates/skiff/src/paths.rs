@@ -41,6 +41,34 @@ pub fn runtime_dir() -> PathBuf {
     PathBuf::from(format!("/tmp/skiff-{uid}"))
 }
 
+/// The daemon's API socket: `$SKIFF_SOCKET`, else `/run/skiff/skiff.sock`
+/// for root, else `skiff.sock` in the user's runtime directory.
+pub fn socket_path() -> PathBuf {
+    if let Some(p) = env::var_os("SKIFF_SOCKET").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    runtime_dir().join("skiff.sock")
+}
+
+/// The daemon's persistent state (database, VM directories):
+/// `$SKIFF_STATE_DIR`, else `/var/lib/skiff` for root, else
+/// `$XDG_DATA_HOME/skiff` or `~/.local/share/skiff`.
+pub fn state_dir() -> Result<PathBuf> {
+    if let Some(d) = env::var_os("SKIFF_STATE_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
+    if nix::unistd::getuid().is_root() {
+        return Ok(PathBuf::from("/var/lib/skiff"));
+    }
+    if let Some(d) = env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d).join("skiff"));
+    }
+    match home() {
+        Some(h) => Ok(h.join(".local/share/skiff")),
+        None => bail!("cannot choose a state directory: set SKIFF_STATE_DIR or HOME"),
+    }
+}
+
 /// A short random identifier for a VM (12 hex digits).
 pub fn new_vm_id() -> String {
     let mut bytes = [0u8; 6];
@@ -120,11 +148,19 @@ pub fn agent_binary() -> Result<PathBuf> {
     }
     candidates.push(PathBuf::from("/usr/local/lib/skiff/skiff-agent"));
     candidates.push(PathBuf::from("/usr/lib/skiff/skiff-agent"));
-    match candidates.iter().find(|p| p.is_file()) {
+    // A host (dynamically linked) build of the agent can sit next to skiff
+    // after `cargo build --workspace`; only a static one can run as /init.
+    let usable = |p: &PathBuf| {
+        std::fs::read(p)
+            .ok()
+            .and_then(|b| skiff_image::is_static(&b))
+            == Some(true)
+    };
+    match candidates.iter().find(|p| usable(p)) {
         Some(p) => Ok(p.clone()),
         None => {
             bail!(
-            "the guest agent (skiff-agent) was not found; build it with scripts/build-agent.sh \
+            "no static guest agent (skiff-agent) was found; build it with scripts/build-agent.sh \
              or set SKIFF_AGENT to its path (looked in: {})",
             candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
         )

@@ -96,6 +96,7 @@ pub async fn run(req: RunRequest) -> Result<RunOutcome> {
         run_dir: paths::runtime_dir().join("vms").join(&vm_id),
         qemu_binary: PathBuf::from("qemu-system-x86_64"),
         vsock_binary: paths::vsock_backend(),
+        console_log: None,
     };
     let plan = skiff_vmm::plan(&cfg)?;
 
@@ -166,6 +167,7 @@ async fn exec(
             env: req.env.clone(),
             workdir: req.workdir.clone(),
             stdin: forward_stdin,
+            service: false,
         }))
         .await
         .context("cannot send the command to the guest")?;

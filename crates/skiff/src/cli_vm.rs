@@ -1,0 +1,213 @@
+//! CLI verbs for long-lived VMs, all through the daemon's API.
+
+use crate::client::Client;
+use crate::frames::{self, FrameReader};
+use anyhow::{bail, Context, Result};
+use http_body_util::BodyExt;
+use hyper::Method;
+use serde_json::{json, Value};
+use skiff_proto::{ExitStatus, Message, MAX_CHUNK};
+use std::io::{IsTerminal, Read, Write};
+use std::path::Path;
+
+fn read_spec(file: &Path) -> Result<String> {
+    if file == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("cannot read the spec from stdin")?;
+        return Ok(s);
+    }
+    std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the spec file {}", file.display()))
+}
+
+fn print_json(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub async fn create(c: &Client, file: &Path, json: bool) -> Result<i32> {
+    let spec = read_spec(file)?;
+    let body = c
+        .call(Method::POST, "/v1/vms", Some(json!({ "spec": spec })))
+        .await?;
+    let v: Value = serde_json::from_slice(&body)?;
+    if json {
+        print_json(&v)?;
+    } else {
+        for vm in v.as_array().into_iter().flatten() {
+            println!("created {}", vm["name"].as_str().unwrap_or("?"));
+        }
+    }
+    Ok(0)
+}
+
+pub async fn apply(c: &Client, file: &Path, json: bool) -> Result<i32> {
+    let spec = read_spec(file)?;
+    let body = c
+        .call(Method::POST, "/v1/apply", Some(json!({ "spec": spec })))
+        .await?;
+    let v: Value = serde_json::from_slice(&body)?;
+    if json {
+        print_json(&v)?;
+    } else {
+        for ch in v.as_array().into_iter().flatten() {
+            let changed: Vec<&str> = ch["changed"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            let what = if changed.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", changed.join(", "))
+            };
+            println!(
+                "{} {}{what}",
+                ch["name"].as_str().unwrap_or("?"),
+                ch["action"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(0)
+}
+
+pub async fn lifecycle(c: &Client, verb: &str, name: &str, query: &str, json: bool) -> Result<i32> {
+    let body = c
+        .call(Method::POST, &format!("/v1/vms/{name}/{verb}{query}"), None)
+        .await?;
+    let v: Value = serde_json::from_slice(&body)?;
+    if json {
+        print_json(&v)?;
+    } else {
+        println!("{name} {}", v["state"].as_str().unwrap_or("?"));
+    }
+    Ok(0)
+}
+
+/// Remove each VM; a failure for one is reported and the others still go.
+pub async fn remove(c: &Client, names: &[String], force: bool) -> Result<i32> {
+    let mut code = 0;
+    for name in names {
+        let q = if force { "?force=true" } else { "" };
+        match c
+            .call(Method::DELETE, &format!("/v1/vms/{name}{q}"), None)
+            .await
+        {
+            Ok(_) => println!("removed {name}"),
+            Err(e) => {
+                eprintln!("skiff: error: {e:#}");
+                code = 1;
+            }
+        }
+    }
+    Ok(code)
+}
+
+pub async fn list(c: &Client, json: bool) -> Result<i32> {
+    let body = c.call(Method::GET, "/v1/vms", None).await?;
+    let v: Value = serde_json::from_slice(&body)?;
+    if json {
+        return print_json(&v).map(|_| 0);
+    }
+    println!(
+        "{:<24} {:<10} {:>5} {:>8} {:>8}  NOTE",
+        "NAME", "STATE", "VCPUS", "MEMORY", "RESTARTS"
+    );
+    for vm in v.as_array().into_iter().flatten() {
+        println!(
+            "{:<24} {:<10} {:>5} {:>6}Mi {:>8}  {}",
+            vm["name"].as_str().unwrap_or("?"),
+            vm["state"].as_str().unwrap_or("?"),
+            vm["spec"]["vcpus"].to_string(),
+            vm["spec"]["memory_mib"].to_string(),
+            vm["restarts"].to_string(),
+            vm["note"].as_str().unwrap_or("")
+        );
+    }
+    Ok(0)
+}
+
+pub async fn inspect(c: &Client, name: &str) -> Result<i32> {
+    let body = c
+        .call(Method::GET, &format!("/v1/vms/{name}"), None)
+        .await?;
+    let v: Value = serde_json::from_slice(&body)?;
+    print_json(&v)?;
+    Ok(0)
+}
+
+pub async fn logs(c: &Client, name: &str, follow: bool) -> Result<i32> {
+    let q = if follow { "?follow=true" } else { "" };
+    let mut body = c.stream(&format!("/v1/vms/{name}/logs{q}")).await?;
+    let mut out = std::io::stdout();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.context("the log stream broke")?.into_data() {
+            if out.write_all(&data).and_then(|_| out.flush()).is_err() {
+                break;
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// `skiff exec`: same streaming and exit-code rules as `skiff run`.
+pub async fn exec(
+    c: &Client,
+    name: &str,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    workdir: Option<String>,
+    interactive: bool,
+) -> Result<i32> {
+    let forward_stdin = interactive || !std::io::stdin().is_terminal();
+    let body = json!({ "argv": argv, "env": env, "workdir": workdir, "stdin": forward_stdin });
+    let io = c.upgrade(&format!("/v1/vms/{name}/exec"), body).await?;
+    let (r, mut w) = tokio::io::split(io);
+    let mut reader = FrameReader::new(r);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    if forward_stdin {
+        std::thread::spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; MAX_CHUNK];
+            loop {
+                match stdin.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.blocking_send(Vec::new());
+                        return;
+                    }
+                    Ok(n) => {
+                        if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+    } else {
+        drop(tx);
+    }
+    let mut stdin_open = forward_stdin;
+    let mut stdout = std::io::stdout();
+    let mut stderr = std::io::stderr();
+    loop {
+        tokio::select! {
+            msg = reader.recv() => match msg? {
+                Some(Message::Stdout(b)) => { let _ = stdout.write_all(&b).and_then(|_| stdout.flush()); }
+                Some(Message::Stderr(b)) => { let _ = stderr.write_all(&b).and_then(|_| stderr.flush()); }
+                Some(Message::Exited(ExitStatus::Code(c))) => return Ok(c),
+                Some(Message::Exited(ExitStatus::Signal(s))) => return Ok(128 + s),
+                Some(Message::Error(m)) => bail!("{m}"),
+                Some(other) => bail!("unexpected {} message from the daemon", other.name()),
+                None => bail!("the daemon closed the exec connection before the command finished"),
+            },
+            chunk = rx.recv(), if stdin_open => {
+                let chunk = chunk.unwrap_or_default();
+                stdin_open = !chunk.is_empty();
+                frames::send(&mut w, &Message::Stdin(chunk)).await?;
+            }
+        }
+    }
+}

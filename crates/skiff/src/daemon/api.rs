@@ -1,0 +1,367 @@
+//! The HTTP/JSON API. Handlers parse and validate, then call the manager.
+
+use super::manager::{Manager, ManagerError, DEFAULT_STOP_TIMEOUT};
+use super::store::VmRecord;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const API_VERSION: &str = "v1";
+/// Every response carries the daemon's version, so that a CLI of another
+/// version can say so instead of misreading answers.
+pub const VERSION_HEADER: &str = "x-skiff-version";
+pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
+
+type AppState = Arc<Manager>;
+
+#[derive(Serialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+pub struct ApiError(StatusCode, String);
+
+impl From<ManagerError> for ApiError {
+    fn from(e: ManagerError) -> Self {
+        let status = match &e {
+            ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
+            ManagerError::Exists(_) | ManagerError::WrongState { .. } => StatusCode::CONFLICT,
+            ManagerError::InvalidSpec(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ManagerError::StartFailed { .. } | ManagerError::Agent { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ManagerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// Every route, as (method, path). docs/openapi.json must list exactly
+/// these; a test checks both that and that the router answers each one.
+#[cfg_attr(not(test), allow(dead_code))]
+pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/v1/version"),
+    ("get", "/openapi.json"),
+    ("get", "/v1/vms"),
+    ("post", "/v1/vms"),
+    ("get", "/v1/vms/{name}"),
+    ("delete", "/v1/vms/{name}"),
+    ("post", "/v1/vms/{name}/start"),
+    ("post", "/v1/vms/{name}/stop"),
+    ("post", "/v1/vms/{name}/restart"),
+    ("get", "/v1/vms/{name}/logs"),
+    ("post", "/v1/vms/{name}/exec"),
+    ("post", "/v1/apply"),
+];
+
+pub fn router(manager: Arc<Manager>) -> Router {
+    Router::new()
+        .route("/v1/version", get(version))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/vms", get(list).post(create))
+        .route("/v1/vms/{name}", get(inspect).delete(remove))
+        .route("/v1/vms/{name}/start", post(start))
+        .route("/v1/vms/{name}/stop", post(stop))
+        .route("/v1/vms/{name}/restart", post(restart))
+        .route("/v1/vms/{name}/logs", get(super::streams::logs))
+        .route("/v1/vms/{name}/exec", post(super::streams::exec))
+        .route("/v1/apply", post(apply))
+        .fallback(not_found)
+        .layer(axum::middleware::map_response(add_version_header))
+        .with_state(manager)
+}
+
+async fn add_version_header(mut res: Response) -> Response {
+    res.headers_mut().insert(
+        VERSION_HEADER,
+        HeaderValue::from_static(env!("CARGO_PKG_VERSION")),
+    );
+    res
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!("no such endpoint: {} {}", req.method(), req.uri().path()),
+    )
+}
+
+#[derive(Serialize)]
+struct Version {
+    version: &'static str,
+    api: &'static str,
+}
+
+async fn version() -> Json<Version> {
+    Json(Version {
+        version: env!("CARGO_PKG_VERSION"),
+        api: API_VERSION,
+    })
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from(OPENAPI),
+    )
+        .into_response()
+}
+
+async fn list(State(m): State<AppState>) -> ApiResult<Vec<VmRecord>> {
+    Ok(Json(m.list()?))
+}
+
+async fn inspect(State(m): State<AppState>, Path(name): Path<String>) -> ApiResult<VmRecord> {
+    Ok(Json(m.inspect(&name)?))
+}
+
+/// A spec file's text: the API takes the same TOML users write.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecText {
+    pub spec: String,
+}
+
+fn parse_specs(text: &str) -> Result<Vec<skiff_spec::VmSpec>, ApiError> {
+    skiff_spec::parse_file(text).map_err(|e| {
+        ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            e.to_string().trim_end().to_owned(),
+        )
+    })
+}
+
+fn bad_json(e: axum::extract::rejection::JsonRejection) -> ApiError {
+    ApiError(
+        StatusCode::BAD_REQUEST,
+        format!("invalid request body: {}", e.body_text()),
+    )
+}
+
+async fn create(
+    State(m): State<AppState>,
+    body: Result<Json<SpecText>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Vec<VmRecord>>), ApiError> {
+    let Json(body) = body.map_err(bad_json)?;
+    let specs = parse_specs(&body.spec)?;
+    // Refuse the whole file if any name is taken: nothing half-created.
+    for s in &specs {
+        if m.store.get(&s.name).map_err(ManagerError::from)?.is_some() {
+            return Err(ManagerError::Exists(s.name.clone()).into());
+        }
+    }
+    let mut created = Vec::new();
+    for s in &specs {
+        match m.create(s) {
+            Ok(r) => created.push(r),
+            Err(e) => {
+                for r in &created {
+                    let _ = m.remove(&r.name, true).await;
+                }
+                return Err(e.into());
+            }
+        }
+    }
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+async fn apply(
+    State(m): State<AppState>,
+    body: Result<Json<SpecText>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult<Vec<super::manager::ApplyChange>> {
+    let Json(body) = body.map_err(bad_json)?;
+    let specs = parse_specs(&body.spec)?;
+    Ok(Json(m.apply(specs).await?))
+}
+
+async fn start(State(m): State<AppState>, Path(name): Path<String>) -> ApiResult<VmRecord> {
+    Ok(Json(m.start(&name).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopQuery {
+    /// Seconds to wait for a clean power-off before killing.
+    pub timeout: Option<u64>,
+}
+
+async fn stop(
+    State(m): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> ApiResult<VmRecord> {
+    let timeout = q
+        .timeout
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_STOP_TIMEOUT);
+    Ok(Json(m.stop(&name, timeout).await?))
+}
+
+async fn restart(State(m): State<AppState>, Path(name): Path<String>) -> ApiResult<VmRecord> {
+    Ok(Json(m.restart(&name).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveQuery {
+    #[serde(default)]
+    pub force: bool,
+}
+
+async fn remove(
+    State(m): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> Result<StatusCode, ApiError> {
+    m.remove(&name, q.force).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub fn api_error(status: StatusCode, msg: String) -> ApiError {
+    ApiError(status, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::manager::DaemonPaths;
+    use crate::daemon::store::Store;
+    use tower::ServiceExt;
+
+    fn test_router(dir: &std::path::Path) -> Router {
+        let store = Store::open(&dir.join("state.db")).expect("store");
+        let paths = DaemonPaths {
+            state_dir: dir.join("state"),
+            runtime_dir: dir.join("run"),
+        };
+        router(Manager::new(store, paths))
+    }
+
+    async fn call(r: &Router, method: &str, path: &str, body: &str) -> (StatusCode, String) {
+        let req = Request::builder()
+            .method(method.to_uppercase().as_str())
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(Body::from(body.to_owned()))
+            .expect("request");
+        let res = r.clone().oneshot(req).await.expect("response");
+        let status = res.status();
+        assert_eq!(
+            res.headers()
+                .get(VERSION_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Some(env!("CARGO_PKG_VERSION")),
+            "{method} {path} lacks the version header"
+        );
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json parses");
+        let mut documented = Vec::new();
+        for (path, ops) in doc["paths"].as_object().expect("paths") {
+            for method in ops.as_object().expect("ops").keys() {
+                documented.push((method.clone(), path.clone()));
+            }
+        }
+        documented.sort();
+        let mut routes: Vec<(String, String)> = ROUTES
+            .iter()
+            .map(|(m, p)| ((*m).to_owned(), (*p).to_owned()))
+            .collect();
+        routes.sort();
+        assert_eq!(documented, routes);
+    }
+
+    #[tokio::test]
+    async fn every_route_is_served_and_unknown_ones_get_a_json_404() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = test_router(dir.path());
+        for (method, path) in ROUTES {
+            let path = path.replace("{name}", "nope");
+            let (_, body) = call(&r, method, &path, "{}").await;
+            assert!(
+                !body.contains("no such endpoint"),
+                "{method} {path} is not routed: {body}"
+            );
+        }
+        let (status, body) = call(&r, "get", "/v1/nothing", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("no such endpoint: GET /v1/nothing"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn create_validates_and_refuses_duplicates_without_half_creating() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = test_router(dir.path());
+        let (status, body) = call(
+            &r,
+            "post",
+            "/v1/vms",
+            r#"{"spec": "[vm.web]\nmemory = 0\n"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            body.contains("vm.web.memory: 0 MiB is below the 64 MiB minimum"),
+            "{body}"
+        );
+        let (status, body) = call(&r, "post", "/v1/vms", r#"{"spek": "x"}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.contains("unknown field"), "{body}");
+
+        let (status, _) = call(&r, "post", "/v1/vms", r#"{"spec": "[vm.web]\n"}"#).await;
+        assert_eq!(status, StatusCode::CREATED);
+        // A file naming an existing VM creates none of its VMs.
+        let (status, body) =
+            call(&r, "post", "/v1/vms", r#"{"spec": "[vm.db]\n[vm.web]\n"}"#).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        let (_, list) = call(&r, "get", "/v1/vms", "").await;
+        let names: Vec<String> = serde_json::from_str::<Vec<serde_json::Value>>(&list)
+            .expect("list")
+            .iter()
+            .map(|v| v["name"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(names, ["web"]);
+    }
+
+    #[tokio::test]
+    async fn operations_in_the_wrong_state_are_conflicts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = test_router(dir.path());
+        call(&r, "post", "/v1/vms", r#"{"spec": "[vm.web]\n"}"#).await;
+        let (status, body) = call(&r, "post", "/v1/vms/web/stop", "").await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert!(
+            body.contains(r#"cannot stop \"web\": it is created"#),
+            "{body}"
+        );
+        let (status, body) = call(&r, "get", "/v1/vms/ghost", "").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains(r#"no VM named \"ghost\""#), "{body}");
+        let (status, _) = call(&r, "delete", "/v1/vms/web", "").await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+        assert!(
+            !dir.path().join("state/vms/web").exists(),
+            "the VM directory is removed"
+        );
+    }
+}

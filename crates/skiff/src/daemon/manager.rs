@@ -1,0 +1,623 @@
+//! The daemon's core: VM lifecycle on top of the store and the backend.
+//! HTTP handlers only parse requests and call these methods.
+
+use super::store::{Store, StoreError, VmRecord, VmState};
+use crate::image::{self, KernelChoice};
+use crate::paths;
+use skiff_proto::{ExecRequest, Message};
+use skiff_spec::{RestartPolicy, VmSpec};
+use skiff_vmm::plan::{guest_exit, GuestExit};
+use skiff_vmm::{AgentConn, HostKvm, ProcessRef, VmConfig};
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a VM may take to boot before `start` gives up.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long `stop` waits for a clean power-off before killing.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The console log is cut back to its tail when it grows past this.
+const CONSOLE_LOG_MAX: u64 = 8 * 1024 * 1024;
+const CONSOLE_LOG_KEEP: u64 = 1024 * 1024;
+
+/// What went wrong, typed so that the API can pick a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("no VM named {0:?}")]
+    NotFound(String),
+    #[error("a VM named {0:?} already exists")]
+    Exists(String),
+    #[error("{0}")]
+    InvalidSpec(String),
+    #[error("cannot {action} {name:?}: it is {state}")]
+    WrongState {
+        name: String,
+        action: &'static str,
+        state: &'static str,
+    },
+    #[error("VM {name:?} failed to start: {reason}")]
+    StartFailed { name: String, reason: String },
+    #[error("cannot reach the agent of {name:?}: {reason}")]
+    Agent { name: String, reason: String },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ManagerError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Exists(n) => ManagerError::Exists(n),
+            other => ManagerError::Internal(error_chain(&other)),
+        }
+    }
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+pub struct DaemonPaths {
+    pub state_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+}
+
+impl DaemonPaths {
+    pub fn vm_dir(&self, name: &str) -> PathBuf {
+        self.state_dir.join("vms").join(name)
+    }
+}
+
+/// What `apply` did to one VM.
+#[derive(Debug, serde::Serialize)]
+pub struct ApplyChange {
+    pub name: String,
+    /// created, updated, restarted, unchanged
+    pub action: &'static str,
+    /// Top-level spec fields that changed.
+    pub changed: Vec<String>,
+}
+
+pub struct Manager {
+    pub store: Store,
+    pub paths: DaemonPaths,
+    /// One lock per VM name: lifecycle operations on one VM never overlap.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl Manager {
+    pub fn new(store: Store, paths: DaemonPaths) -> Arc<Manager> {
+        Arc::new(Manager {
+            store,
+            paths,
+            locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock_for(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(name.to_owned()).or_default().clone()
+    }
+
+    fn get(&self, name: &str) -> Result<VmRecord, ManagerError> {
+        self.store
+            .get(name)?
+            .ok_or_else(|| ManagerError::NotFound(name.to_owned()))
+    }
+
+    pub fn list(&self) -> Result<Vec<VmRecord>, ManagerError> {
+        Ok(self.store.list()?)
+    }
+
+    pub fn inspect(&self, name: &str) -> Result<VmRecord, ManagerError> {
+        self.get(name)
+    }
+
+    pub fn create(&self, spec: &VmSpec) -> Result<VmRecord, ManagerError> {
+        skiff_spec::check_name(&spec.name)
+            .map_err(|e| ManagerError::InvalidSpec(format!("name: {e}")))?;
+        let vm_dir = self.paths.vm_dir(&spec.name);
+        let rec = self.store.insert(&paths::new_vm_id(), spec)?;
+        if let Err(e) = std::fs::create_dir_all(&vm_dir) {
+            let _ = self.store.delete(&spec.name);
+            return Err(ManagerError::Internal(format!(
+                "cannot create {}: {e}",
+                vm_dir.display()
+            )));
+        }
+        Ok(rec)
+    }
+
+    /// Boot a VM and wait until its agent is ready (and its service started).
+    pub fn start(self: &Arc<Self>, name: &str) -> BoxFuture<Result<VmRecord, ManagerError>> {
+        let this = self.clone();
+        let name = name.to_owned();
+        Box::pin(async move {
+            let lock = this.lock_for(&name);
+            let _guard = lock.lock().await;
+            let rec = this.get(&name)?;
+            if rec.state.is_active() {
+                return Err(ManagerError::WrongState {
+                    name,
+                    action: "start",
+                    state: rec.state.as_str(),
+                });
+            }
+            this.store.set_state(&name, VmState::Starting, "")?;
+            match this.boot(&rec).await {
+                Ok(()) => {
+                    this.store.set_state(&name, VmState::Running, "")?;
+                    this.get(&name)
+                }
+                Err(reason) => {
+                    this.store.set_state(
+                        &name,
+                        VmState::Exited,
+                        &format!("failed to start: {reason}"),
+                    )?;
+                    Err(ManagerError::StartFailed { name, reason })
+                }
+            }
+        })
+    }
+
+    async fn boot(self: &Arc<Self>, rec: &VmRecord) -> Result<(), String> {
+        let spec = &rec.spec;
+        let choice = KernelChoice {
+            kernel: spec.kernel.as_ref().and_then(|k| k.path.clone()),
+            modules: spec.kernel.as_ref().and_then(|k| k.modules.clone()),
+        };
+        let guest = tokio::task::spawn_blocking(move || image::prepare(&choice, true))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("{e:#}"))?;
+        let accel = match spec.accel {
+            skiff_spec::Accel::Auto => skiff_vmm::AccelChoice::Auto,
+            skiff_spec::Accel::Kvm => skiff_vmm::AccelChoice::Kvm,
+            skiff_spec::Accel::Tcg => skiff_vmm::AccelChoice::Tcg,
+        };
+        let decision = skiff_vmm::decide(accel, &HostKvm::probe());
+        let vm_dir = self.paths.vm_dir(&rec.name);
+        std::fs::create_dir_all(&vm_dir)
+            .map_err(|e| format!("cannot create {}: {e}", vm_dir.display()))?;
+        let cfg = VmConfig {
+            cpus: spec.vcpus,
+            memory_mib: spec.memory_mib,
+            kernel: guest.kernel.image.clone(),
+            initrd: guest.initrd.clone(),
+            accel: decision.accel,
+            extra_cmdline: spec
+                .kernel
+                .as_ref()
+                .map(|k| k.params.clone())
+                .unwrap_or_default(),
+            // A fresh directory per boot: the monitor of a previous boot may
+            // still be cleaning up its own directory.
+            run_dir: self.paths.runtime_dir.join("vms").join(format!(
+                "{}-{}",
+                rec.id,
+                &paths::new_vm_id()[..6]
+            )),
+            qemu_binary: PathBuf::from("qemu-system-x86_64"),
+            vsock_binary: paths::vsock_backend(),
+            console_log: Some(vm_dir.join("console.log")),
+        };
+        let plan = skiff_vmm::plan(&cfg).map_err(|e| e.to_string())?;
+        let mut vm = skiff_vmm::launch_detached(&plan, &vm_dir)
+            .await
+            .map_err(|e| error_chain(&e))?;
+        let run_dir = plan.run_dir.to_string_lossy().into_owned();
+        self.store
+            .set_processes(&rec.name, vm.qemu, vm.vsock, &run_dir)
+            .map_err(|e| error_chain(&e))?;
+        let qemu_child = vm.qemu_child.take();
+        let vsock_child = vm.vsock_child.take();
+        self.spawn_monitor(
+            rec.name.clone(),
+            vm.qemu,
+            vm.vsock,
+            qemu_child,
+            vsock_child,
+            plan.run_dir.clone(),
+        );
+
+        // Wait for the agent, watching QEMU so that a dead VM fails fast.
+        let deadline = Instant::now() + BOOT_TIMEOUT;
+        let stream = loop {
+            tokio::select! {
+                accepted = vm.ready.accept() => break accepted.map_err(|e| e.to_string())?.0,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if !vm.qemu.is_alive() {
+                        return Err(format!("QEMU exited during boot; see `skiff logs {}`", rec.name));
+                    }
+                    if Instant::now() > deadline {
+                        kill_processes(vm.qemu, vm.vsock);
+                        return Err(format!("the guest did not become ready within {BOOT_TIMEOUT:?}; see `skiff logs {}`", rec.name));
+                    }
+                }
+            }
+        };
+        drop(vm.ready);
+        let _ = std::fs::remove_file(&plan.ready_socket);
+        let mut conn = AgentConn::handshake(stream, Duration::from_secs(10))
+            .await
+            .map_err(|e| error_chain(&e))?;
+        if let Some(argv) = &spec.command {
+            let req = ExecRequest {
+                argv: argv.clone(),
+                env: spec
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                workdir: None,
+                stdin: false,
+                service: true,
+            };
+            conn.writer
+                .send(&Message::Exec(req))
+                .await
+                .map_err(|e| error_chain(&e))?;
+            match tokio::time::timeout(Duration::from_secs(30), conn.reader.recv()).await {
+                Ok(Ok(Some(Message::Started(_)))) => {}
+                Ok(Ok(Some(Message::Error(m)))) => {
+                    kill_processes(vm.qemu, vm.vsock);
+                    return Err(format!("the service could not start: {m}"));
+                }
+                Ok(Ok(Some(Message::Exited(s)))) => {
+                    kill_processes(vm.qemu, vm.vsock);
+                    return Err(format!(
+                        "the service could not start (exit status {})",
+                        s.shell_code()
+                    ));
+                }
+                other => {
+                    kill_processes(vm.qemu, vm.vsock);
+                    return Err(format!(
+                        "no answer from the agent when starting the service: {other:?}"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Watch a VM's QEMU until it exits, then clean up and apply the
+    /// restart policy.
+    fn spawn_monitor(
+        self: &Arc<Self>,
+        name: String,
+        qemu: ProcessRef,
+        vsock: ProcessRef,
+        qemu_child: Option<tokio::process::Child>,
+        vsock_child: Option<tokio::process::Child>,
+        run_dir: PathBuf,
+    ) {
+        let this = self.clone();
+        let fut: BoxFuture<()> = Box::pin(async move {
+            let console = this.paths.vm_dir(&name).join("console.log");
+            let code = match qemu_child {
+                Some(mut child) => loop {
+                    tokio::select! {
+                        status = child.wait() => break status.ok().and_then(|s| s.code()),
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => trim_console_log(&console),
+                    }
+                },
+                None => {
+                    while qemu.is_alive() {
+                        trim_console_log(&console);
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    None
+                }
+            };
+            vsock.signal(nix::sys::signal::Signal::SIGKILL);
+            if let Some(mut c) = vsock_child {
+                let _ = c.start_kill();
+                let _ = c.wait().await;
+            }
+            let _ = std::fs::remove_dir_all(&run_dir);
+            this.after_exit(&name, qemu, code).await;
+        });
+        tokio::spawn(fut);
+    }
+
+    async fn after_exit(self: &Arc<Self>, name: &str, qemu: ProcessRef, code: Option<i32>) {
+        let Ok(Some(rec)) = self.store.get(name) else {
+            return;
+        };
+        if rec.qemu != Some(qemu) || matches!(rec.state, VmState::Stopping | VmState::Stopped) {
+            return; // stopped on request, removed, or already replaced by a newer boot
+        }
+        let exit = guest_exit(code);
+        let note = match exit {
+            GuestExit::PowerOff => "the guest powered off",
+            GuestExit::ServiceSucceeded => "the service exited successfully",
+            GuestExit::ServiceFailed => "the service failed",
+            GuestExit::Crashed => "QEMU ended unexpectedly",
+        };
+        let _ = self.store.set_state(name, VmState::Exited, note);
+        let _ = self.store.clear_processes(name);
+        let failed = matches!(exit, GuestExit::ServiceFailed | GuestExit::Crashed);
+        let (restart, backoff, max_backoff) = match rec.spec.restart {
+            RestartPolicy::No => (false, 0, 0),
+            RestartPolicy::Always {
+                backoff_ms,
+                max_backoff_ms,
+            } => (true, backoff_ms, max_backoff_ms),
+            RestartPolicy::OnFailure {
+                max_retries,
+                backoff_ms,
+                max_backoff_ms,
+            } => {
+                let within = max_retries.is_none_or(|m| rec.restarts < i64::from(m));
+                (failed && within, backoff_ms, max_backoff_ms)
+            }
+        };
+        if !restart {
+            return;
+        }
+        let shift = rec.restarts.clamp(0, 16) as u32;
+        let delay = backoff.saturating_mul(1u64 << shift).min(max_backoff);
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        // Only if nobody started, stopped or removed it meanwhile.
+        if let Ok(Some(now)) = self.store.get(name) {
+            if now.state == VmState::Exited && now.boots == rec.boots {
+                let _ = self.store.count_restart(name);
+                let _ = self.start(name).await;
+            }
+        }
+    }
+
+    /// Power a VM off through its agent, then kill what is left.
+    pub async fn stop(
+        self: &Arc<Self>,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<VmRecord, ManagerError> {
+        let lock = self.lock_for(name);
+        let _guard = lock.lock().await;
+        let rec = self.get(name)?;
+        if !rec.state.is_active() {
+            return Err(ManagerError::WrongState {
+                name: name.to_owned(),
+                action: "stop",
+                state: rec.state.as_str(),
+            });
+        }
+        self.store.set_state(name, VmState::Stopping, "")?;
+        self.halt(&rec, timeout).await;
+        self.store
+            .set_state(name, VmState::Stopped, "stopped on request")?;
+        self.get(name)
+    }
+
+    async fn halt(&self, rec: &VmRecord, timeout: Duration) {
+        if let (Some(qemu), Some(run_dir)) = (rec.qemu, &rec.run_dir) {
+            let sock = Path::new(run_dir).join("vsock.sock");
+            if let Ok(mut conn) =
+                AgentConn::connect(&sock, skiff_proto::AGENT_PORT, Duration::from_secs(2)).await
+            {
+                let _ = conn.writer.send(&Message::Shutdown).await;
+            }
+            let deadline = Instant::now() + timeout;
+            while qemu.is_alive() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        if let (Some(q), Some(v)) = (rec.qemu, rec.vsock) {
+            kill_processes(q, v);
+        }
+        if let Some(run_dir) = &rec.run_dir {
+            let _ = std::fs::remove_dir_all(run_dir);
+        }
+        let _ = self.store.clear_processes(&rec.name);
+    }
+
+    pub async fn restart(self: &Arc<Self>, name: &str) -> Result<VmRecord, ManagerError> {
+        let rec = self.get(name)?;
+        if rec.state.is_active() {
+            self.stop(name, DEFAULT_STOP_TIMEOUT).await?;
+        }
+        self.start(name).await
+    }
+
+    pub async fn remove(self: &Arc<Self>, name: &str, force: bool) -> Result<(), ManagerError> {
+        let lock = self.lock_for(name);
+        let _guard = lock.lock().await;
+        let rec = self.get(name)?;
+        if rec.state.is_active() {
+            if !force {
+                return Err(ManagerError::WrongState {
+                    name: name.to_owned(),
+                    action: "remove",
+                    state: "running (stop it first, or use --force)",
+                });
+            }
+            self.store.set_state(name, VmState::Stopping, "")?;
+            self.halt(&rec, Duration::from_secs(1)).await;
+        }
+        self.store.delete(name)?;
+        let _ = std::fs::remove_dir_all(self.paths.vm_dir(name));
+        Ok(())
+    }
+
+    /// Open a connection to a running VM's agent.
+    pub async fn connect(&self, name: &str) -> Result<AgentConn, ManagerError> {
+        let rec = self.get(name)?;
+        let (VmState::Running, Some(run_dir)) = (rec.state, &rec.run_dir) else {
+            return Err(ManagerError::WrongState {
+                name: name.to_owned(),
+                action: "exec in",
+                state: rec.state.as_str(),
+            });
+        };
+        let sock = Path::new(run_dir).join("vsock.sock");
+        AgentConn::connect(&sock, skiff_proto::AGENT_PORT, Duration::from_secs(10))
+            .await
+            .map_err(|e| ManagerError::Agent {
+                name: name.to_owned(),
+                reason: error_chain(&e),
+            })
+    }
+
+    /// Create or update each VM; restart the running ones whose spec changed
+    /// and that allow it.
+    pub async fn apply(
+        self: &Arc<Self>,
+        specs: Vec<VmSpec>,
+    ) -> Result<Vec<ApplyChange>, ManagerError> {
+        let mut changes = Vec::new();
+        for spec in specs {
+            let name = spec.name.clone();
+            let Some(rec) = self.store.get(&name)? else {
+                self.create(&spec)?;
+                if spec.autostart {
+                    self.start(&name).await?;
+                }
+                changes.push(ApplyChange {
+                    name,
+                    action: "created",
+                    changed: Vec::new(),
+                });
+                continue;
+            };
+            let changed = changed_fields(&rec.spec, &spec);
+            if changed.is_empty() {
+                changes.push(ApplyChange {
+                    name,
+                    action: "unchanged",
+                    changed,
+                });
+                continue;
+            }
+            self.store.update_spec(&spec)?;
+            let action = if rec.state.is_active() && spec.restart_if_changed {
+                self.restart(&name).await?;
+                "restarted"
+            } else {
+                "updated"
+            };
+            changes.push(ApplyChange {
+                name,
+                action,
+                changed,
+            });
+        }
+        Ok(changes)
+    }
+
+    /// After a daemon (re)start: take back VMs whose QEMU still runs, report
+    /// those that died meanwhile, and start the autostart ones.
+    pub async fn adopt_and_autostart(self: &Arc<Self>) -> Result<(), ManagerError> {
+        for rec in self.store.list()? {
+            if rec.state.is_active() {
+                match (rec.qemu, rec.vsock, &rec.run_dir) {
+                    (Some(q), Some(v), Some(run_dir)) if q.is_alive() => {
+                        self.store.set_state(
+                            &rec.name,
+                            VmState::Running,
+                            "adopted after a daemon restart",
+                        )?;
+                        self.spawn_monitor(
+                            rec.name.clone(),
+                            q,
+                            v,
+                            None,
+                            None,
+                            PathBuf::from(run_dir),
+                        );
+                        continue;
+                    }
+                    _ => {
+                        if let (Some(q), Some(v)) = (rec.qemu, rec.vsock) {
+                            kill_processes(q, v);
+                        }
+                        if let Some(d) = &rec.run_dir {
+                            let _ = std::fs::remove_dir_all(d);
+                        }
+                        self.store.clear_processes(&rec.name)?;
+                        self.store.set_state(
+                            &rec.name,
+                            VmState::Exited,
+                            "the VM stopped while the daemon was down",
+                        )?;
+                    }
+                }
+            }
+            if rec.spec.autostart && !rec.state.is_active()
+                || rec.spec.autostart && rec.state.is_active() && rec.qemu.is_none()
+            {
+                let this = self.clone();
+                let name = rec.name.clone();
+                tokio::spawn(async move {
+                    let _ = this.start(&name).await;
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn kill_processes(qemu: ProcessRef, vsock: ProcessRef) {
+    qemu.signal(nix::sys::signal::Signal::SIGKILL);
+    vsock.signal(nix::sys::signal::Signal::SIGKILL);
+}
+
+/// Top-level fields whose values differ between two specs.
+pub fn changed_fields(old: &VmSpec, new: &VmSpec) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(old), serde_json::to_value(new))
+    else {
+        return vec!["spec".into()];
+    };
+    let mut keys: Vec<String> = a.keys().chain(b.keys()).cloned().collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter().filter(|k| a.get(k) != b.get(k)).collect()
+}
+
+/// Keep the console log bounded: a guest that prints for ever must not fill
+/// the host's disk. QEMU appends (O_APPEND), so truncation is safe.
+fn trim_console_log(path: &Path) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    if meta.len() <= CONSOLE_LOG_MAX {
+        return;
+    }
+    if let Ok(bytes) = std::fs::read(path) {
+        let tail = &bytes[bytes.len().saturating_sub(CONSOLE_LOG_KEEP as usize)..];
+        let _ = std::fs::write(path.with_extension("log.1"), tail);
+    }
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
+        let _ = f.set_len(0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_fields_names_exactly_what_differs() {
+        let a = VmSpec::with_defaults("web");
+        let mut b = a.clone();
+        assert!(changed_fields(&a, &b).is_empty());
+        b.memory_mib = 512;
+        b.autostart = true;
+        assert_eq!(changed_fields(&a, &b), ["autostart", "memory_mib"]);
+    }
+}

@@ -1,0 +1,403 @@
+//! The daemon's state: one SQLite file (WAL). Nothing lives only in memory:
+//! a daemon restarted at any point finds every VM, its spec and its
+//! processes here.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+use skiff_spec::VmSpec;
+use skiff_vmm::ProcessRef;
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how
+/// many ran. Never edit one that has shipped: add another.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE vms (
+    name        TEXT PRIMARY KEY,
+    id          TEXT NOT NULL UNIQUE,
+    spec        TEXT NOT NULL,
+    spec_hash   TEXT NOT NULL,
+    state       TEXT NOT NULL,
+    note        TEXT NOT NULL DEFAULT '',
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    qemu_pid    INTEGER,
+    qemu_start  INTEGER,
+    vsock_pid   INTEGER,
+    vsock_start INTEGER,
+    run_dir     TEXT,
+    boots       INTEGER NOT NULL DEFAULT 0,
+    restarts    INTEGER NOT NULL DEFAULT 0
+);
+"#];
+
+/// Where a VM is in its life. Stored as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// Defined, never started.
+    Created,
+    /// Booting: processes started, agent not yet ready.
+    Starting,
+    Running,
+    Stopping,
+    /// Stopped on request.
+    Stopped,
+    /// Ended without being asked to (crash, service exit, died while the
+    /// daemon was down).
+    Exited,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Created => "created",
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Stopping => "stopping",
+            VmState::Stopped => "stopped",
+            VmState::Exited => "exited",
+        }
+    }
+
+    fn parse(s: &str) -> VmState {
+        match s {
+            "created" => VmState::Created,
+            "starting" => VmState::Starting,
+            "running" => VmState::Running,
+            "stopping" => VmState::Stopping,
+            "stopped" => VmState::Stopped,
+            // An unknown value can only come from a newer skiff; treat
+            // the VM as not running rather than failing to load it.
+            _ => VmState::Exited,
+        }
+    }
+
+    /// Whether processes may exist for a VM in this state.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            VmState::Starting | VmState::Running | VmState::Stopping
+        )
+    }
+}
+
+/// One VM as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmRecord {
+    pub name: String,
+    pub id: String,
+    pub spec: VmSpec,
+    pub spec_hash: String,
+    pub state: VmState,
+    /// Why it is in that state, for humans ("service failed", ...).
+    pub note: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub qemu: Option<ProcessRef>,
+    pub vsock: Option<ProcessRef>,
+    pub run_dir: Option<String>,
+    pub boots: i64,
+    pub restarts: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state database {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state database error")]
+    Sql(#[from] rusqlite::Error),
+    #[error("a VM named {0:?} already exists")]
+    Exists(String),
+    #[error("the stored spec of {name:?} cannot be read")]
+    BadSpec {
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(open_err)?;
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+            conn.execute_batch(sql).map_err(open_err)?;
+            conn.pragma_update(None, "user_version", (i + 1) as i64)
+                .map_err(open_err)?;
+        }
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn insert(&self, id: &str, spec: &VmSpec) -> Result<VmRecord, StoreError> {
+        let json = serde_json::to_string(spec).map_err(|source| StoreError::BadSpec {
+            name: spec.name.clone(),
+            source,
+        })?;
+        let t = now();
+        let res = self.conn().execute(
+            "INSERT INTO vms (name, id, spec, spec_hash, state, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, 'created', ?5, ?5)",
+            params![spec.name, id, json, spec.content_hash(), t],
+        );
+        match res {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                return Err(StoreError::Exists(spec.name.clone()))
+            }
+            other => other?,
+        };
+        self.get(&spec.name)?
+            .ok_or_else(|| StoreError::Exists(spec.name.clone()))
+    }
+
+    pub fn get(&self, name: &str) -> Result<Option<VmRecord>, StoreError> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM vms WHERE name = ?1"),
+                [name],
+                row_to_raw,
+            )
+            .optional()?;
+        drop(conn);
+        row.map(raw_to_record).transpose()
+    }
+
+    pub fn list(&self) -> Result<Vec<VmRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM vms ORDER BY name"))?;
+        let raws = stmt
+            .query_map([], row_to_raw)?
+            .collect::<Result<Vec<_>, _>>()?;
+        drop(stmt);
+        drop(conn);
+        raws.into_iter().map(raw_to_record).collect()
+    }
+
+    pub fn set_state(&self, name: &str, state: VmState, note: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE vms SET state = ?2, note = ?3, updated_at = ?4 WHERE name = ?1",
+            params![name, state.as_str(), note, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Record the processes of a VM that was just launched (and count the boot).
+    pub fn set_processes(
+        &self,
+        name: &str,
+        qemu: ProcessRef,
+        vsock: ProcessRef,
+        run_dir: &str,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE vms SET qemu_pid = ?2, qemu_start = ?3, vsock_pid = ?4, vsock_start = ?5, run_dir = ?6, boots = boots + 1, updated_at = ?7 WHERE name = ?1",
+            params![name, qemu.pid, qemu.start_time as i64, vsock.pid, vsock.start_time as i64, run_dir, now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn clear_processes(&self, name: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE vms SET qemu_pid = NULL, qemu_start = NULL, vsock_pid = NULL, vsock_start = NULL, run_dir = NULL WHERE name = ?1",
+            [name],
+        )?;
+        Ok(())
+    }
+
+    pub fn count_restart(&self, name: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE vms SET restarts = restarts + 1 WHERE name = ?1",
+            [name],
+        )?;
+        Ok(())
+    }
+
+    pub fn update_spec(&self, spec: &VmSpec) -> Result<(), StoreError> {
+        let json = serde_json::to_string(spec).map_err(|source| StoreError::BadSpec {
+            name: spec.name.clone(),
+            source,
+        })?;
+        self.conn().execute(
+            "UPDATE vms SET spec = ?2, spec_hash = ?3, updated_at = ?4 WHERE name = ?1",
+            params![spec.name, json, spec.content_hash(), now()],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete(&self, name: &str) -> Result<(), StoreError> {
+        self.conn()
+            .execute("DELETE FROM vms WHERE name = ?1", [name])?;
+        Ok(())
+    }
+}
+
+const COLUMNS: &str = "name, id, spec, spec_hash, state, note, created_at, updated_at, qemu_pid, qemu_start, vsock_pid, vsock_start, run_dir, boots, restarts";
+
+type Raw = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<i32>,
+    Option<i64>,
+    Option<i32>,
+    Option<i64>,
+    Option<String>,
+    i64,
+    i64,
+);
+
+fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+        r.get(11)?,
+        r.get(12)?,
+        r.get(13)?,
+        r.get(14)?,
+    ))
+}
+
+fn raw_to_record(raw: Raw) -> Result<VmRecord, StoreError> {
+    let (
+        name,
+        id,
+        spec,
+        spec_hash,
+        state,
+        note,
+        created_at,
+        updated_at,
+        qp,
+        qs,
+        vp,
+        vs,
+        run_dir,
+        boots,
+        restarts,
+    ) = raw;
+    let spec: VmSpec = serde_json::from_str(&spec).map_err(|source| StoreError::BadSpec {
+        name: name.clone(),
+        source,
+    })?;
+    let proc_ref = |pid: Option<i32>, start: Option<i64>| match (pid, start) {
+        (Some(pid), Some(start)) => Some(ProcessRef {
+            pid,
+            start_time: start as u64,
+        }),
+        _ => None,
+    };
+    Ok(VmRecord {
+        name,
+        id,
+        spec,
+        spec_hash,
+        state: VmState::parse(&state),
+        note,
+        created_at,
+        updated_at,
+        qemu: proc_ref(qp, qs),
+        vsock: proc_ref(vp, vs),
+        run_dir,
+        boots,
+        restarts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vms_survive_reopening_the_file_with_their_state_and_processes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("state.db");
+        let spec = VmSpec::with_defaults("web");
+        {
+            let store = Store::open(&db).expect("open");
+            store.insert("abc123", &spec).expect("insert");
+            let q = ProcessRef {
+                pid: 10,
+                start_time: 99,
+            };
+            let v = ProcessRef {
+                pid: 11,
+                start_time: 100,
+            };
+            store.set_processes("web", q, v, "/run/x").expect("procs");
+            store.set_state("web", VmState::Running, "").expect("state");
+        }
+        let store = Store::open(&db).expect("reopen");
+        let rec = store.get("web").expect("get").expect("exists");
+        assert_eq!(rec.state, VmState::Running);
+        assert_eq!(
+            rec.qemu,
+            Some(ProcessRef {
+                pid: 10,
+                start_time: 99
+            })
+        );
+        assert_eq!(rec.spec, spec);
+        assert_eq!(rec.boots, 1);
+    }
+
+    #[test]
+    fn a_duplicate_name_is_refused_and_delete_removes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("s.db")).expect("open");
+        let spec = VmSpec::with_defaults("a");
+        store.insert("id1", &spec).expect("insert");
+        assert!(matches!(store.insert("id2", &spec), Err(StoreError::Exists(n)) if n == "a"));
+        assert_eq!(store.list().expect("list").len(), 1);
+        store.delete("a").expect("delete");
+        assert!(store.get("a").expect("get").is_none());
+    }
+}
