@@ -9,11 +9,10 @@ use crate::exec::{send, FrameSink};
 use crate::reaper::Reaper;
 use skiff_proto::{ExitStatus, Message};
 use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
 use std::process::{Command, Stdio};
 
 /// I/O port of QEMU's `isa-debug-exit` device (see skiff-vmm's plan).
-const DEBUG_EXIT_PORT: u64 = 0xf4;
+const DEBUG_EXIT_PORT: u16 = 0xf4;
 
 pub fn start(mut cmd: Command, program: &str, sink: &FrameSink, reaper: &Reaper) {
     let console = || {
@@ -64,9 +63,37 @@ fn report_and_power_off(status: ExitStatus) {
         return;
     }
     nix::unistd::sync();
-    if let Ok(port) = OpenOptions::new().write(true).open("/dev/port") {
-        let _ = port.write_at(&[u8::from(failed)], DEBUG_EXIT_PORT);
+    if let Err(e) = write_debug_exit(u8::from(failed)) {
+        crate::log(format_args!("cannot report the service status: {e}"));
     }
     let Err(e) = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
     crate::log(format_args!("power off failed: {e}"));
+}
+
+/// Write one byte to the debug-exit I/O port. QEMU exits at once, so this
+/// returns only on failure (or without that device).
+#[cfg(target_arch = "x86_64")]
+fn write_debug_exit(value: u8) -> std::io::Result<()> {
+    // The guest kernel has no /dev/port (CONFIG_DEVPORT is off in Debian's
+    // cloud kernel), so take the port with ioperm and write it directly.
+    // SAFETY: ioperm only changes this thread's I/O permission bitmap for
+    // one port; it touches no memory. We run as root (PID 1).
+    let rc = unsafe { libc::ioperm(libc::c_ulong::from(DEBUG_EXIT_PORT), 1, 1) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `out` to the port granted above. The port belongs to QEMU's
+    // isa-debug-exit device (or to nothing, in which case the write is
+    // ignored); it has no effect on this process's memory.
+    unsafe {
+        std::arch::asm!("out dx, al", in("dx") DEBUG_EXIT_PORT, in("al") value, options(nomem, nostack, preserves_flags));
+    }
+    Ok(())
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn write_debug_exit(_value: u8) -> std::io::Result<()> {
+    Err(std::io::Error::other(
+        "no debug-exit port on this architecture",
+    ))
 }

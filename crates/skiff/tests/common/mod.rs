@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of this fixture
 
+pub mod daemon;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};

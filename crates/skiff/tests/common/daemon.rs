@@ -1,0 +1,149 @@
+//! A real `skiff daemon` on temporary directories, for end-to-end tests.
+//! Dropping it kills the daemon and every VM process it left behind.
+
+use super::{output_with_input, processes_under};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("skiff-d")
+            .tempdir()
+            .expect("tempdir");
+        let mut d = Daemon { dir, child: None };
+        d.spawn();
+        d
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("skiff.sock")
+    }
+
+    pub fn runtime(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn env(&self, cmd: &mut Command) {
+        cmd.env("SKIFF_SOCKET", self.socket())
+            .env("SKIFF_STATE_DIR", self.state())
+            .env("SKIFF_RUNTIME_DIR", self.runtime());
+    }
+
+    /// (Re)start the daemon process and wait for its socket to answer.
+    pub fn spawn(&mut self) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
+        self.env(&mut cmd);
+        let log = std::fs::File::create(self.dir.path().join("daemon.log")).expect("log");
+        cmd.arg("daemon")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("spawn daemon"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(self.socket()).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not come up: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kill the daemon with SIGKILL (its VMs keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Run a CLI command against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with_input(args, None)
+    }
+
+    pub fn cli_with_input(&self, args: &[&str], input: Option<&[u8]>) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
+        self.env(&mut cmd);
+        cmd.args(args);
+        output_with_input(&mut cmd, input)
+    }
+
+    /// Run and require success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "skiff {args:?} failed ({:?}): {}\ndaemon log:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn write_spec(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        std::fs::write(&p, text).expect("write spec");
+        p
+    }
+
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["inspect", name])).expect("inspect json")
+    }
+
+    /// QEMU processes of this daemon's VMs.
+    pub fn qemu_count(&self) -> usize {
+        processes_under(&self.runtime())
+            .iter()
+            .filter(|p| p.contains("qemu-system"))
+            .count()
+    }
+
+    /// Poll until `check` holds or the timeout passes.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !check() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; daemon log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        kill_processes_under(&self.runtime());
+    }
+}
+
+fn kill_processes_under(dir: &Path) {
+    for p in processes_under(dir) {
+        if let Some(pid) = p.split(':').next().and_then(|s| s.parse::<i32>().ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}

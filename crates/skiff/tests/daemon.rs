@@ -1,0 +1,230 @@
+//! End-to-end tests of the daemon: a real `skiff daemon` on a temporary
+//! socket and SQLite file, real VMs.
+
+mod common;
+
+use common::daemon::Daemon;
+use common::{stderr, stdout};
+use std::time::Duration;
+
+const SERVICE: &str = r#"
+[vm.web]
+memory = 256
+command = "echo service-up; while true; do sleep 1; done"
+"#;
+
+#[test]
+fn a_vm_from_a_spec_boots_runs_its_service_and_takes_exec() {
+    let d = Daemon::start();
+    let spec = d.write_spec("web.toml", SERVICE);
+    assert_eq!(
+        d.ok(&["create", "-f", spec.to_str().expect("utf8")]),
+        "created web\n"
+    );
+    assert_eq!(d.inspect("web")["state"], "created");
+    assert_eq!(d.ok(&["start", "web"]), "web running\n");
+    d.wait_for(
+        "the service output in the logs",
+        Duration::from_secs(20),
+        || d.ok(&["logs", "web"]).contains("service-up"),
+    );
+
+    let out = d.cli(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "out\n");
+    assert_eq!(stderr(&out), "err\n");
+    let out = d.cli_with_input(&["exec", "web", "--", "cat"], Some(b"piped"));
+    assert_eq!(stdout(&out), "piped");
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&d.ok(&["ls", "--json"])).expect("ls json");
+    assert_eq!(listed[0]["name"], "web");
+    assert_eq!(listed[0]["state"], "running");
+
+    // Wrong-state operations are clear errors.
+    let out = d.cli(&["start", "web"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("cannot start \"web\": it is running"),
+        "{}",
+        stderr(&out)
+    );
+    let out = d.cli(&["rm", "web"]);
+    assert!(
+        stderr(&out).contains("stop it first, or use --force"),
+        "{}",
+        stderr(&out)
+    );
+
+    assert_eq!(d.ok(&["stop", "web"]), "web stopped\n");
+    assert_eq!(d.qemu_count(), 0, "no QEMU after stop");
+    let out = d.cli(&["exec", "web", "--", "true"]);
+    assert!(
+        stderr(&out).contains("cannot exec in \"web\": it is stopped"),
+        "{}",
+        stderr(&out)
+    );
+
+    d.ok(&["rm", "web"]);
+    assert!(!d.state().join("vms/web").exists());
+    assert_eq!(d.ok(&["ls", "--json"]).trim(), "[]");
+    let leftover: Vec<_> = std::fs::read_dir(d.runtime().join("vms"))
+        .map(|r| r.filter_map(Result::ok).collect())
+        .unwrap_or_default();
+    assert!(leftover.is_empty(), "runtime files left: {leftover:?}");
+}
+
+#[test]
+fn invalid_specs_and_duplicate_names_are_refused_with_nothing_created() {
+    let d = Daemon::start();
+    let bad = d.write_spec("bad.toml", "[vm.web]\nmemory = 0\nvcpus = 999\n[vm.ok]\n");
+    let out = d.cli(&["create", "-f", bad.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = stderr(&out);
+    assert!(
+        err.contains("vm.web.memory: 0 MiB is below the 64 MiB minimum"),
+        "{err}"
+    );
+    assert!(
+        err.contains("vm.web.vcpus: 999 is out of range; allowed: 1 to 255"),
+        "{err}"
+    );
+    assert!(err.contains("HTTP 422"), "{err}");
+    assert_eq!(d.ok(&["ls", "--json"]).trim(), "[]", "nothing was created");
+
+    let good = d.write_spec("good.toml", "[vm.web]\n");
+    d.ok(&["create", "-f", good.to_str().expect("utf8")]);
+    let out = d.cli(&["create", "-f", good.to_str().expect("utf8")]);
+    assert!(
+        stderr(&out).contains("a VM named \"web\" already exists")
+            && stderr(&out).contains("HTTP 409"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_missing_or_stale_socket_says_how_to_fix_it() {
+    let d = Daemon::start();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"));
+    cmd.env("SKIFF_SOCKET", d.dir.path().join("nothing.sock"))
+        .arg("ls");
+    let out = cmd.output().expect("run");
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("no daemon is running; start one with `skiff daemon`"),
+        "{}",
+        stderr(&out)
+    );
+
+    let stale = d.dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .env("SKIFF_SOCKET", &stale)
+        .arg("ls")
+        .output()
+        .expect("run");
+    assert!(stderr(&out).contains("stale socket"), "{}", stderr(&out));
+}
+
+#[test]
+fn kill_9_of_the_daemon_keeps_vms_running_and_a_new_daemon_adopts_them() {
+    let mut d = Daemon::start();
+    let spec = d.write_spec("two.toml", "[vm.a]\n[vm.b]\n[vm.c]\n");
+    d.ok(&["create", "-f", spec.to_str().expect("utf8")]);
+    d.ok(&["start", "a"]);
+    d.ok(&["start", "b"]);
+    d.ok(&["start", "c"]);
+    assert_eq!(d.qemu_count(), 3);
+    // c's VM dies while no daemon watches.
+    let c_qemu = d.inspect("c")["qemu"]["pid"].as_i64().expect("pid") as i32;
+
+    d.kill9();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(c_qemu),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    d.wait_for("c's QEMU to die", Duration::from_secs(10), || {
+        d.qemu_count() == 2
+    });
+    d.spawn();
+
+    assert_eq!(d.inspect("a")["state"], "running");
+    assert_eq!(d.inspect("b")["state"], "running");
+    let c = d.inspect("c");
+    assert_eq!(c["state"], "exited");
+    assert!(
+        c["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("while the daemon was down"),
+        "{c}"
+    );
+    for vm in ["a", "b"] {
+        let out = d.cli(&["exec", vm, "--", "echo", vm]);
+        assert_eq!(stdout(&out), format!("{vm}\n"), "{}", stderr(&out));
+    }
+    assert_eq!(d.qemu_count(), 2, "no duplicate QEMU after adoption");
+    d.ok(&["rm", "--force", "a", "b", "c"]);
+    d.wait_for("every QEMU to go", Duration::from_secs(10), || {
+        d.qemu_count() == 0
+    });
+}
+
+#[test]
+fn apply_restarts_exactly_the_vms_that_must_restart() {
+    let d = Daemon::start();
+    let v1 = d.write_spec("v1.toml", "[vm.a]\nmemory = 256\n[vm.b]\nmemory = 256\nrestart_if_changed = false\n[vm.c]\nmemory = 256\n");
+    let out = d.ok(&["apply", "-f", v1.to_str().expect("utf8")]);
+    assert_eq!(out, "a created\nb created\nc created\n");
+    for vm in ["a", "b", "c"] {
+        d.ok(&["start", vm]);
+    }
+    let v2 = d.write_spec("v2.toml", "[vm.a]\nmemory = 320\n[vm.b]\nmemory = 320\nrestart_if_changed = false\n[vm.c]\nmemory = 256\n");
+    let out = d.ok(&["apply", "-f", v2.to_str().expect("utf8")]);
+    assert_eq!(
+        out,
+        "a restarted (memory_mib)\nb updated (memory_mib)\nc unchanged\n"
+    );
+    assert_eq!(d.inspect("a")["boots"], 2);
+    assert_eq!(d.inspect("b")["boots"], 1);
+    assert_eq!(d.inspect("c")["boots"], 1);
+    // a really runs with its new size.
+    let mem = stdout(&d.cli(&[
+        "exec",
+        "a",
+        "--",
+        "awk",
+        "/MemTotal/ {print $2}",
+        "/proc/meminfo",
+    ]));
+    let kib: u64 = mem.trim().parse().expect("MemTotal");
+    assert!(kib > 256 * 1024 && kib <= 320 * 1024, "{kib}");
+    d.ok(&["rm", "-f", "a", "b", "c"]);
+}
+
+#[test]
+fn a_failing_service_is_restarted_by_its_policy_up_to_max_retries() {
+    let d = Daemon::start();
+    let spec = d.write_spec(
+        "flaky.toml",
+        "[vm.flaky]\ncommand = \"echo attempt; sleep 1; exit 1\"\nrestart = { policy = \"on-failure\", max_retries = 2, backoff = \"100ms\" }\n",
+    );
+    d.ok(&["create", "-f", spec.to_str().expect("utf8")]);
+    d.ok(&["start", "flaky"]);
+    d.wait_for("two restarts, then a stop", Duration::from_secs(90), || {
+        let v = d.inspect("flaky");
+        v["restarts"] == 2 && v["state"] == "exited"
+    });
+    let v = d.inspect("flaky");
+    assert_eq!(v["boots"], 3);
+    assert_eq!(v["note"], "the service failed");
+    assert_eq!(d.qemu_count(), 0);
+}
