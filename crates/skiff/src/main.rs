@@ -38,7 +38,7 @@ enum Command {
     #[command(subcommand)]
     Image(ImageCommand),
     /// Run the daemon that owns long-lived VMs (API on a Unix socket).
-    Daemon,
+    Daemon(DaemonArgs),
     /// Create VMs from a spec file (they start with `skiff start`).
     Create(SpecFileArgs),
     /// Create or update VMs from a spec file; running VMs whose spec changed
@@ -90,6 +90,17 @@ enum Command {
     },
     /// Run a command in a running VM; exits with the command's status.
     Exec(ExecArgs),
+}
+
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// Also serve the API on this TCP address (for example 127.0.0.1:7070);
+    /// every request must then carry `Authorization: Bearer <token>`.
+    #[arg(long, value_name = "ADDR", requires = "token_file")]
+    listen_tcp: Option<std::net::SocketAddr>,
+    /// File holding the bearer token for the TCP listener.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -212,11 +223,16 @@ fn kernel_choice(k: &KernelArgs) -> image::KernelChoice {
 async fn dispatch(cli: Cli) -> Result<i32> {
     let client = || client::Client::new(paths::socket_path());
     match cli.command {
-        Command::Daemon => {
+        Command::Daemon(a) => {
+            let tcp = match (a.listen_tcp, a.token_file) {
+                (Some(addr), Some(file)) => Some((addr, daemon::read_token(&file)?)),
+                _ => None,
+            };
             let cfg = daemon::DaemonConfig {
                 socket: paths::socket_path(),
                 state_dir: paths::state_dir()?,
                 runtime_dir: paths::runtime_dir(),
+                tcp,
             };
             daemon::serve(cfg).await?;
             Ok(0)

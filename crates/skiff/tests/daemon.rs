@@ -228,3 +228,52 @@ fn a_failing_service_is_restarted_by_its_policy_up_to_max_retries() {
     assert_eq!(v["note"], "the service failed");
     assert_eq!(d.qemu_count(), 0);
 }
+
+#[test]
+fn the_tcp_listener_requires_the_bearer_token() {
+    use std::io::{Read, Write};
+    let token_dir = tempfile::tempdir().expect("tempdir");
+    let token_file = token_dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token-0123456789\n").expect("token");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let args = vec![
+        "--listen-tcp".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--token-file".to_owned(),
+        token_file.display().to_string(),
+    ];
+    let _d = Daemon::start_with(&args);
+    let get = |auth: Option<&str>| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let auth = auth
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET /v1/vms HTTP/1.1\r\nHost: skiff\r\n{auth}Connection: close\r\n\r\n"
+        )
+        .expect("write");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("read");
+        resp
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the TCP listener did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let denied = get(None);
+    assert!(denied.starts_with("HTTP/1.1 401"), "{denied}");
+    assert!(denied.contains("bearer token"), "{denied}");
+    assert!(get(Some("wrong-token-0123456789")).starts_with("HTTP/1.1 401"));
+    let ok = get(Some("s3cret-token-0123456789"));
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+    assert!(ok.ends_with("[]"), "{ok}");
+}

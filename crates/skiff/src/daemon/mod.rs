@@ -18,7 +18,65 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     pub state_dir: PathBuf,
     pub runtime_dir: PathBuf,
+    /// An optional TCP listener and the bearer token it requires.
+    pub tcp: Option<(std::net::SocketAddr, String)>,
 }
+
+/// Read a bearer token: the file's first line, at least 16 characters.
+pub fn read_token(file: &Path) -> Result<String> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the token file {}", file.display()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_owned();
+    if token.len() < 16 {
+        bail!(
+            "the token in {} is too short ({} characters); use at least 16 random characters",
+            file.display(),
+            token.len()
+        );
+    }
+    Ok(token)
+}
+
+/// Equal-time comparison, so that response timing does not reveal how much
+/// of a guessed token was right.
+fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    if given.len() != expected.len() {
+        return false;
+    }
+    given
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+async fn require_token(
+    axum::extract::State(token): axum::extract::State<std::sync::Arc<String>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let given = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if token_matches(given.as_bytes(), token.as_bytes()) {
+        next.run(req).await
+    } else {
+        (
+            axum::http::StatusCode::UNAUTHORIZED,
+            axum::Json(api::ErrorBody {
+                error: "missing or wrong bearer token (Authorization: Bearer <token>)".into(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+/// Group that may use the API socket when the daemon runs as root.
+const SOCKET_GROUP: &str = "skiff";
 
 fn private_dir(p: &Path) -> Result<()> {
     std::fs::DirBuilder::new()
@@ -43,9 +101,16 @@ async fn bind_socket(path: &Path) -> Result<UnixListener> {
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
-    // Owner and group only (a `skiff` group can be given access).
+    // Owner and group only; as root, the group is `skiff` when it exists.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot set the mode of {}", path.display()))?;
+    if nix::unistd::getuid().is_root() {
+        if let Ok(Some(group)) = nix::unistd::Group::from_name(SOCKET_GROUP) {
+            nix::unistd::chown(path, None, Some(group.gid)).with_context(|| {
+                format!("cannot give {} to group {SOCKET_GROUP}", path.display())
+            })?;
+        }
+    }
     Ok(listener)
 }
 
@@ -73,6 +138,21 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let socket = cfg.socket.clone();
+    if let Some((addr, token)) = cfg.tcp {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let app = api::router(manager.clone()).layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::new(token),
+            require_token,
+        ));
+        eprintln!("skiff daemon: also listening on {addr} (bearer token required)");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(tcp, app).await {
+                eprintln!("skiff daemon: the TCP listener failed: {e}");
+            }
+        });
+    }
     axum::serve(listener, api::router(manager))
         .with_graceful_shutdown(async move {
             tokio::select! {
@@ -85,4 +165,17 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
     // VMs keep running: the next daemon adopts them.
     let _ = std::fs::remove_file(socket);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_matches;
+
+    #[test]
+    fn tokens_must_match_exactly() {
+        assert!(token_matches(b"0123456789abcdef", b"0123456789abcdef"));
+        assert!(!token_matches(b"0123456789abcdeX", b"0123456789abcdef"));
+        assert!(!token_matches(b"0123456789abcde", b"0123456789abcdef"));
+        assert!(!token_matches(b"", b"0123456789abcdef"));
+    }
 }

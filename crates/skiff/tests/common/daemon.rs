@@ -9,15 +9,25 @@ use std::time::{Duration, Instant};
 pub struct Daemon {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
+    extra_args: Vec<String>,
 }
 
 impl Daemon {
     pub fn start() -> Daemon {
+        Daemon::start_with(&[])
+    }
+
+    /// Start with extra `skiff daemon` arguments.
+    pub fn start_with(extra_args: &[String]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("skiff-d")
             .tempdir()
             .expect("tempdir");
-        let mut d = Daemon { dir, child: None };
+        let mut d = Daemon {
+            dir,
+            child: None,
+            extra_args: extra_args.to_vec(),
+        };
         d.spawn();
         d
     }
@@ -46,6 +56,7 @@ impl Daemon {
         self.env(&mut cmd);
         let log = std::fs::File::create(self.dir.path().join("daemon.log")).expect("log");
         cmd.arg("daemon")
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
