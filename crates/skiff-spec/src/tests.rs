@@ -119,3 +119,17 @@ fn the_spec_round_trips_through_json_for_the_api_and_the_store() {
     let back: VmSpec = serde_json::from_str(&json).expect("back");
     assert_eq!(back, spec);
 }
+
+#[test]
+fn the_documented_examples_are_valid_specs() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("docs/examples") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("read");
+        let specs = parse_file(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(!specs.is_empty());
+        n += 1;
+    }
+    assert!(n >= 3, "sandbox, service and dev box examples");
+}

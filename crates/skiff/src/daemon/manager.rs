@@ -494,6 +494,7 @@ impl Manager {
                 });
                 continue;
             };
+            check_supported(&spec)?;
             let changed = changed_fields(&rec.spec, &spec);
             if changed.is_empty() {
                 changes.push(ApplyChange {
@@ -571,6 +572,37 @@ impl Manager {
     }
 }
 
+/// Spec features this daemon validates but cannot provide yet. Refusing
+/// them is better than running a VM that silently lacks its network,
+/// shares or volumes.
+fn check_supported(spec: &VmSpec) -> Result<(), ManagerError> {
+    let mut missing = Vec::new();
+    if spec
+        .network
+        .iter()
+        .any(|n| n.mode != skiff_spec::NetMode::None)
+    {
+        missing.push("network (user and bridge modes)");
+    }
+    if !spec.forward_ports.is_empty() {
+        missing.push("forward_ports");
+    }
+    if !spec.shares.is_empty() {
+        missing.push("shares");
+    }
+    if !spec.volumes.is_empty() {
+        missing.push("volumes");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ManagerError::InvalidSpec(format!(
+        "vm.{}: {} not supported by this version of the daemon yet; remove them from the spec",
+        spec.name,
+        missing.join(", ")
+    )))
+}
+
 fn kill_processes(qemu: ProcessRef, vsock: ProcessRef) {
     qemu.signal(nix::sys::signal::Signal::SIGKILL);
     vsock.signal(nix::sys::signal::Signal::SIGKILL);
@@ -610,6 +642,19 @@ fn trim_console_log(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn features_not_built_yet_are_refused_by_name() {
+        let specs =
+            skiff_spec::parse_file("[vm.a]\nnetwork = \"user\"\nforward_ports = [\"8080:80\"]\n")
+                .expect("valid");
+        let err = check_supported(&specs[0]).expect_err("refused").to_string();
+        assert!(
+            err.contains("network (user and bridge modes), forward_ports not supported"),
+            "{err}"
+        );
+        assert!(check_supported(&VmSpec::with_defaults("b")).is_ok());
+    }
 
     #[test]
     fn changed_fields_names_exactly_what_differs() {
