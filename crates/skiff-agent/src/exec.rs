@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex};
@@ -36,6 +36,33 @@ pub struct Running {
     pub pgid: i32,
     /// Set once `Exited` has been sent.
     pub done: Arc<AtomicBool>,
+    /// The pseudo-terminal's master side, for a tty command (to resize it).
+    pub pty: Option<Arc<std::fs::File>>,
+}
+
+/// When the command exits: let the readers drain, then send `Exited`.
+pub(crate) fn spawn_waiter(
+    exit_rx: std::sync::mpsc::Receiver<ExitStatus>,
+    readers: Vec<Option<thread::JoinHandle<()>>>,
+    sink: FrameSink,
+    exited: Arc<AtomicBool>,
+    done: Arc<AtomicBool>,
+) {
+    let waiter = thread::Builder::new()
+        .name("exec-wait".into())
+        .spawn(move || {
+            // The reaper always answers unless the agent is shutting down.
+            let status = exit_rx.recv().unwrap_or(ExitStatus::Signal(libc::SIGKILL));
+            exited.store(true, Ordering::SeqCst);
+            for r in readers.into_iter().flatten() {
+                let _ = r.join();
+            }
+            let _ = send(&sink, &Message::Exited(status));
+            done.store(true, Ordering::SeqCst);
+        });
+    if let Err(e) = waiter {
+        crate::log(format_args!("cannot start a waiter thread: {e}"));
+    }
 }
 
 /// Start `req`. Failures that a shell would report (command not found, not
@@ -85,15 +112,7 @@ pub fn start(req: ExecRequest, sink: FrameSink, reaper: &Reaper) -> Option<Runni
     cmd.arg0(program)
         .args(&req.argv[1..])
         .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(if req.stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
+        .envs(env.iter().map(|(k, v)| (k, v)));
     // The agent's own cwd is "/"; not setting it keeps std's posix_spawn
     // path open (a vfork-like spawn instead of a full fork).
     if workdir != "/" {
@@ -103,6 +122,17 @@ pub fn start(req: ExecRequest, sink: FrameSink, reaper: &Reaper) -> Option<Runni
         crate::service::start(cmd, program, &sink, reaper);
         return None;
     }
+    if let Some(size) = req.tty {
+        return crate::pty::start(cmd, program, size, sink, reaper);
+    }
+    cmd.stdin(if req.stdin {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .process_group(0);
     let spawned = reaper.spawn_registered(|| {
         cmd.spawn().map(|child| {
             let pid = child.id() as i32;
@@ -144,26 +174,16 @@ pub fn start(req: ExecRequest, sink: FrameSink, reaper: &Reaper) -> Option<Runni
     }
     let stdin = child.stdin.take().map(spawn_stdin_writer);
 
-    let done_flag = done.clone();
-    let waiter = thread::Builder::new()
-        .name("exec-wait".into())
-        .spawn(move || {
-            // The reaper always answers unless the agent is shutting down.
-            let status = exit_rx.recv().unwrap_or(ExitStatus::Signal(libc::SIGKILL));
-            exited.store(true, Ordering::SeqCst);
-            for r in readers.into_iter().flatten() {
-                let _ = r.join();
-            }
-            let _ = send(&sink, &Message::Exited(status));
-            done_flag.store(true, Ordering::SeqCst);
-        });
-    if let Err(e) = waiter {
-        crate::log(format_args!("cannot start a waiter thread: {e}"));
-    }
-    Some(Running { stdin, pgid, done })
+    spawn_waiter(exit_rx, readers, sink, exited, done.clone());
+    Some(Running {
+        stdin,
+        pgid,
+        done,
+        pty: None,
+    })
 }
 
-fn fail(sink: &FrameSink, message: &str, code: i32) {
+pub(crate) fn fail(sink: &FrameSink, message: &str, code: i32) {
     let _ = send(sink, &Message::Stderr(message.as_bytes().to_vec()));
     let _ = send(sink, &Message::Exited(ExitStatus::Code(code)));
 }
@@ -227,7 +247,7 @@ fn resolve_program(program: &str, path_var: &str) -> Result<PathBuf, Unrunnable>
 /// Forward one output pipe to the host until it closes, or until the command
 /// has exited and the pipe holds nothing more (a background process that
 /// inherited the pipe must not keep the command "running" for ever).
-fn spawn_reader<R>(
+pub(crate) fn spawn_reader<R>(
     mut pipe: R,
     wrap: fn(Vec<u8>) -> Message,
     sink: FrameSink,
@@ -270,15 +290,35 @@ where
     spawned.ok()
 }
 
+/// `write_all` that also works on a non-blocking descriptor (a pty master
+/// shares its file description, and so O_NONBLOCK, with the output reader).
+fn write_all_blocking<W: Write + AsFd>(w: &mut W, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match w.write(bytes) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut fds = [PollFd::new(w.as_fd(), PollFlags::POLLOUT)];
+                let _ = poll(&mut fds, PollTimeout::from(100u16));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// A thread that writes host-sent bytes to the command's stdin; dropping the
 /// sender (or sending an empty chunk) closes it.
-fn spawn_stdin_writer(mut stdin: ChildStdin) -> Sender<Vec<u8>> {
+pub(crate) fn spawn_stdin_writer<W: Write + AsFd + Send + 'static>(
+    mut stdin: W,
+) -> Sender<Vec<u8>> {
     let (tx, rx) = channel::<Vec<u8>>();
     let spawned = thread::Builder::new()
         .name("exec-in".into())
         .spawn(move || {
             for chunk in rx.iter() {
-                if chunk.is_empty() || stdin.write_all(&chunk).is_err() {
+                if chunk.is_empty() || write_all_blocking(&mut stdin, &chunk).is_err() {
                     break;
                 }
             }

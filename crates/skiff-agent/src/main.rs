@@ -6,6 +6,7 @@
 
 mod exec;
 mod init;
+mod pty;
 mod reaper;
 mod server;
 mod service;

@@ -143,6 +143,11 @@ fn serve_connection(stream: VsockStream, mut boot: BootTimes, reaper: Reaper) {
                     signal_group(r.pgid, sig);
                 }
             }
+            Message::Resize(size) => {
+                if let Some(master) = running.as_ref().and_then(|r| r.pty.as_ref()) {
+                    crate::pty::resize(master, size);
+                }
+            }
             Message::Shutdown => shutdown(),
             other => {
                 let _ = exec::send(

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
 mod message;
-pub use message::{BootTimes, ExecRequest, ExitStatus, Hello, Message};
+pub use message::{BootTimes, ExecRequest, ExitStatus, Hello, Message, WindowSize};
 
 /// Version of this protocol. Bump it on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -49,6 +49,18 @@ pub struct ExecRequest {
     /// the hypervisor (debug-exit port) and powers the VM off.
     #[serde(default)]
     pub service: bool,
+    /// Run on a pseudo-terminal of this size: stdout and stderr are one
+    /// stream, and control characters (Ctrl-C) act in the guest.
+    #[serde(default)]
+    pub tty: Option<WindowSize>,
+}
+
+/// A terminal's size in character cells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSize {
+    pub rows: u16,
+    pub cols: u16,
 }
 
 /// How a command ended.
@@ -94,6 +106,8 @@ pub enum Message {
     Error(String),
     /// agent -> host: a service command started with this guest pid.
     Started(u32),
+    /// host -> agent: the terminal of a tty command changed size.
+    Resize(WindowSize),
 }
 
 const TAG_HELLO: u8 = 1;
@@ -106,6 +120,7 @@ const TAG_SIGNAL: u8 = 7;
 const TAG_SHUTDOWN: u8 = 8;
 const TAG_ERROR: u8 = 9;
 const TAG_STARTED: u8 = 10;
+const TAG_RESIZE: u8 = 11;
 
 impl Message {
     pub(crate) fn tag(&self) -> u8 {
@@ -120,6 +135,7 @@ impl Message {
             Message::Shutdown => TAG_SHUTDOWN,
             Message::Error(_) => TAG_ERROR,
             Message::Started(_) => TAG_STARTED,
+            Message::Resize(_) => TAG_RESIZE,
         }
     }
 
@@ -136,6 +152,7 @@ impl Message {
             Message::Shutdown => "shutdown",
             Message::Error(_) => "error",
             Message::Started(_) => "started",
+            Message::Resize(_) => "resize",
         }
     }
 
@@ -149,6 +166,10 @@ impl Message {
             Message::Shutdown => {}
             Message::Error(m) => out.extend_from_slice(m.as_bytes()),
             Message::Started(pid) => out.extend_from_slice(&pid.to_be_bytes()),
+            Message::Resize(w) => {
+                out.extend_from_slice(&w.rows.to_be_bytes());
+                out.extend_from_slice(&w.cols.to_be_bytes());
+            }
         }
     }
 
@@ -183,6 +204,16 @@ impl Message {
                     reason: format!("body is {} bytes, expected 4", body.len()),
                 })?;
                 Message::Started(u32::from_be_bytes(bytes))
+            }
+            TAG_RESIZE => {
+                let b: [u8; 4] = body.try_into().map_err(|_| DecodeError::Malformed {
+                    what: "resize",
+                    reason: format!("body is {} bytes, expected 4", body.len()),
+                })?;
+                Message::Resize(WindowSize {
+                    rows: u16::from_be_bytes([b[0], b[1]]),
+                    cols: u16::from_be_bytes([b[2], b[3]]),
+                })
             }
             other => return Err(DecodeError::UnknownTag(other)),
         })

@@ -17,8 +17,13 @@ fn all_messages() -> Vec<Message> {
             workdir: Some("/tmp".into()),
             stdin: true,
             service: false,
+            tty: Some(WindowSize { rows: 24, cols: 80 }),
         }),
         Message::Started(42),
+        Message::Resize(WindowSize {
+            rows: 50,
+            cols: 132,
+        }),
         Message::Stdin(b"input".to_vec()),
         Message::Stdin(Vec::new()),
         Message::Stdout(vec![0, 255, 10, 13]),

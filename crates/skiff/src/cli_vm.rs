@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use http_body_util::BodyExt;
 use hyper::Method;
 use serde_json::{json, Value};
-use skiff_proto::{ExitStatus, Message, MAX_CHUNK};
+use skiff_proto::{ExitStatus, Message, WindowSize, MAX_CHUNK};
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 
@@ -164,6 +164,37 @@ pub async fn exec(
 ) -> Result<i32> {
     let forward_stdin = interactive || !std::io::stdin().is_terminal();
     let body = json!({ "argv": argv, "env": env, "workdir": workdir, "stdin": forward_stdin });
+    exec_stream(c, name, body, forward_stdin, false).await
+}
+
+/// `skiff shell`: an interactive command on a pseudo-terminal in the guest.
+/// The local terminal goes to raw mode (restored on every exit path), so
+/// Ctrl-C and friends travel to the guest; window size changes follow.
+pub async fn shell(c: &Client, name: &str, argv: Vec<String>) -> Result<i32> {
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "skiff shell needs a terminal on stdin; for scripts use `skiff exec {name} -- COMMAND`"
+        );
+    }
+    let argv = if argv.is_empty() {
+        vec!["/bin/sh".to_owned(), "-l".to_owned()]
+    } else {
+        argv
+    };
+    let size = crate::tty::window_size().unwrap_or(WindowSize { rows: 24, cols: 80 });
+    let term = std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into());
+    let _raw = crate::tty::RawMode::enable().context("cannot put the terminal in raw mode")?;
+    let body = json!({ "argv": argv, "stdin": true, "tty": size, "env": [["TERM", term]] });
+    exec_stream(c, name, body, true, true).await
+}
+
+async fn exec_stream(
+    c: &Client,
+    name: &str,
+    body: Value,
+    forward_stdin: bool,
+    follow_winch: bool,
+) -> Result<i32> {
     let io = c.upgrade(&format!("/v1/vms/{name}/exec"), body).await?;
     let (r, mut w) = tokio::io::split(io);
     let mut reader = FrameReader::new(r);
@@ -192,8 +223,14 @@ pub async fn exec(
     let mut stdin_open = forward_stdin;
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();
+    let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
     loop {
         tokio::select! {
+            _ = winch.recv(), if follow_winch => {
+                if let Some(size) = crate::tty::window_size() {
+                    frames::send(&mut w, &Message::Resize(size)).await?;
+                }
+            }
             msg = reader.recv() => match msg? {
                 Some(Message::Stdout(b)) => { let _ = stdout.write_all(&b).and_then(|_| stdout.flush()); }
                 Some(Message::Stderr(b)) => { let _ = stderr.write_all(&b).and_then(|_| stderr.flush()); }

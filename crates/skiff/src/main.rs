@@ -8,6 +8,7 @@ mod image;
 mod paths;
 mod run;
 mod timings;
+mod tty;
 mod ui;
 
 use anyhow::Result;
@@ -90,6 +91,13 @@ enum Command {
     },
     /// Run a command in a running VM; exits with the command's status.
     Exec(ExecArgs),
+    /// Open an interactive shell (or COMMAND) on a terminal in a running VM.
+    Shell {
+        name: String,
+        /// Command to run instead of a login shell.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -263,6 +271,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Ls { json } => cli_vm::list(&client(), json).await,
         Command::Inspect { name } => cli_vm::inspect(&client(), &name).await,
         Command::Logs { name, follow } => cli_vm::logs(&client(), &name, follow).await,
+        Command::Shell { name, command } => cli_vm::shell(&client(), &name, command).await,
         Command::Exec(a) => {
             cli_vm::exec(
                 &client(),

@@ -168,6 +168,7 @@ async fn exec(
             workdir: req.workdir.clone(),
             stdin: forward_stdin,
             service: false,
+            tty: None,
         }))
         .await
         .context("cannot send the command to the guest")?;

@@ -277,3 +277,75 @@ fn the_tcp_listener_requires_the_bearer_token() {
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     assert!(ok.ends_with("[]"), "{ok}");
 }
+
+#[test]
+fn shell_runs_on_a_terminal_with_its_size_and_ctrl_c_reaches_the_guest() {
+    use std::io::{Read, Write};
+    use std::os::fd::OwnedFd;
+    use std::sync::{Arc, Mutex};
+
+    let d = Daemon::start();
+    let spec = d.write_spec("box.toml", "[vm.box]\n");
+    d.ok(&["create", "-f", spec.to_str().expect("utf8")]);
+    d.ok(&["start", "box"]);
+
+    let size = nix::pty::Winsize {
+        ws_row: 30,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+    let stdio = |fd: &OwnedFd| std::process::Stdio::from(fd.try_clone().expect("dup"));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"));
+    cmd.env("SKIFF_SOCKET", d.socket()).args(["shell", "box"]);
+    cmd.stdin(stdio(&pty.slave))
+        .stdout(stdio(&pty.slave))
+        .stderr(stdio(&pty.slave));
+    let mut child = cmd.spawn().expect("spawn skiff shell");
+    drop(pty.slave);
+
+    let mut master = std::fs::File::from(pty.master);
+    let seen = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let mut reader = master.try_clone().expect("clone master");
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().expect("lock").extend_from_slice(&buf[..n]);
+        }
+    });
+    let text = || String::from_utf8_lossy(&seen.lock().expect("lock")).into_owned();
+    let wait = |what: &str| {
+        d.wait_for(
+            &format!("{what:?} on the terminal"),
+            Duration::from_secs(20),
+            || text().contains(what),
+        );
+    };
+
+    master
+        .write_all(b"stty size; echo mark-$((6*7))\n")
+        .expect("write");
+    wait("mark-42");
+    assert!(
+        text().contains("30 100"),
+        "the guest terminal has the local size: {}",
+        text()
+    );
+
+    // Ctrl-C interrupts the foreground command in the guest, not skiff.
+    master.write_all(b"sleep 600\n").expect("write");
+    std::thread::sleep(Duration::from_millis(1500));
+    master.write_all(b"\x03").expect("ctrl-c");
+    master.write_all(b"echo after-$((1+1))\n").expect("write");
+    wait("after-2");
+
+    master.write_all(b"exit 5\n").expect("write");
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(5), "{}", text());
+    d.ok(&["rm", "-f", "box"]);
+}

@@ -265,6 +265,7 @@ impl Manager {
                 workdir: None,
                 stdin: false,
                 service: true,
+                tty: None,
             };
             conn.writer
                 .send(&Message::Exec(req))

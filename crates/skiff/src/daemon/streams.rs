@@ -94,6 +94,9 @@ pub struct ExecBody {
     pub workdir: Option<String>,
     #[serde(default)]
     pub stdin: bool,
+    /// Run on a pseudo-terminal of this size.
+    #[serde(default)]
+    pub tty: Option<skiff_proto::WindowSize>,
 }
 
 pub async fn exec(
@@ -140,6 +143,7 @@ pub async fn exec(
         workdir: body.workdir,
         stdin: body.stdin,
         service: false,
+        tty: body.tty,
     };
     conn.writer.send(&Message::Exec(exec)).await.map_err(|e| {
         ApiError::from(ManagerError::Agent {
@@ -168,8 +172,8 @@ pub async fn exec(
                     }
                 }
                 from_client = client.recv() => match from_client {
-                    // Only input and signals go from the client to the guest.
-                    Ok(Some(m @ (Message::Stdin(_) | Message::Signal(_)))) => {
+                    // Only input, signals and resizes go from the client to the guest.
+                    Ok(Some(m @ (Message::Stdin(_) | Message::Signal(_) | Message::Resize(_)))) => {
                         if conn.writer.send(&m).await.is_err() {
                             return;
                         }
