@@ -349,3 +349,43 @@ fn shell_runs_on_a_terminal_with_its_size_and_ctrl_c_reaches_the_guest() {
     assert_eq!(status.code(), Some(5), "{}", text());
     d.ok(&["rm", "-f", "box"]);
 }
+
+#[test]
+fn autostart_vms_come_up_when_the_daemon_starts() {
+    let mut d = Daemon::start();
+    let spec = d.write_spec("auto.toml", "[vm.auto]\nautostart = true\n[vm.manual]\n");
+    assert_eq!(
+        d.ok(&["apply", "-f", spec.to_str().expect("utf8")]),
+        "auto created\nmanual created\n"
+    );
+    assert_eq!(
+        d.inspect("auto")["state"],
+        "running",
+        "apply starts a new autostart VM"
+    );
+    assert_eq!(d.inspect("manual")["state"], "created");
+
+    // The host "reboots": daemon and VM gone.
+    let qemu = d.inspect("auto")["qemu"]["pid"].as_i64().expect("pid") as i32;
+    d.kill9();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    d.wait_for("the VM to die", Duration::from_secs(10), || {
+        d.qemu_count() == 0
+    });
+    d.spawn();
+    d.wait_for("auto to be running again", Duration::from_secs(60), || {
+        d.inspect("auto")["state"] == "running"
+    });
+    assert_eq!(d.inspect("auto")["boots"], 2);
+    assert_eq!(
+        d.inspect("manual")["state"],
+        "created",
+        "VMs without autostart stay down"
+    );
+    let out = d.cli(&["exec", "auto", "--", "echo", "up"]);
+    assert_eq!(stdout(&out), "up\n");
+    d.ok(&["rm", "-f", "auto", "manual"]);
+}

@@ -525,6 +525,7 @@ impl Manager {
     /// those that died meanwhile, and start the autostart ones.
     pub async fn adopt_and_autostart(self: &Arc<Self>) -> Result<(), ManagerError> {
         for rec in self.store.list()? {
+            let mut state = rec.state;
             if rec.state.is_active() {
                 match (rec.qemu, rec.vsock, &rec.run_dir) {
                     (Some(q), Some(v), Some(run_dir)) if q.is_alive() => {
@@ -556,12 +557,13 @@ impl Manager {
                             VmState::Exited,
                             "the VM stopped while the daemon was down",
                         )?;
+                        state = VmState::Exited;
                     }
                 }
             }
-            if rec.spec.autostart && !rec.state.is_active()
-                || rec.spec.autostart && rec.state.is_active() && rec.qemu.is_none()
-            {
+            // Autostart brings up VMs that are not running, except those a
+            // user stopped on purpose.
+            if rec.spec.autostart && matches!(state, VmState::Created | VmState::Exited) {
                 let this = self.clone();
                 let name = rec.name.clone();
                 tokio::spawn(async move {
