@@ -4,6 +4,8 @@
 //! serde stops at the first problem and a user fixing a spec wants them all.
 
 mod net;
+mod restart;
+mod storage;
 pub use net::parse_forward;
 
 use crate::*;
@@ -330,10 +332,10 @@ fn vm_table(name: &str, body: &Table, path: &str, errs: &mut Errs) -> Option<VmS
         spec.forward_ports = net::forwards(v, &f.sub("forward_ports"), errs);
     }
     if let Some(v) = f.get("shares") {
-        spec.shares = shares(v, &f.sub("shares"), errs);
+        spec.shares = storage::shares(v, &f.sub("shares"), errs);
     }
     if let Some(v) = f.get("volumes") {
-        spec.volumes = volumes(v, &f.sub("volumes"), errs);
+        spec.volumes = storage::volumes(v, &f.sub("volumes"), errs);
     }
     if let Some(v) = f.get("env") {
         let p = f.sub("env");
@@ -377,7 +379,7 @@ fn vm_table(name: &str, body: &Table, path: &str, errs: &mut Errs) -> Option<VmS
             expect_bool(v, &f.sub("restart_if_changed"), errs).unwrap_or(true);
     }
     if let Some(v) = f.get("restart") {
-        spec.restart = restart(v, &f.sub("restart"), errs);
+        spec.restart = restart::restart(v, &f.sub("restart"), errs);
     }
     f.finish(VM_FIELDS, errs);
     let has_nic = spec.network.iter().any(|n| n.mode != NetMode::None);
@@ -472,246 +474,4 @@ fn table_items<'v>(v: &'v Value, p: &str, what: &str, errs: &mut Errs) -> Vec<(S
             expect_table(item, &ip, errs).map(|t| (ip, t))
         })
         .collect()
-}
-
-fn shares(v: &Value, p: &str, errs: &mut Errs) -> Vec<Share> {
-    let mut out: Vec<Share> = Vec::new();
-    for (ip, t) in table_items(v, p, "share", errs) {
-        let mut f = Fields::new(t, &ip);
-        let source = f
-            .get("source")
-            .and_then(|v| expect_str(v, &format!("{ip}.source"), errs))
-            .map(str::to_owned);
-        let target = f
-            .get("target")
-            .and_then(|v| expect_str(v, &format!("{ip}.target"), errs))
-            .map(str::to_owned);
-        let readonly = f
-            .get("readonly")
-            .and_then(|v| expect_bool(v, &format!("{ip}.readonly"), errs))
-            .unwrap_or(false);
-        let tag = f
-            .get("tag")
-            .and_then(|v| expect_str(v, &format!("{ip}.tag"), errs))
-            .map(str::to_owned);
-        f.finish(&["source", "target", "tag", "readonly"], errs);
-        let (Some(source), Some(target)) = (source, target) else {
-            errs.push(
-                &ip,
-                "a share needs both source (host directory) and target (guest path)",
-            );
-            continue;
-        };
-        if !absolute(&format!("{ip}.source"), &source, errs)
-            || !absolute(&format!("{ip}.target"), &target, errs)
-        {
-            continue;
-        }
-        let tag = tag.unwrap_or_else(|| format!("share{}", out.len()));
-        if tag.is_empty()
-            || tag.len() > 36
-            || !tag
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
-            errs.push(
-                &format!("{ip}.tag"),
-                format!("{tag:?} is not a valid tag; 1 to 36 letters, digits, '-' or '_'"),
-            );
-            continue;
-        }
-        if out.iter().any(|s| s.target == target) {
-            errs.push(
-                &format!("{ip}.target"),
-                format!("{target:?} is already the target of another share"),
-            );
-            continue;
-        }
-        if out.iter().any(|s| s.tag == tag) {
-            errs.push(
-                &format!("{ip}.tag"),
-                format!("{tag:?} is already the tag of another share"),
-            );
-            continue;
-        }
-        out.push(Share {
-            source: source.into(),
-            target,
-            tag,
-            readonly,
-        });
-    }
-    out
-}
-
-fn volumes(v: &Value, p: &str, errs: &mut Errs) -> Vec<Volume> {
-    let mut out: Vec<Volume> = Vec::new();
-    for (ip, t) in table_items(v, p, "volume", errs) {
-        let mut f = Fields::new(t, &ip);
-        let name = f
-            .get("name")
-            .and_then(|v| expect_str(v, &format!("{ip}.name"), errs))
-            .map(str::to_owned);
-        let target = f
-            .get("target")
-            .and_then(|v| expect_str(v, &format!("{ip}.target"), errs))
-            .map(str::to_owned);
-        let readonly = f
-            .get("readonly")
-            .and_then(|v| expect_bool(v, &format!("{ip}.readonly"), errs))
-            .unwrap_or(false);
-        let size = match f.get("size") {
-            None => None,
-            Some(Value::Integer(n)) => u32::try_from(*n).ok().filter(|n| *n > 0).or_else(|| {
-                errs.push(
-                    &format!("{ip}.size"),
-                    format!("{n} MiB is not a valid size"),
-                );
-                None
-            }),
-            Some(Value::String(s)) => match parse_size_mib(s) {
-                Ok(m) if m > 0 && m <= u64::from(u32::MAX) => Some(m as u32),
-                Ok(_) => {
-                    errs.push(&format!("{ip}.size"), format!("{s:?} is not a valid size"));
-                    None
-                }
-                Err(e) => {
-                    errs.push(&format!("{ip}.size"), e);
-                    None
-                }
-            },
-            Some(other) => {
-                errs.push(
-                    &format!("{ip}.size"),
-                    format!("expected a size, found {}", type_name(other)),
-                );
-                None
-            }
-        };
-        f.finish(&["name", "target", "size", "readonly"], errs);
-        let (Some(name), Some(target)) = (name, target) else {
-            errs.push(&ip, "a volume needs a name and a target (guest path)");
-            continue;
-        };
-        if let Err(e) = check_name(&name) {
-            errs.push(&format!("{ip}.name"), e);
-            continue;
-        }
-        if !absolute(&format!("{ip}.target"), &target, errs) {
-            continue;
-        }
-        if out.iter().any(|v| v.name == name) {
-            errs.push(
-                &format!("{ip}.name"),
-                format!("volume {name:?} is attached twice"),
-            );
-            continue;
-        }
-        out.push(Volume {
-            name,
-            target,
-            size_mib: size,
-            readonly,
-        });
-    }
-    out
-}
-
-fn restart(v: &Value, p: &str, errs: &mut Errs) -> RestartPolicy {
-    const DEFAULT_BACKOFF_MS: u64 = 1000;
-    const DEFAULT_MAX_BACKOFF_MS: u64 = 60_000;
-    let (policy, table) = match v {
-        Value::String(s) => (s.as_str(), None),
-        Value::Table(t) => match t.get("policy") {
-            Some(Value::String(s)) => (s.as_str(), Some(t)),
-            Some(other) => {
-                errs.push(
-                    &format!("{p}.policy"),
-                    format!("expected a string, found {}", type_name(other)),
-                );
-                return RestartPolicy::No;
-            }
-            None => {
-                errs.push(
-                    &format!("{p}.policy"),
-                    "missing; allowed: \"no\", \"on-failure\", \"always\"",
-                );
-                return RestartPolicy::No;
-            }
-        },
-        other => {
-            errs.push(
-                p,
-                format!(
-                    "expected a policy name or a table, found {}",
-                    type_name(other)
-                ),
-            );
-            return RestartPolicy::No;
-        }
-    };
-    let mut backoff = DEFAULT_BACKOFF_MS;
-    let mut max_backoff = DEFAULT_MAX_BACKOFF_MS;
-    let mut max_retries = None;
-    if let Some(t) = table {
-        let mut f = Fields::new(t, p);
-        f.get("policy");
-        for (key, slot) in [("backoff", &mut backoff), ("max_backoff", &mut max_backoff)] {
-            if let Some(v) = f.get(key) {
-                let kp = f.sub(key);
-                if let Some(s) = expect_str(v, &kp, errs) {
-                    match parse_duration_ms(s) {
-                        Ok(ms) => *slot = ms,
-                        Err(e) => errs.push(&kp, e),
-                    }
-                }
-            }
-        }
-        if let Some(v) = f.get("max_retries") {
-            let kp = f.sub("max_retries");
-            if let Some(n) = expect_int(v, &kp, errs) {
-                match u32::try_from(n) {
-                    Ok(n) => max_retries = Some(n),
-                    Err(_) => errs.push(&kp, format!("{n} is not a valid count; use 0 or more")),
-                }
-            }
-        }
-        if policy != "on-failure" && max_retries.is_some() {
-            errs.push(
-                &f.sub("max_retries"),
-                "only applies to policy \"on-failure\"",
-            );
-        }
-        f.finish(&["policy", "backoff", "max_backoff", "max_retries"], errs);
-    }
-    if backoff > max_backoff {
-        errs.push(
-            &format!("{p}.backoff"),
-            format!("{backoff} ms is longer than max_backoff ({max_backoff} ms)"),
-        );
-    }
-    match policy {
-        "no" => RestartPolicy::No,
-        "on-failure" => RestartPolicy::OnFailure {
-            max_retries,
-            backoff_ms: backoff,
-            max_backoff_ms: max_backoff,
-        },
-        "always" => RestartPolicy::Always {
-            backoff_ms: backoff,
-            max_backoff_ms: max_backoff,
-        },
-        other => {
-            let pp = if table.is_some() {
-                format!("{p}.policy")
-            } else {
-                p.to_owned()
-            };
-            errs.push(
-                &pp,
-                format!("unknown policy {other:?}; allowed: \"no\", \"on-failure\", \"always\""),
-            );
-            RestartPolicy::No
-        }
-    }
 }

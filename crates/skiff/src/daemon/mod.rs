@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod manager;
+mod monitor;
 pub mod store;
 pub mod streams;
 

@@ -1,0 +1,148 @@
+//! Shares and volumes in a spec.
+
+use super::{absolute, expect_bool, expect_str, table_items, type_name, Errs, Fields};
+use crate::{check_name, parse_size_mib, Share, Volume};
+use toml::Value;
+
+pub(super) fn shares(v: &Value, p: &str, errs: &mut Errs) -> Vec<Share> {
+    let mut out: Vec<Share> = Vec::new();
+    for (ip, t) in table_items(v, p, "share", errs) {
+        let mut f = Fields::new(t, &ip);
+        let source = f
+            .get("source")
+            .and_then(|v| expect_str(v, &format!("{ip}.source"), errs))
+            .map(str::to_owned);
+        let target = f
+            .get("target")
+            .and_then(|v| expect_str(v, &format!("{ip}.target"), errs))
+            .map(str::to_owned);
+        let readonly = f
+            .get("readonly")
+            .and_then(|v| expect_bool(v, &format!("{ip}.readonly"), errs))
+            .unwrap_or(false);
+        let tag = f
+            .get("tag")
+            .and_then(|v| expect_str(v, &format!("{ip}.tag"), errs))
+            .map(str::to_owned);
+        f.finish(&["source", "target", "tag", "readonly"], errs);
+        let (Some(source), Some(target)) = (source, target) else {
+            errs.push(
+                &ip,
+                "a share needs both source (host directory) and target (guest path)",
+            );
+            continue;
+        };
+        if !absolute(&format!("{ip}.source"), &source, errs)
+            || !absolute(&format!("{ip}.target"), &target, errs)
+        {
+            continue;
+        }
+        let tag = tag.unwrap_or_else(|| format!("share{}", out.len()));
+        if tag.is_empty()
+            || tag.len() > 36
+            || !tag
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            errs.push(
+                &format!("{ip}.tag"),
+                format!("{tag:?} is not a valid tag; 1 to 36 letters, digits, '-' or '_'"),
+            );
+            continue;
+        }
+        if out.iter().any(|s| s.target == target) {
+            errs.push(
+                &format!("{ip}.target"),
+                format!("{target:?} is already the target of another share"),
+            );
+            continue;
+        }
+        if out.iter().any(|s| s.tag == tag) {
+            errs.push(
+                &format!("{ip}.tag"),
+                format!("{tag:?} is already the tag of another share"),
+            );
+            continue;
+        }
+        out.push(Share {
+            source: source.into(),
+            target,
+            tag,
+            readonly,
+        });
+    }
+    out
+}
+
+pub(super) fn volumes(v: &Value, p: &str, errs: &mut Errs) -> Vec<Volume> {
+    let mut out: Vec<Volume> = Vec::new();
+    for (ip, t) in table_items(v, p, "volume", errs) {
+        let mut f = Fields::new(t, &ip);
+        let name = f
+            .get("name")
+            .and_then(|v| expect_str(v, &format!("{ip}.name"), errs))
+            .map(str::to_owned);
+        let target = f
+            .get("target")
+            .and_then(|v| expect_str(v, &format!("{ip}.target"), errs))
+            .map(str::to_owned);
+        let readonly = f
+            .get("readonly")
+            .and_then(|v| expect_bool(v, &format!("{ip}.readonly"), errs))
+            .unwrap_or(false);
+        let size = match f.get("size") {
+            None => None,
+            Some(Value::Integer(n)) => u32::try_from(*n).ok().filter(|n| *n > 0).or_else(|| {
+                errs.push(
+                    &format!("{ip}.size"),
+                    format!("{n} MiB is not a valid size"),
+                );
+                None
+            }),
+            Some(Value::String(s)) => match parse_size_mib(s) {
+                Ok(m) if m > 0 && m <= u64::from(u32::MAX) => Some(m as u32),
+                Ok(_) => {
+                    errs.push(&format!("{ip}.size"), format!("{s:?} is not a valid size"));
+                    None
+                }
+                Err(e) => {
+                    errs.push(&format!("{ip}.size"), e);
+                    None
+                }
+            },
+            Some(other) => {
+                errs.push(
+                    &format!("{ip}.size"),
+                    format!("expected a size, found {}", type_name(other)),
+                );
+                None
+            }
+        };
+        f.finish(&["name", "target", "size", "readonly"], errs);
+        let (Some(name), Some(target)) = (name, target) else {
+            errs.push(&ip, "a volume needs a name and a target (guest path)");
+            continue;
+        };
+        if let Err(e) = check_name(&name) {
+            errs.push(&format!("{ip}.name"), e);
+            continue;
+        }
+        if !absolute(&format!("{ip}.target"), &target, errs) {
+            continue;
+        }
+        if out.iter().any(|v| v.name == name) {
+            errs.push(
+                &format!("{ip}.name"),
+                format!("volume {name:?} is attached twice"),
+            );
+            continue;
+        }
+        out.push(Volume {
+            name,
+            target,
+            size_mib: size,
+            readonly,
+        });
+    }
+    out
+}
