@@ -152,7 +152,7 @@ fn kill_9_of_the_daemon_keeps_vms_running_and_a_new_daemon_adopts_them() {
         nix::sys::signal::Signal::SIGKILL,
     );
     d.wait_for("c's QEMU to die", Duration::from_secs(10), || {
-        d.qemu_count() == 2
+        process_gone(c_qemu)
     });
     d.spawn();
 
@@ -373,13 +373,14 @@ fn autostart_vms_come_up_when_the_daemon_starts() {
         nix::sys::signal::Signal::SIGKILL,
     );
     d.wait_for("the VM to die", Duration::from_secs(10), || {
-        d.qemu_count() == 0
+        process_gone(qemu)
     });
     d.spawn();
     d.wait_for("auto to be running again", Duration::from_secs(60), || {
         d.inspect("auto")["state"] == "running"
     });
-    assert_eq!(d.inspect("auto")["boots"], 2);
+    let auto = d.inspect("auto");
+    assert_eq!(auto["boots"], 2, "{auto}\n{}", d.log());
     assert_eq!(
         d.inspect("manual")["state"],
         "created",
@@ -388,4 +389,19 @@ fn autostart_vms_come_up_when_the_daemon_starts() {
     let out = d.cli(&["exec", "auto", "--", "echo", "up"]);
     assert_eq!(stdout(&out), "up\n");
     d.ok(&["rm", "-f", "auto", "manual"]);
+}
+
+/// True once `pid` has exited (gone, or a zombie): a process being killed
+/// loses its command line before it is dead, so counting by command line
+/// is not enough.
+fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next())
+                == Some("Z")
+        }
+    }
 }
