@@ -164,7 +164,14 @@ pub async fn exec(
 ) -> Result<i32> {
     let forward_stdin = interactive || !std::io::stdin().is_terminal();
     let body = json!({ "argv": argv, "env": env, "workdir": workdir, "stdin": forward_stdin });
-    exec_stream(c, name, body, forward_stdin, false).await
+    exec_stream(
+        c,
+        &format!("/v1/vms/{name}/exec"),
+        body,
+        forward_stdin,
+        false,
+    )
+    .await
 }
 
 /// `skiff shell`: an interactive command on a pseudo-terminal in the guest.
@@ -185,17 +192,25 @@ pub async fn shell(c: &Client, name: &str, argv: Vec<String>) -> Result<i32> {
     let term = std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into());
     let _raw = crate::tty::RawMode::enable().context("cannot put the terminal in raw mode")?;
     let body = json!({ "argv": argv, "stdin": true, "tty": size, "env": [["TERM", term]] });
-    exec_stream(c, name, body, true, true).await
+    exec_stream(c, &format!("/v1/vms/{name}/exec"), body, true, true).await
 }
 
-async fn exec_stream(
+/// Stream an upgraded exec or run connection: stdin out, output in, exit
+/// with the command's status. A signal (Ctrl-C, SIGTERM, SIGHUP) closes the
+/// connection, which makes the daemon stop the command (and, for a run,
+/// tear the VM down), and exits with 128 + the signal.
+pub async fn exec_stream(
     c: &Client,
-    name: &str,
+    path: &str,
     body: Value,
     forward_stdin: bool,
     follow_winch: bool,
 ) -> Result<i32> {
-    let io = c.upgrade(&format!("/v1/vms/{name}/exec"), body).await?;
+    use tokio::signal::unix::{signal, SignalKind};
+    let io = c.upgrade(path, body).await?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let (r, mut w) = tokio::io::split(io);
     let mut reader = FrameReader::new(r);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
@@ -226,6 +241,9 @@ async fn exec_stream(
     let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
     loop {
         tokio::select! {
+            _ = sigint.recv() => return Ok(128 + libc::SIGINT),
+            _ = sigterm.recv() => return Ok(128 + libc::SIGTERM),
+            _ = sighup.recv() => return Ok(128 + libc::SIGHUP),
             _ = winch.recv(), if follow_winch => {
                 if let Some(size) = crate::tty::window_size() {
                     frames::send(&mut w, &Message::Resize(size)).await?;

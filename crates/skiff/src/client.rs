@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use tokio::net::UnixStream;
 
@@ -22,6 +23,50 @@ struct ErrorBody {
 impl Client {
     pub fn new(socket: PathBuf) -> Client {
         Client { socket }
+    }
+
+    /// Make sure a daemon answers on the socket, starting one in the
+    /// background (with this process's environment) if none does.
+    pub async fn ensure_daemon(&self) -> Result<()> {
+        if UnixStream::connect(&self.socket).await.is_ok() {
+            return Ok(());
+        }
+        let exe = std::env::current_exe()
+            .context("cannot find the skiff executable to start a daemon")?;
+        let state = crate::paths::state_dir()?;
+        std::fs::create_dir_all(&state)
+            .with_context(|| format!("cannot create {}", state.display()))?;
+        let log_path = state.join("daemon.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("cannot open {}", log_path.display()))?;
+        let mut child = std::process::Command::new(exe)
+            .arg("daemon")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            // Its own process group: Ctrl-C in this terminal must not reach it.
+            .process_group(0)
+            .spawn()
+            .context("cannot start a skiff daemon")?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            if UnixStream::connect(&self.socket).await.is_ok() {
+                return Ok(());
+            }
+            // Another `skiff run` may have started the daemon that won the
+            // socket; ours then exits, which is fine as long as one answers.
+            let ours_exited = matches!(child.try_wait(), Ok(Some(_)));
+            if std::time::Instant::now() > deadline || (ours_exited && !self.socket.exists()) {
+                let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let last: Vec<&str> = text.lines().rev().take(5).collect();
+                let last: Vec<&str> = last.into_iter().rev().collect();
+                bail!("started a skiff daemon but it does not answer on {}; its log ({}) ends with:\n{}", self.socket.display(), log_path.display(), last.join("\n"));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {

@@ -11,7 +11,7 @@ mod timings;
 mod tty;
 mod ui;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -172,6 +172,10 @@ enum AccelArg {
 
 #[derive(clap::Args)]
 struct RunArgs {
+    /// Boot the VM from this process instead of through the daemon (the
+    /// default when --timings is given, or SKIFF_STANDALONE=1).
+    #[arg(long, env = "SKIFF_STANDALONE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
+    standalone: bool,
     /// Virtual CPUs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=255))]
     cpus: u32,
@@ -219,6 +223,58 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         ));
     }
     Ok((k.to_owned(), v.to_owned()))
+}
+
+/// `skiff run` through the daemon (starting one if none answers): the VM
+/// is the daemon's for the length of the connection.
+async fn run_via_daemon(a: RunArgs) -> Result<i32> {
+    // Absolute paths: the daemon may have another working directory.
+    let absolute = |p: &Option<PathBuf>| -> Result<Option<PathBuf>> {
+        match p {
+            None => Ok(None),
+            Some(p) => Ok(Some(
+                std::path::absolute(p).with_context(|| format!("bad path {}", p.display()))?,
+            )),
+        }
+    };
+    let kernel = KernelArgs {
+        kernel: absolute(&a.kernel.kernel)?,
+        modules: absolute(&a.kernel.modules)?,
+    };
+    // Build the image here, where the user sees the progress; the daemon
+    // then finds it in the shared cache.
+    let choice = kernel_choice(&kernel);
+    let quiet = a.quiet;
+    tokio::task::spawn_blocking(move || image::prepare(&choice, quiet)).await??;
+    let client = client::Client::new(paths::socket_path());
+    client.ensure_daemon().await?;
+    let forward_stdin = a.interactive || !std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let body = daemon::run_api::RunBody {
+        argv: a.command,
+        cpus: a.cpus,
+        memory_mib: a.memory,
+        env: a.env,
+        workdir: a.workdir,
+        accel: match a.accel {
+            AccelArg::Auto => "auto",
+            AccelArg::Kvm => "kvm",
+            AccelArg::Tcg => "tcg",
+        }
+        .to_owned(),
+        kernel: kernel.kernel,
+        modules: kernel.modules,
+        boot_timeout_secs: a.boot_timeout,
+        quiet: a.quiet,
+        stdin: forward_stdin,
+    };
+    cli_vm::exec_stream(
+        &client,
+        "/v1/run",
+        serde_json::to_value(body)?,
+        forward_stdin,
+        false,
+    )
+    .await
 }
 
 fn kernel_choice(k: &KernelArgs) -> image::KernelChoice {
@@ -283,6 +339,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             )
             .await
         }
+        Command::Run(a) if !a.standalone && a.timings.is_none() => run_via_daemon(a).await,
         Command::Run(a) => {
             let req = run::RunRequest {
                 argv: a.command,
@@ -290,7 +347,6 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 memory_mib: a.memory,
                 env: a.env,
                 workdir: a.workdir,
-                interactive: a.interactive,
                 accel: match a.accel {
                     AccelArg::Auto => skiff_vmm::AccelChoice::Auto,
                     AccelArg::Kvm => skiff_vmm::AccelChoice::Kvm,
@@ -300,7 +356,8 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 boot_timeout: Duration::from_secs(a.boot_timeout),
                 quiet: a.quiet,
             };
-            let outcome = run::run(req).await?;
+            let mut io = run::TerminalIo::new(a.interactive)?;
+            let outcome = run::run(req, &mut io).await?;
             match a.timings {
                 Some(TimingsFormat::Human) => eprint!("{}", outcome.timings.render()),
                 Some(TimingsFormat::Json) => {

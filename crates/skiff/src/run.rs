@@ -21,7 +21,6 @@ pub struct RunRequest {
     pub memory_mib: u32,
     pub env: Vec<(String, String)>,
     pub workdir: Option<String>,
-    pub interactive: bool,
     pub accel: AccelChoice,
     pub kernel: KernelChoice,
     pub boot_timeout: Duration,
@@ -35,6 +34,93 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 pub struct RunOutcome {
     pub code: i32,
     pub timings: Timings,
+}
+
+/// Where a run's input comes from and its output goes: the terminal for
+/// `skiff run` on its own, an upgraded API connection inside the daemon.
+pub trait RunIo: Send {
+    /// Whether the command gets stdin (else it reads /dev/null).
+    fn forwards_stdin(&self) -> bool;
+    /// The next stdin chunk (empty: end of input), or an interruption.
+    /// Cancel-safe.
+    fn next_event(&mut self) -> impl std::future::Future<Output = IoEvent> + Send;
+    /// Resolves when the run must be abandoned, with the exit code to report
+    /// (Ctrl-C: 130). Cancel-safe.
+    fn interrupted(&mut self) -> impl std::future::Future<Output = i32> + Send;
+    fn stdout(&mut self, bytes: &[u8]) -> impl std::future::Future<Output = ()> + Send;
+    fn stderr(&mut self, bytes: &[u8]) -> impl std::future::Future<Output = ()> + Send;
+    /// A notice from skiff itself (not the command).
+    fn notice(&mut self, text: &str) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Something that happened on the input side of a run.
+pub enum IoEvent {
+    /// Stdin bytes; empty means end of input.
+    Stdin(Vec<u8>),
+    /// Abandon the run and exit with this code.
+    Interrupted(i32),
+}
+
+/// `skiff run` in the foreground: the process's own stdio and signals.
+pub struct TerminalIo {
+    interrupts: Interrupts,
+    forward_stdin: bool,
+    stdin_rx: Option<mpsc::Receiver<Vec<u8>>>,
+    stdin_done: bool,
+    stdout: Sink<std::io::Stdout>,
+    stderr: Sink<std::io::Stderr>,
+}
+
+impl TerminalIo {
+    pub fn new(interactive: bool) -> Result<TerminalIo> {
+        Ok(TerminalIo {
+            interrupts: Interrupts::new()?,
+            forward_stdin: interactive || !std::io::stdin().is_terminal(),
+            stdin_rx: None,
+            stdin_done: false,
+            stdout: Sink::new(std::io::stdout()),
+            stderr: Sink::new(std::io::stderr()),
+        })
+    }
+}
+
+impl RunIo for TerminalIo {
+    fn forwards_stdin(&self) -> bool {
+        self.forward_stdin
+    }
+
+    async fn next_event(&mut self) -> IoEvent {
+        let reading = self.forward_stdin && !self.stdin_done;
+        // Read stdin only once the command runs, so that nothing is taken
+        // from it before there is somewhere to send it.
+        if reading && self.stdin_rx.is_none() {
+            self.stdin_rx = Some(spawn_stdin_reader());
+        }
+        tokio::select! {
+            chunk = recv_opt(&mut self.stdin_rx), if reading => {
+                let chunk = chunk.unwrap_or_default();
+                self.stdin_done = chunk.is_empty();
+                IoEvent::Stdin(chunk)
+            }
+            code = self.interrupts.recv() => IoEvent::Interrupted(code),
+        }
+    }
+
+    async fn interrupted(&mut self) -> i32 {
+        self.interrupts.recv().await
+    }
+
+    async fn stdout(&mut self, bytes: &[u8]) {
+        self.stdout.write(bytes);
+    }
+
+    async fn stderr(&mut self, bytes: &[u8]) {
+        self.stderr.write(bytes);
+    }
+
+    async fn notice(&mut self, text: &str) {
+        eprintln!("skiff: {text}");
+    }
 }
 
 /// Ctrl-C, SIGTERM and SIGHUP, all of which tear the VM down.
@@ -63,12 +149,11 @@ impl Interrupts {
     }
 }
 
-pub async fn run(req: RunRequest) -> Result<RunOutcome> {
+pub async fn run<IO: RunIo>(req: RunRequest, io: &mut IO) -> Result<RunOutcome> {
     if req.argv.is_empty() {
         bail!("no command given; usage: skiff run [OPTIONS] -- COMMAND [ARGS...]");
     }
     let mut timings = Timings::default();
-    let mut interrupts = Interrupts::new()?;
     let started = Instant::now();
 
     let guest = {
@@ -83,7 +168,7 @@ pub async fn run(req: RunRequest) -> Result<RunOutcome> {
 
     let decision = skiff_vmm::decide(req.accel, &HostKvm::probe());
     if let (Some(notice), false) = (&decision.notice, req.quiet) {
-        eprintln!("skiff: {notice}");
+        io.notice(notice).await;
     }
     let vm_id = paths::new_vm_id();
     let cfg = VmConfig {
@@ -107,7 +192,7 @@ pub async fn run(req: RunRequest) -> Result<RunOutcome> {
     let boot_start = Instant::now();
     let ready = tokio::select! {
         r = vm.wait_ready(req.boot_timeout) => Ok(r),
-        code = interrupts.recv() => Err(code),
+        code = io.interrupted() => Err(code),
     };
     let mut conn = match ready {
         Ok(Ok(conn)) => conn,
@@ -124,7 +209,7 @@ pub async fn run(req: RunRequest) -> Result<RunOutcome> {
     timings.guest = Some(conn.hello.boot);
 
     let exec_start = Instant::now();
-    let result = exec(&mut vm, &mut conn, &req, &mut interrupts).await;
+    let result = exec(&mut vm, &mut conn, &req, io).await;
     timings.exec = exec_start.elapsed();
 
     let teardown_start = Instant::now();
@@ -139,7 +224,8 @@ pub async fn run(req: RunRequest) -> Result<RunOutcome> {
         Ended::Command(ExitStatus::Code(c)) => c,
         Ended::Command(ExitStatus::Signal(s)) => {
             if !req.quiet {
-                eprintln!("skiff: the command was killed by signal {s}");
+                io.notice(&format!("the command was killed by signal {s}"))
+                    .await;
             }
             128 + s
         }
@@ -154,13 +240,13 @@ enum Ended {
 }
 
 /// Run the command on an open agent connection, streaming both ways.
-async fn exec(
+async fn exec<IO: RunIo>(
     vm: &mut RunningVm,
     conn: &mut AgentConn,
     req: &RunRequest,
-    interrupts: &mut Interrupts,
+    io: &mut IO,
 ) -> Result<Ended> {
-    let forward_stdin = req.interactive || !std::io::stdin().is_terminal();
+    let forward_stdin = io.forwards_stdin();
     conn.writer
         .send(&Message::Exec(ExecRequest {
             argv: req.argv.clone(),
@@ -172,34 +258,23 @@ async fn exec(
         }))
         .await
         .context("cannot send the command to the guest")?;
-    let mut stdin_rx = if forward_stdin {
-        Some(spawn_stdin_reader())
-    } else {
-        None
-    };
-    let mut stdout = Sink::new(std::io::stdout());
-    let mut stderr = Sink::new(std::io::stderr());
     loop {
         tokio::select! {
             msg = conn.reader.recv() => match msg.context("lost the control channel to the guest")? {
-                Some(Message::Stdout(b)) => stdout.write(&b),
-                Some(Message::Stderr(b)) => stderr.write(&b),
+                Some(Message::Stdout(b)) => io.stdout(&b).await,
+                Some(Message::Stderr(b)) => io.stderr(&b).await,
                 Some(Message::Exited(status)) => return Ok(Ended::Command(status)),
                 Some(Message::Error(m)) => bail!("the guest agent refused the command: {m}"),
                 Some(other) => bail!("the guest agent sent an unexpected {} message", other.name()),
                 None => bail!("the guest closed the control channel before the command finished"),
             },
-            chunk = recv_opt(&mut stdin_rx) => {
-                let chunk = chunk.unwrap_or_default();
-                if chunk.is_empty() {
-                    stdin_rx = None;
-                }
-                conn.writer.send(&Message::Stdin(chunk)).await.context("cannot send stdin to the guest")?;
-            }
+            event = io.next_event() => match event {
+                IoEvent::Stdin(chunk) => conn.writer.send(&Message::Stdin(chunk)).await.context("cannot send stdin to the guest")?,
+                IoEvent::Interrupted(code) => return Ok(Ended::Interrupted(code)),
+            },
             (status, console) = vm.wait_exit() => {
                 bail!("the VM stopped while the command was running (QEMU {status}); last console lines:\n{console}")
             }
-            code = interrupts.recv() => return Ok(Ended::Interrupted(code)),
         }
     }
 }

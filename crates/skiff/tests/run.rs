@@ -235,3 +235,38 @@ fn a_guest_that_dies_mid_command_is_an_error_not_a_hang() {
     );
     env.assert_clean();
 }
+
+#[test]
+fn run_starts_a_daemon_when_none_answers_and_standalone_needs_none() {
+    let env = Env::new();
+    let state = env.runtime.path().join("state");
+    let out = env.run(&["--standalone"], &["sh", "-c", "echo alone; exit 4"], None);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "alone\n");
+    assert!(
+        !state.join("daemon.pid").exists(),
+        "--standalone must not start a daemon"
+    );
+
+    let out = env.run(&[], &["echo", "through-daemon"], None);
+    assert_eq!(stdout(&out), "through-daemon\n", "{}", stderr(&out));
+    assert!(
+        state.join("daemon.pid").exists(),
+        "skiff run started a daemon"
+    );
+    let ls = env.skiff().args(["ls", "--json"]).output().expect("ls");
+    assert!(
+        ls.status.success(),
+        "the started daemon answers: {}",
+        stderr(&ls)
+    );
+    // The second run reuses it.
+    let pid = std::fs::read_to_string(state.join("daemon.pid")).expect("pid");
+    let out = env.run(&[], &["true"], None);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        std::fs::read_to_string(state.join("daemon.pid")).expect("pid"),
+        pid
+    );
+    env.assert_clean();
+}

@@ -66,6 +66,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/vms/{name}/logs"),
     ("post", "/v1/vms/{name}/exec"),
     ("post", "/v1/apply"),
+    ("post", "/v1/run"),
 ];
 
 pub fn router(manager: Arc<Manager>) -> Router {
@@ -80,6 +81,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v1/vms/{name}/logs", get(super::streams::logs))
         .route("/v1/vms/{name}/exec", post(super::streams::exec))
         .route("/v1/apply", post(apply))
+        .route("/v1/run", post(super::run_api::run))
         .fallback(not_found)
         .layer(axum::middleware::map_response(add_version_header))
         .with_state(manager)

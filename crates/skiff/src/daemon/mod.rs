@@ -5,6 +5,7 @@
 pub mod api;
 pub mod manager;
 mod monitor;
+pub mod run_api;
 pub mod store;
 pub mod streams;
 
@@ -131,6 +132,9 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
         .adopt_and_autostart()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pid_file = cfg.state_dir.join("daemon.pid");
+    std::fs::write(&pid_file, format!("{}\n", std::process::id()))
+        .with_context(|| format!("cannot write {}", pid_file.display()))?;
     eprintln!(
         "skiff daemon {}: listening on {}",
         env!("CARGO_PKG_VERSION"),
@@ -165,6 +169,7 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
         .context("the API server failed")?;
     // VMs keep running: the next daemon adopts them.
     let _ = std::fs::remove_file(socket);
+    let _ = std::fs::remove_file(pid_file);
     Ok(())
 }
 

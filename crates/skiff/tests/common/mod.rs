@@ -24,10 +24,14 @@ impl Env {
         }
     }
 
-    /// A `skiff` command using this test's runtime directory.
+    /// A `skiff` command using this test's runtime directory, state
+    /// directory and daemon socket (`skiff run` starts that daemon).
     pub fn skiff(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
-        cmd.env("SKIFF_RUNTIME_DIR", self.runtime.path());
+        cmd.env("SKIFF_RUNTIME_DIR", self.runtime.path())
+            .env("SKIFF_STATE_DIR", self.runtime.path().join("state"))
+            .env("SKIFF_SOCKET", self.runtime.path().join("skiff.sock"))
+            .env_remove("SKIFF_STANDALONE");
         cmd
     }
 
@@ -50,6 +54,22 @@ impl Env {
                 .map(|e| e.path())
                 .collect();
             assert!(left.is_empty(), "runtime files left behind: {left:?}");
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Stop the daemon `skiff run` started for this test.
+        let pid_file = self.runtime.path().join("state/daemon.pid");
+        if let Some(pid) = std::fs::read_to_string(pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }

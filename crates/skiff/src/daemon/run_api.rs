@@ -1,0 +1,210 @@
+//! `POST /v1/run`: a throw-away VM for one command, over an upgraded
+//! connection. The daemon owns the VM for the length of the connection:
+//! when the command ends, or the client goes away, the VM is torn down.
+
+use super::api::{api_error, ApiError};
+use super::manager::Manager;
+use super::streams::EXEC_UPGRADE;
+use crate::frames::{self, FrameReader};
+use crate::image::KernelChoice;
+use crate::run::{self, IoEvent, RunIo, RunRequest};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use hyper_util::rt::TokioIo;
+use serde::{Deserialize, Serialize};
+use skiff_proto::{ExitStatus, Message};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncWrite, WriteHalf};
+use tokio::sync::{mpsc, watch};
+
+/// What the client asks for: the flags of `skiff run`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunBody {
+    pub argv: Vec<String>,
+    pub cpus: u32,
+    pub memory_mib: u32,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// "auto", "kvm" or "tcg".
+    pub accel: String,
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    #[serde(default)]
+    pub modules: Option<PathBuf>,
+    pub boot_timeout_secs: u64,
+    #[serde(default)]
+    pub quiet: bool,
+    #[serde(default)]
+    pub stdin: bool,
+}
+
+pub async fn run(State(_m): State<Arc<Manager>>, mut req: Request) -> Result<Response, ApiError> {
+    let wants_upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case(EXEC_UPGRADE));
+    if !wants_upgrade {
+        return Err(api_error(
+            StatusCode::UPGRADE_REQUIRED,
+            format!("run needs `Connection: upgrade` and `Upgrade: {EXEC_UPGRADE}`"),
+        ));
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let bytes = axum::body::to_bytes(req.into_body(), 1024 * 1024)
+        .await
+        .map_err(|e| {
+            api_error(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the request: {e}"),
+            )
+        })?;
+    let body: RunBody = serde_json::from_slice(&bytes)
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, format!("invalid run request: {e}")))?;
+    if body.argv.is_empty() {
+        return Err(api_error(
+            StatusCode::BAD_REQUEST,
+            "argv is empty; give the command to run".into(),
+        ));
+    }
+    let accel = body
+        .accel
+        .parse::<skiff_vmm::AccelChoice>()
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, e))?;
+    let forward_stdin = body.stdin;
+    let run_req = RunRequest {
+        argv: body.argv,
+        cpus: body.cpus,
+        memory_mib: body.memory_mib,
+        env: body.env,
+        workdir: body.workdir,
+        accel,
+        kernel: KernelChoice {
+            kernel: body.kernel,
+            modules: body.modules,
+        },
+        boot_timeout: Duration::from_secs(body.boot_timeout_secs.clamp(1, 3600)),
+        quiet: body.quiet,
+    };
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let (r, w) = tokio::io::split(TokioIo::new(upgraded));
+        let mut io = ConnectionIo::new(r, w, forward_stdin);
+        match run::run(run_req, &mut io).await {
+            Ok(outcome) if !io.is_gone() => {
+                let _ = frames::send(
+                    &mut io.writer,
+                    &Message::Exited(ExitStatus::Code(outcome.code)),
+                )
+                .await;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = frames::send(&mut io.writer, &Message::Error(format!("{e:#}"))).await;
+            }
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, HeaderValue::from_static("upgrade"))
+        .header(header::UPGRADE, HeaderValue::from_static(EXEC_UPGRADE))
+        .body(Body::empty())
+        .unwrap_or_else(|_| Response::new(Body::empty())))
+}
+
+/// A run's input and output over the client's connection. A reader task
+/// turns the client's frames into stdin chunks and notices when the client
+/// goes away (which abandons the run: exit code 130, as for Ctrl-C).
+struct ConnectionIo<W> {
+    writer: WriteHalf<W>,
+    stdin: mpsc::Receiver<Vec<u8>>,
+    gone: watch::Receiver<bool>,
+    forward_stdin: bool,
+    stdin_done: bool,
+}
+
+const CLIENT_GONE: i32 = 128 + libc::SIGINT;
+
+impl<S: tokio::io::AsyncRead + AsyncWrite + Send + 'static> ConnectionIo<S> {
+    fn new(reader: tokio::io::ReadHalf<S>, writer: WriteHalf<S>, forward_stdin: bool) -> Self {
+        let (stdin_tx, stdin) = mpsc::channel(4);
+        let (gone_tx, gone) = watch::channel(false);
+        tokio::spawn(async move {
+            let mut frames = FrameReader::new(reader);
+            loop {
+                match frames.recv().await {
+                    Ok(Some(Message::Stdin(chunk))) => {
+                        if stdin_tx.send(chunk).await.is_err() {
+                            // The run no longer reads stdin; keep watching for the end.
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let _ = gone_tx.send(true);
+        });
+        ConnectionIo {
+            writer,
+            stdin,
+            gone,
+            forward_stdin,
+            stdin_done: false,
+        }
+    }
+
+    fn is_gone(&self) -> bool {
+        *self.gone.borrow()
+    }
+}
+
+async fn wait_gone(gone: &mut watch::Receiver<bool>) {
+    if gone.wait_for(|g| *g).await.is_err() {
+        // The reader task ended without saying: treat as gone.
+    }
+}
+
+impl<S: tokio::io::AsyncRead + AsyncWrite + Send + 'static> RunIo for ConnectionIo<S> {
+    fn forwards_stdin(&self) -> bool {
+        self.forward_stdin
+    }
+
+    async fn next_event(&mut self) -> IoEvent {
+        let reading = self.forward_stdin && !self.stdin_done;
+        tokio::select! {
+            chunk = self.stdin.recv(), if reading => {
+                let chunk = chunk.unwrap_or_default();
+                self.stdin_done = chunk.is_empty();
+                IoEvent::Stdin(chunk)
+            }
+            _ = wait_gone(&mut self.gone) => IoEvent::Interrupted(CLIENT_GONE),
+        }
+    }
+
+    async fn interrupted(&mut self) -> i32 {
+        wait_gone(&mut self.gone).await;
+        CLIENT_GONE
+    }
+
+    async fn stdout(&mut self, bytes: &[u8]) {
+        let _ = frames::send(&mut self.writer, &Message::Stdout(bytes.to_vec())).await;
+    }
+
+    async fn stderr(&mut self, bytes: &[u8]) {
+        let _ = frames::send(&mut self.writer, &Message::Stderr(bytes.to_vec())).await;
+    }
+
+    async fn notice(&mut self, text: &str) {
+        let line = format!("skiff: {text}\n");
+        let _ = frames::send(&mut self.writer, &Message::Stderr(line.into_bytes())).await;
+    }
+}
