@@ -25,7 +25,25 @@ pub fn prepare_system() {
     if let Err(e) = nix::unistd::sethostname("skiff") {
         log(format_args!("cannot set hostname: {e}"));
     }
-    load_modules(Path::new("/lib/modules"));
+    let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let loaded = load_modules(Path::new("/lib/modules"), "modules.dep", &HashSet::new());
+    // Optional module groups the host asked for (`skiff.load=net`).
+    let mut all = loaded;
+    for group in cmdline
+        .split_whitespace()
+        .filter_map(|t| t.strip_prefix("skiff.load="))
+    {
+        if group.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            all.extend(load_modules(
+                Path::new("/lib/modules"),
+                &format!("modules.{group}.dep"),
+                &all,
+            ));
+        }
+    }
+    if let Some(net) = crate::net::parse_cmdline(&cmdline) {
+        crate::net::configure(&net);
+    }
 }
 
 fn mount_filesystems() {
@@ -86,25 +104,35 @@ fn mount_filesystems() {
 /// Load every module listed in `modules.dep` under the single kernel
 /// directory in `root`, dependencies first. The image builder writes a
 /// modules.dep that names exactly the modules this guest needs.
-pub fn load_modules(root: &Path) {
+/// Returns the modules it loaded (paths as in the dep file), and skips
+/// those in `already`.
+pub fn load_modules(root: &Path, dep_file: &str, already: &HashSet<String>) -> HashSet<String> {
+    let mut loaded = HashSet::new();
     let Some(dir) = kernel_module_dir(root) else {
-        return; // A kernel with everything built in needs no modules.
+        return loaded; // A kernel with everything built in needs no modules.
     };
-    let dep_text = match fs::read_to_string(dir.join("modules.dep")) {
+    let dep_text = match fs::read_to_string(dir.join(dep_file)) {
         Ok(t) => t,
         Err(e) => {
             log(format_args!(
-                "cannot read {}/modules.dep: {e}",
+                "cannot read {}/{dep_file}: {e}",
                 dir.display()
             ));
-            return;
+            return loaded;
         }
     };
     for module in load_order(&dep_text) {
-        if let Err(e) = insert_module(&dir.join(&module)) {
-            log(format_args!("cannot load module {module}: {e}"));
+        if already.contains(&module) {
+            continue;
+        }
+        match insert_module(&dir.join(&module)) {
+            Ok(()) => {
+                loaded.insert(module);
+            }
+            Err(e) => log(format_args!("cannot load module {module}: {e}")),
         }
     }
+    loaded
 }
 
 fn kernel_module_dir(root: &Path) -> Option<PathBuf> {

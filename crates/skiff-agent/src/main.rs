@@ -6,6 +6,7 @@
 
 mod exec;
 mod init;
+mod net;
 mod pty;
 mod reaper;
 mod server;

@@ -28,6 +28,9 @@ pub struct InitramfsSpec<'a> {
     /// Module names (as in modules.dep, without `.ko`) the guest loads at
     /// boot, with their dependencies.
     pub modules: &'a [&'a str],
+    /// Modules loaded only when the kernel command line asks for their
+    /// group (`skiff.load=GROUP`), listed in `modules.GROUP.dep`.
+    pub module_groups: &'a [(&'a str, &'a [&'a str])],
 }
 
 /// A built image in the cache.
@@ -59,10 +62,28 @@ pub fn ensure_initramfs(
         )?),
         None => None,
     };
-    let modules = match &spec.kernel.modules_dir {
+    let mut modules = match &spec.kernel.modules_dir {
         Some(dir) => module_closure(dir, spec.modules, spec.kernel.unsigned_modules_ok)?,
         None => Vec::new(),
     };
+    // Each group's own modules (those not already in the base set), and the
+    // dep lines of its wanted modules.
+    let mut groups: Vec<(String, String)> = Vec::new();
+    if let Some(dir) = &spec.kernel.modules_dir {
+        for (group, wanted) in spec.module_groups {
+            let closure = module_closure(dir, wanted, spec.kernel.unsigned_modules_ok)?;
+            let mut dep = String::new();
+            for mut m in closure {
+                m.base = false;
+                dep.push_str(&m.dep_line);
+                dep.push('\n');
+                if !modules.iter().any(|b| b.rel_path == m.rel_path) {
+                    modules.push(m);
+                }
+            }
+            groups.push(((*group).to_owned(), dep));
+        }
+    }
 
     let mut hasher = Sha256::new();
     hasher.update(LAYOUT_VERSION);
@@ -76,6 +97,9 @@ pub fn ensure_initramfs(
     for m in &modules {
         hash_part(&mut hasher, &m.rel_path, &m.bytes);
         hash_part(&mut hasher, "deps", m.dep_line.as_bytes());
+    }
+    for (group, dep) in &groups {
+        hash_part(&mut hasher, group, dep.as_bytes());
     }
     let key = hex::encode(hasher.finalize());
     let dir = cache_dir.join("initramfs");
@@ -147,10 +171,19 @@ pub fn ensure_initramfs(
         let mut dep = String::new();
         for m in &modules {
             w.file(&format!("{base}/{}", m.rel_path), 0o644, &m.bytes);
-            dep.push_str(&m.dep_line);
-            dep.push('\n');
+            if m.base {
+                dep.push_str(&m.dep_line);
+                dep.push('\n');
+            }
         }
         w.file(&format!("{base}/modules.dep"), 0o644, dep.as_bytes());
+        for (group, group_dep) in &groups {
+            w.file(
+                &format!("{base}/modules.{group}.dep"),
+                0o644,
+                group_dep.as_bytes(),
+            );
+        }
     }
     let bytes = w.finish();
 
@@ -199,6 +232,8 @@ struct ModuleFile {
     bytes: Vec<u8>,
     /// Its line for the trimmed modules.dep.
     dep_line: String,
+    /// Whether it is loaded at every boot (else only with its group).
+    base: bool,
 }
 
 /// The wanted modules and everything they depend on, from `modules.dep`.
@@ -229,6 +264,7 @@ fn module_closure(
                     rel_path: rel.clone(),
                     bytes,
                     dep_line,
+                    base: true,
                 });
             }
         }

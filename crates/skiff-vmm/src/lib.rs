@@ -13,3 +13,5 @@ pub use launch::{Console, LaunchError, RunningVm};
 pub use plan::{plan, LaunchPlan, PlanError, VmConfig};
 pub mod detached;
 pub use detached::{launch_detached, DetachedVm, ProcessRef};
+pub mod usernet;
+pub use usernet::UserNet;

@@ -58,6 +58,10 @@ pub struct VmConfig {
     /// reads it), else this file (appended to, so it can be truncated while
     /// QEMU runs).
     pub console_log: Option<PathBuf>,
+    /// User-mode networking; `None`: no network device at all.
+    pub net: Option<crate::usernet::UserNet>,
+    /// Stable per VM (the MAC address derives from it).
+    pub vm_id: String,
 }
 
 /// One process to start.
@@ -173,6 +177,9 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> String {
     if cfg.accel == Accel::Tcg {
         args.push(TCG_TSC_KHZ.into());
     }
+    if cfg.net.is_some() {
+        args.extend(crate::usernet::UserNet::kernel_args());
+    }
     args.extend(cfg.extra_cmdline.iter().cloned());
     args.join(" ")
 }
@@ -230,6 +237,9 @@ fn qemu_args(cfg: &VmConfig, vhost_socket: &Path) -> Vec<String> {
         "-device".into(),
         format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04"),
     ]);
+    if let Some(net) = &cfg.net {
+        a.extend(net.qemu_args(&crate::usernet::mac_for(&cfg.vm_id)));
+    }
     a
 }
 
@@ -249,6 +259,8 @@ mod tests {
             qemu_binary: "qemu-system-x86_64".into(),
             vsock_binary: "vhost-device-vsock".into(),
             console_log: None,
+            net: None,
+            vm_id: "vm1".into(),
         }
     }
 
@@ -315,6 +327,30 @@ mod tests {
             value_after(&p.qemu.args, "-chardev")[0],
             "file,id=console,path=/var/lib/skiff/vms/web/console.log,append=on"
         );
+    }
+
+    #[test]
+    fn user_networking_adds_a_nic_and_the_guest_address() {
+        let c = VmConfig {
+            net: Some(crate::usernet::UserNet::default()),
+            ..cfg()
+        };
+        let p = plan(&c).expect("plan");
+        assert_eq!(value_after(&p.qemu.args, "-netdev"), ["user,id=net0"]);
+        assert!(value_after(&p.qemu.args, "-device")
+            .iter()
+            .any(|d| d.starts_with("virtio-net-device,netdev=net0,mac=52:54:")));
+        let line = kernel_cmdline(&c);
+        assert!(
+            line.contains(
+                "skiff.load=net skiff.ip=10.0.2.15/24 skiff.gw=10.0.2.2 skiff.dns=10.0.2.3"
+            ),
+            "{line}"
+        );
+        // No network: no NIC, no address.
+        let none = plan(&cfg()).expect("plan");
+        assert!(value_after(&none.qemu.args, "-netdev").is_empty());
+        assert!(!kernel_cmdline(&cfg()).contains("skiff.ip"));
     }
 
     #[test]

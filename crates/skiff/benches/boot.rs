@@ -110,6 +110,8 @@ fn bare_qemu_args(kernel: &Path, initrd: &Path, work: &Path) -> Vec<String> {
         qemu_binary: "qemu-system-x86_64".into(),
         vsock_binary: "unused".into(),
         console_log: None,
+        net: None,
+        vm_id: "bench".into(),
     };
     let plan = skiff_vmm::plan(&cfg).expect("plan");
     let mut args = Vec::new();

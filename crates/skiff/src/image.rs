@@ -10,6 +10,9 @@ use std::path::PathBuf;
 /// devices are found through ACPI) and vsock for the control channel.
 pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "vmw_vsock_virtio_transport"];
 
+/// Modules loaded only when the VM has the feature (`skiff.load=GROUP`).
+pub const GUEST_MODULE_GROUPS: &[(&str, &[&str])] = &[("net", &["virtio_net"])];
+
 /// Where the kernel should come from, as the user said.
 #[derive(Debug, Clone, Default)]
 pub struct KernelChoice {
@@ -57,6 +60,11 @@ pub fn prepare(choice: &KernelChoice, quiet: bool) -> Result<GuestImage> {
         busybox: busybox.as_deref(),
         kernel: &kernel,
         modules,
+        module_groups: if kernel.modules_dir.is_some() {
+            GUEST_MODULE_GROUPS
+        } else {
+            &[]
+        },
     };
     let initramfs = skiff_image::ensure_initramfs(&spec, &cache, &progress)
         .context("cannot build the guest initramfs")?;

@@ -179,6 +179,14 @@ struct RunArgs {
     /// Virtual CPUs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=255))]
     cpus: u32,
+    /// Network: none (no device at all) or user (QEMU user-mode NAT, no
+    /// privileges needed). Default: none, or user when -p is given.
+    #[arg(long, value_parser = ["none", "user"])]
+    net: Option<String>,
+    /// Forward a host port to the guest: [ADDR:]HOST:GUEST[/tcp|/udp]
+    /// (ADDR defaults to 127.0.0.1). Repeatable.
+    #[arg(short = 'p', long = "publish", value_name = "PORTS", value_parser = parse_publish)]
+    publish: Vec<String>,
     /// Memory in MiB.
     #[arg(long, value_name = "MiB", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(i64::from(skiff_vmm::plan::MIN_MEMORY_MIB)..=i64::from(skiff_vmm::plan::MAX_MEMORY_MIB)))]
@@ -211,6 +219,10 @@ struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+fn parse_publish(s: &str) -> Result<String, String> {
+    skiff_spec::parse_forward(s).map(|_| s.to_owned())
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -266,6 +278,8 @@ async fn run_via_daemon(a: RunArgs) -> Result<i32> {
         boot_timeout_secs: a.boot_timeout,
         quiet: a.quiet,
         stdin: forward_stdin,
+        net: a.net,
+        publish: a.publish,
     };
     cli_vm::exec_stream(
         &client,
@@ -341,7 +355,10 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Run(a) if !a.standalone && a.timings.is_none() => run_via_daemon(a).await,
         Command::Run(a) => {
+            let net = daemon::run_api::run_network(a.net.as_deref(), &a.publish)
+                .map_err(anyhow::Error::msg)?;
             let req = run::RunRequest {
+                net,
                 argv: a.command,
                 cpus: a.cpus,
                 memory_mib: a.memory,

@@ -25,6 +25,8 @@ pub struct RunRequest {
     pub kernel: KernelChoice,
     pub boot_timeout: Duration,
     pub quiet: bool,
+    /// User-mode networking with these forwards; `None`: no network.
+    pub net: Option<skiff_vmm::UserNet>,
 }
 
 /// How long the guest gets to power off by itself before it is killed.
@@ -182,8 +184,13 @@ pub async fn run<IO: RunIo>(req: RunRequest, io: &mut IO) -> Result<RunOutcome> 
         qemu_binary: PathBuf::from("qemu-system-x86_64"),
         vsock_binary: paths::vsock_backend(),
         console_log: None,
+        net: req.net.clone(),
+        vm_id: vm_id.clone(),
     };
     let plan = skiff_vmm::plan(&cfg)?;
+    if let Some(net) = &req.net {
+        net.check_host_ports().map_err(anyhow::Error::msg)?;
+    }
 
     let launch_start = Instant::now();
     let mut vm = RunningVm::launch(plan).await?;

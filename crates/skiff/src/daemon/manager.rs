@@ -209,8 +209,13 @@ impl Manager {
             qemu_binary: PathBuf::from("qemu-system-x86_64"),
             vsock_binary: paths::vsock_backend(),
             console_log: Some(vm_dir.join("console.log")),
+            net: user_net(spec),
+            vm_id: rec.id.clone(),
         };
         let plan = skiff_vmm::plan(&cfg).map_err(|e| e.to_string())?;
+        if let Some(net) = &cfg.net {
+            net.check_host_ports()?;
+        }
         let mut vm = skiff_vmm::launch_detached(&plan, &vm_dir)
             .await
             .map_err(|e| error_chain(&e))?;
@@ -513,6 +518,35 @@ fn check_supported(spec: &VmSpec) -> Result<(), ManagerError> {
         spec.name,
         missing.join(", ")
     )))
+}
+
+/// The user-mode network of a spec, with its port forwards.
+pub fn user_net(spec: &VmSpec) -> Option<skiff_vmm::UserNet> {
+    if !spec
+        .network
+        .iter()
+        .any(|n| n.mode == skiff_spec::NetMode::User)
+    {
+        return None;
+    }
+    Some(usernet_with(&spec.forward_ports))
+}
+
+/// User-mode networking with these port forwards.
+pub fn usernet_with(forwards: &[skiff_spec::PortForward]) -> skiff_vmm::UserNet {
+    let forwards = forwards
+        .iter()
+        .map(|f| skiff_vmm::usernet::Forward {
+            proto: match f.protocol {
+                skiff_spec::Protocol::Tcp => skiff_vmm::usernet::Proto::Tcp,
+                skiff_spec::Protocol::Udp => skiff_vmm::usernet::Proto::Udp,
+            },
+            host_addr: f.host_address,
+            host_port: f.host_port,
+            guest_port: f.guest_port,
+        })
+        .collect();
+    skiff_vmm::UserNet { forwards }
 }
 
 fn kill_processes(qemu: ProcessRef, vsock: ProcessRef) {

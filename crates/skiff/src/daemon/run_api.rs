@@ -43,6 +43,33 @@ pub struct RunBody {
     pub quiet: bool,
     #[serde(default)]
     pub stdin: bool,
+    /// "none" (default) or "user".
+    #[serde(default)]
+    pub net: Option<String>,
+    /// Port forwards as `[ADDR:]HOST:GUEST[/tcp|/udp]`; they need "user".
+    #[serde(default)]
+    pub publish: Vec<String>,
+}
+
+/// The network a run asked for, or why it cannot have it.
+pub fn run_network(
+    net: Option<&str>,
+    publish: &[String],
+) -> Result<Option<skiff_vmm::UserNet>, String> {
+    let forwards = publish
+        .iter()
+        .map(|p| skiff_spec::parse_forward(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    match net {
+        None if forwards.is_empty() => Ok(None),
+        None | Some("user") => Ok(Some(super::manager::usernet_with(&forwards))),
+        Some("none") if forwards.is_empty() => Ok(None),
+        Some("none") => Err("port forwards need a network; use --net user".into()),
+        Some("bridge") => {
+            Err("bridge networking is not available yet; use --net user or none".into())
+        }
+        Some(other) => Err(format!("unknown network mode {other:?}; use none or user")),
+    }
 }
 
 pub async fn run(State(_m): State<Arc<Manager>>, mut req: Request) -> Result<Response, ApiError> {
@@ -79,7 +106,10 @@ pub async fn run(State(_m): State<Arc<Manager>>, mut req: Request) -> Result<Res
         .parse::<skiff_vmm::AccelChoice>()
         .map_err(|e| api_error(StatusCode::BAD_REQUEST, e))?;
     let forward_stdin = body.stdin;
+    let net = run_network(body.net.as_deref(), &body.publish)
+        .map_err(|e| api_error(StatusCode::BAD_REQUEST, e))?;
     let run_req = RunRequest {
+        net,
         argv: body.argv,
         cpus: body.cpus,
         memory_mib: body.memory_mib,
