@@ -405,3 +405,44 @@ fn process_gone(pid: i32) -> bool {
         }
     }
 }
+
+#[test]
+fn logs_follow_streams_new_service_output() {
+    use std::io::BufRead;
+    let d = Daemon::start();
+    let spec = d.write_spec(
+        "ticker.toml",
+        "[vm.ticker]\ncommand = \"i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.3; done\"\n",
+    );
+    d.ok(&["create", "-f", spec.to_str().expect("utf8")]);
+    d.ok(&["start", "ticker"]);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .env("SKIFF_SOCKET", d.socket())
+        .args(["logs", "-f", "ticker"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn logs -f");
+    let lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut ticks = Vec::new();
+    for line in lines {
+        let line = line.expect("line");
+        if let Some(n) = line
+            .trim()
+            .strip_prefix("tick-")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            ticks.push(n);
+            if ticks.len() == 5 {
+                break;
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(ticks.len(), 5);
+    assert!(
+        ticks.windows(2).all(|w| w[1] == w[0] + 1),
+        "in order, none lost: {ticks:?}"
+    );
+    d.ok(&["rm", "-f", "ticker"]);
+}
