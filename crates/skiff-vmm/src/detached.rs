@@ -12,7 +12,6 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -87,16 +86,7 @@ fn spawn(
     hint: &'static str,
     mut cmd: Command,
 ) -> Result<(Child, ProcessRef), LaunchError> {
-    let child = cmd.spawn().map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => LaunchError::Missing {
-            program: p.program.display().to_string(),
-            hint,
-        },
-        _ => LaunchError::Spawn {
-            program: p.program.display().to_string(),
-            source: e,
-        },
-    })?;
+    let child = crate::launch::spawn(p, hint, &mut cmd)?;
     let pid = child.id().and_then(|id| i32::try_from(id).ok());
     let r = pid
         .and_then(ProcessRef::of)
@@ -111,14 +101,7 @@ fn spawn(
 /// to `vsock.log` and `qemu.log` in `log_dir`. On error nothing is left
 /// running and the runtime directory is removed.
 pub async fn launch_detached(plan: &LaunchPlan, log_dir: &Path) -> Result<DetachedVm, LaunchError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&plan.run_dir)
-        .map_err(|source| LaunchError::RunDir {
-            path: plan.run_dir.clone(),
-            source,
-        })?;
+    crate::launch::create_run_dir(&plan.run_dir)?;
     let cleanup_dir = |e: LaunchError| {
         let _ = std::fs::remove_dir_all(&plan.run_dir);
         e

@@ -122,7 +122,12 @@ fn command(p: &ProcessPlan) -> Command {
     cmd
 }
 
-fn spawn(p: &ProcessPlan, hint: &'static str, cmd: &mut Command) -> Result<Child, LaunchError> {
+/// Start a helper; a missing program is reported with how to install it.
+pub(crate) fn spawn(
+    p: &ProcessPlan,
+    hint: &'static str,
+    cmd: &mut Command,
+) -> Result<Child, LaunchError> {
     cmd.spawn().map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => LaunchError::Missing {
             program: p.program.display().to_string(),
@@ -135,18 +140,23 @@ fn spawn(p: &ProcessPlan, hint: &'static str, cmd: &mut Command) -> Result<Child
     })
 }
 
+/// Create a VM's runtime directory, private to this user.
+pub(crate) fn create_run_dir(path: &Path) -> Result<(), LaunchError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| LaunchError::RunDir {
+            path: path.to_owned(),
+            source,
+        })
+}
+
 impl RunningVm {
     /// Start the vsock backend and QEMU. Returns once QEMU is running; use
     /// [`RunningVm::wait_ready`] to wait for the agent.
     pub async fn launch(plan: LaunchPlan) -> Result<RunningVm, LaunchError> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&plan.run_dir)
-            .map_err(|source| LaunchError::RunDir {
-                path: plan.run_dir.clone(),
-                source,
-            })?;
+        create_run_dir(&plan.run_dir)?;
         // From here on, `cleanup` removes the directory on every error path.
         let cleanup = RunDirGuard(Some(plan.run_dir.clone()));
         let ready =

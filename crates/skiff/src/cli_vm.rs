@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use http_body_util::BodyExt;
 use hyper::Method;
 use serde_json::{json, Value};
-use skiff_proto::{ExitStatus, Message, WindowSize, MAX_CHUNK};
+use skiff_proto::{ExitStatus, Message, WindowSize};
 use std::io::{IsTerminal, Read, Write};
 use std::path::Path;
 
@@ -213,28 +213,12 @@ pub async fn exec_stream(
     let mut sighup = signal(SignalKind::hangup())?;
     let (r, mut w) = tokio::io::split(io);
     let mut reader = FrameReader::new(r);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-    if forward_stdin {
-        std::thread::spawn(move || {
-            let mut stdin = std::io::stdin().lock();
-            let mut buf = vec![0u8; MAX_CHUNK];
-            loop {
-                match stdin.read(&mut buf) {
-                    Ok(0) | Err(_) => {
-                        let _ = tx.blocking_send(Vec::new());
-                        return;
-                    }
-                    Ok(n) => {
-                        if tx.blocking_send(buf[..n].to_vec()).is_err() {
-                            return;
-                        }
-                    }
-                }
-            }
-        });
+    let (_no_stdin, empty) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+    let mut rx = if forward_stdin {
+        crate::run::spawn_stdin_reader()
     } else {
-        drop(tx);
-    }
+        empty
+    };
     let mut stdin_open = forward_stdin;
     let mut stdout = std::io::stdout();
     let mut stderr = std::io::stderr();

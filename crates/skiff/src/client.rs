@@ -142,12 +142,7 @@ impl Client {
             .context("the daemon did not answer")?;
         check_version(&res)?;
         if !res.status().is_success() {
-            let status = res.status();
-            let bytes = res.into_body().collect().await?.to_bytes();
-            let msg = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_default();
-            bail!("{msg} (HTTP {})", status.as_u16());
+            return Err(error_from(res).await);
         }
         Ok(res.into_body())
     }
@@ -169,18 +164,31 @@ impl Client {
             .context("the daemon did not answer")?;
         check_version(&res)?;
         if res.status() != StatusCode::SWITCHING_PROTOCOLS {
-            let status = res.status();
-            let bytes = res.into_body().collect().await?.to_bytes();
-            let msg = serde_json::from_slice::<ErrorBody>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_default();
-            bail!("{msg} (HTTP {})", status.as_u16());
+            return Err(error_from(res).await);
         }
         let upgraded = hyper::upgrade::on(res)
             .await
             .context("the daemon did not switch protocols")?;
         Ok(TokioIo::new(upgraded))
     }
+}
+
+/// The daemon's error answer as an error for the user.
+async fn error_from(res: hyper::Response<hyper::body::Incoming>) -> anyhow::Error {
+    let status = res.status();
+    let bytes = match res.into_body().collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return anyhow!(
+                "the daemon answered HTTP {} and then failed: {e}",
+                status.as_u16()
+            )
+        }
+    };
+    let msg = serde_json::from_slice::<ErrorBody>(&bytes)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+    anyhow!("{msg} (HTTP {})", status.as_u16())
 }
 
 fn check_version<B>(res: &hyper::Response<B>) -> Result<()> {

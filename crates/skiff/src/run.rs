@@ -296,7 +296,7 @@ async fn recv_opt(rx: &mut Option<mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {
 
 /// Read stdin on a plain thread (a blocking read cannot be cancelled, and a
 /// thread does not keep the process alive at exit). An empty chunk is EOF.
-fn spawn_stdin_reader() -> mpsc::Receiver<Vec<u8>> {
+pub(crate) fn spawn_stdin_reader() -> mpsc::Receiver<Vec<u8>> {
     let (tx, rx) = mpsc::channel(4);
     let spawned = std::thread::Builder::new()
         .name("stdin".into())

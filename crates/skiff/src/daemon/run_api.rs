@@ -4,13 +4,12 @@
 
 use super::api::{api_error, ApiError};
 use super::manager::Manager;
-use super::streams::EXEC_UPGRADE;
+use super::streams::{switching_protocols, upgrade_request};
 use crate::frames::{self, FrameReader};
 use crate::image::KernelChoice;
 use crate::run::{self, IoEvent, RunIo, RunRequest};
-use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::Response;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
@@ -72,29 +71,8 @@ pub fn run_network(
     }
 }
 
-pub async fn run(State(_m): State<Arc<Manager>>, mut req: Request) -> Result<Response, ApiError> {
-    let wants_upgrade = req
-        .headers()
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case(EXEC_UPGRADE));
-    if !wants_upgrade {
-        return Err(api_error(
-            StatusCode::UPGRADE_REQUIRED,
-            format!("run needs `Connection: upgrade` and `Upgrade: {EXEC_UPGRADE}`"),
-        ));
-    }
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let bytes = axum::body::to_bytes(req.into_body(), 1024 * 1024)
-        .await
-        .map_err(|e| {
-            api_error(
-                StatusCode::BAD_REQUEST,
-                format!("cannot read the request: {e}"),
-            )
-        })?;
-    let body: RunBody = serde_json::from_slice(&bytes)
-        .map_err(|e| api_error(StatusCode::BAD_REQUEST, format!("invalid run request: {e}")))?;
+pub async fn run(State(_m): State<Arc<Manager>>, req: Request) -> Result<Response, ApiError> {
+    let (on_upgrade, body): (_, RunBody) = upgrade_request(req, "run").await?;
     if body.argv.is_empty() {
         return Err(api_error(
             StatusCode::BAD_REQUEST,
@@ -143,12 +121,7 @@ pub async fn run(State(_m): State<Arc<Manager>>, mut req: Request) -> Result<Res
             }
         }
     });
-    Ok(Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, HeaderValue::from_static("upgrade"))
-        .header(header::UPGRADE, HeaderValue::from_static(EXEC_UPGRADE))
-        .body(Body::empty())
-        .unwrap_or_else(|_| Response::new(Body::empty())))
+    Ok(switching_protocols())
 }
 
 /// A run's input and output over the client's connection. A reader task

@@ -99,11 +99,12 @@ pub struct ExecBody {
     pub tty: Option<skiff_proto::WindowSize>,
 }
 
-pub async fn exec(
-    State(m): State<Arc<Manager>>,
-    Path(name): Path<String>,
+/// Check that `req` asks to switch to the frame protocol, and read its
+/// JSON body. `what` names the endpoint in errors.
+pub async fn upgrade_request<T: serde::de::DeserializeOwned>(
     mut req: Request,
-) -> Result<Response, ApiError> {
+    what: &str,
+) -> Result<(hyper::upgrade::OnUpgrade, T), ApiError> {
     let wants_upgrade = req
         .headers()
         .get(header::UPGRADE)
@@ -112,7 +113,7 @@ pub async fn exec(
     if !wants_upgrade {
         return Err(api_error(
             StatusCode::UPGRADE_REQUIRED,
-            format!("exec needs `Connection: upgrade` and `Upgrade: {EXEC_UPGRADE}`"),
+            format!("{what} needs `Connection: upgrade` and `Upgrade: {EXEC_UPGRADE}`"),
         ));
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -124,12 +125,31 @@ pub async fn exec(
                 format!("cannot read the request: {e}"),
             )
         })?;
-    let body: ExecBody = serde_json::from_slice(&bytes).map_err(|e| {
+    let body = serde_json::from_slice(&bytes).map_err(|e| {
         api_error(
             StatusCode::BAD_REQUEST,
-            format!("invalid exec request: {e}"),
+            format!("invalid {what} request: {e}"),
         )
     })?;
+    Ok((on_upgrade, body))
+}
+
+/// The answer that switches the connection to the frame protocol.
+pub fn switching_protocols() -> Response {
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, HeaderValue::from_static("upgrade"))
+        .header(header::UPGRADE, HeaderValue::from_static(EXEC_UPGRADE))
+        .body(Body::empty())
+        .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
+pub async fn exec(
+    State(m): State<Arc<Manager>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let (on_upgrade, body): (_, ExecBody) = upgrade_request(req, "exec").await?;
     if body.argv.is_empty() {
         return Err(api_error(
             StatusCode::BAD_REQUEST,
@@ -185,10 +205,5 @@ pub async fn exec(
             }
         }
     });
-    Ok(Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, HeaderValue::from_static("upgrade"))
-        .header(header::UPGRADE, HeaderValue::from_static(EXEC_UPGRADE))
-        .body(Body::empty())
-        .unwrap_or_else(|_| Response::new(Body::empty())))
+    Ok(switching_protocols())
 }
