@@ -29,40 +29,54 @@ fn main() {
     std::fs::write(&bare_initrd, bare_initramfs()).expect("write bare initramfs");
     let bare_args = bare_qemu_args(&kernel, &bare_initrd, work.path());
 
+    let mut daemon = Daemon::start(&skiff, work.path());
+
     // One untimed run of each warms the page cache.
     time_bare(&bare_args);
     time_skiff(&skiff, work.path());
+    time_via_daemon(&skiff, &daemon);
 
     let mut bare = Vec::new();
     let mut full = Vec::new();
+    let mut via = Vec::new();
     let mut ready = Vec::new();
     let mut init = Vec::new();
     for i in 0..runs {
         let b = time_bare(&bare_args);
         let (s, guest_ready, guest_init) = time_skiff(&skiff, work.path());
+        let d = time_via_daemon(&skiff, &daemon);
         eprintln!(
-            "run {:>2}/{runs}: bare {:>7.1} ms   skiff run {:>7.1} ms",
+            "run {:>2}/{runs}: bare {:>7.1} ms   standalone {:>7.1} ms   via daemon {:>7.1} ms",
             i + 1,
             ms(b),
-            ms(s)
+            ms(s),
+            ms(d)
         );
         bare.push(b);
         full.push(s);
+        via.push(d);
         ready.push(guest_ready);
         init.push(guest_init);
     }
-    let (mb, ms_full) = (median(&mut bare), median(&mut full));
+    daemon.stop();
+    let (mb, ms_full, ms_via) = (median(&mut bare), median(&mut full), median(&mut via));
     let ratio = ms_full.as_secs_f64() / mb.as_secs_f64();
+    let ratio_via = ms_via.as_secs_f64() / mb.as_secs_f64();
     println!("cold start, {runs} alternating runs, medians:");
     println!(
         "  bare QEMU boot (busybox /init powers off)  {:>8.1} ms",
         ms(mb)
     );
     println!(
-        "  skiff run -- true                          {:>8.1} ms",
+        "  skiff run --standalone -- true             {:>8.1} ms",
         ms(ms_full)
     );
-    println!("  ratio skiff/bare                           {ratio:>8.3}   (target <= 1.10)");
+    println!(
+        "  skiff run -- true (through the daemon)     {:>8.1} ms",
+        ms(ms_via)
+    );
+    println!("  ratio standalone/bare                      {ratio:>8.3}   (target <= 1.10)");
+    println!("  ratio daemon/bare                          {ratio_via:>8.3}");
     println!(
         "  agent: guest kernel start to ready         {:>8} ms",
         median_u64(&mut ready)
@@ -145,7 +159,7 @@ fn time_skiff(skiff: &Path, work: &Path) -> (Duration, u64, u64) {
     let start = Instant::now();
     let out = Command::new(skiff)
         .env("SKIFF_RUNTIME_DIR", work.join("rt"))
-        .args(["run", "-q", "--timings=json", "--", "true"])
+        .args(["run", "-q", "--standalone", "--timings=json", "--", "true"])
         .stdin(Stdio::null())
         .output()
         .expect("run skiff");
@@ -164,6 +178,61 @@ fn time_skiff(skiff: &Path, work: &Path) -> (Duration, u64, u64) {
     let ready = t["guest_kernel_to_ready_ms"].as_u64().unwrap_or(0);
     let init = t["guest_init_ms"].as_u64().unwrap_or(0);
     (elapsed, ready, init)
+}
+
+/// A `skiff daemon` on the bench's own socket and directories.
+struct Daemon {
+    child: std::process::Child,
+    socket: PathBuf,
+    dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(skiff: &Path, work: &Path) -> Daemon {
+        let dir = work.join("daemon");
+        let socket = dir.join("skiff.sock");
+        let child = Command::new(skiff)
+            .env("SKIFF_SOCKET", &socket)
+            .env("SKIFF_STATE_DIR", dir.join("state"))
+            .env("SKIFF_RUNTIME_DIR", dir.join("run"))
+            .arg("daemon")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start skiff daemon");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "the daemon did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon { child, socket, dir }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Wall time of `skiff run -- true` through a running daemon.
+fn time_via_daemon(skiff: &Path, d: &Daemon) -> Duration {
+    let start = Instant::now();
+    let out = Command::new(skiff)
+        .env("SKIFF_SOCKET", &d.socket)
+        .env("SKIFF_STATE_DIR", d.dir.join("state"))
+        .env("SKIFF_RUNTIME_DIR", d.dir.join("run"))
+        .args(["run", "-q", "--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run skiff");
+    let elapsed = start.elapsed();
+    assert!(
+        out.status.success(),
+        "skiff run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    elapsed
 }
 
 fn median(v: &mut [Duration]) -> Duration {
