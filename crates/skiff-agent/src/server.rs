@@ -100,6 +100,7 @@ fn serve_connection(stream: VsockStream, mut boot: BootTimes, reaper: Reaper) {
         return;
     }
     let mut running: Option<Running> = None;
+    let mut copy_in = CopyIn::Idle;
     loop {
         let msg = match skiff_proto::read_message(&mut reader) {
             Ok(Some(m)) => m,
@@ -143,6 +144,48 @@ fn serve_connection(stream: VsockStream, mut boot: BootTimes, reaper: Reaper) {
                     signal_group(r.pgid, sig);
                 }
             }
+            Message::CopyOut(path) => {
+                let result = if path.starts_with('/') {
+                    skiff_proto::copy::send_tree(std::path::Path::new(&path), &mut |m| {
+                        exec::send(&sink, &m)
+                    })
+                    .map_err(|e| e.to_string())
+                } else {
+                    Err(format!("{path:?} is not an absolute path"))
+                };
+                if let Err(e) = result {
+                    let _ = exec::send(&sink, &Message::Error(e));
+                }
+            }
+            Message::CopyIn(path) => {
+                copy_in = if path.starts_with('/') {
+                    match skiff_proto::copy::Extractor::new(std::path::Path::new(&path)) {
+                        Ok(x) => CopyIn::Writing(Box::new(x)),
+                        Err(e) => fail_copy(&sink, e.to_string()),
+                    }
+                } else {
+                    fail_copy(&sink, format!("{path:?} is not an absolute path"))
+                };
+            }
+            m @ (Message::Entry(_) | Message::Data(_) | Message::End) => {
+                let end = matches!(m, Message::End);
+                copy_in = match copy_in {
+                    CopyIn::Writing(mut x) => match x.accept(m) {
+                        Ok(true) => {
+                            let _ = exec::send(
+                                &sink,
+                                &Message::Exited(skiff_proto::ExitStatus::Code(0)),
+                            );
+                            CopyIn::Idle
+                        }
+                        Ok(false) => CopyIn::Writing(x),
+                        Err(e) => fail_copy(&sink, e.to_string()),
+                    },
+                    // After an error, the rest of the stream is dropped.
+                    CopyIn::Draining if !end => CopyIn::Draining,
+                    _ => CopyIn::Idle,
+                };
+            }
             Message::Resize(size) => {
                 if let Some(master) = running.as_ref().and_then(|r| r.pty.as_ref()) {
                     crate::pty::resize(master, size);
@@ -163,6 +206,19 @@ fn serve_connection(stream: VsockStream, mut boot: BootTimes, reaper: Reaper) {
             signal_group(r.pgid, libc::SIGKILL);
         }
     }
+}
+
+/// State of a copy into the guest on one connection.
+enum CopyIn {
+    Idle,
+    Writing(Box<skiff_proto::copy::Extractor>),
+    /// The copy failed; ignore its remaining frames until `End`.
+    Draining,
+}
+
+fn fail_copy(sink: &exec::FrameSink, message: String) -> CopyIn {
+    let _ = exec::send(sink, &Message::Error(message));
+    CopyIn::Draining
 }
 
 fn signal_group(pgid: i32, sig: i32) {

@@ -21,6 +21,7 @@
 use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
+pub mod copy;
 mod message;
 pub use message::{BootTimes, ExecRequest, ExitStatus, Hello, Message, WindowSize};
 

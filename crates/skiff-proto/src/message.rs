@@ -108,6 +108,17 @@ pub enum Message {
     Started(u32),
     /// host -> agent: the terminal of a tty command changed size.
     Resize(WindowSize),
+    /// host -> agent: entries follow; create them at this guest path.
+    CopyIn(String),
+    /// host -> agent: send the file or tree at this guest path as entries.
+    CopyOut(String),
+    /// either way: the next item of a copied tree; a file's bytes follow
+    /// as `Data` frames.
+    Entry(crate::copy::Entry),
+    /// either way: file contents for the last `Entry`.
+    Data(Vec<u8>),
+    /// either way: no more entries.
+    End,
 }
 
 const TAG_HELLO: u8 = 1;
@@ -121,6 +132,11 @@ const TAG_SHUTDOWN: u8 = 8;
 const TAG_ERROR: u8 = 9;
 const TAG_STARTED: u8 = 10;
 const TAG_RESIZE: u8 = 11;
+const TAG_COPY_IN: u8 = 12;
+const TAG_COPY_OUT: u8 = 13;
+const TAG_ENTRY: u8 = 14;
+const TAG_DATA: u8 = 15;
+const TAG_END: u8 = 16;
 
 impl Message {
     pub(crate) fn tag(&self) -> u8 {
@@ -136,6 +152,11 @@ impl Message {
             Message::Error(_) => TAG_ERROR,
             Message::Started(_) => TAG_STARTED,
             Message::Resize(_) => TAG_RESIZE,
+            Message::CopyIn(_) => TAG_COPY_IN,
+            Message::CopyOut(_) => TAG_COPY_OUT,
+            Message::Entry(_) => TAG_ENTRY,
+            Message::Data(_) => TAG_DATA,
+            Message::End => TAG_END,
         }
     }
 
@@ -153,6 +174,11 @@ impl Message {
             Message::Error(_) => "error",
             Message::Started(_) => "started",
             Message::Resize(_) => "resize",
+            Message::CopyIn(_) => "copy-in",
+            Message::CopyOut(_) => "copy-out",
+            Message::Entry(_) => "entry",
+            Message::Data(_) => "data",
+            Message::End => "end",
         }
     }
 
@@ -166,6 +192,10 @@ impl Message {
             Message::Shutdown => {}
             Message::Error(m) => out.extend_from_slice(m.as_bytes()),
             Message::Started(pid) => out.extend_from_slice(&pid.to_be_bytes()),
+            Message::CopyIn(p) | Message::CopyOut(p) => out.extend_from_slice(p.as_bytes()),
+            Message::Entry(e) => push_json(e, out),
+            Message::Data(b) => out.extend_from_slice(b),
+            Message::End => {}
             Message::Resize(w) => {
                 out.extend_from_slice(&w.rows.to_be_bytes());
                 out.extend_from_slice(&w.cols.to_be_bytes());
@@ -204,6 +234,29 @@ impl Message {
                     reason: format!("body is {} bytes, expected 4", body.len()),
                 })?;
                 Message::Started(u32::from_be_bytes(bytes))
+            }
+            TAG_COPY_IN | TAG_COPY_OUT => {
+                let path =
+                    String::from_utf8(body.to_vec()).map_err(|_| DecodeError::Malformed {
+                        what: "copy",
+                        reason: "the path is not UTF-8".into(),
+                    })?;
+                if tag == TAG_COPY_IN {
+                    Message::CopyIn(path)
+                } else {
+                    Message::CopyOut(path)
+                }
+            }
+            TAG_ENTRY => Message::Entry(json_body("entry", body)?),
+            TAG_DATA => Message::Data(body.to_vec()),
+            TAG_END => {
+                if !body.is_empty() {
+                    return Err(DecodeError::Malformed {
+                        what: "end",
+                        reason: format!("unexpected {}-byte body", body.len()),
+                    });
+                }
+                Message::End
             }
             TAG_RESIZE => {
                 let b: [u8; 4] = body.try_into().map_err(|_| DecodeError::Malformed {

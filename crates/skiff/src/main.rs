@@ -1,5 +1,6 @@
 //! The `skiff` command line.
 
+mod cli_cp;
 mod cli_vm;
 mod client;
 mod daemon;
@@ -91,6 +92,14 @@ enum Command {
     },
     /// Run a command in a running VM; exits with the command's status.
     Exec(ExecArgs),
+    /// Copy files or directories between the host and a running VM
+    /// (`skiff cp ./a.txt web:/tmp/`, `skiff cp web:/var/log ./logs`).
+    Cp {
+        /// Source: a host path, or NAME:/path in a VM.
+        src: String,
+        /// Destination: a host path, or NAME:/path in a VM.
+        dst: String,
+    },
     /// Open an interactive shell (or COMMAND) on a terminal in a running VM.
     Shell {
         name: String,
@@ -341,6 +350,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Ls { json } => cli_vm::list(&client(), json).await,
         Command::Inspect { name } => cli_vm::inspect(&client(), &name).await,
         Command::Logs { name, follow } => cli_vm::logs(&client(), &name, follow).await,
+        Command::Cp { src, dst } => cli_cp::cp(&client(), &src, &dst).await,
         Command::Shell { name, command } => cli_vm::shell(&client(), &name, command).await,
         Command::Exec(a) => {
             cli_vm::exec(

@@ -67,6 +67,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/vms/{name}/exec"),
     ("post", "/v1/apply"),
     ("post", "/v1/run"),
+    ("post", "/v1/vms/{name}/copy-in"),
+    ("post", "/v1/vms/{name}/copy-out"),
 ];
 
 pub fn router(manager: Arc<Manager>) -> Router {
@@ -82,6 +84,8 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v1/vms/{name}/exec", post(super::streams::exec))
         .route("/v1/apply", post(apply))
         .route("/v1/run", post(super::run_api::run))
+        .route("/v1/vms/{name}/copy-in", post(super::streams::copy_in))
+        .route("/v1/vms/{name}/copy-out", post(super::streams::copy_out))
         .fallback(not_found)
         .layer(axum::middleware::map_response(add_version_header))
         .with_state(manager)

@@ -171,39 +171,146 @@ pub async fn exec(
             reason: e.to_string(),
         })
     })?;
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let (client_r, mut client_w) = tokio::io::split(TokioIo::new(upgraded));
-        let mut client = FrameReader::new(client_r);
-        loop {
-            tokio::select! {
-                from_guest = conn.reader.recv() => {
-                    let msg = match from_guest {
-                        Ok(Some(m @ (Message::Stdout(_) | Message::Stderr(_) | Message::Exited(_) | Message::Error(_)))) => m,
-                        Ok(Some(other)) => Message::Error(format!("the guest agent sent an unexpected {} message", other.name())),
-                        Ok(None) => Message::Error("the guest closed the control channel before the command finished".into()),
-                        Err(e) => Message::Error(format!("lost the guest's control channel: {e}")),
-                    };
-                    let last = !matches!(msg, Message::Stdout(_) | Message::Stderr(_));
-                    if frames::send(&mut client_w, &msg).await.is_err() || last {
+    tokio::spawn(proxy(on_upgrade, conn, Direction::EXEC));
+    Ok(switching_protocols())
+}
+
+/// Which frames may pass between a client and a guest agent, per endpoint.
+#[derive(Clone, Copy)]
+pub struct Direction {
+    /// client -> guest
+    up: fn(&Message) -> bool,
+    /// guest -> client; the ones for which `last` holds end the stream.
+    down: fn(&Message) -> bool,
+    last: fn(&Message) -> bool,
+}
+
+impl Direction {
+    pub const EXEC: Direction = Direction {
+        up: |m| {
+            matches!(
+                m,
+                Message::Stdin(_) | Message::Signal(_) | Message::Resize(_)
+            )
+        },
+        down: |m| {
+            matches!(
+                m,
+                Message::Stdout(_) | Message::Stderr(_) | Message::Exited(_) | Message::Error(_)
+            )
+        },
+        last: |m| matches!(m, Message::Exited(_) | Message::Error(_)),
+    };
+    pub const COPY_IN: Direction = Direction {
+        up: |m| matches!(m, Message::Entry(_) | Message::Data(_) | Message::End),
+        down: |m| matches!(m, Message::Exited(_) | Message::Error(_)),
+        last: |m| matches!(m, Message::Exited(_) | Message::Error(_)),
+    };
+    pub const COPY_OUT: Direction = Direction {
+        up: |_| false,
+        down: |m| {
+            matches!(
+                m,
+                Message::Entry(_) | Message::Data(_) | Message::End | Message::Error(_)
+            )
+        },
+        last: |m| matches!(m, Message::End | Message::Error(_)),
+    };
+}
+
+/// Forward frames between an upgraded client connection and an agent
+/// connection until the stream's last frame, either side closing, or a
+/// frame that is not allowed (which the guest, being untrusted, may send:
+/// the client then gets an error instead).
+pub async fn proxy(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    mut conn: skiff_vmm::AgentConn,
+    dir: Direction,
+) {
+    let Ok(upgraded) = on_upgrade.await else {
+        return;
+    };
+    let (client_r, mut client_w) = tokio::io::split(TokioIo::new(upgraded));
+    let mut client = FrameReader::new(client_r);
+    loop {
+        tokio::select! {
+            from_guest = conn.reader.recv() => {
+                let msg = match from_guest {
+                    Ok(Some(m)) if (dir.down)(&m) => m,
+                    Ok(Some(other)) => Message::Error(format!("the guest agent sent an unexpected {} message", other.name())),
+                    Ok(None) => Message::Error("the guest closed the control channel before the operation finished".into()),
+                    Err(e) => Message::Error(format!("lost the guest's control channel: {e}")),
+                };
+                let last = (dir.last)(&msg) || !(dir.down)(&msg) || matches!(msg, Message::Error(_));
+                if frames::send(&mut client_w, &msg).await.is_err() || last {
+                    return;
+                }
+            }
+            from_client = client.recv() => match from_client {
+                Ok(Some(m)) if (dir.up)(&m) => {
+                    if conn.writer.send(&m).await.is_err() {
                         return;
                     }
                 }
-                from_client = client.recv() => match from_client {
-                    // Only input, signals and resizes go from the client to the guest.
-                    Ok(Some(m @ (Message::Stdin(_) | Message::Signal(_) | Message::Resize(_)))) => {
-                        if conn.writer.send(&m).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(Some(_)) => {}
-                    // The client went away: closing the agent connection kills the command.
-                    Ok(None) | Err(_) => return,
-                },
-            }
+                Ok(Some(_)) => {}
+                // The client went away: closing the agent connection stops
+                // whatever it started (the agent kills a running command).
+                Ok(None) | Err(_) => return,
+            },
         }
-    });
+    }
+}
+
+/// The body of a copy request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyBody {
+    /// Absolute path in the guest.
+    pub path: String,
+}
+
+async fn copy(
+    m: Arc<Manager>,
+    name: String,
+    req: Request,
+    into_guest: bool,
+) -> Result<Response, ApiError> {
+    let what = if into_guest { "copy-in" } else { "copy-out" };
+    let (on_upgrade, body): (_, CopyBody) = upgrade_request(req, what).await?;
+    if !body.path.starts_with('/') {
+        return Err(api_error(
+            StatusCode::BAD_REQUEST,
+            format!("{:?} is not an absolute guest path", body.path),
+        ));
+    }
+    let mut conn = m.connect(&name).await?;
+    let (msg, dir) = if into_guest {
+        (Message::CopyIn(body.path), Direction::COPY_IN)
+    } else {
+        (Message::CopyOut(body.path), Direction::COPY_OUT)
+    };
+    conn.writer.send(&msg).await.map_err(|e| {
+        ApiError::from(ManagerError::Agent {
+            name: name.clone(),
+            reason: e.to_string(),
+        })
+    })?;
+    tokio::spawn(proxy(on_upgrade, conn, dir));
     Ok(switching_protocols())
+}
+
+pub async fn copy_in(
+    State(m): State<Arc<Manager>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    copy(m, name, req, true).await
+}
+
+pub async fn copy_out(
+    State(m): State<Arc<Manager>>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    copy(m, name, req, false).await
 }
