@@ -44,6 +44,7 @@ pub fn prepare_system() {
     if let Some(net) = crate::net::parse_cmdline(&cmdline) {
         crate::net::configure(&net);
     }
+    crate::drives::mount_from_cmdline(&cmdline);
 }
 
 fn mount_filesystems() {

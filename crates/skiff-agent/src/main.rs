@@ -4,6 +4,7 @@
 //! over vsock, then serves exec/shutdown requests. It must never panic on a
 //! recoverable error: a PID 1 that exits takes the whole VM down with it.
 
+mod drives;
 mod exec;
 mod init;
 mod net;

@@ -2,11 +2,13 @@
 //! cached by content. Nothing here launches a VM.
 
 mod cpio;
+mod drive;
 mod elf;
 mod initramfs;
 mod kernel;
 
 pub use cpio::CpioWriter;
+pub use drive::make_ext4;
 pub use elf::is_static;
 pub use initramfs::{
     ensure_initramfs, select_modules, strip_module_signature, Initramfs, InitramfsSpec,

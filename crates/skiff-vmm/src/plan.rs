@@ -62,6 +62,15 @@ pub struct VmConfig {
     pub net: Option<crate::usernet::UserNet>,
     /// Stable per VM (the MAC address derives from it).
     pub vm_id: String,
+    /// Block devices, each mounted by the agent by its ext4 label.
+    pub drives: Vec<Drive>,
+}
+
+/// A raw ext4 image given to the guest as a virtio block device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drive {
+    pub path: PathBuf,
+    pub mount: skiff_proto::guest::MountArg,
 }
 
 /// One process to start.
@@ -180,6 +189,10 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> String {
     if cfg.net.is_some() {
         args.extend(crate::usernet::UserNet::kernel_args());
     }
+    if !cfg.drives.is_empty() {
+        args.push("skiff.load=blk".into());
+        args.extend(cfg.drives.iter().map(|d| d.mount.to_arg()));
+    }
     args.extend(cfg.extra_cmdline.iter().cloned());
     args.join(" ")
 }
@@ -240,6 +253,17 @@ fn qemu_args(cfg: &VmConfig, vhost_socket: &Path) -> Vec<String> {
     if let Some(net) = &cfg.net {
         a.extend(net.qemu_args(&crate::usernet::mac_for(&cfg.vm_id)));
     }
+    for (i, d) in cfg.drives.iter().enumerate() {
+        // QEMU option values escape a comma by doubling it.
+        let file = path_arg(&d.path).replace(',', ",,");
+        let ro = if d.mount.readonly { "on" } else { "off" };
+        a.push("-drive".into());
+        a.push(format!(
+            "file={file},if=none,id=drive{i},format=raw,readonly={ro}"
+        ));
+        a.push("-device".into());
+        a.push(format!("virtio-blk-device,drive=drive{i}"));
+    }
     a
 }
 
@@ -261,6 +285,7 @@ mod tests {
             console_log: None,
             net: None,
             vm_id: "vm1".into(),
+            drives: Vec::new(),
         }
     }
 
@@ -351,6 +376,38 @@ mod tests {
         let none = plan(&cfg()).expect("plan");
         assert!(value_after(&none.qemu.args, "-netdev").is_empty());
         assert!(!kernel_cmdline(&cfg()).contains("skiff.ip"));
+    }
+
+    #[test]
+    fn drives_become_virtio_blk_devices_mounted_by_label() {
+        let mount = skiff_proto::guest::MountArg {
+            label: "skiff-config".into(),
+            target: "/run/skiff/config".into(),
+            readonly: true,
+            noexec: true,
+            nosuid: true,
+            nodev: true,
+        };
+        let c = VmConfig {
+            drives: vec![Drive {
+                path: "/run/x,y/config.ext4".into(),
+                mount,
+            }],
+            ..cfg()
+        };
+        let p = plan(&c).expect("plan");
+        assert_eq!(
+            value_after(&p.qemu.args, "-drive"),
+            ["file=/run/x,,y/config.ext4,if=none,id=drive0,format=raw,readonly=on"]
+        );
+        assert!(value_after(&p.qemu.args, "-device").contains(&"virtio-blk-device,drive=drive0"));
+        let line = kernel_cmdline(&c);
+        assert!(
+            line.contains(
+                "skiff.load=blk skiff.mount=skiff-config@/run/skiff/config@ro.noexec.nosuid.nodev"
+            ),
+            "{line}"
+        );
     }
 
     #[test]

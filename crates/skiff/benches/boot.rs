@@ -126,6 +126,7 @@ fn bare_qemu_args(kernel: &Path, initrd: &Path, work: &Path) -> Vec<String> {
         console_log: None,
         net: None,
         vm_id: "bench".into(),
+        drives: Vec::new(),
     };
     let plan = skiff_vmm::plan(&cfg).expect("plan");
     let mut args = Vec::new();

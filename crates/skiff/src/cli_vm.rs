@@ -88,10 +88,10 @@ pub async fn lifecycle(c: &Client, verb: &str, name: &str, query: &str, json: bo
 }
 
 /// Remove each VM; a failure for one is reported and the others still go.
-pub async fn remove(c: &Client, names: &[String], force: bool) -> Result<i32> {
+pub async fn remove(c: &Client, names: &[String], force: bool, volumes: bool) -> Result<i32> {
     let mut code = 0;
     for name in names {
-        let q = if force { "?force=true" } else { "" };
+        let q = format!("?force={force}&volumes={volumes}");
         match c
             .call(Method::DELETE, &format!("/v1/vms/{name}{q}"), None)
             .await

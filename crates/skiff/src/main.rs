@@ -74,6 +74,9 @@ enum Command {
         /// Stop running VMs first.
         #[arg(short, long)]
         force: bool,
+        /// Also delete the VMs' named volumes (kept otherwise).
+        #[arg(long)]
+        volumes: bool,
     },
     /// List VMs.
     #[command(alias = "ps")]
@@ -346,7 +349,11 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Restart { name, json } => {
             cli_vm::lifecycle(&client(), "restart", &name, "", json).await
         }
-        Command::Rm { names, force } => cli_vm::remove(&client(), &names, force).await,
+        Command::Rm {
+            names,
+            force,
+            volumes,
+        } => cli_vm::remove(&client(), &names, force, volumes).await,
         Command::Ls { json } => cli_vm::list(&client(), json).await,
         Command::Inspect { name } => cli_vm::inspect(&client(), &name).await,
         Command::Logs { name, follow } => cli_vm::logs(&client(), &name, follow).await,

@@ -186,6 +186,7 @@ pub async fn run<IO: RunIo>(req: RunRequest, io: &mut IO) -> Result<RunOutcome> 
         console_log: None,
         net: req.net.clone(),
         vm_id: vm_id.clone(),
+        drives: Vec::new(),
     };
     let plan = skiff_vmm::plan(&cfg)?;
     if let Some(net) = &req.net {

@@ -176,7 +176,7 @@ async fn create(
             Ok(r) => created.push(r),
             Err(e) => {
                 for r in &created {
-                    let _ = m.remove(&r.name, true).await;
+                    let _ = m.remove(&r.name, true, false).await;
                 }
                 return Err(e.into());
             }
@@ -226,6 +226,9 @@ async fn restart(State(m): State<AppState>, Path(name): Path<String>) -> ApiResu
 pub struct RemoveQuery {
     #[serde(default)]
     pub force: bool,
+    /// Also delete the VM's named volumes.
+    #[serde(default)]
+    pub volumes: bool,
 }
 
 async fn remove(
@@ -233,7 +236,7 @@ async fn remove(
     Path(name): Path<String>,
     Query(q): Query<RemoveQuery>,
 ) -> Result<StatusCode, ApiError> {
-    m.remove(&name, q.force).await?;
+    m.remove(&name, q.force, q.volumes).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

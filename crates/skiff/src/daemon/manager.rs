@@ -188,6 +188,8 @@ impl Manager {
         let vm_dir = self.paths.vm_dir(&rec.name);
         std::fs::create_dir_all(&vm_dir)
             .map_err(|e| format!("cannot create {}: {e}", vm_dir.display()))?;
+        let drives =
+            super::drives::prepare(&self.paths, rec, &vm_dir).map_err(|e| format!("{e:#}"))?;
         let cfg = VmConfig {
             cpus: spec.vcpus,
             memory_mib: spec.memory_mib,
@@ -211,6 +213,7 @@ impl Manager {
             console_log: Some(vm_dir.join("console.log")),
             net: user_net(spec),
             vm_id: rec.id.clone(),
+            drives,
         };
         let plan = skiff_vmm::plan(&cfg).map_err(|e| e.to_string())?;
         if let Some(net) = &cfg.net {
@@ -241,7 +244,10 @@ impl Manager {
                 accepted = vm.ready.accept() => break accepted.map_err(|e| e.to_string())?.0,
                 _ = tokio::time::sleep(Duration::from_millis(100)) => {
                     if !vm.qemu.is_alive() {
-                        return Err(format!("QEMU exited during boot; see `skiff logs {}`", rec.name));
+                        let qemu_log = std::fs::read_to_string(vm_dir.join("qemu.log")).unwrap_or_default();
+                        let said = qemu_log.trim();
+                        let said = if said.is_empty() { String::new() } else { format!(": {said}") };
+                        return Err(format!("QEMU exited during boot{said}; see `skiff logs {}`", rec.name));
                     }
                     if Instant::now() > deadline {
                         kill_processes(vm.qemu, vm.vsock);
@@ -349,7 +355,12 @@ impl Manager {
         self.start(name).await
     }
 
-    pub async fn remove(self: &Arc<Self>, name: &str, force: bool) -> Result<(), ManagerError> {
+    pub async fn remove(
+        self: &Arc<Self>,
+        name: &str,
+        force: bool,
+        volumes: bool,
+    ) -> Result<(), ManagerError> {
         let lock = self.lock_for(name);
         let _guard = lock.lock().await;
         let rec = self.get(name)?;
@@ -366,6 +377,11 @@ impl Manager {
         }
         self.store.delete(name)?;
         let _ = std::fs::remove_dir_all(self.paths.vm_dir(name));
+        if volumes {
+            for v in &rec.spec.volumes {
+                let _ = std::fs::remove_file(super::drives::volume_path(&self.paths, &v.name));
+            }
+        }
         Ok(())
     }
 
@@ -507,9 +523,7 @@ fn check_supported(spec: &VmSpec) -> Result<(), ManagerError> {
     if !spec.shares.is_empty() {
         missing.push("shares");
     }
-    if !spec.volumes.is_empty() {
-        missing.push("volumes");
-    }
+
     if missing.is_empty() {
         return Ok(());
     }

@@ -3,6 +3,7 @@
 //! their own processes and survive a daemon restart.
 
 pub mod api;
+mod drives;
 pub mod manager;
 mod monitor;
 pub mod run_api;

@@ -1,0 +1,101 @@
+//! Mounting the host's drives by ext4 label (never by device order), as the
+//! kernel command line lists them (`skiff.mount=LABEL@TARGET@FLAGS`).
+
+use crate::log;
+use nix::mount::{mount, MsFlags};
+use skiff_proto::guest::{ext4_label, MountArg};
+use std::fs::File;
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+pub fn mount_from_cmdline(cmdline: &str) {
+    let wanted: Vec<MountArg> = cmdline
+        .split_whitespace()
+        .filter_map(|t| t.strip_prefix("skiff.mount="))
+        .filter_map(|v| {
+            let parsed = MountArg::parse(v);
+            if parsed.is_none() {
+                log(format_args!("ignoring malformed skiff.mount={v}"));
+            }
+            parsed
+        })
+        .collect();
+    if wanted.is_empty() {
+        return;
+    }
+    // Devices appear as their driver probes them; give them a moment.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut pending = wanted;
+    loop {
+        let labels = block_device_labels();
+        pending.retain(|m| match labels.iter().find(|(_, l)| *l == m.label) {
+            Some((dev, _)) => {
+                mount_one(dev, m);
+                false
+            }
+            None => true,
+        });
+        if pending.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for m in pending {
+        log(format_args!(
+            "required drive {:?} (for {}) is missing",
+            m.label, m.target
+        ));
+    }
+}
+
+/// (device path, ext4 label) of every virtio disk.
+fn block_device_labels() -> Vec<(String, String)> {
+    let Ok(entries) = std::fs::read_dir("/sys/class/block") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("vd") {
+            continue;
+        }
+        let dev = format!("/dev/{name}");
+        let mut head = vec![0u8; 2048];
+        let read = File::open(&dev).and_then(|mut f| f.read_exact(&mut head));
+        if read.is_ok() {
+            if let Some(label) = ext4_label(&head) {
+                out.push((dev, label));
+            }
+        }
+    }
+    out
+}
+
+fn mount_one(dev: &str, m: &MountArg) {
+    if let Err(e) = std::fs::create_dir_all(&m.target) {
+        return log(format_args!("cannot create {}: {e}", m.target));
+    }
+    let mut flags = MsFlags::empty();
+    for (on, flag) in [
+        (m.readonly, MsFlags::MS_RDONLY),
+        (m.noexec, MsFlags::MS_NOEXEC),
+        (m.nosuid, MsFlags::MS_NOSUID),
+        (m.nodev, MsFlags::MS_NODEV),
+    ] {
+        if on {
+            flags |= flag;
+        }
+    }
+    if let Err(e) = mount(
+        Some(dev),
+        m.target.as_str(),
+        Some("ext4"),
+        flags,
+        None::<&str>,
+    ) {
+        log(format_args!(
+            "cannot mount {dev} ({}) on {}: {e}",
+            m.label, m.target
+        ));
+    }
+}
