@@ -5,6 +5,10 @@
 pub const CONFIG_LABEL: &str = "skiff-config";
 /// Where the config drive is mounted in the guest.
 pub const CONFIG_MOUNT: &str = "/run/skiff/config";
+/// Label of the read-only secrets drive.
+pub const SECRETS_LABEL: &str = "skiff-secrets";
+/// Where the secrets drive is mounted in the guest.
+pub const SECRETS_MOUNT: &str = "/run/skiff/secrets";
 
 /// One drive the agent mounts: `skiff.mount=LABEL@TARGET@FLAGS` on the
 /// kernel command line, FLAGS `rw` or `ro`, plus `.noexec`, `.nosuid`,

@@ -47,6 +47,9 @@ pub struct VmSpec {
     pub shares: Vec<Share>,
     pub volumes: Vec<Volume>,
     pub env: BTreeMap<String, String>,
+    /// Files of the secrets drive, by name, and where the daemon reads them
+    /// at each boot (never stored).
+    pub secrets: BTreeMap<String, SecretSource>,
     /// What the guest runs after boot (a service); none: the VM idles and
     /// takes `exec` requests.
     pub command: Option<Vec<String>>,
@@ -73,6 +76,7 @@ impl VmSpec {
             shares: Vec::new(),
             volumes: Vec::new(),
             env: BTreeMap::new(),
+            secrets: BTreeMap::new(),
             command: None,
             autostart: false,
             restart_if_changed: true,
@@ -165,6 +169,16 @@ pub struct Share {
     pub target: String,
     pub tag: String,
     pub readonly: bool,
+}
+
+/// Where a secret's value comes from when the VM boots.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretSource {
+    /// A host file (absolute path), read by the daemon.
+    File(PathBuf),
+    /// An environment variable of the daemon.
+    Env(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

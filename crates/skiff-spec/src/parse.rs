@@ -239,6 +239,7 @@ const VM_FIELDS: &[&str] = &[
     "shares",
     "volumes",
     "env",
+    "secrets",
     "command",
     "autostart",
     "restart_if_changed",
@@ -336,6 +337,9 @@ fn vm_table(name: &str, body: &Table, path: &str, errs: &mut Errs) -> Option<VmS
     }
     if let Some(v) = f.get("volumes") {
         spec.volumes = storage::volumes(v, &f.sub("volumes"), errs);
+    }
+    if let Some(v) = f.get("secrets") {
+        spec.secrets = storage::secrets(v, &f.sub("secrets"), errs);
     }
     if let Some(v) = f.get("env") {
         let p = f.sub("env");

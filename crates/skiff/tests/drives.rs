@@ -113,3 +113,86 @@ fn volume_data_survives_rm_and_recreate_until_rm_volumes() {
         "rm --volumes deletes them"
     );
 }
+
+/// Every file under `dir` that contains `needle`.
+fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut hits = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return hits;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let p = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if meta.is_dir() {
+            hits.extend(files_containing(&p, needle));
+        } else if meta.is_file() {
+            if let Ok(bytes) = std::fs::read(&p) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    hits.push(p);
+                }
+            }
+        }
+    }
+    hits
+}
+
+#[test]
+fn secrets_reach_the_guest_read_only_and_never_touch_the_state_directory() {
+    // Unique per run, so that a match can only come from this test.
+    let token = format!(
+        "tok-{}-{}",
+        std::process::id(),
+        common::sha256_hex(format!("{:?}", std::time::SystemTime::now()).as_bytes())
+    );
+    let env_value = format!("env-{token}");
+    // A name no other test uses; the daemon started below inherits it.
+    std::env::set_var("SKIFF_TEST_SECRET_FROM_ENV", &env_value);
+    let d = Daemon::start();
+    let host = tempfile::tempdir().expect("tempdir");
+    let secret_file = host.path().join("token");
+    std::fs::write(&secret_file, &token).expect("write secret");
+    let spec = d.write_spec(
+        "app.toml",
+        &format!(
+            "[vm.app]\nsecrets = {{ token = {{ file = \"{}\" }}, api-key = {{ env = \"SKIFF_TEST_SECRET_FROM_ENV\" }} }}\n",
+            secret_file.display()
+        ),
+    );
+    d.ok(&["apply", "-f", spec.to_str().expect("utf8")]);
+    d.ok(&["start", "app"]);
+    let out = d.cli(&["exec", "app", "--", "sh", "-c", "cat /run/skiff/secrets/token; echo; cat /run/skiff/secrets/api-key; echo; stat -c %a /run/skiff/secrets/token; grep ' /run/skiff/secrets ' /proc/mounts"]);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        &lines[..3],
+        [token.as_str(), env_value.as_str(), "400"],
+        "{text}\n{}",
+        stderr(&out)
+    );
+    assert!(lines[3].contains("ro,nosuid,nodev,noexec"), "{text}");
+
+    let id = d.inspect("app")["id"].as_str().expect("id").to_owned();
+    let leftovers: Vec<_> = std::fs::read_dir("/dev/shm")
+        .map(|r| {
+            r.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(&id))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "the secrets image is unlinked once the VM has it: {leftovers:?}"
+    );
+    d.ok(&["stop", "app"]);
+    for needle in [token.as_bytes(), env_value.as_bytes()] {
+        let hits = files_containing(&d.state(), needle);
+        assert!(
+            hits.is_empty(),
+            "a secret was written under the state directory: {hits:?}"
+        );
+    }
+    d.ok(&["rm", "app"]);
+}

@@ -1,7 +1,8 @@
 //! Shares and volumes in a spec.
 
 use super::{absolute, expect_bool, expect_str, table_items, type_name, Errs, Fields};
-use crate::{check_name, parse_size_mib, Share, Volume};
+use crate::{check_name, parse_size_mib, SecretSource, Share, Volume};
+use std::collections::BTreeMap;
 use toml::Value;
 
 pub(super) fn shares(v: &Value, p: &str, errs: &mut Errs) -> Vec<Share> {
@@ -143,6 +144,68 @@ pub(super) fn volumes(v: &Value, p: &str, errs: &mut Errs) -> Vec<Volume> {
             size_mib: size,
             readonly,
         });
+    }
+    out
+}
+
+/// `secrets = { NAME = { file = "/abs" } | { env = "VAR" } }`: the files of
+/// the secrets drive. Only where to read them is stored, never the values.
+pub(super) fn secrets(v: &Value, p: &str, errs: &mut Errs) -> BTreeMap<String, SecretSource> {
+    let mut out = BTreeMap::new();
+    let Value::Table(t) = v else {
+        errs.push(
+            p,
+            format!("expected a table of secrets, found {}", type_name(v)),
+        );
+        return out;
+    };
+    for (name, src) in t {
+        let sp = format!("{p}.{name}");
+        let valid = !name.is_empty()
+            && name.len() <= 64
+            && name != "."
+            && name != ".."
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !valid {
+            errs.push(
+                &sp,
+                "not a valid secret name; use 1 to 64 letters, digits, '.', '_' or '-'",
+            );
+            continue;
+        }
+        let Value::Table(st) = src else {
+            errs.push(
+                &sp,
+                format!(
+                    "expected {{ file = \"/path\" }} or {{ env = \"VAR\" }}, found {}",
+                    type_name(src)
+                ),
+            );
+            continue;
+        };
+        let mut f = Fields::new(st, &sp);
+        let file = f
+            .get("file")
+            .and_then(|v| expect_str(v, &format!("{sp}.file"), errs))
+            .map(str::to_owned);
+        let env = f
+            .get("env")
+            .and_then(|v| expect_str(v, &format!("{sp}.env"), errs))
+            .map(str::to_owned);
+        f.finish(&["file", "env"], errs);
+        match (file, env) {
+            (Some(file), None) => {
+                if absolute(&format!("{sp}.file"), &file, errs) {
+                    out.insert(name.clone(), SecretSource::File(file.into()));
+                }
+            }
+            (None, Some(var)) if !var.is_empty() => {
+                out.insert(name.clone(), SecretSource::Env(var));
+            }
+            _ => errs.push(&sp, "give exactly one of file = \"/path\" or env = \"VAR\""),
+        }
     }
     out
 }

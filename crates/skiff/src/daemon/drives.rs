@@ -5,8 +5,11 @@
 use super::manager::DaemonPaths;
 use super::store::VmRecord;
 use anyhow::{Context, Result};
-use skiff_proto::guest::{MountArg, CONFIG_LABEL, CONFIG_MOUNT};
+use skiff_proto::guest::{MountArg, CONFIG_LABEL, CONFIG_MOUNT, SECRETS_LABEL, SECRETS_MOUNT};
+use skiff_spec::SecretSource;
 use skiff_vmm::Drive;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// Size of a volume created without a size in the spec.
@@ -27,8 +30,30 @@ pub fn volume_label(name: &str) -> String {
     format!("skv-{h:08x}")
 }
 
-pub fn prepare(paths: &DaemonPaths, rec: &VmRecord, vm_dir: &Path) -> Result<Vec<Drive>> {
+/// The drives of one boot. `secrets_image` is the in-memory secrets image,
+/// which the caller deletes as soon as the guest has it open.
+pub struct BootDrives {
+    pub drives: Vec<Drive>,
+    pub secrets_image: Option<PathBuf>,
+}
+
+/// Where secrets images are built: memory only (tmpfs), never the disk.
+fn secrets_dir() -> PathBuf {
+    std::env::var_os("SKIFF_SECRETS_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/dev/shm"))
+}
+
+pub fn prepare(paths: &DaemonPaths, rec: &VmRecord, vm_dir: &Path) -> Result<BootDrives> {
     let mut drives = vec![config_drive(rec, vm_dir)?];
+    let secrets_image = match secrets_drive(rec)? {
+        Some((drive, image)) => {
+            drives.push(drive);
+            Some(image)
+        }
+        None => None,
+    };
     for v in &rec.spec.volumes {
         let path = volume_path(paths, &v.name);
         if !path.exists() {
@@ -51,7 +76,79 @@ pub fn prepare(paths: &DaemonPaths, rec: &VmRecord, vm_dir: &Path) -> Result<Vec
             },
         });
     }
-    Ok(drives)
+    Ok(BootDrives {
+        drives,
+        secrets_image,
+    })
+}
+
+/// Build the secrets drive in memory: files 0400 in an image 0600, read
+/// from their sources now. Only the image's path is returned; nothing of it
+/// touches the state directory.
+fn secrets_drive(rec: &VmRecord) -> Result<Option<(Drive, PathBuf)>> {
+    if rec.spec.secrets.is_empty() {
+        return Ok(None);
+    }
+    let base = secrets_dir();
+    let tag = format!(
+        "skiff-secrets-{}-{}",
+        rec.id,
+        &crate::paths::new_vm_id()[..6]
+    );
+    let staging = base.join(&tag);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .with_context(|| format!("cannot create {}", staging.display()))?;
+    let result = (|| -> Result<(Drive, PathBuf)> {
+        let mut total = 0u64;
+        for (name, source) in &rec.spec.secrets {
+            let value = match source {
+                SecretSource::File(p) => std::fs::read(p)
+                    .with_context(|| format!("secret {name:?}: cannot read {}", p.display()))?,
+                SecretSource::Env(var) => std::env::var(var)
+                    .with_context(|| {
+                        format!("secret {name:?}: the daemon's environment has no {var}")
+                    })?
+                    .into_bytes(),
+            };
+            total += value.len() as u64;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o400)
+                .open(staging.join(name))?;
+            f.write_all(&value)?;
+        }
+        let image = base.join(format!("{tag}.ext4"));
+        // Create the file private first: mkfs.ext4 keeps the mode of an
+        // existing file, so the image is never readable by others.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&image)?;
+        let size_mib = (total / (1024 * 1024) * 2 + 4).min(u64::from(u32::MAX)) as u32;
+        skiff_image::make_ext4(SECRETS_LABEL, Some(&staging), &image, size_mib, false)
+            .context("cannot build the secrets drive")?;
+        let mount = MountArg {
+            label: SECRETS_LABEL.into(),
+            target: SECRETS_MOUNT.into(),
+            readonly: true,
+            noexec: true,
+            nosuid: true,
+            nodev: true,
+        };
+        Ok((
+            Drive {
+                path: image.clone(),
+                mount,
+            },
+            image,
+        ))
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    result.map(Some)
 }
 
 /// The read-only config drive: `instance.json` with what the guest may want

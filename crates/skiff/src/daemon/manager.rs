@@ -188,8 +188,12 @@ impl Manager {
         let vm_dir = self.paths.vm_dir(&rec.name);
         std::fs::create_dir_all(&vm_dir)
             .map_err(|e| format!("cannot create {}: {e}", vm_dir.display()))?;
-        let drives =
+        let boot_drives =
             super::drives::prepare(&self.paths, rec, &vm_dir).map_err(|e| format!("{e:#}"))?;
+        // The secrets image goes away as soon as this boot no longer needs
+        // the file: QEMU keeps it open, so it lives exactly as long as the VM.
+        let _secrets = SecretsImage(boot_drives.secrets_image.clone());
+        let drives = boot_drives.drives;
         let cfg = VmConfig {
             cpus: spec.vcpus,
             memory_mib: spec.memory_mib,
@@ -561,6 +565,16 @@ pub fn usernet_with(forwards: &[skiff_spec::PortForward]) -> skiff_vmm::UserNet 
         })
         .collect();
     skiff_vmm::UserNet { forwards }
+}
+
+/// Deletes the in-memory secrets image when dropped.
+struct SecretsImage(Option<PathBuf>);
+impl Drop for SecretsImage {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 fn kill_processes(qemu: ProcessRef, vsock: ProcessRef) {
