@@ -5,6 +5,8 @@
 pub const CONFIG_LABEL: &str = "skiff-config";
 /// Where the config drive is mounted in the guest.
 pub const CONFIG_MOUNT: &str = "/run/skiff/config";
+/// Label of a VM's own data drive.
+pub const DATA_LABEL: &str = "skiff-data";
 /// Label of the read-only secrets drive.
 pub const SECRETS_LABEL: &str = "skiff-secrets";
 /// Where the secrets drive is mounted in the guest.

@@ -46,6 +46,8 @@ pub struct VmSpec {
     pub forward_ports: Vec<PortForward>,
     pub shares: Vec<Share>,
     pub volumes: Vec<Volume>,
+    /// The VM's own persistent data drive (label `skiff-data`).
+    pub data: Option<DataDrive>,
     pub env: BTreeMap<String, String>,
     /// Files of the secrets drive, by name, and where the daemon reads them
     /// at each boot (never stored).
@@ -75,6 +77,7 @@ impl VmSpec {
             forward_ports: Vec::new(),
             shares: Vec::new(),
             volumes: Vec::new(),
+            data: None,
             env: BTreeMap::new(),
             secrets: BTreeMap::new(),
             command: None,
@@ -169,6 +172,16 @@ pub struct Share {
     pub target: String,
     pub tag: String,
     pub readonly: bool,
+}
+
+/// A VM's data drive: kept across stop, restart, `rm` and re-create of a VM
+/// of the same name; deleted by `rm --volumes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataDrive {
+    /// Mount point in the guest (absolute).
+    pub target: String,
+    pub size_mib: u32,
 }
 
 /// Where a secret's value comes from when the VM boots.

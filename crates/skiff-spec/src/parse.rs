@@ -238,6 +238,7 @@ const VM_FIELDS: &[&str] = &[
     "forward_ports",
     "shares",
     "volumes",
+    "data",
     "env",
     "secrets",
     "command",
@@ -337,6 +338,9 @@ fn vm_table(name: &str, body: &Table, path: &str, errs: &mut Errs) -> Option<VmS
     }
     if let Some(v) = f.get("volumes") {
         spec.volumes = storage::volumes(v, &f.sub("volumes"), errs);
+    }
+    if let Some(v) = f.get("data") {
+        spec.data = storage::data(v, &f.sub("data"), errs);
     }
     if let Some(v) = f.get("secrets") {
         spec.secrets = storage::secrets(v, &f.sub("secrets"), errs);

@@ -250,3 +250,57 @@ pub async fn exec_stream(
         }
     }
 }
+
+pub async fn volume(c: &Client, cmd: crate::VolumeCommand) -> Result<i32> {
+    match cmd {
+        crate::VolumeCommand::Create { name, size } => {
+            c.call(
+                Method::POST,
+                "/v1/volumes",
+                Some(json!({ "name": name, "size": size })),
+            )
+            .await?;
+            println!("created volume {name}");
+            Ok(0)
+        }
+        crate::VolumeCommand::Ls { json } => {
+            let body = c.call(Method::GET, "/v1/volumes", None).await?;
+            let v: Value = serde_json::from_slice(&body)?;
+            if json {
+                return print_json(&v).map(|_| 0);
+            }
+            println!("{:<24} {:>10}  USED BY", "NAME", "SIZE");
+            for vol in v.as_array().into_iter().flatten() {
+                let users: Vec<&str> = vol["used_by"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                println!(
+                    "{:<24} {:>8}Mi  {}",
+                    vol["name"].as_str().unwrap_or("?"),
+                    vol["size_mib"].to_string(),
+                    users.join(", ")
+                );
+            }
+            Ok(0)
+        }
+        crate::VolumeCommand::Rm { names } => {
+            let mut code = 0;
+            for name in names {
+                match c
+                    .call(Method::DELETE, &format!("/v1/volumes/{name}"), None)
+                    .await
+                {
+                    Ok(_) => println!("removed volume {name}"),
+                    Err(e) => {
+                        eprintln!("skiff: error: {e:#}");
+                        code = 1;
+                    }
+                }
+            }
+            Ok(code)
+        }
+    }
+}

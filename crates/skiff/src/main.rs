@@ -103,12 +103,36 @@ enum Command {
         /// Destination: a host path, or NAME:/path in a VM.
         dst: String,
     },
+    /// Manage named volumes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
     /// Open an interactive shell (or COMMAND) on a terminal in a running VM.
     Shell {
         name: String,
         /// Command to run instead of a login shell.
         #[arg(last = true, value_name = "COMMAND")]
         command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum VolumeCommand {
+    /// Create an empty ext4 volume.
+    Create {
+        name: String,
+        /// Size, like 512M or 2G (default 1G).
+        #[arg(long)]
+        size: Option<String>,
+    },
+    /// List volumes and the VMs that use them.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete volumes (refused while a running VM uses one).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
     },
 }
 
@@ -357,6 +381,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Ls { json } => cli_vm::list(&client(), json).await,
         Command::Inspect { name } => cli_vm::inspect(&client(), &name).await,
         Command::Logs { name, follow } => cli_vm::logs(&client(), &name, follow).await,
+        Command::Volume(v) => cli_vm::volume(&client(), v).await,
         Command::Cp { src, dst } => cli_cp::cp(&client(), &src, &dst).await,
         Command::Shell { name, command } => cli_vm::shell(&client(), &name, command).await,
         Command::Exec(a) => {

@@ -196,3 +196,63 @@ fn secrets_reach_the_guest_read_only_and_never_touch_the_state_directory() {
     }
     d.ok(&["rm", "app"]);
 }
+
+#[test]
+fn the_data_drive_and_named_volumes_are_managed_by_name() {
+    let d = Daemon::start();
+    assert_eq!(
+        d.ok(&["volume", "create", "shared", "--size", "64M"]),
+        "created volume shared\n"
+    );
+    let out = d.cli(&["volume", "create", "shared"]);
+    assert!(
+        stderr(&out).contains("a volume named \"shared\" already exists"),
+        "{}",
+        stderr(&out)
+    );
+    let spec = d.write_spec(
+        "box.toml",
+        "[vm.box]\ndata = { target = \"/var/lib/app\", size = \"64M\" }\n[[vm.box.volumes]]\nname = \"shared\"\ntarget = \"/shared\"\n",
+    );
+    let spec = spec.to_str().expect("utf8");
+    d.ok(&["apply", "-f", spec]);
+    d.ok(&["start", "box"]);
+    let mounts = stdout(&d.cli(&["exec", "box", "--", "cat", "/proc/mounts"]));
+    assert!(mounts.contains(" /var/lib/app ext4 rw,"), "{mounts}");
+    let label = stdout(&d.cli(&["exec", "box", "--", "sh", "-c", "for d in /dev/vd?; do dd if=$d bs=1 skip=1144 count=16 2>/dev/null | tr -d '\\0'; echo; done"]));
+    assert!(label.lines().any(|l| l == "skiff-data"), "labels: {label}");
+    d.ok(&[
+        "exec",
+        "box",
+        "--",
+        "sh",
+        "-c",
+        "echo mine > /var/lib/app/f && sync",
+    ]);
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&d.ok(&["volume", "ls", "--json"])).expect("json");
+    assert_eq!(listed[0]["name"], "shared");
+    assert_eq!(listed[0]["used_by"][0], "box");
+    let out = d.cli(&["volume", "rm", "shared"]);
+    assert!(
+        stderr(&out).contains("in use by the running VM \"box\""),
+        "{}",
+        stderr(&out)
+    );
+
+    // The data drive survives rm and re-create of a VM of the same name...
+    d.ok(&["rm", "-f", "box"]);
+    d.ok(&["apply", "-f", spec]);
+    d.ok(&["start", "box"]);
+    assert_eq!(
+        stdout(&d.cli(&["exec", "box", "--", "cat", "/var/lib/app/f"])),
+        "mine\n"
+    );
+    // ... until rm --volumes; a stopped VM's volume can be removed by name.
+    d.ok(&["stop", "box"]);
+    assert_eq!(d.ok(&["volume", "rm", "shared"]), "removed volume shared\n");
+    d.ok(&["rm", "--volumes", "box"]);
+    assert!(!d.state().join("data/box.ext4").exists());
+    assert_eq!(d.ok(&["volume", "ls", "--json"]).trim(), "[]");
+}

@@ -1,7 +1,7 @@
 //! Shares and volumes in a spec.
 
 use super::{absolute, expect_bool, expect_str, table_items, type_name, Errs, Fields};
-use crate::{check_name, parse_size_mib, SecretSource, Share, Volume};
+use crate::{check_name, parse_size_mib, DataDrive, SecretSource, Share, Volume};
 use std::collections::BTreeMap;
 use toml::Value;
 
@@ -208,4 +208,48 @@ pub(super) fn secrets(v: &Value, p: &str, errs: &mut Errs) -> BTreeMap<String, S
         }
     }
     out
+}
+
+/// `data = { target = "/data", size = "1G" }`.
+pub(super) fn data(v: &Value, p: &str, errs: &mut Errs) -> Option<DataDrive> {
+    let Value::Table(t) = v else {
+        errs.push(
+            p,
+            format!(
+                "expected {{ target = \"/path\", size = \"1G\" }}, found {}",
+                type_name(v)
+            ),
+        );
+        return None;
+    };
+    let mut f = Fields::new(t, p);
+    let target = f
+        .get("target")
+        .and_then(|v| expect_str(v, &format!("{p}.target"), errs))
+        .map(str::to_owned);
+    let size = match f.get("size") {
+        None => Some(1024),
+        Some(Value::Integer(n)) => u32::try_from(*n).ok().filter(|n| *n >= 16),
+        Some(Value::String(s)) => parse_size_mib(s)
+            .ok()
+            .and_then(|m| u32::try_from(m).ok())
+            .filter(|m| *m >= 16),
+        Some(_) => None,
+    };
+    f.finish(&["target", "size"], errs);
+    let Some(size_mib) = size else {
+        errs.push(
+            &format!("{p}.size"),
+            "not a valid size; at least 16 MiB, like \"1G\" or 512",
+        );
+        return None;
+    };
+    let Some(target) = target else {
+        errs.push(
+            &format!("{p}.target"),
+            "missing; where the drive is mounted in the guest",
+        );
+        return None;
+    };
+    absolute(&format!("{p}.target"), &target, errs).then_some(DataDrive { target, size_mib })
 }

@@ -69,6 +69,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/run"),
     ("post", "/v1/vms/{name}/copy-in"),
     ("post", "/v1/vms/{name}/copy-out"),
+    ("get", "/v1/volumes"),
+    ("post", "/v1/volumes"),
+    ("delete", "/v1/volumes/{name}"),
 ];
 
 pub fn router(manager: Arc<Manager>) -> Router {
@@ -86,6 +89,14 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v1/run", post(super::run_api::run))
         .route("/v1/vms/{name}/copy-in", post(super::streams::copy_in))
         .route("/v1/vms/{name}/copy-out", post(super::streams::copy_out))
+        .route(
+            "/v1/volumes",
+            get(super::volumes::list).post(super::volumes::create),
+        )
+        .route(
+            "/v1/volumes/{name}",
+            axum::routing::delete(super::volumes::remove),
+        )
         .fallback(not_found)
         .layer(axum::middleware::map_response(add_version_header))
         .with_state(manager)

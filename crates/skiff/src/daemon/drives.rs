@@ -5,7 +5,9 @@
 use super::manager::DaemonPaths;
 use super::store::VmRecord;
 use anyhow::{Context, Result};
-use skiff_proto::guest::{MountArg, CONFIG_LABEL, CONFIG_MOUNT, SECRETS_LABEL, SECRETS_MOUNT};
+use skiff_proto::guest::{
+    MountArg, CONFIG_LABEL, CONFIG_MOUNT, DATA_LABEL, SECRETS_LABEL, SECRETS_MOUNT,
+};
 use skiff_spec::SecretSource;
 use skiff_vmm::Drive;
 use std::io::Write;
@@ -17,6 +19,22 @@ const DEFAULT_VOLUME_MIB: u32 = 1024;
 
 pub fn volume_path(paths: &DaemonPaths, name: &str) -> PathBuf {
     paths.state_dir.join("volumes").join(format!("{name}.ext4"))
+}
+
+/// A VM's own data drive, named after the VM.
+pub fn data_path(paths: &DaemonPaths, vm: &str) -> PathBuf {
+    paths.state_dir.join("data").join(format!("{vm}.ext4"))
+}
+
+/// Create an empty ext4 image at `path` unless it exists.
+pub fn ensure_image(path: &Path, label: &str, size_mib: u32) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let dir = path.parent().context("image path has no parent")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    skiff_image::make_ext4(label, None, path, size_mib, true)
+        .with_context(|| format!("cannot create {}", path.display()))
 }
 
 /// A volume's ext4 label: short (ext4 allows 16 bytes) and derived from
@@ -54,16 +72,29 @@ pub fn prepare(paths: &DaemonPaths, rec: &VmRecord, vm_dir: &Path) -> Result<Boo
         }
         None => None,
     };
+    if let Some(data) = &rec.spec.data {
+        let path = data_path(paths, &rec.name);
+        ensure_image(&path, DATA_LABEL, data.size_mib).context("cannot create the data drive")?;
+        drives.push(Drive {
+            path,
+            mount: MountArg {
+                label: DATA_LABEL.into(),
+                target: data.target.clone(),
+                readonly: false,
+                noexec: false,
+                nosuid: false,
+                nodev: true,
+            },
+        });
+    }
     for v in &rec.spec.volumes {
         let path = volume_path(paths, &v.name);
-        if !path.exists() {
-            let dir = path.parent().context("volume path has no parent")?;
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            let size = v.size_mib.unwrap_or(DEFAULT_VOLUME_MIB);
-            skiff_image::make_ext4(&volume_label(&v.name), None, &path, size, true)
-                .with_context(|| format!("cannot create volume {:?}", v.name))?;
-        }
+        ensure_image(
+            &path,
+            &volume_label(&v.name),
+            v.size_mib.unwrap_or(DEFAULT_VOLUME_MIB),
+        )
+        .with_context(|| format!("cannot create volume {:?}", v.name))?;
         drives.push(Drive {
             path,
             mount: MountArg {

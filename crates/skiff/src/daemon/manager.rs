@@ -385,6 +385,7 @@ impl Manager {
             for v in &rec.spec.volumes {
                 let _ = std::fs::remove_file(super::drives::volume_path(&self.paths, &v.name));
             }
+            let _ = std::fs::remove_file(super::drives::data_path(&self.paths, name));
         }
         Ok(())
     }
