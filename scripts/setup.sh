@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
-PACKAGES=(qemu-system-x86 busybox-static cpio e2fsprogs kmod ca-certificates)
+VIRTIOFSD_VERSION=1.14.0
+# libseccomp-dev and libcap-ng-dev are build dependencies of virtiofsd.
+PACKAGES=(qemu-system-x86 busybox-static cpio e2fsprogs kmod ca-certificates libseccomp-dev libcap-ng-dev)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -38,6 +40,12 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 if ! vhost-device-vsock --version 2>/dev/null | grep -q "$VHOST_DEVICE_VSOCK_VERSION"; then
   say "building vhost-device-vsock $VHOST_DEVICE_VSOCK_VERSION (once; about a minute)"
   cargo install --locked --quiet vhost-device-vsock --version "$VHOST_DEVICE_VSOCK_VERSION"
+fi
+
+# 3b. virtiofsd, for host folders shared into VMs (built once, about 2 minutes).
+if ! virtiofsd --version 2>/dev/null | grep -q "$VIRTIOFSD_VERSION"; then
+  say "building virtiofsd $VIRTIOFSD_VERSION (once; about 2 minutes)"
+  cargo install --locked --quiet virtiofsd --version "$VIRTIOFSD_VERSION"
 fi
 
 # 4. skiff and its static guest agent.

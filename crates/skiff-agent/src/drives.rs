@@ -8,6 +8,35 @@ use std::fs::File;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
+/// Mount the virtiofs shares named by `skiff.share=TAG@TARGET@FLAGS`.
+pub fn mount_shares(cmdline: &str) {
+    for value in cmdline
+        .split_whitespace()
+        .filter_map(|t| t.strip_prefix("skiff.share="))
+    {
+        let Some(m) = MountArg::parse(value) else {
+            log(format_args!("ignoring malformed skiff.share={value}"));
+            continue;
+        };
+        if let Err(e) = std::fs::create_dir_all(&m.target) {
+            log(format_args!("cannot create {}: {e}", m.target));
+            continue;
+        }
+        if let Err(e) = mount(
+            Some(m.label.as_str()),
+            m.target.as_str(),
+            Some("virtiofs"),
+            flags_of(&m),
+            None::<&str>,
+        ) {
+            log(format_args!(
+                "cannot mount share {} on {}: {e}",
+                m.label, m.target
+            ));
+        }
+    }
+}
+
 pub fn mount_from_cmdline(cmdline: &str) {
     let wanted: Vec<MountArg> = cmdline
         .split_whitespace()
@@ -98,4 +127,19 @@ fn mount_one(dev: &str, m: &MountArg) {
             m.label, m.target
         ));
     }
+}
+
+fn flags_of(m: &MountArg) -> MsFlags {
+    let mut flags = MsFlags::empty();
+    for (on, flag) in [
+        (m.readonly, MsFlags::MS_RDONLY),
+        (m.noexec, MsFlags::MS_NOEXEC),
+        (m.nosuid, MsFlags::MS_NOSUID),
+        (m.nodev, MsFlags::MS_NODEV),
+    ] {
+        if on {
+            flags |= flag;
+        }
+    }
+    flags
 }

@@ -45,6 +45,7 @@ pub fn prepare_system() {
         crate::net::configure(&net);
     }
     crate::drives::mount_from_cmdline(&cmdline);
+    crate::drives::mount_shares(&cmdline);
 }
 
 fn mount_filesystems() {

@@ -139,6 +139,40 @@ pub async fn launch_detached(plan: &LaunchPlan, log_dir: &Path) -> Result<Detach
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 
+    // virtiofsd processes exit on their own when QEMU goes away.
+    let mut virtiofsd = Vec::new();
+    for (i, (p, socket)) in plan.virtiofsd.iter().enumerate() {
+        let started = log(&format!("virtiofsd{i}.log"))
+            .and_then(|f| spawn(p, crate::launch::VIRTIOFSD_HINT, detached_command(p, f)));
+        let ok = match started {
+            Ok((child, r)) => {
+                virtiofsd.push(child);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !socket.exists() && r.is_alive() && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                socket.exists()
+            }
+            Err(e) => {
+                for mut c in virtiofsd.drain(..) {
+                    let _ = c.start_kill();
+                }
+                let _ = vsock_child.start_kill();
+                return Err(cleanup_dir(e));
+            }
+        };
+        if !ok {
+            for mut c in virtiofsd.drain(..) {
+                let _ = c.start_kill();
+            }
+            let _ = vsock_child.start_kill();
+            let stderr = std::fs::read_to_string(log_dir.join(format!("virtiofsd{i}.log")))
+                .unwrap_or_default();
+            return Err(cleanup_dir(LaunchError::Share {
+                stderr: stderr.trim().to_owned(),
+            }));
+        }
+    }
     let qemu_log = match log("qemu.log") {
         Ok(f) => f,
         Err(e) => {

@@ -20,6 +20,10 @@ const CONSOLE_LINES: usize = 40;
 /// the host buffer grow.
 const CONSOLE_LINE_MAX: usize = 512;
 
+/// How to get virtiofsd, for the "not installed" error.
+pub(crate) const VIRTIOFSD_HINT: &str =
+    "shares need it: `apt-get install libseccomp-dev libcap-ng-dev && cargo install --locked virtiofsd`, or run scripts/setup.sh";
+
 /// Errors launching or running a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -39,6 +43,8 @@ pub enum LaunchError {
     },
     #[error("the vsock backend exited before it was ready: {stderr}")]
     VsockBackend { stderr: String },
+    #[error("virtiofsd could not serve a share: {stderr}")]
+    Share { stderr: String },
     #[error("the vsock backend did not create {} within {timeout:?}", path.display())]
     VsockBackendTimeout { path: PathBuf, timeout: Duration },
     #[error("QEMU exited during boot ({status}).{stderr}\nlast console lines:\n{console}")]
@@ -86,6 +92,7 @@ pub struct RunningVm {
     plan: LaunchPlan,
     qemu: Child,
     vsock: Child,
+    virtiofsd: Vec<Child>,
     ready: Option<UnixListener>,
     qemu_stderr: Arc<Mutex<String>>,
     pub console: Console,
@@ -173,6 +180,19 @@ impl RunningVm {
             &mut vsock_cmd,
         )?;
         wait_for_socket(&plan.vhost_socket, &mut vsock).await?;
+        let mut virtiofsd = Vec::new();
+        for (p, socket) in &plan.virtiofsd {
+            let mut cmd = command(p);
+            cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+            let mut child = spawn(p, VIRTIOFSD_HINT, &mut cmd)?;
+            wait_for_socket(socket, &mut child)
+                .await
+                .map_err(|e| match e {
+                    LaunchError::VsockBackend { stderr } => LaunchError::Share { stderr },
+                    other => other,
+                })?;
+            virtiofsd.push(child);
+        }
 
         let mut qemu_cmd = command(&plan.qemu);
         qemu_cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -195,6 +215,7 @@ impl RunningVm {
             plan,
             qemu,
             vsock,
+            virtiofsd,
             ready: Some(ready),
             qemu_stderr,
             console,
@@ -277,6 +298,10 @@ impl RunningVm {
         let _ = self.qemu.wait().await;
         let _ = self.vsock.start_kill();
         let _ = self.vsock.wait().await;
+        for fsd in &mut self.virtiofsd {
+            let _ = fsd.start_kill();
+            let _ = fsd.wait().await;
+        }
         let _ = std::fs::remove_dir_all(&self.plan.run_dir);
     }
 }
@@ -286,6 +311,9 @@ impl Drop for RunningVm {
         if !self.torn_down {
             let _ = self.qemu.start_kill();
             let _ = self.vsock.start_kill();
+            for fsd in &mut self.virtiofsd {
+                let _ = fsd.start_kill();
+            }
             let _ = std::fs::remove_dir_all(&self.plan.run_dir);
         }
     }

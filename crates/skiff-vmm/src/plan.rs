@@ -64,6 +64,18 @@ pub struct VmConfig {
     pub vm_id: String,
     /// Block devices, each mounted by the agent by its ext4 label.
     pub drives: Vec<Drive>,
+    /// Host directories shared with virtiofs, mounted by the agent by tag.
+    pub shares: Vec<ShareDir>,
+    /// The virtiofs daemon (`virtiofsd`).
+    pub virtiofsd_binary: PathBuf,
+}
+
+/// A host directory shared into the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareDir {
+    pub source: PathBuf,
+    /// The tag and guest mount point (`label` is the virtiofs tag).
+    pub mount: skiff_proto::guest::MountArg,
 }
 
 /// A raw ext4 image given to the guest as a virtio block device.
@@ -91,6 +103,8 @@ pub struct LaunchPlan {
     /// Unix socket the host listens on for the agent's ready connection.
     pub ready_socket: PathBuf,
     pub vsock_backend: ProcessPlan,
+    /// One virtiofsd per share, with the socket QEMU connects to.
+    pub virtiofsd: Vec<(ProcessPlan, PathBuf)>,
     pub qemu: ProcessPlan,
 }
 
@@ -136,7 +150,37 @@ pub fn plan(cfg: &VmConfig) -> Result<LaunchPlan, PlanError> {
     let vhost_socket = run.join("vhost-vsock.sock");
     let vsock_socket = run.join("vsock.sock");
     let ready_socket = ready_socket_path(&vsock_socket, skiff_proto::READY_PORT);
+    let virtiofsd = cfg
+        .shares
+        .iter()
+        .enumerate()
+        .map(|(i, share)| {
+            let socket = run.join(format!("fs{i}.sock"));
+            let mut args = vec![
+                "--socket-path".to_owned(),
+                path_arg(&socket),
+                "--shared-dir".to_owned(),
+                path_arg(&share.source),
+                // virtiofsd's own sandbox (namespaces) needs privileges
+                // skiff may not have; the guest still only sees the share.
+                "--sandbox".to_owned(),
+                "none".to_owned(),
+            ];
+            if share.mount.readonly {
+                // Enforced by the host: read-only even for root in the guest.
+                args.push("--readonly".to_owned());
+            }
+            (
+                ProcessPlan {
+                    program: cfg.virtiofsd_binary.clone(),
+                    args,
+                },
+                socket,
+            )
+        })
+        .collect::<Vec<_>>();
     Ok(LaunchPlan {
+        virtiofsd: virtiofsd.clone(),
         run_dir: run.clone(),
         vsock_backend: ProcessPlan {
             program: cfg.vsock_binary.clone(),
@@ -151,7 +195,7 @@ pub fn plan(cfg: &VmConfig) -> Result<LaunchPlan, PlanError> {
         },
         qemu: ProcessPlan {
             program: cfg.qemu_binary.clone(),
-            args: qemu_args(cfg, &vhost_socket),
+            args: qemu_args(cfg, &vhost_socket, &virtiofsd),
         },
         vhost_socket,
         vsock_socket,
@@ -193,6 +237,14 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> String {
         args.push("skiff.load=blk".into());
         args.extend(cfg.drives.iter().map(|d| d.mount.to_arg()));
     }
+    if !cfg.shares.is_empty() {
+        args.push("skiff.load=fs".into());
+        args.extend(
+            cfg.shares
+                .iter()
+                .map(|s| s.mount.to_arg().replacen("skiff.mount=", "skiff.share=", 1)),
+        );
+    }
     args.extend(cfg.extra_cmdline.iter().cloned());
     args.join(" ")
 }
@@ -200,7 +252,11 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> String {
 /// QEMU's arguments: the `microvm` machine with ACPI (so the guest finds its
 /// virtio-mmio devices), memory from a shared memfd (vhost-user devices map
 /// guest memory), the serial console on stdout, vsock via vhost-user.
-fn qemu_args(cfg: &VmConfig, vhost_socket: &Path) -> Vec<String> {
+fn qemu_args(
+    cfg: &VmConfig,
+    vhost_socket: &Path,
+    virtiofsd: &[(ProcessPlan, PathBuf)],
+) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
     push(&[
@@ -253,6 +309,15 @@ fn qemu_args(cfg: &VmConfig, vhost_socket: &Path) -> Vec<String> {
     if let Some(net) = &cfg.net {
         a.extend(net.qemu_args(&crate::usernet::mac_for(&cfg.vm_id)));
     }
+    for (i, (share, (_, socket))) in cfg.shares.iter().zip(virtiofsd).enumerate() {
+        a.push("-chardev".into());
+        a.push(format!("socket,id=fs{i},path={}", path_arg(socket)));
+        a.push("-device".into());
+        a.push(format!(
+            "vhost-user-fs-device,chardev=fs{i},tag={}",
+            share.mount.label
+        ));
+    }
     for (i, d) in cfg.drives.iter().enumerate() {
         // QEMU option values escape a comma by doubling it.
         let file = path_arg(&d.path).replace(',', ",,");
@@ -286,6 +351,8 @@ mod tests {
             net: None,
             vm_id: "vm1".into(),
             drives: Vec::new(),
+            shares: Vec::new(),
+            virtiofsd_binary: "virtiofsd".into(),
         }
     }
 
@@ -408,6 +475,45 @@ mod tests {
             ),
             "{line}"
         );
+    }
+
+    #[test]
+    fn shares_get_a_virtiofsd_each_and_a_vhost_user_fs_device() {
+        let mount = skiff_proto::guest::MountArg {
+            label: "src".into(),
+            target: "/work".into(),
+            readonly: true,
+            noexec: false,
+            nosuid: false,
+            nodev: true,
+        };
+        let c = VmConfig {
+            shares: vec![ShareDir {
+                source: "/home/me/src".into(),
+                mount,
+            }],
+            ..cfg()
+        };
+        let p = plan(&c).expect("plan");
+        let (fsd, socket) = &p.virtiofsd[0];
+        assert_eq!(socket, &PathBuf::from("/run/skiff/vm1/fs0.sock"));
+        assert_eq!(
+            fsd.args,
+            [
+                "--socket-path",
+                "/run/skiff/vm1/fs0.sock",
+                "--shared-dir",
+                "/home/me/src",
+                "--sandbox",
+                "none",
+                "--readonly"
+            ]
+        );
+        assert!(value_after(&p.qemu.args, "-chardev")
+            .contains(&"socket,id=fs0,path=/run/skiff/vm1/fs0.sock"));
+        assert!(value_after(&p.qemu.args, "-device")
+            .contains(&"vhost-user-fs-device,chardev=fs0,tag=src"));
+        assert!(kernel_cmdline(&c).contains("skiff.load=fs skiff.share=src@/work@ro.nodev"));
     }
 
     #[test]

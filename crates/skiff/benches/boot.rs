@@ -127,6 +127,8 @@ fn bare_qemu_args(kernel: &Path, initrd: &Path, work: &Path) -> Vec<String> {
         net: None,
         vm_id: "bench".into(),
         drives: Vec::new(),
+        shares: Vec::new(),
+        virtiofsd_binary: "virtiofsd".into(),
     };
     let plan = skiff_vmm::plan(&cfg).expect("plan");
     let mut args = Vec::new();

@@ -11,8 +11,11 @@ use std::path::PathBuf;
 pub const GUEST_MODULES: &[&str] = &["virtio_mmio", "vmw_vsock_virtio_transport"];
 
 /// Modules loaded only when the VM has the feature (`skiff.load=GROUP`).
-pub const GUEST_MODULE_GROUPS: &[(&str, &[&str])] =
-    &[("net", &["virtio_net"]), ("blk", &["virtio_blk"])];
+pub const GUEST_MODULE_GROUPS: &[(&str, &[&str])] = &[
+    ("net", &["virtio_net"]),
+    ("blk", &["virtio_blk"]),
+    ("fs", &["virtiofs"]),
+];
 
 /// Where the kernel should come from, as the user said.
 #[derive(Debug, Clone, Default)]

@@ -106,23 +106,27 @@ fn is_executable(p: &Path) -> bool {
 /// The vhost-user vsock backend: `$SKIFF_VSOCK_BACKEND`, `PATH`, or where
 /// `cargo install` puts it.
 pub fn vsock_backend() -> PathBuf {
-    const NAME: &str = "vhost-device-vsock";
-    if let Some(p) = env::var_os("SKIFF_VSOCK_BACKEND").filter(|p| !p.is_empty()) {
+    helper("vhost-device-vsock", "SKIFF_VSOCK_BACKEND")
+}
+
+/// A helper program: `$ENV_VAR`, `PATH`, or where `cargo install` puts it.
+pub fn helper(name: &str, env_var: &str) -> PathBuf {
+    if let Some(p) = env::var_os(env_var).filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    if let Some(p) = which(NAME) {
+    if let Some(p) = which(name) {
         return p;
     }
     let cargo_home = env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| home().map(|h| h.join(".cargo")));
     if let Some(p) = cargo_home
-        .map(|c| c.join("bin").join(NAME))
+        .map(|c| c.join("bin").join(name))
         .filter(|p| is_executable(p))
     {
         return p;
     }
-    PathBuf::from(NAME) // spawning it reports the "not installed" error
+    PathBuf::from(name) // spawning it reports the "not installed" error
 }
 
 /// The static guest agent: `$SKIFF_AGENT`, next to this executable, in the

@@ -187,6 +187,8 @@ pub async fn run<IO: RunIo>(req: RunRequest, io: &mut IO) -> Result<RunOutcome> 
         net: req.net.clone(),
         vm_id: vm_id.clone(),
         drives: Vec::new(),
+        shares: Vec::new(),
+        virtiofsd_binary: "virtiofsd".into(),
     };
     let plan = skiff_vmm::plan(&cfg)?;
     if let Some(net) = &req.net {

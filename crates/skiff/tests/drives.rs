@@ -256,3 +256,68 @@ fn the_data_drive_and_named_volumes_are_managed_by_name() {
     assert!(!d.state().join("data/box.ext4").exists());
     assert_eq!(d.ok(&["volume", "ls", "--json"]).trim(), "[]");
 }
+
+#[test]
+fn shares_are_read_only_or_writable_as_specified_even_for_root() {
+    let d = Daemon::start();
+    let host = tempfile::tempdir().expect("tempdir");
+    let (ro, rw) = (host.path().join("ro"), host.path().join("rw"));
+    std::fs::create_dir_all(&ro).expect("mkdir");
+    std::fs::create_dir_all(&rw).expect("mkdir");
+    std::fs::write(ro.join("a.txt"), "host-file\n").expect("write");
+    let spec = d.write_spec(
+        "sh.toml",
+        &format!(
+            "[vm.sh]\n[[vm.sh.shares]]\nsource = \"{}\"\ntarget = \"/mnt/ro\"\nreadonly = true\n[[vm.sh.shares]]\nsource = \"{}\"\ntarget = \"/mnt/rw\"\n",
+            ro.display(),
+            rw.display()
+        ),
+    );
+    d.ok(&["apply", "-f", spec.to_str().expect("utf8")]);
+    d.ok(&["start", "sh"]);
+    assert_eq!(
+        stdout(&d.cli(&["exec", "sh", "--", "cat", "/mnt/ro/a.txt"])),
+        "host-file\n"
+    );
+    // Root in the guest remounts read-write and still cannot write: the host enforces it.
+    let out = d.cli(&[
+        "exec",
+        "sh",
+        "--",
+        "sh",
+        "-c",
+        "mount -o remount,rw /mnt/ro; echo x > /mnt/ro/b.txt",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("Read-only file system"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!ro.join("b.txt").exists());
+    d.ok(&[
+        "exec",
+        "sh",
+        "--",
+        "sh",
+        "-c",
+        "echo from-guest > /mnt/rw/c.txt",
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(rw.join("c.txt")).expect("read"),
+        "from-guest\n"
+    );
+    d.ok(&["rm", "-f", "sh"]);
+
+    let missing = d.write_spec(
+        "bad.toml",
+        "[vm.bad]\n[[vm.bad.shares]]\nsource = \"/nonexistent/dir\"\ntarget = \"/mnt\"\n",
+    );
+    d.ok(&["apply", "-f", missing.to_str().expect("utf8")]);
+    let out = d.cli(&["start", "bad"]);
+    assert!(
+        stderr(&out).contains("share source /nonexistent/dir is not an existing directory"),
+        "{}",
+        stderr(&out)
+    );
+}

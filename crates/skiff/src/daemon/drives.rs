@@ -182,6 +182,32 @@ fn secrets_drive(rec: &VmRecord) -> Result<Option<(Drive, PathBuf)>> {
     result.map(Some)
 }
 
+/// The spec's shares, checked: each source must be an existing directory.
+pub fn shares(spec: &skiff_spec::VmSpec) -> Result<Vec<skiff_vmm::ShareDir>, String> {
+    spec.shares
+        .iter()
+        .map(|s| {
+            if !s.source.is_dir() {
+                return Err(format!(
+                    "share source {} is not an existing directory",
+                    s.source.display()
+                ));
+            }
+            Ok(skiff_vmm::ShareDir {
+                source: s.source.clone(),
+                mount: MountArg {
+                    label: s.tag.clone(),
+                    target: s.target.clone(),
+                    readonly: s.readonly,
+                    noexec: false,
+                    nosuid: false,
+                    nodev: true,
+                },
+            })
+        })
+        .collect()
+}
+
 /// The read-only config drive: `instance.json` with what the guest may want
 /// to know about itself.
 fn config_drive(rec: &VmRecord, vm_dir: &Path) -> Result<Drive> {

@@ -218,6 +218,8 @@ impl Manager {
             net: user_net(spec),
             vm_id: rec.id.clone(),
             drives,
+            shares: super::drives::shares(spec)?,
+            virtiofsd_binary: paths::helper("virtiofsd", "SKIFF_VIRTIOFSD"),
         };
         let plan = skiff_vmm::plan(&cfg).map_err(|e| e.to_string())?;
         if let Some(net) = &cfg.net {
@@ -524,9 +526,6 @@ fn check_supported(spec: &VmSpec) -> Result<(), ManagerError> {
     }
     if !spec.forward_ports.is_empty() {
         missing.push("forward_ports");
-    }
-    if !spec.shares.is_empty() {
-        missing.push("shares");
     }
 
     if missing.is_empty() {
