@@ -9,6 +9,7 @@ mod monitor;
 pub mod run_api;
 pub mod store;
 pub mod streams;
+mod support;
 mod volumes;
 
 use anyhow::{bail, Context, Result};

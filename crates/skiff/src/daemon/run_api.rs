@@ -61,7 +61,7 @@ pub fn run_network(
         .collect::<Result<Vec<_>, _>>()?;
     match net {
         None if forwards.is_empty() => Ok(None),
-        None | Some("user") => Ok(Some(super::manager::usernet_with(&forwards))),
+        None | Some("user") => Ok(Some(super::support::usernet_with(&forwards))),
         Some("none") if forwards.is_empty() => Ok(None),
         Some("none") => Err("port forwards need a network; use --net user".into()),
         Some("bridge") => {

@@ -1,0 +1,77 @@
+//! What of a spec this daemon can provide, and the devices it maps to.
+
+use super::manager::ManagerError;
+use skiff_spec::VmSpec;
+
+/// Spec features this daemon validates but cannot provide yet. Refusing
+/// them is better than running a VM that silently lacks its network,
+/// shares or volumes.
+pub fn check_supported(spec: &VmSpec) -> Result<(), ManagerError> {
+    let mut missing = Vec::new();
+    if spec
+        .network
+        .iter()
+        .any(|n| n.mode != skiff_spec::NetMode::None)
+    {
+        missing.push("network (user and bridge modes)");
+    }
+    if !spec.forward_ports.is_empty() {
+        missing.push("forward_ports");
+    }
+
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ManagerError::InvalidSpec(format!(
+        "vm.{}: {} not supported by this version of the daemon yet; remove them from the spec",
+        spec.name,
+        missing.join(", ")
+    )))
+}
+
+/// The user-mode network of a spec, with its port forwards.
+pub fn user_net(spec: &VmSpec) -> Option<skiff_vmm::UserNet> {
+    if !spec
+        .network
+        .iter()
+        .any(|n| n.mode == skiff_spec::NetMode::User)
+    {
+        return None;
+    }
+    Some(usernet_with(&spec.forward_ports))
+}
+
+/// User-mode networking with these port forwards.
+pub fn usernet_with(forwards: &[skiff_spec::PortForward]) -> skiff_vmm::UserNet {
+    let forwards = forwards
+        .iter()
+        .map(|f| skiff_vmm::usernet::Forward {
+            proto: match f.protocol {
+                skiff_spec::Protocol::Tcp => skiff_vmm::usernet::Proto::Tcp,
+                skiff_spec::Protocol::Udp => skiff_vmm::usernet::Proto::Udp,
+            },
+            host_addr: f.host_address,
+            host_port: f.host_port,
+            guest_port: f.guest_port,
+        })
+        .collect();
+    skiff_vmm::UserNet { forwards }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_not_built_yet_are_refused_by_name() {
+        let specs =
+            skiff_spec::parse_file("[vm.a]\nnetwork = \"user\"\nforward_ports = [\"8080:80\"]\n")
+                .expect("valid");
+        let err = check_supported(&specs[0]).expect_err("refused").to_string();
+        assert!(
+            err.contains("network (user and bridge modes), forward_ports not supported"),
+            "{err}"
+        );
+        assert!(check_supported(&VmSpec::with_defaults("b")).is_ok());
+    }
+}
