@@ -219,6 +219,10 @@ struct RunArgs {
     /// privileges needed). Default: none, or user when -p is given.
     #[arg(long, value_parser = ["none", "user"])]
     net: Option<String>,
+    /// Share a host directory into the guest: HOST_DIR:GUEST_PATH[:ro]
+    /// (virtiofs; `ro` is enforced by the host). Repeatable.
+    #[arg(short = 'v', long = "volume", value_name = "SHARE", value_parser = parse_share)]
+    volume: Vec<run::RunShare>,
     /// Forward a host port to the guest: [ADDR:]HOST:GUEST[/tcp|/udp]
     /// (ADDR defaults to 127.0.0.1). Repeatable.
     #[arg(short = 'p', long = "publish", value_name = "PORTS", value_parser = parse_publish)]
@@ -255,6 +259,31 @@ struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+fn parse_share(s: &str) -> Result<run::RunShare, String> {
+    let usage = || format!("{s:?} is not HOST_DIR:GUEST_PATH[:ro] (example: -v ./src:/work:ro)");
+    let (rest, readonly) = match s.strip_suffix(":ro") {
+        Some(r) => (r, true),
+        None => (s.strip_suffix(":rw").unwrap_or(s), false),
+    };
+    let (host, guest) = rest.rsplit_once(':').ok_or_else(usage)?;
+    if host.is_empty()
+        || !guest.starts_with('/')
+        || guest.contains(char::is_whitespace)
+        || guest.contains('@')
+    {
+        return Err(usage());
+    }
+    let source = std::path::absolute(host).map_err(|e| format!("{host}: {e}"))?;
+    if !source.is_dir() {
+        return Err(format!("{} is not an existing directory", source.display()));
+    }
+    Ok(run::RunShare {
+        source,
+        target: guest.to_owned(),
+        readonly,
+    })
 }
 
 fn parse_publish(s: &str) -> Result<String, String> {
@@ -316,6 +345,7 @@ async fn run_via_daemon(a: RunArgs) -> Result<i32> {
         stdin: forward_stdin,
         net: a.net,
         publish: a.publish,
+        shares: a.volume,
     };
     cli_vm::exec_stream(
         &client,
@@ -400,6 +430,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             let net = daemon::run_api::run_network(a.net.as_deref(), &a.publish)
                 .map_err(anyhow::Error::msg)?;
             let req = run::RunRequest {
+                shares: a.volume,
                 net,
                 argv: a.command,
                 cpus: a.cpus,

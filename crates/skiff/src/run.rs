@@ -27,6 +27,34 @@ pub struct RunRequest {
     pub quiet: bool,
     /// User-mode networking with these forwards; `None`: no network.
     pub net: Option<skiff_vmm::UserNet>,
+    /// Host directories shared into the guest.
+    pub shares: Vec<RunShare>,
+}
+
+/// `-v HOST_DIR:GUEST_PATH[:ro]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunShare {
+    pub source: PathBuf,
+    pub target: String,
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+impl RunShare {
+    fn share_dir(&self, index: usize) -> skiff_vmm::ShareDir {
+        skiff_vmm::ShareDir {
+            source: self.source.clone(),
+            mount: skiff_proto::guest::MountArg {
+                label: format!("share{index}"),
+                target: self.target.clone(),
+                readonly: self.readonly,
+                noexec: false,
+                nosuid: false,
+                nodev: true,
+            },
+        }
+    }
 }
 
 /// How long the guest gets to power off by itself before it is killed.
@@ -187,8 +215,13 @@ pub async fn run<IO: RunIo>(req: RunRequest, io: &mut IO) -> Result<RunOutcome> 
         net: req.net.clone(),
         vm_id: vm_id.clone(),
         drives: Vec::new(),
-        shares: Vec::new(),
-        virtiofsd_binary: "virtiofsd".into(),
+        shares: req
+            .shares
+            .iter()
+            .enumerate()
+            .map(|(i, s)| s.share_dir(i))
+            .collect(),
+        virtiofsd_binary: paths::helper("virtiofsd", "SKIFF_VIRTIOFSD"),
     };
     let plan = skiff_vmm::plan(&cfg)?;
     if let Some(net) = &req.net {

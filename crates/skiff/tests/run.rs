@@ -270,3 +270,32 @@ fn run_starts_a_daemon_when_none_answers_and_standalone_needs_none() {
     );
     env.assert_clean();
 }
+
+#[test]
+fn run_shares_host_directories_read_only_or_writable() {
+    let env = Env::new();
+    let host = tempfile::tempdir().expect("tempdir");
+    let (src, out) = (host.path().join("src"), host.path().join("out"));
+    std::fs::create_dir_all(&src).expect("mkdir");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    std::fs::write(src.join("in.txt"), "input\n").expect("write");
+    let ro = format!("{}:/work:ro", src.display());
+    let rw = format!("{}:/out", out.display());
+    let script = "cat /work/in.txt && echo result > /out/o.txt && (echo x > /work/y 2>/dev/null && echo WROTE || echo DENIED)";
+    let o = env.run(&["-v", &ro, "-v", &rw], &["sh", "-c", script], None);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "input\nDENIED\n");
+    assert_eq!(
+        std::fs::read_to_string(out.join("o.txt")).expect("read"),
+        "result\n"
+    );
+    assert!(!src.join("y").exists());
+    let bad = env.run(&["-v", "/nonexistent:/x"], &["true"], None);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("/nonexistent is not an existing directory"),
+        "{}",
+        stderr(&bad)
+    );
+    env.assert_clean();
+}

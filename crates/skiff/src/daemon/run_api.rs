@@ -48,6 +48,9 @@ pub struct RunBody {
     /// Port forwards as `[ADDR:]HOST:GUEST[/tcp|/udp]`; they need "user".
     #[serde(default)]
     pub publish: Vec<String>,
+    /// Host directories to share (absolute paths on the daemon's host).
+    #[serde(default)]
+    pub shares: Vec<crate::run::RunShare>,
 }
 
 /// The network a run asked for, or why it cannot have it.
@@ -86,7 +89,13 @@ pub async fn run(State(_m): State<Arc<Manager>>, req: Request) -> Result<Respons
     let forward_stdin = body.stdin;
     let net = run_network(body.net.as_deref(), &body.publish)
         .map_err(|e| api_error(StatusCode::BAD_REQUEST, e))?;
+    for share in &body.shares {
+        if !share.source.is_absolute() || !share.source.is_dir() || !share.target.starts_with('/') {
+            return Err(api_error(StatusCode::BAD_REQUEST, format!("share {} -> {} is not an existing absolute directory and an absolute guest path", share.source.display(), share.target)));
+        }
+    }
     let run_req = RunRequest {
+        shares: body.shares,
         net,
         argv: body.argv,
         cpus: body.cpus,
