@@ -54,7 +54,15 @@ async fn upload(c: &Client, local: &Path, name: &str, path: &str) -> Result<i32>
     loop {
         tokio::select! {
             m = rx.recv(), if sending => match m {
-                Some(m) => frames::send(&mut w, &m).await.context("lost the connection to the daemon")?,
+                Some(m) => {
+                    // If the guest gave up (disk full, say), the daemon closes
+                    // the connection after its error: read that error instead
+                    // of reporting a broken pipe.
+                    if frames::send(&mut w, &m).await.is_err() {
+                        sending = false;
+                        rx.close();
+                    }
+                }
                 None => sending = false,
             },
             reply = reader.recv() => match reply? {

@@ -90,6 +90,26 @@ fn files_and_trees_round_trip_with_bytes_and_modes() {
 }
 
 #[test]
+fn a_full_guest_disk_is_reported_as_such() {
+    let d = Daemon::start();
+    let spec = d.write_spec("small.toml", "[vm.small]\nmemory = 128\n");
+    d.ok(&["create", "-f", spec.to_str().expect("utf8")]);
+    d.ok(&["start", "small"]);
+    let host = tempfile::tempdir().expect("tempdir");
+    let src = host.path().join("big.bin");
+    std::fs::write(&src, vec![1u8; 100 * 1024 * 1024]).expect("write");
+    // /tmp is a tmpfs of 64 MiB here.
+    let out = d.cli(&["cp", src.to_str().expect("utf8"), "small:/tmp/big.bin"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("No space left on device"),
+        "{}",
+        stderr(&out)
+    );
+    d.ok(&["rm", "-f", "small"]);
+}
+
+#[test]
 fn copy_errors_say_what_is_wrong() {
     let d = Daemon::start();
     let spec = d.write_spec("box.toml", "[vm.box]\n");
@@ -135,4 +155,54 @@ fn copy_errors_say_what_is_wrong() {
         stderr(&out)
     );
     d.ok(&["rm", "-f", "box"]);
+}
+
+#[test]
+fn a_one_gib_file_round_trips_intact() {
+    let d = Daemon::start();
+    // /tmp in the guest is a tmpfs of half the memory.
+    let spec = d.write_spec("big.toml", "[vm.big]\nmemory = \"3G\"\n");
+    d.ok(&["create", "-f", spec.to_str().expect("utf8")]);
+    d.ok(&["start", "big"]);
+    let host = tempfile::tempdir().expect("tempdir");
+    let src = host.path().join("gib.bin");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&src).expect("create"));
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut block = vec![0u8; 1 << 20];
+        for _ in 0..1024 {
+            for chunk in block.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                chunk.copy_from_slice(&x.to_le_bytes());
+            }
+            f.write_all(&block).expect("write");
+        }
+    }
+    let want = sha256_file(&src);
+    d.ok(&["cp", src.to_str().expect("utf8"), "big:/tmp/gib.bin"]);
+    let size = stdout(&d.cli(&["exec", "big", "--", "stat", "-c", "%s", "/tmp/gib.bin"]));
+    assert_eq!(size.trim(), "1073741824");
+    let back = host.path().join("back.bin");
+    d.ok(&["cp", "big:/tmp/gib.bin", back.to_str().expect("utf8")]);
+    assert_eq!(sha256_file(&back), want, "the file changed on its way");
+    d.ok(&["rm", "-f", "big"]);
+}
+
+fn sha256_file(p: &std::path::Path) -> String {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut h = sha2::Sha256::new();
+    let mut f = std::fs::File::open(p).expect("open");
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).expect("read");
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    hex::encode(h.finalize())
 }
