@@ -14,25 +14,9 @@ pub fn mount_shares(cmdline: &str) {
         .split_whitespace()
         .filter_map(|t| t.strip_prefix("skiff.share="))
     {
-        let Some(m) = MountArg::parse(value) else {
-            log(format_args!("ignoring malformed skiff.share={value}"));
-            continue;
-        };
-        if let Err(e) = std::fs::create_dir_all(&m.target) {
-            log(format_args!("cannot create {}: {e}", m.target));
-            continue;
-        }
-        if let Err(e) = mount(
-            Some(m.label.as_str()),
-            m.target.as_str(),
-            Some("virtiofs"),
-            flags_of(&m),
-            None::<&str>,
-        ) {
-            log(format_args!(
-                "cannot mount share {} on {}: {e}",
-                m.label, m.target
-            ));
+        match MountArg::parse(value) {
+            Some(m) => mount_at(&m.label, &m, "virtiofs"),
+            None => log(format_args!("ignoring malformed skiff.share={value}")),
         }
     }
 }
@@ -101,29 +85,23 @@ fn block_device_labels() -> Vec<(String, String)> {
 }
 
 fn mount_one(dev: &str, m: &MountArg) {
+    mount_at(dev, m, "ext4");
+}
+
+/// Create the mount point and mount `source` there with the flags asked.
+fn mount_at(source: &str, m: &MountArg, fstype: &str) {
     if let Err(e) = std::fs::create_dir_all(&m.target) {
         return log(format_args!("cannot create {}: {e}", m.target));
     }
-    let mut flags = MsFlags::empty();
-    for (on, flag) in [
-        (m.readonly, MsFlags::MS_RDONLY),
-        (m.noexec, MsFlags::MS_NOEXEC),
-        (m.nosuid, MsFlags::MS_NOSUID),
-        (m.nodev, MsFlags::MS_NODEV),
-    ] {
-        if on {
-            flags |= flag;
-        }
-    }
     if let Err(e) = mount(
-        Some(dev),
+        Some(source),
         m.target.as_str(),
-        Some("ext4"),
-        flags,
+        Some(fstype),
+        flags_of(m),
         None::<&str>,
     ) {
         log(format_args!(
-            "cannot mount {dev} ({}) on {}: {e}",
+            "cannot mount {source} ({}, {fstype}) on {}: {e}",
             m.label, m.target
         ));
     }

@@ -9,9 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 #[test]
 fn files_and_trees_round_trip_with_bytes_and_modes() {
     let d = Daemon::start();
-    let spec = d.write_spec("box.toml", "[vm.box]\nmemory = 512\n");
-    d.ok(&["create", "-f", spec.to_str().expect("utf8")]);
-    d.ok(&["start", "box"]);
+    d.boot("box", "[vm.box]\nmemory = 512\n");
 
     let host = tempfile::tempdir().expect("tempdir");
     let tree = host.path().join("proj");
@@ -92,9 +90,7 @@ fn files_and_trees_round_trip_with_bytes_and_modes() {
 #[test]
 fn a_full_guest_disk_is_reported_as_such() {
     let d = Daemon::start();
-    let spec = d.write_spec("small.toml", "[vm.small]\nmemory = 128\n");
-    d.ok(&["create", "-f", spec.to_str().expect("utf8")]);
-    d.ok(&["start", "small"]);
+    d.boot("small", "[vm.small]\nmemory = 128\n");
     let host = tempfile::tempdir().expect("tempdir");
     let src = host.path().join("big.bin");
     std::fs::write(&src, vec![1u8; 100 * 1024 * 1024]).expect("write");
@@ -112,9 +108,7 @@ fn a_full_guest_disk_is_reported_as_such() {
 #[test]
 fn copy_errors_say_what_is_wrong() {
     let d = Daemon::start();
-    let spec = d.write_spec("box.toml", "[vm.box]\n");
-    d.ok(&["create", "-f", spec.to_str().expect("utf8")]);
-    d.ok(&["start", "box"]);
+    d.boot("box", "[vm.box]\n");
     let host = tempfile::tempdir().expect("tempdir");
 
     let out = d.cli(&[
@@ -161,9 +155,7 @@ fn copy_errors_say_what_is_wrong() {
 fn a_one_gib_file_round_trips_intact() {
     let d = Daemon::start();
     // /tmp in the guest is a tmpfs of half the memory.
-    let spec = d.write_spec("big.toml", "[vm.big]\nmemory = \"3G\"\n");
-    d.ok(&["create", "-f", spec.to_str().expect("utf8")]);
-    d.ok(&["start", "big"]);
+    d.boot("big", "[vm.big]\nmemory = \"3G\"\n");
     let host = tempfile::tempdir().expect("tempdir");
     let src = host.path().join("gib.bin");
     {

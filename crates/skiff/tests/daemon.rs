@@ -137,9 +137,7 @@ fn a_missing_or_stale_socket_says_how_to_fix_it() {
 #[test]
 fn kill_9_of_the_daemon_keeps_vms_running_and_a_new_daemon_adopts_them() {
     let mut d = Daemon::start();
-    let spec = d.write_spec("two.toml", "[vm.a]\n[vm.b]\n[vm.c]\n");
-    d.ok(&["create", "-f", spec.to_str().expect("utf8")]);
-    d.ok(&["start", "a"]);
+    d.boot("a", "[vm.a]\n[vm.b]\n[vm.c]\n");
     d.ok(&["start", "b"]);
     d.ok(&["start", "c"]);
     assert_eq!(d.qemu_count(), 3);
@@ -213,12 +211,7 @@ fn apply_restarts_exactly_the_vms_that_must_restart() {
 #[test]
 fn a_failing_service_is_restarted_by_its_policy_up_to_max_retries() {
     let d = Daemon::start();
-    let spec = d.write_spec(
-        "flaky.toml",
-        "[vm.flaky]\ncommand = \"echo attempt; sleep 1; exit 1\"\nrestart = { policy = \"on-failure\", max_retries = 2, backoff = \"100ms\" }\n",
-    );
-    d.ok(&["create", "-f", spec.to_str().expect("utf8")]);
-    d.ok(&["start", "flaky"]);
+    d.boot("flaky", "[vm.flaky]\ncommand = \"echo attempt; sleep 1; exit 1\"\nrestart = { policy = \"on-failure\", max_retries = 2, backoff = \"100ms\" }\n");
     d.wait_for("two restarts, then a stop", Duration::from_secs(90), || {
         let v = d.inspect("flaky");
         v["restarts"] == 2 && v["state"] == "exited"
@@ -285,9 +278,7 @@ fn shell_runs_on_a_terminal_with_its_size_and_ctrl_c_reaches_the_guest() {
     use std::sync::{Arc, Mutex};
 
     let d = Daemon::start();
-    let spec = d.write_spec("box.toml", "[vm.box]\n");
-    d.ok(&["create", "-f", spec.to_str().expect("utf8")]);
-    d.ok(&["start", "box"]);
+    d.boot("box", "[vm.box]\n");
 
     let size = nix::pty::Winsize {
         ws_row: 30,
@@ -410,12 +401,7 @@ fn process_gone(pid: i32) -> bool {
 fn logs_follow_streams_new_service_output() {
     use std::io::BufRead;
     let d = Daemon::start();
-    let spec = d.write_spec(
-        "ticker.toml",
-        "[vm.ticker]\ncommand = \"i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.3; done\"\n",
-    );
-    d.ok(&["create", "-f", spec.to_str().expect("utf8")]);
-    d.ok(&["start", "ticker"]);
+    d.boot("ticker", "[vm.ticker]\ncommand = \"i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.3; done\"\n");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
         .env("SKIFF_SOCKET", d.socket())
         .args(["logs", "-f", "ticker"])

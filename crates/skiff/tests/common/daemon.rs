@@ -115,6 +115,13 @@ impl Daemon {
         p
     }
 
+    /// Write `spec` (TOML defining `[vm.NAME]`), create it and start it.
+    pub fn boot(&self, name: &str, spec: &str) {
+        let file = self.write_spec(&format!("{name}.toml"), spec);
+        self.ok(&["create", "-f", file.to_str().expect("utf8")]);
+        self.ok(&["start", name]);
+    }
+
     pub fn inspect(&self, name: &str) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["inspect", name])).expect("inspect json")
     }
