@@ -27,12 +27,18 @@ pub struct Forward {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct UserNet {
     pub forwards: Vec<Forward>,
+    /// Cut the guest off from the host and the outside (`restrict=on`);
+    /// port forwards into the guest still work.
+    pub no_egress: bool,
 }
 
 impl UserNet {
     /// The `-netdev`/`-device` arguments.
     pub fn qemu_args(&self, mac: &str) -> Vec<String> {
         let mut netdev = String::from("user,id=net0");
+        if self.no_egress {
+            netdev.push_str(",restrict=on");
+        }
         for f in &self.forwards {
             let proto = match f.proto {
                 Proto::Tcp => "tcp",
@@ -118,6 +124,7 @@ mod tests {
                     guest_port: 53,
                 },
             ],
+            no_egress: false,
         };
         assert_eq!(
             net.qemu_args("52:54:00:00:00:01"),
@@ -141,6 +148,7 @@ mod tests {
                 host_port: port,
                 guest_port: 80,
             }],
+            no_egress: false,
         };
         let err = net.check_host_ports().expect_err("taken");
         assert!(
@@ -149,6 +157,18 @@ mod tests {
         );
         drop(taken);
         assert!(net.check_host_ports().is_ok());
+    }
+
+    #[test]
+    fn no_egress_restricts_the_user_network() {
+        let net = UserNet {
+            forwards: Vec::new(),
+            no_egress: true,
+        };
+        assert_eq!(
+            net.qemu_args("52:54:00:00:00:01")[1],
+            "user,id=net0,restrict=on"
+        );
     }
 
     #[test]

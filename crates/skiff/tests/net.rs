@@ -164,3 +164,55 @@ fn a_daemon_vm_serves_through_its_spec_forward() {
     assert!(http_get(port).is_none());
     d.ok(&["rm", "web"]);
 }
+
+#[test]
+fn egress_none_cuts_the_guest_off_but_keeps_its_forwards() {
+    let d = Daemon::start();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let host_port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    let port = free_port();
+    d.boot(
+        "locked",
+        &format!(
+            "[vm.locked]\nnetwork = [{{ mode = \"user\", egress = \"none\" }}]\nforward_ports = [\"127.0.0.1:{port}:8080\"]\ncommand = \"{GUEST_HTTPD}\"\n"
+        ),
+    );
+    let url = format!("http://10.0.2.2:{host_port}/");
+    let out = d.cli(&[
+        "exec", "locked", "--", "wget", "-q", "-T", "3", "-O", "-", &url,
+    ]);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "egress must be blocked: {}",
+        stdout(&out)
+    );
+    assert_eq!(
+        poll_http(port, Duration::from_secs(60)).as_deref(),
+        Some("hello-from-guest\n"),
+        "forwards still reach the guest"
+    );
+    d.ok(&["rm", "-f", "locked"]);
+}
+
+#[test]
+fn bridge_networking_is_refused_until_it_exists() {
+    let d = Daemon::start();
+    let spec = d.write_spec(
+        "br.toml",
+        "[vm.br]\nnetwork = [{ mode = \"bridge\", network = \"lan\" }]\n",
+    );
+    let out = d.cli(&["create", "-f", spec.to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("bridge networking not supported by this version of the daemon yet"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(d.ok(&["ls", "--json"]).trim(), "[]", "nothing created");
+}

@@ -124,6 +124,7 @@ impl Manager {
     pub fn create(&self, spec: &VmSpec) -> Result<VmRecord, ManagerError> {
         skiff_spec::check_name(&spec.name)
             .map_err(|e| ManagerError::InvalidSpec(format!("name: {e}")))?;
+        super::support::check_supported(spec)?;
         let vm_dir = self.paths.vm_dir(&spec.name);
         let rec = self.store.insert(&paths::new_vm_id(), spec)?;
         if let Err(e) = std::fs::create_dir_all(&vm_dir) {

@@ -7,18 +7,27 @@ use skiff_spec::VmSpec;
 /// them is better than running a VM that silently lacks its network,
 /// shares or volumes.
 pub fn check_supported(spec: &VmSpec) -> Result<(), ManagerError> {
+    use skiff_spec::{Egress, NetMode};
     let mut missing = Vec::new();
+    if spec.network.iter().any(|n| n.mode == NetMode::Bridge) {
+        missing.push("bridge networking");
+    }
     if spec
         .network
         .iter()
-        .any(|n| n.mode != skiff_spec::NetMode::None)
+        .filter(|n| n.mode == NetMode::User)
+        .count()
+        > 1
     {
-        missing.push("network (user and bridge modes)");
+        missing.push("more than one user-mode interface");
     }
-    if !spec.forward_ports.is_empty() {
-        missing.push("forward_ports");
+    if spec
+        .network
+        .iter()
+        .any(|n| matches!(n.egress, Egress::Cidrs(_)))
+    {
+        missing.push("egress limited to CIDRs");
     }
-
     if missing.is_empty() {
         return Ok(());
     }
@@ -38,7 +47,12 @@ pub fn user_net(spec: &VmSpec) -> Option<skiff_vmm::UserNet> {
     {
         return None;
     }
-    Some(usernet_with(&spec.forward_ports))
+    let mut net = usernet_with(&spec.forward_ports);
+    net.no_egress = spec
+        .network
+        .iter()
+        .any(|n| n.egress == skiff_spec::Egress::None);
+    Some(net)
 }
 
 /// User-mode networking with these port forwards.
@@ -55,7 +69,10 @@ pub fn usernet_with(forwards: &[skiff_spec::PortForward]) -> skiff_vmm::UserNet 
             guest_port: f.guest_port,
         })
         .collect();
-    skiff_vmm::UserNet { forwards }
+    skiff_vmm::UserNet {
+        forwards,
+        no_egress: false,
+    }
 }
 
 #[cfg(test)]
@@ -64,14 +81,23 @@ mod tests {
 
     #[test]
     fn features_not_built_yet_are_refused_by_name() {
-        let specs =
-            skiff_spec::parse_file("[vm.a]\nnetwork = \"user\"\nforward_ports = [\"8080:80\"]\n")
-                .expect("valid");
+        let specs = skiff_spec::parse_file(
+            "[vm.a]\nnetwork = [{ mode = \"bridge\", network = \"lan\", egress = [\"10.0.0.0/8\"] }]\n",
+        )
+        .expect("valid");
         let err = check_supported(&specs[0]).expect_err("refused").to_string();
         assert!(
-            err.contains("network (user and bridge modes), forward_ports not supported"),
+            err.contains("bridge networking, egress limited to CIDRs not supported"),
             "{err}"
         );
+        let user = skiff_spec::parse_file(
+            "[vm.a]\nnetwork = [{ mode = \"user\", egress = \"none\" }]\nforward_ports = [\"8080:80\"]\n",
+        )
+        .expect("valid");
+        assert!(check_supported(&user[0]).is_ok());
+        let net = user_net(&user[0]).expect("net");
+        assert_eq!(net.forwards.len(), 1);
+        assert!(net.no_egress);
         assert!(check_supported(&VmSpec::with_defaults("b")).is_ok());
     }
 }
