@@ -56,16 +56,21 @@ pub struct BootDrives {
 }
 
 /// Where secrets images are built: memory only (tmpfs), never the disk.
-fn secrets_dir() -> PathBuf {
-    std::env::var_os("SKIFF_SECRETS_DIR")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/dev/shm"))
+fn secrets_dir(paths: &DaemonPaths) -> PathBuf {
+    if let Some(d) = std::env::var_os("SKIFF_SECRETS_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    let shm = PathBuf::from("/dev/shm");
+    if shm.is_dir() {
+        return shm;
+    }
+    // The runtime directory is /run or $XDG_RUNTIME_DIR: tmpfs as well.
+    paths.runtime_dir.clone()
 }
 
 pub fn prepare(paths: &DaemonPaths, rec: &VmRecord, vm_dir: &Path) -> Result<BootDrives> {
     let mut drives = vec![config_drive(rec, vm_dir)?];
-    let secrets_image = match secrets_drive(rec)? {
+    let secrets_image = match secrets_drive(rec, &secrets_dir(paths))? {
         Some((drive, image)) => {
             drives.push(drive);
             Some(image)
@@ -116,11 +121,10 @@ pub fn prepare(paths: &DaemonPaths, rec: &VmRecord, vm_dir: &Path) -> Result<Boo
 /// Build the secrets drive in memory: files 0400 in an image 0600, read
 /// from their sources now. Only the image's path is returned; nothing of it
 /// touches the state directory.
-fn secrets_drive(rec: &VmRecord) -> Result<Option<(Drive, PathBuf)>> {
+fn secrets_drive(rec: &VmRecord, base: &Path) -> Result<Option<(Drive, PathBuf)>> {
     if rec.spec.secrets.is_empty() {
         return Ok(None);
     }
-    let base = secrets_dir();
     let tag = format!(
         "skiff-secrets-{}-{}",
         rec.id,
