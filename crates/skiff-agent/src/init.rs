@@ -41,6 +41,7 @@ pub fn prepare_system() {
             ));
         }
     }
+    crate::rootfs::switch_from_cmdline(&cmdline);
     if let Some(net) = crate::net::parse_cmdline(&cmdline) {
         crate::net::configure(&net);
     }
@@ -48,7 +49,7 @@ pub fn prepare_system() {
     crate::drives::mount_shares(&cmdline);
 }
 
-fn mount_filesystems() {
+pub fn mount_filesystems() {
     let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     let mounts: [(&str, &str, &str, MsFlags, Option<&str>); 7] = [
         ("proc", "/proc", "proc", nosuid_nodev_noexec, None),

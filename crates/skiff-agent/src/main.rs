@@ -10,6 +10,7 @@ mod init;
 mod net;
 mod pty;
 mod reaper;
+mod rootfs;
 mod server;
 mod service;
 

@@ -48,6 +48,8 @@ pub struct VmSpec {
     pub volumes: Vec<Volume>,
     /// The VM's own persistent data drive (label `skiff-data`).
     pub data: Option<DataDrive>,
+    /// Boot into this host directory instead of the default image.
+    pub rootfs: Option<RootFsSpec>,
     pub env: BTreeMap<String, String>,
     /// Files of the secrets drive, by name, and where the daemon reads them
     /// at each boot (never stored).
@@ -78,6 +80,7 @@ impl VmSpec {
             shares: Vec::new(),
             volumes: Vec::new(),
             data: None,
+            rootfs: None,
             env: BTreeMap::new(),
             secrets: BTreeMap::new(),
             command: None,
@@ -182,6 +185,15 @@ pub struct DataDrive {
     /// Mount point in the guest (absolute).
     pub target: String,
     pub size_mib: u32,
+}
+
+/// A host directory as the root filesystem: read-only under an overlay
+/// in guest memory, or written directly when `writable`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootFsSpec {
+    pub path: PathBuf,
+    pub writable: bool,
 }
 
 /// Where a secret's value comes from when the VM boots.

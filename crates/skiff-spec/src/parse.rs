@@ -239,6 +239,7 @@ const VM_FIELDS: &[&str] = &[
     "shares",
     "volumes",
     "data",
+    "rootfs",
     "env",
     "secrets",
     "command",
@@ -338,6 +339,9 @@ fn vm_table(name: &str, body: &Table, path: &str, errs: &mut Errs) -> Option<VmS
     }
     if let Some(v) = f.get("volumes") {
         spec.volumes = storage::volumes(v, &f.sub("volumes"), errs);
+    }
+    if let Some(v) = f.get("rootfs") {
+        spec.rootfs = storage::rootfs(v, &f.sub("rootfs"), errs);
     }
     if let Some(v) = f.get("data") {
         spec.data = storage::data(v, &f.sub("data"), errs);

@@ -10,7 +10,7 @@ pub mod plan;
 pub use accel::{decide, Accel, AccelChoice, AccelDecision, HostKvm};
 pub use agent::{AgentConn, AgentError, AgentReader, AgentWriter};
 pub use launch::{Console, LaunchError, RunningVm};
-pub use plan::{plan, Drive, LaunchPlan, PlanError, ShareDir, VmConfig};
+pub use plan::{plan, Drive, LaunchPlan, PlanError, RootFs, ShareDir, VmConfig};
 pub mod detached;
 pub use detached::{launch_detached, DetachedVm, ProcessRef};
 pub mod usernet;

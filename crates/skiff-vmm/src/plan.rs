@@ -68,6 +68,42 @@ pub struct VmConfig {
     pub shares: Vec<ShareDir>,
     /// The virtiofs daemon (`virtiofsd`).
     pub virtiofsd_binary: PathBuf,
+    /// Boot into this host directory instead of the initramfs.
+    pub rootfs: Option<RootFs>,
+}
+
+/// A host directory as the guest's root filesystem, shared with virtiofs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootFs {
+    pub source: PathBuf,
+    /// Writes go to the host directory; otherwise to an overlay in guest
+    /// memory, and the directory stays untouched.
+    pub writable: bool,
+}
+
+/// The virtiofs tag of the root filesystem share.
+pub const ROOTFS_TAG: &str = "rootfs";
+
+impl VmConfig {
+    /// Every virtiofs share, the root filesystem first.
+    fn all_shares(&self) -> Vec<ShareDir> {
+        let mut all = Vec::new();
+        if let Some(root) = &self.rootfs {
+            all.push(ShareDir {
+                source: root.source.clone(),
+                mount: skiff_proto::guest::MountArg {
+                    label: ROOTFS_TAG.into(),
+                    target: "/sysroot/base".into(),
+                    readonly: !root.writable,
+                    noexec: false,
+                    nosuid: false,
+                    nodev: false,
+                },
+            });
+        }
+        all.extend(self.shares.iter().cloned());
+        all
+    }
 }
 
 /// A host directory shared into the guest.
@@ -151,7 +187,7 @@ pub fn plan(cfg: &VmConfig) -> Result<LaunchPlan, PlanError> {
     let vsock_socket = run.join("vsock.sock");
     let ready_socket = ready_socket_path(&vsock_socket, skiff_proto::READY_PORT);
     let virtiofsd = cfg
-        .shares
+        .all_shares()
         .iter()
         .enumerate()
         .map(|(i, share)| {
@@ -237,6 +273,11 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> String {
         args.push("skiff.load=blk".into());
         args.extend(cfg.drives.iter().map(|d| d.mount.to_arg()));
     }
+    if let Some(root) = &cfg.rootfs {
+        args.push("skiff.load=rootfs".into());
+        let mode = if root.writable { "rw" } else { "overlay" };
+        args.push(format!("skiff.rootfs={ROOTFS_TAG}@{mode}"));
+    }
     if !cfg.shares.is_empty() {
         args.push("skiff.load=fs".into());
         args.extend(
@@ -309,7 +350,7 @@ fn qemu_args(
     if let Some(net) = &cfg.net {
         a.extend(net.qemu_args(&crate::usernet::mac_for(&cfg.vm_id)));
     }
-    for (i, (share, (_, socket))) in cfg.shares.iter().zip(virtiofsd).enumerate() {
+    for (i, (share, (_, socket))) in cfg.all_shares().iter().zip(virtiofsd).enumerate() {
         a.push("-chardev".into());
         a.push(format!("socket,id=fs{i},path={}", path_arg(socket)));
         a.push("-device".into());
@@ -353,6 +394,7 @@ mod tests {
             drives: Vec::new(),
             shares: Vec::new(),
             virtiofsd_binary: "virtiofsd".into(),
+            rootfs: None,
         }
     }
 
@@ -514,6 +556,35 @@ mod tests {
         assert!(value_after(&p.qemu.args, "-device")
             .contains(&"vhost-user-fs-device,chardev=fs0,tag=src"));
         assert!(kernel_cmdline(&c).contains("skiff.load=fs skiff.share=src@/work@ro.nodev"));
+    }
+
+    #[test]
+    fn a_rootfs_is_the_first_share_and_named_on_the_command_line() {
+        let c = VmConfig {
+            rootfs: Some(RootFs {
+                source: "/srv/root".into(),
+                writable: false,
+            }),
+            ..cfg()
+        };
+        let p = plan(&c).expect("plan");
+        assert!(p.virtiofsd[0].0.args.contains(&"/srv/root".to_owned()));
+        assert!(p.virtiofsd[0].0.args.contains(&"--readonly".to_owned()));
+        assert!(value_after(&p.qemu.args, "-device")
+            .contains(&"vhost-user-fs-device,chardev=fs0,tag=rootfs"));
+        assert!(kernel_cmdline(&c).contains("skiff.load=rootfs skiff.rootfs=rootfs@overlay"));
+        let rw = VmConfig {
+            rootfs: Some(RootFs {
+                source: "/srv/root".into(),
+                writable: true,
+            }),
+            ..cfg()
+        };
+        assert!(kernel_cmdline(&rw).contains("skiff.rootfs=rootfs@rw"));
+        assert!(!plan(&rw).expect("plan").virtiofsd[0]
+            .0
+            .args
+            .contains(&"--readonly".to_owned()));
     }
 
     #[test]

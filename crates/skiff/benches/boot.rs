@@ -129,6 +129,7 @@ fn bare_qemu_args(kernel: &Path, initrd: &Path, work: &Path) -> Vec<String> {
         drives: Vec::new(),
         shares: Vec::new(),
         virtiofsd_binary: "virtiofsd".into(),
+        rootfs: None,
     };
     let plan = skiff_vmm::plan(&cfg).expect("plan");
     let mut args = Vec::new();

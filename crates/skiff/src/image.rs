@@ -15,6 +15,7 @@ pub const GUEST_MODULE_GROUPS: &[(&str, &[&str])] = &[
     ("net", &["virtio_net"]),
     ("blk", &["virtio_blk"]),
     ("fs", &["virtiofs"]),
+    ("rootfs", &["virtiofs", "overlay"]),
 ];
 
 /// Where the kernel should come from, as the user said.

@@ -219,6 +219,13 @@ struct RunArgs {
     /// privileges needed). Default: none, or user when -p is given.
     #[arg(long, value_parser = ["none", "user"])]
     net: Option<String>,
+    /// Boot into this host directory as the root filesystem (writes go to
+    /// an overlay in guest memory unless --rootfs-rw).
+    #[arg(long, value_name = "DIR")]
+    rootfs: Option<PathBuf>,
+    /// Let the guest write to the --rootfs directory itself.
+    #[arg(long, requires = "rootfs")]
+    rootfs_rw: bool,
     /// Share a host directory into the guest: HOST_DIR:GUEST_PATH[:ro]
     /// (virtiofs; `ro` is enforced by the host). Repeatable.
     #[arg(short = 'v', long = "volume", value_name = "SHARE", value_parser = parse_share)]
@@ -259,6 +266,16 @@ struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+/// `--rootfs DIR [--rootfs-rw]`, checked and made absolute.
+fn rootfs_arg(dir: &Option<PathBuf>, writable: bool) -> Result<Option<daemon::run_api::RunRootFs>> {
+    let Some(dir) = dir else { return Ok(None) };
+    let source = std::path::absolute(dir).with_context(|| format!("bad path {}", dir.display()))?;
+    if !source.is_dir() {
+        anyhow::bail!("--rootfs {} is not an existing directory", source.display());
+    }
+    Ok(Some(daemon::run_api::RunRootFs { source, writable }))
 }
 
 fn parse_share(s: &str) -> Result<run::RunShare, String> {
@@ -346,6 +363,7 @@ async fn run_via_daemon(a: RunArgs) -> Result<i32> {
         net: a.net,
         publish: a.publish,
         shares: a.volume,
+        rootfs: rootfs_arg(&a.rootfs, a.rootfs_rw)?,
     };
     cli_vm::exec_stream(
         &client,
@@ -430,6 +448,10 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             let net = daemon::run_api::run_network(a.net.as_deref(), &a.publish)
                 .map_err(anyhow::Error::msg)?;
             let req = run::RunRequest {
+                rootfs: rootfs_arg(&a.rootfs, a.rootfs_rw)?.map(|r| skiff_vmm::RootFs {
+                    source: r.source,
+                    writable: r.writable,
+                }),
                 shares: a.volume,
                 net,
                 argv: a.command,

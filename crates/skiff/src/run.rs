@@ -29,6 +29,8 @@ pub struct RunRequest {
     pub net: Option<skiff_vmm::UserNet>,
     /// Host directories shared into the guest.
     pub shares: Vec<RunShare>,
+    /// Boot into this host directory instead of the default image.
+    pub rootfs: Option<skiff_vmm::RootFs>,
 }
 
 /// `-v HOST_DIR:GUEST_PATH[:ro]`.
@@ -222,6 +224,7 @@ pub async fn run<IO: RunIo>(req: RunRequest, io: &mut IO) -> Result<RunOutcome> 
             .map(|(i, s)| s.share_dir(i))
             .collect(),
         virtiofsd_binary: paths::helper("virtiofsd", "SKIFF_VIRTIOFSD"),
+        rootfs: req.rootfs.clone(),
     };
     let plan = skiff_vmm::plan(&cfg)?;
     if let Some(net) = &req.net {

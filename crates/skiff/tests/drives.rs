@@ -321,3 +321,27 @@ fn shares_are_read_only_or_writable_as_specified_even_for_root() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_daemon_vm_boots_into_its_spec_rootfs() {
+    let d = Daemon::start();
+    let host = tempfile::tempdir().expect("tempdir");
+    let root = host.path().join("root");
+    common::busybox_rootfs(&root);
+    d.boot("rooted", &format!("[vm.rooted]\nrootfs = \"{}\"\n[[vm.rooted.volumes]]\nname = \"rv\"\ntarget = \"/data\"\nsize = \"32M\"\n", root.display()));
+    let out = d.cli(&[
+        "exec",
+        "rooted",
+        "--",
+        "sh",
+        "-c",
+        "cat /etc/marker; test -e /init || echo no-initramfs; grep -c ' /data ' /proc/mounts",
+    ]);
+    assert_eq!(
+        stdout(&out),
+        "from-the-host-rootfs\nno-initramfs\n1\n",
+        "{}",
+        stderr(&out)
+    );
+    d.ok(&["rm", "-f", "--volumes", "rooted"]);
+}

@@ -299,3 +299,47 @@ fn run_shares_host_directories_read_only_or_writable() {
     );
     env.assert_clean();
 }
+
+#[test]
+fn a_host_directory_boots_as_the_root_with_an_overlay_or_read_write() {
+    let env = Env::new();
+    let host = tempfile::tempdir().expect("tempdir");
+    let root = host.path().join("root");
+    common::busybox_rootfs(&root);
+    let root_s = root.to_str().expect("utf8");
+    // Default: the directory is the lower layer; writes stay in the guest.
+    let out = env.run(
+        &["--rootfs", root_s],
+        &[
+            "sh",
+            "-c",
+            "cat /etc/marker && echo x > /etc/new && cat /etc/new && test ! -e /init",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "from-the-host-rootfs\nx\n");
+    assert!(
+        !root.join("etc/new").exists(),
+        "the overlay kept the host directory untouched"
+    );
+    // --rootfs-rw: writes land in the directory.
+    let out = env.run(
+        &["--rootfs", root_s, "--rootfs-rw"],
+        &["sh", "-c", "echo kept > /etc/kept"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/kept")).expect("read"),
+        "kept\n"
+    );
+    let bad = env.run(&["--rootfs", "/nonexistent/root"], &["true"], None);
+    assert_eq!(bad.status.code(), Some(125));
+    assert!(
+        stderr(&bad).contains("--rootfs /nonexistent/root is not an existing directory"),
+        "{}",
+        stderr(&bad)
+    );
+    env.assert_clean();
+}

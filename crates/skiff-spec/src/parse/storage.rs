@@ -1,7 +1,7 @@
 //! Shares and volumes in a spec.
 
 use super::{absolute, expect_bool, expect_str, table_items, type_name, Errs, Fields};
-use crate::{check_name, parse_size_mib, DataDrive, SecretSource, Share, Volume};
+use crate::{check_name, parse_size_mib, DataDrive, RootFsSpec, SecretSource, Share, Volume};
 use std::collections::BTreeMap;
 use toml::Value;
 
@@ -252,4 +252,45 @@ pub(super) fn data(v: &Value, p: &str, errs: &mut Errs) -> Option<DataDrive> {
         return None;
     };
     absolute(&format!("{p}.target"), &target, errs).then_some(DataDrive { target, size_mib })
+}
+
+/// `rootfs = "/dir"` or `rootfs = { path = "/dir", writable = true }`.
+pub(super) fn rootfs(v: &Value, p: &str, errs: &mut Errs) -> Option<RootFsSpec> {
+    let (path, writable) = match v {
+        Value::String(s) => (Some(s.clone()), false),
+        Value::Table(t) => {
+            let mut f = Fields::new(t, p);
+            let path = f
+                .get("path")
+                .and_then(|v| expect_str(v, &format!("{p}.path"), errs))
+                .map(str::to_owned);
+            let writable = f
+                .get("writable")
+                .and_then(|v| expect_bool(v, &format!("{p}.writable"), errs))
+                .unwrap_or(false);
+            f.finish(&["path", "writable"], errs);
+            (path, writable)
+        }
+        other => {
+            errs.push(
+                p,
+                format!(
+                    "expected a directory path or {{ path, writable }}, found {}",
+                    type_name(other)
+                ),
+            );
+            return None;
+        }
+    };
+    let Some(path) = path else {
+        errs.push(
+            &format!("{p}.path"),
+            "missing; the host directory to boot into",
+        );
+        return None;
+    };
+    absolute(p, &path, errs).then(|| RootFsSpec {
+        path: path.into(),
+        writable,
+    })
 }

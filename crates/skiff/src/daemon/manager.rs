@@ -221,6 +221,19 @@ impl Manager {
             drives,
             shares: super::drives::shares(spec)?,
             virtiofsd_binary: paths::helper("virtiofsd", "SKIFF_VIRTIOFSD"),
+            rootfs: match &spec.rootfs {
+                Some(r) if !r.path.is_dir() => {
+                    return Err(format!(
+                        "rootfs {} is not an existing directory",
+                        r.path.display()
+                    ));
+                }
+                Some(r) => Some(skiff_vmm::RootFs {
+                    source: r.path.clone(),
+                    writable: r.writable,
+                }),
+                None => None,
+            },
         };
         let plan = skiff_vmm::plan(&cfg).map_err(|e| e.to_string())?;
         if let Some(net) = &cfg.net {

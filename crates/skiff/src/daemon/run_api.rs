@@ -51,6 +51,17 @@ pub struct RunBody {
     /// Host directories to share (absolute paths on the daemon's host).
     #[serde(default)]
     pub shares: Vec<crate::run::RunShare>,
+    /// A host directory to boot into instead of the default image.
+    #[serde(default)]
+    pub rootfs: Option<RunRootFs>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunRootFs {
+    pub source: PathBuf,
+    #[serde(default)]
+    pub writable: bool,
 }
 
 /// The network a run asked for, or why it cannot have it.
@@ -94,7 +105,22 @@ pub async fn run(State(_m): State<Arc<Manager>>, req: Request) -> Result<Respons
             return Err(api_error(StatusCode::BAD_REQUEST, format!("share {} -> {} is not an existing absolute directory and an absolute guest path", share.source.display(), share.target)));
         }
     }
+    if let Some(r) = &body.rootfs {
+        if !r.source.is_absolute() || !r.source.is_dir() {
+            return Err(api_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "rootfs {} is not an existing absolute directory",
+                    r.source.display()
+                ),
+            ));
+        }
+    }
     let run_req = RunRequest {
+        rootfs: body.rootfs.map(|r| skiff_vmm::RootFs {
+            source: r.source,
+            writable: r.writable,
+        }),
         shares: body.shares,
         net,
         argv: body.argv,

@@ -166,3 +166,21 @@ pub fn path(v: &serde_json::Value, key: &str) -> PathBuf {
             .unwrap_or_else(|| panic!("{key} missing in {v}")),
     )
 }
+
+/// A minimal root filesystem: a static busybox and its applets.
+pub fn busybox_rootfs(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
+    std::fs::create_dir_all(dir.join("etc")).expect("mkdir");
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).expect("copy busybox");
+    let list = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter(|a| *a != "busybox")
+    {
+        let _ = std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet));
+    }
+    std::fs::write(dir.join("etc/marker"), "from-the-host-rootfs\n").expect("write");
+}
