@@ -6,6 +6,7 @@ mod drive;
 mod elf;
 mod initramfs;
 mod kernel;
+mod recipe;
 
 pub use cpio::CpioWriter;
 pub use drive::make_ext4;
@@ -14,6 +15,9 @@ pub use initramfs::{
     ensure_initramfs, select_modules, strip_module_signature, Initramfs, InitramfsSpec,
 };
 pub use kernel::{ensure_kernel, parse_meta_depends, Kernel, KernelSource, DEFAULT_KERNEL_PACKAGE};
+pub use recipe::{
+    build_image, find_image, list_images, remove_image, ImageInfo, Recipe, RecipeFile,
+};
 
 use std::path::{Path, PathBuf};
 

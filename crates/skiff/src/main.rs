@@ -171,6 +171,22 @@ struct ExecArgs {
 
 #[derive(Subcommand)]
 enum ImageCommand {
+    /// Build a root filesystem image from a recipe (Debian packages, files,
+    /// commands) with debootstrap; needs root.
+    Build {
+        /// The recipe (TOML), for example images/python.toml.
+        #[arg(short, long = "file", value_name = "RECIPE")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List built images.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every build of an image.
+    Rm { name: String },
     /// Fetch the kernel and build the default image now (otherwise the
     /// first `skiff run` does it).
     Prepare {
@@ -226,6 +242,9 @@ struct RunArgs {
     /// Let the guest write to the --rootfs directory itself.
     #[arg(long, requires = "rootfs")]
     rootfs_rw: bool,
+    /// Boot into a built image (skiff image build); writes stay in memory.
+    #[arg(long, value_name = "NAME", conflicts_with = "rootfs")]
+    image: Option<String>,
     /// Share a host directory into the guest: HOST_DIR:GUEST_PATH[:ro]
     /// (virtiofs; `ro` is enforced by the host). Repeatable.
     #[arg(short = 'v', long = "volume", value_name = "SHARE", value_parser = parse_share)]
@@ -268,8 +287,23 @@ struct RunArgs {
     command: Vec<String>,
 }
 
-/// `--rootfs DIR [--rootfs-rw]`, checked and made absolute.
-fn rootfs_arg(dir: &Option<PathBuf>, writable: bool) -> Result<Option<daemon::run_api::RunRootFs>> {
+/// `--rootfs DIR [--rootfs-rw]` or `--image NAME`, checked and made absolute.
+fn rootfs_arg(
+    dir: &Option<PathBuf>,
+    writable: bool,
+    image: &Option<String>,
+) -> Result<Option<daemon::run_api::RunRootFs>> {
+    if let Some(name) = image {
+        let info = skiff_image::find_image(&paths::cache_dir()?, name).with_context(|| {
+            format!(
+                "no image named {name:?}; build one with `skiff image build -f images/{name}.toml`"
+            )
+        })?;
+        return Ok(Some(daemon::run_api::RunRootFs {
+            source: info.root,
+            writable: false,
+        }));
+    }
     let Some(dir) = dir else { return Ok(None) };
     let source = std::path::absolute(dir).with_context(|| format!("bad path {}", dir.display()))?;
     if !source.is_dir() {
@@ -363,7 +397,7 @@ async fn run_via_daemon(a: RunArgs) -> Result<i32> {
         net: a.net,
         publish: a.publish,
         shares: a.volume,
-        rootfs: rootfs_arg(&a.rootfs, a.rootfs_rw)?,
+        rootfs: rootfs_arg(&a.rootfs, a.rootfs_rw, &a.image)?,
     };
     cli_vm::exec_stream(
         &client,
@@ -448,7 +482,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             let net = daemon::run_api::run_network(a.net.as_deref(), &a.publish)
                 .map_err(anyhow::Error::msg)?;
             let req = run::RunRequest {
-                rootfs: rootfs_arg(&a.rootfs, a.rootfs_rw)?.map(|r| skiff_vmm::RootFs {
+                rootfs: rootfs_arg(&a.rootfs, a.rootfs_rw, &a.image)?.map(|r| skiff_vmm::RootFs {
                     source: r.source,
                     writable: r.writable,
                 }),
@@ -478,6 +512,49 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 None => {}
             }
             Ok(outcome.code)
+        }
+        Command::Image(ImageCommand::Build { file, json }) => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read the recipe {}", file.display()))?;
+            let recipe = skiff_image::Recipe::parse(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            let cache = paths::cache_dir()?;
+            let info = tokio::task::spawn_blocking(move || {
+                let progress = ui::StepProgress::new(false);
+                skiff_image::build_image(&recipe, &cache, &progress)
+            })
+            .await??;
+            if json {
+                println!("{}", serde_json::to_string(&info)?);
+            } else {
+                println!(
+                    "built image {} ({}) at {}",
+                    info.name,
+                    info.hash,
+                    info.root.display()
+                );
+            }
+            Ok(0)
+        }
+        Command::Image(ImageCommand::Ls { json }) => {
+            let images = skiff_image::list_images(&paths::cache_dir()?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&images)?);
+            } else {
+                println!("{:<20} {:<26} SUITE", "NAME", "HASH");
+                for i in &images {
+                    println!("{:<20} {:<26} {}", i.name, i.hash, i.recipe.suite);
+                }
+            }
+            Ok(0)
+        }
+        Command::Image(ImageCommand::Rm { name }) => {
+            if skiff_image::remove_image(&paths::cache_dir()?, &name)? {
+                println!("removed image {name}");
+                Ok(0)
+            } else {
+                anyhow::bail!("no image named {name:?} (see skiff image ls)")
+            }
         }
         Command::Image(ImageCommand::Prepare { kernel, json }) => {
             let choice = kernel_choice(&kernel);

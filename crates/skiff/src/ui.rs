@@ -36,7 +36,7 @@ impl skiff_image::Progress for StepProgress {
                 bar.println(format!("skiff: {message}"));
                 bar.set_message(message.to_owned());
             }
-            None if !self.quiet => eprintln!("skiff: {message}..."),
+            None if !self.quiet => eprintln!("skiff: {}...", message.trim_end_matches('.')),
             None => {}
         }
     }

@@ -221,19 +221,7 @@ impl Manager {
             drives,
             shares: super::drives::shares(spec)?,
             virtiofsd_binary: paths::helper("virtiofsd", "SKIFF_VIRTIOFSD"),
-            rootfs: match &spec.rootfs {
-                Some(r) if !r.path.is_dir() => {
-                    return Err(format!(
-                        "rootfs {} is not an existing directory",
-                        r.path.display()
-                    ));
-                }
-                Some(r) => Some(skiff_vmm::RootFs {
-                    source: r.path.clone(),
-                    writable: r.writable,
-                }),
-                None => None,
-            },
+            rootfs: rootfs_of(spec)?,
         };
         let plan = skiff_vmm::plan(&cfg).map_err(|e| e.to_string())?;
         if let Some(net) = &cfg.net {
@@ -523,6 +511,34 @@ impl Manager {
             }
         }
         Ok(())
+    }
+}
+
+/// The root filesystem a spec asks for: a host directory, or a built image.
+fn rootfs_of(spec: &VmSpec) -> Result<Option<skiff_vmm::RootFs>, String> {
+    if let Some(r) = &spec.rootfs {
+        if !r.path.is_dir() {
+            return Err(format!(
+                "rootfs {} is not an existing directory",
+                r.path.display()
+            ));
+        }
+        return Ok(Some(skiff_vmm::RootFs {
+            source: r.path.clone(),
+            writable: r.writable,
+        }));
+    }
+    match &spec.image {
+        None => Ok(None),
+        Some(name) => {
+            let cache = paths::cache_dir().map_err(|e| format!("{e:#}"))?;
+            let info = skiff_image::find_image(&cache, name)
+                .ok_or_else(|| format!("no image named {name:?}; build one with `skiff image build -f images/{name}.toml`"))?;
+            Ok(Some(skiff_vmm::RootFs {
+                source: info.root,
+                writable: false,
+            }))
+        }
     }
 }
 
