@@ -329,8 +329,13 @@ fn shell_runs_on_a_terminal_with_its_size_and_ctrl_c_reaches_the_guest() {
     );
 
     // Ctrl-C interrupts the foreground command in the guest, not skiff.
-    master.write_all(b"sleep 600\n").expect("write");
-    std::thread::sleep(Duration::from_millis(1500));
+    // The marker is computed by the guest shell, so the terminal's echo of
+    // the typed line cannot match it; once it shows, `sleep` is starting.
+    master
+        .write_all(b"echo sleep-$((2+3)); sleep 600\n")
+        .expect("write");
+    wait("sleep-5");
+    std::thread::sleep(Duration::from_millis(500));
     master.write_all(b"\x03").expect("ctrl-c");
     master.write_all(b"echo after-$((1+1))\n").expect("write");
     wait("after-2");
