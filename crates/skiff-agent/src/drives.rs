@@ -54,7 +54,7 @@ pub fn mount_from_cmdline(cmdline: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
     for m in pending {
-        log(format_args!(
+        crate::problem(format!(
             "required drive {:?} (for {}) is missing",
             m.label, m.target
         ));

@@ -41,6 +41,15 @@ fn main() {
     }
 }
 
+/// What init could not set up as the host asked; sent in every hello.
+pub(crate) static PROBLEMS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Record a setup problem for the host, and log it.
+pub(crate) fn problem(msg: String) {
+    log(format_args!("{msg}"));
+    PROBLEMS.lock().unwrap_or_else(|p| p.into_inner()).push(msg);
+}
+
 /// Log a line to the console (PID 1's stderr is /dev/console).
 pub(crate) fn log(msg: std::fmt::Arguments<'_>) {
     eprintln!("skiff-agent: {msg}");

@@ -95,6 +95,10 @@ fn serve_connection(stream: VsockStream, mut boot: BootTimes, reaper: Reaper) {
         protocol: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         boot,
+        problems: crate::PROBLEMS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
     });
     if exec::send(&sink, &hello).is_err() {
         return;

@@ -13,6 +13,10 @@ pub struct Hello {
     pub agent_version: String,
     /// Boot milestones measured by the guest.
     pub boot: BootTimes,
+    /// What the guest could not set up as asked (a missing drive, say); the
+    /// host refuses to use a VM that reports any.
+    #[serde(default)]
+    pub problems: Vec<String>,
 }
 
 /// Guest-side boot milestones, in milliseconds of guest uptime (time since

@@ -10,6 +10,7 @@ fn all_messages() -> Vec<Message> {
                 init_done_ms: 2150,
                 ready_ms: 2160,
             },
+            problems: vec!["required drive \"x\" is missing".into()],
         }),
         Message::Exec(ExecRequest {
             argv: vec!["sh".into(), "-c".into(), "echo hi".into()],

@@ -178,6 +178,7 @@ mod tests {
             protocol,
             agent_version: "9.9.9".into(),
             boot: BootTimes::default(),
+            problems: Vec::new(),
         })
     }
 

@@ -253,6 +253,13 @@ pub async fn run<IO: RunIo>(req: RunRequest, io: &mut IO) -> Result<RunOutcome> 
     };
     timings.boot = boot_start.elapsed();
     timings.guest = Some(conn.hello.boot);
+    if !conn.hello.problems.is_empty() {
+        vm.teardown().await;
+        bail!(
+            "the guest could not be set up: {}",
+            conn.hello.problems.join("; ")
+        );
+    }
 
     let exec_start = Instant::now();
     let result = exec(&mut vm, &mut conn, &req, io).await;

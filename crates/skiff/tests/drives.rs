@@ -345,3 +345,25 @@ fn a_daemon_vm_boots_into_its_spec_rootfs() {
     );
     d.ok(&["rm", "-f", "--volumes", "rooted"]);
 }
+
+#[test]
+fn a_drive_the_guest_cannot_find_fails_the_start_with_its_name() {
+    let d = Daemon::start();
+    d.ok(&["volume", "create", "broken", "--size", "32M"]);
+    // Not ext4 any more: the agent cannot find its label.
+    std::fs::write(d.state().join("volumes/broken.ext4"), vec![0u8; 1 << 20]).expect("overwrite");
+    let spec = d.write_spec(
+        "b.toml",
+        "[vm.b]\n[[vm.b.volumes]]\nname = \"broken\"\ntarget = \"/data\"\n",
+    );
+    d.ok(&["create", "-f", spec.to_str().expect("utf8")]);
+    let out = d.cli(&["start", "b"]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the guest could not be set up") && err.contains("(for /data) is missing"),
+        "{err}"
+    );
+    assert_eq!(d.inspect("b")["state"], "exited");
+    assert_eq!(d.qemu_count(), 0, "nothing left running");
+}

@@ -269,6 +269,13 @@ impl Manager {
         let mut conn = AgentConn::handshake(stream, Duration::from_secs(10))
             .await
             .map_err(|e| error_chain(&e))?;
+        if !conn.hello.problems.is_empty() {
+            kill_processes(vm.qemu, vm.vsock);
+            return Err(format!(
+                "the guest could not be set up: {}",
+                conn.hello.problems.join("; ")
+            ));
+        }
         if let Some(argv) = &spec.command {
             let req = ExecRequest {
                 argv: argv.clone(),
