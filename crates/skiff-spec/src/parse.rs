@@ -54,6 +54,20 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// An optional string field (a wrong type is reported).
+    fn string(&mut self, key: &'a str, errs: &mut Errs) -> Option<String> {
+        let path = self.sub(key);
+        self.get(key)
+            .and_then(|v| expect_str(v, &path, errs))
+            .map(str::to_owned)
+    }
+
+    /// An optional boolean field (a wrong type is reported).
+    fn boolean(&mut self, key: &'a str, errs: &mut Errs) -> Option<bool> {
+        let path = self.sub(key);
+        self.get(key).and_then(|v| expect_bool(v, &path, errs))
+    }
+
     /// Report keys that were never read.
     fn finish(self, allowed: &[&str], errs: &mut Errs) {
         for key in self.table.keys() {

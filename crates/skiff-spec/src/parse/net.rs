@@ -45,10 +45,7 @@ pub(super) fn networks(v: &Value, p: &str, errs: &mut Errs) -> Vec<NetworkSpec> 
                 None
             }
         };
-        let network = f
-            .get("network")
-            .and_then(|v| expect_str(v, &format!("{ip}.network"), errs))
-            .map(str::to_owned);
+        let network = f.string("network", errs);
         let address = f
             .get("address")
             .and_then(|v| expect_str(v, &format!("{ip}.address"), errs))

@@ -1,6 +1,6 @@
 //! Shares and volumes in a spec.
 
-use super::{absolute, expect_bool, expect_str, table_items, type_name, Errs, Fields};
+use super::{absolute, table_items, type_name, Errs, Fields};
 use crate::{check_name, parse_size_mib, DataDrive, RootFsSpec, SecretSource, Share, Volume};
 use std::collections::BTreeMap;
 use toml::Value;
@@ -9,22 +9,10 @@ pub(super) fn shares(v: &Value, p: &str, errs: &mut Errs) -> Vec<Share> {
     let mut out: Vec<Share> = Vec::new();
     for (ip, t) in table_items(v, p, "share", errs) {
         let mut f = Fields::new(t, &ip);
-        let source = f
-            .get("source")
-            .and_then(|v| expect_str(v, &format!("{ip}.source"), errs))
-            .map(str::to_owned);
-        let target = f
-            .get("target")
-            .and_then(|v| expect_str(v, &format!("{ip}.target"), errs))
-            .map(str::to_owned);
-        let readonly = f
-            .get("readonly")
-            .and_then(|v| expect_bool(v, &format!("{ip}.readonly"), errs))
-            .unwrap_or(false);
-        let tag = f
-            .get("tag")
-            .and_then(|v| expect_str(v, &format!("{ip}.tag"), errs))
-            .map(str::to_owned);
+        let source = f.string("source", errs);
+        let target = f.string("target", errs);
+        let readonly = f.boolean("readonly", errs).unwrap_or(false);
+        let tag = f.string("tag", errs);
         f.finish(&["source", "target", "tag", "readonly"], errs);
         let (Some(source), Some(target)) = (source, target) else {
             errs.push(
@@ -79,18 +67,9 @@ pub(super) fn volumes(v: &Value, p: &str, errs: &mut Errs) -> Vec<Volume> {
     let mut out: Vec<Volume> = Vec::new();
     for (ip, t) in table_items(v, p, "volume", errs) {
         let mut f = Fields::new(t, &ip);
-        let name = f
-            .get("name")
-            .and_then(|v| expect_str(v, &format!("{ip}.name"), errs))
-            .map(str::to_owned);
-        let target = f
-            .get("target")
-            .and_then(|v| expect_str(v, &format!("{ip}.target"), errs))
-            .map(str::to_owned);
-        let readonly = f
-            .get("readonly")
-            .and_then(|v| expect_bool(v, &format!("{ip}.readonly"), errs))
-            .unwrap_or(false);
+        let name = f.string("name", errs);
+        let target = f.string("target", errs);
+        let readonly = f.boolean("readonly", errs).unwrap_or(false);
         let size = match f.get("size") {
             None => None,
             Some(Value::Integer(n)) => u32::try_from(*n).ok().filter(|n| *n > 0).or_else(|| {
@@ -186,14 +165,8 @@ pub(super) fn secrets(v: &Value, p: &str, errs: &mut Errs) -> BTreeMap<String, S
             continue;
         };
         let mut f = Fields::new(st, &sp);
-        let file = f
-            .get("file")
-            .and_then(|v| expect_str(v, &format!("{sp}.file"), errs))
-            .map(str::to_owned);
-        let env = f
-            .get("env")
-            .and_then(|v| expect_str(v, &format!("{sp}.env"), errs))
-            .map(str::to_owned);
+        let file = f.string("file", errs);
+        let env = f.string("env", errs);
         f.finish(&["file", "env"], errs);
         match (file, env) {
             (Some(file), None) => {
@@ -223,10 +196,7 @@ pub(super) fn data(v: &Value, p: &str, errs: &mut Errs) -> Option<DataDrive> {
         return None;
     };
     let mut f = Fields::new(t, p);
-    let target = f
-        .get("target")
-        .and_then(|v| expect_str(v, &format!("{p}.target"), errs))
-        .map(str::to_owned);
+    let target = f.string("target", errs);
     let size = match f.get("size") {
         None => Some(1024),
         Some(Value::Integer(n)) => u32::try_from(*n).ok().filter(|n| *n >= 16),
@@ -260,14 +230,8 @@ pub(super) fn rootfs(v: &Value, p: &str, errs: &mut Errs) -> Option<RootFsSpec> 
         Value::String(s) => (Some(s.clone()), false),
         Value::Table(t) => {
             let mut f = Fields::new(t, p);
-            let path = f
-                .get("path")
-                .and_then(|v| expect_str(v, &format!("{p}.path"), errs))
-                .map(str::to_owned);
-            let writable = f
-                .get("writable")
-                .and_then(|v| expect_bool(v, &format!("{p}.writable"), errs))
-                .unwrap_or(false);
+            let path = f.string("path", errs);
+            let writable = f.boolean("writable", errs).unwrap_or(false);
             f.finish(&["path", "writable"], errs);
             (path, writable)
         }
