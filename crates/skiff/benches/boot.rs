@@ -160,18 +160,10 @@ fn time_bare(args: &[String]) -> Duration {
 /// Wall time of `skiff run -- true`, and the agent's kernel-to-ready and
 /// init-setup times from `--timings=json`.
 fn time_skiff(skiff: &Path, work: &Path) -> (Duration, u64, u64) {
-    let start = Instant::now();
-    let out = Command::new(skiff)
-        .env("SKIFF_RUNTIME_DIR", work.join("rt"))
-        .args(["run", "-q", "--standalone", "--timings=json", "--", "true"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run skiff");
-    let elapsed = start.elapsed();
-    assert!(
-        out.status.success(),
-        "skiff run failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let (elapsed, out) = timed_run(
+        Command::new(skiff)
+            .env("SKIFF_RUNTIME_DIR", work.join("rt"))
+            .args(["run", "-q", "--standalone", "--timings=json", "--", "true"]),
     );
     let line = String::from_utf8_lossy(&out.stderr)
         .lines()
@@ -221,22 +213,27 @@ impl Daemon {
 
 /// Wall time of `skiff run -- true` through a running daemon.
 fn time_via_daemon(skiff: &Path, d: &Daemon) -> Duration {
+    let (elapsed, _) = timed_run(
+        Command::new(skiff)
+            .env("SKIFF_SOCKET", &d.socket)
+            .env("SKIFF_STATE_DIR", d.dir.join("state"))
+            .env("SKIFF_RUNTIME_DIR", d.dir.join("run"))
+            .args(["run", "-q", "--", "true"]),
+    );
+    elapsed
+}
+
+/// Run a `skiff run`, require success, and return its wall time.
+fn timed_run(cmd: &mut Command) -> (Duration, std::process::Output) {
     let start = Instant::now();
-    let out = Command::new(skiff)
-        .env("SKIFF_SOCKET", &d.socket)
-        .env("SKIFF_STATE_DIR", d.dir.join("state"))
-        .env("SKIFF_RUNTIME_DIR", d.dir.join("run"))
-        .args(["run", "-q", "--", "true"])
-        .stdin(Stdio::null())
-        .output()
-        .expect("run skiff");
+    let out = cmd.stdin(Stdio::null()).output().expect("run skiff");
     let elapsed = start.elapsed();
     assert!(
         out.status.success(),
         "skiff run failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    elapsed
+    (elapsed, out)
 }
 
 fn median(v: &mut [Duration]) -> Duration {
