@@ -1,0 +1,302 @@
+//! The nftables rules of a network, built as text and applied in one
+//! `nft -f -` transaction, so a network's rules change atomically.
+//!
+//! Per network there is an `ip` table (NAT for egress, isolation from other
+//! skiff networks, per-VM egress limits, no new connections from outside
+//! to VM addresses) and a `bridge` table (a VM without egress cannot reach
+//! its peers on the bridge either). Both are named `skiff-NAME`.
+
+use crate::{NetError, Subnet};
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+/// Prefix of the tables skiff creates.
+pub const TABLE_PREFIX: &str = "skiff-";
+
+/// What a VM on the network may reach beyond its own network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Egress {
+    All,
+    /// Nothing: no forwarding, no new connections to the host, no peers.
+    None,
+    /// Only these CIDRs (plus answers to connections made to the VM).
+    Only(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmRule {
+    pub address: Ipv4Addr,
+    pub egress: Egress,
+}
+
+/// Everything the rules of one network depend on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkRules {
+    pub name: String,
+    pub subnet: Subnet,
+    pub vms: Vec<VmRule>,
+}
+
+pub fn table_name(network: &str) -> String {
+    format!("{TABLE_PREFIX}{network}")
+}
+
+/// The script that replaces (or creates) both tables of a network.
+pub fn ruleset(n: &NetworkRules) -> String {
+    let table = table_name(&n.name);
+    let br = crate::bridge_name(&n.name);
+    let others = format!("{}*", crate::BRIDGE_PREFIX);
+    let mut forward = vec![
+        // Other skiff networks are out of reach, both ways.
+        format!("iifname \"{br}\" oifname \"{others}\" oifname != \"{br}\" drop"),
+        format!("oifname \"{br}\" iifname \"{others}\" iifname != \"{br}\" drop"),
+    ];
+    let mut input = Vec::new();
+    let mut bridge = Vec::new();
+    for vm in &n.vms {
+        let a = vm.address;
+        match &vm.egress {
+            Egress::All => {}
+            Egress::None => {
+                forward.push(format!("iifname \"{br}\" ip saddr {a} drop"));
+                input.push(format!(
+                    "iifname \"{br}\" ip saddr {a} ct state established,related accept"
+                ));
+                input.push(format!("iifname \"{br}\" ip saddr {a} drop"));
+                bridge.push(format!("ip saddr {a} drop"));
+            }
+            Egress::Only(cidrs) => {
+                let allowed = if cidrs.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ip daddr != {{ {} }}", cidrs.join(", "))
+                };
+                forward.push(format!("iifname \"{br}\" ip saddr {a}{allowed} drop"));
+            }
+        }
+    }
+    // Answers to what VMs started pass; nothing else from outside reaches a
+    // VM's address (port forwards go through the host).
+    forward.push(format!(
+        "oifname \"{br}\" ct state established,related accept"
+    ));
+    forward.push(format!("oifname \"{br}\" iifname != \"{br}\" drop"));
+    let chain = |name: &str, hook: &str, rules: &[String]| {
+        let mut s = format!("  chain {name} {{\n    {hook}\n");
+        for r in rules {
+            s.push_str(&format!("    {r}\n"));
+        }
+        s.push_str("  }\n");
+        s
+    };
+    let mut out = String::new();
+    // Declaring a table first makes the delete valid when it does not exist.
+    out.push_str(&format!(
+        "table ip {table} {{}}\ndelete table ip {table}\ntable ip {table} {{\n"
+    ));
+    out.push_str(&chain(
+        "filter_forward",
+        "type filter hook forward priority filter; policy accept;",
+        &forward,
+    ));
+    out.push_str(&chain(
+        "filter_input",
+        "type filter hook input priority filter; policy accept;",
+        &input,
+    ));
+    out.push_str(&chain(
+        "nat_postrouting",
+        "type nat hook postrouting priority srcnat; policy accept;",
+        &[format!(
+            "ip saddr {} oifname != \"{br}\" masquerade",
+            n.subnet
+        )],
+    ));
+    out.push_str("}\n");
+    out.push_str(&format!(
+        "table bridge {table} {{}}\ndelete table bridge {table}\ntable bridge {table} {{\n"
+    ));
+    out.push_str(&chain(
+        "filter_forward",
+        "type filter hook forward priority filter; policy accept;",
+        &bridge,
+    ));
+    out.push_str("}\n");
+    out
+}
+
+/// The script that removes a network's tables (whether or not they exist).
+pub fn removal(network: &str) -> String {
+    let table = table_name(network);
+    format!(
+        "table ip {table} {{}}\ndelete table ip {table}\ntable bridge {table} {{}}\ndelete table bridge {table}\n"
+    )
+}
+
+/// Run an nft script as one transaction.
+pub fn apply(script: &str, what: &str) -> Result<(), NetError> {
+    let io = |source| NetError::Io {
+        what: "cannot run nft (install the nftables package)".into(),
+        source,
+    };
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(io)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).map_err(io)?;
+    }
+    let out = child.wait_with_output().map_err(io)?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    if stderr.contains("Operation not permitted") {
+        return Err(NetError::Permission {
+            what: what.to_owned(),
+        });
+    }
+    Err(NetError::Nft {
+        what: what.to_owned(),
+        stderr,
+    })
+}
+
+/// The networks that have skiff tables in the kernel.
+pub fn networks_with_tables() -> Result<Vec<String>, NetError> {
+    let out = Command::new("nft")
+        .args(["-j", "list", "tables"])
+        .output()
+        .map_err(|source| NetError::Io {
+            what: "cannot run nft (install the nftables package)".into(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(NetError::Nft {
+            what: "list tables".into(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(tables_in(&String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Network names from `nft -j list tables` output.
+fn tables_in(json: &str) -> Vec<String> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item["table"]["name"].as_str())
+        .filter_map(|n| n.strip_prefix(TABLE_PREFIX))
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(vms: Vec<VmRule>) -> String {
+        ruleset(&NetworkRules {
+            name: "lan".into(),
+            subnet: "10.88.0.0/24".parse().expect("subnet"),
+            vms,
+        })
+    }
+
+    #[test]
+    fn a_network_masquerades_and_is_isolated_from_other_networks() {
+        let r = rules(Vec::new());
+        assert!(r.starts_with(
+            "table ip skiff-lan {}\ndelete table ip skiff-lan\ntable ip skiff-lan {\n"
+        ));
+        assert!(r.contains("ip saddr 10.88.0.0/24 oifname != \"skb-lan\" masquerade"));
+        assert!(r.contains("iifname \"skb-lan\" oifname \"skb-*\" oifname != \"skb-lan\" drop"));
+        assert!(r.contains("oifname \"skb-lan\" iifname \"skb-*\" iifname != \"skb-lan\" drop"));
+        // Answers pass before new inbound connections are dropped.
+        let answers = r.find("oifname \"skb-lan\" ct state established,related accept");
+        let inbound = r.find("oifname \"skb-lan\" iifname != \"skb-lan\" drop");
+        assert!(answers.expect("answers") < inbound.expect("inbound"));
+        assert_eq!(r.matches("ip saddr").count(), 1, "no per-VM rules: {r}");
+    }
+
+    #[test]
+    fn the_kernel_accepts_the_rules_and_removal_leaves_nothing() {
+        // In a fresh network namespace on a thread of its own: nft runs in
+        // the namespace of the thread that starts it.
+        let ran = std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+            let script = rules(vec![
+                VmRule {
+                    address: "10.88.0.3".parse().expect("ip"),
+                    egress: Egress::None,
+                },
+                VmRule {
+                    address: "10.88.0.4".parse().expect("ip"),
+                    egress: Egress::Only(vec!["10.0.0.0/8".into()]),
+                },
+            ]);
+            apply(&script, "create").expect("nft accepts the rules");
+            apply(&script, "replace").expect("and accepts them again (replace)");
+            assert_eq!(networks_with_tables().expect("list"), ["lan"]);
+            apply(&removal("lan"), "remove").expect("removal");
+            apply(&removal("lan"), "remove").expect("removal of nothing");
+            assert!(networks_with_tables().expect("list").is_empty());
+            Some(())
+        })
+        .join()
+        .expect("thread");
+        if ran.is_none() {
+            eprintln!("skipped: no permission to create a network namespace");
+        }
+    }
+
+    #[test]
+    fn egress_limits_become_per_address_rules() {
+        let r = rules(vec![
+            VmRule {
+                address: "10.88.0.2".parse().expect("ip"),
+                egress: Egress::All,
+            },
+            VmRule {
+                address: "10.88.0.3".parse().expect("ip"),
+                egress: Egress::None,
+            },
+            VmRule {
+                address: "10.88.0.4".parse().expect("ip"),
+                egress: Egress::Only(vec!["10.0.0.0/8".into(), "192.0.2.7/32".into()]),
+            },
+        ]);
+        assert!(!r.contains("10.88.0.2"));
+        assert!(r.contains("iifname \"skb-lan\" ip saddr 10.88.0.3 drop"));
+        assert!(r.contains(
+            "iifname \"skb-lan\" ip saddr 10.88.0.3 ct state established,related accept"
+        ));
+        assert!(r.contains("table bridge skiff-lan {\n  chain filter_forward {\n    type filter hook forward priority filter; policy accept;\n    ip saddr 10.88.0.3 drop\n"));
+        assert!(r.contains(
+            "iifname \"skb-lan\" ip saddr 10.88.0.4 ip daddr != { 10.0.0.0/8, 192.0.2.7/32 } drop"
+        ));
+        assert!(removal("lan").contains("delete table bridge skiff-lan"));
+    }
+
+    #[test]
+    fn listed_tables_are_read_from_nft_json() {
+        let json = r#"{"nftables": [{"metainfo": {"version": "1.0.6"}},
+            {"table": {"family": "ip", "name": "skiff-lan", "handle": 1}},
+            {"table": {"family": "bridge", "name": "skiff-lan", "handle": 2}},
+            {"table": {"family": "inet", "name": "filter", "handle": 3}},
+            {"table": {"family": "ip", "name": "skiff-web", "handle": 4}}]}"#;
+        assert_eq!(tables_in(json), ["lan", "web"]);
+        assert!(tables_in("not json").is_empty());
+    }
+}
