@@ -15,3 +15,5 @@ pub mod detached;
 pub use detached::{launch_detached, DetachedVm, ProcessRef};
 pub mod usernet;
 pub use usernet::UserNet;
+pub mod tap;
+pub use tap::TapNic;

@@ -60,6 +60,8 @@ pub struct VmConfig {
     pub console_log: Option<PathBuf>,
     /// User-mode networking; `None`: no network device at all.
     pub net: Option<crate::usernet::UserNet>,
+    /// A NIC on a TAP of a managed network (not together with `net`).
+    pub tap: Option<crate::tap::TapNic>,
     /// Stable per VM (the MAC address derives from it).
     pub vm_id: String,
     /// Block devices, each mounted by the agent by its ext4 label.
@@ -155,6 +157,8 @@ pub enum PlanError {
     },
     #[error("kernel argument {arg:?} contains a control character or a quote; it cannot be passed safely")]
     BadKernelArg { arg: String },
+    #[error("a VM has one network interface: user mode or a managed network, not both")]
+    TwoNics,
 }
 
 pub const MIN_MEMORY_MIB: u32 = 64;
@@ -163,6 +167,9 @@ pub const MAX_CPUS: u32 = 255;
 
 /// Turn a config into the processes that run it.
 pub fn plan(cfg: &VmConfig) -> Result<LaunchPlan, PlanError> {
+    if cfg.net.is_some() && cfg.tap.is_some() {
+        return Err(PlanError::TwoNics);
+    }
     if cfg.cpus == 0 || cfg.cpus > MAX_CPUS {
         return Err(PlanError::OutOfRange {
             field: "cpus",
@@ -269,6 +276,9 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> String {
     if cfg.net.is_some() {
         args.extend(crate::usernet::UserNet::kernel_args());
     }
+    if let Some(tap) = &cfg.tap {
+        args.extend(tap.kernel_args());
+    }
     if !cfg.drives.is_empty() {
         args.push("skiff.load=blk".into());
         args.extend(cfg.drives.iter().map(|d| d.mount.to_arg()));
@@ -350,6 +360,9 @@ fn qemu_args(
     if let Some(net) = &cfg.net {
         a.extend(net.qemu_args(&crate::usernet::mac_for(&cfg.vm_id)));
     }
+    if let Some(tap) = &cfg.tap {
+        a.extend(tap.qemu_args(&crate::usernet::mac_for(&cfg.vm_id)));
+    }
     for (i, (share, (_, socket))) in cfg.all_shares().iter().zip(virtiofsd).enumerate() {
         a.push("-chardev".into());
         a.push(format!("socket,id=fs{i},path={}", path_arg(socket)));
@@ -374,263 +387,5 @@ fn qemu_args(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg() -> VmConfig {
-        VmConfig {
-            cpus: 2,
-            memory_mib: 512,
-            kernel: "/k/vmlinuz".into(),
-            initrd: "/c/initrd.cpio".into(),
-            accel: Accel::Tcg,
-            extra_cmdline: vec![],
-            run_dir: "/run/skiff/vm1".into(),
-            qemu_binary: "qemu-system-x86_64".into(),
-            vsock_binary: "vhost-device-vsock".into(),
-            console_log: None,
-            net: None,
-            vm_id: "vm1".into(),
-            drives: Vec::new(),
-            shares: Vec::new(),
-            virtiofsd_binary: "virtiofsd".into(),
-            rootfs: None,
-        }
-    }
-
-    fn value_after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
-        args.windows(2)
-            .filter(|w| w[0] == flag)
-            .map(|w| w[1].as_str())
-            .collect()
-    }
-
-    #[test]
-    fn qemu_gets_microvm_with_acpi_shared_memory_and_vhost_user_vsock() {
-        let p = plan(&cfg()).expect("plan");
-        let a = &p.qemu.args;
-        assert!(value_after(a, "-machine")[0].starts_with("microvm,acpi=on"));
-        assert_eq!(value_after(a, "-smp"), ["2"]);
-        assert_eq!(value_after(a, "-m"), ["512M"]);
-        assert_eq!(
-            value_after(a, "-object"),
-            ["memory-backend-memfd,id=mem,size=512M,share=on"]
-        );
-        assert_eq!(value_after(a, "-numa"), ["node,memdev=mem"]);
-        assert_eq!(
-            value_after(a, "-chardev"),
-            ["socket,id=vsock0,path=/run/skiff/vm1/vhost-vsock.sock"]
-        );
-        assert_eq!(
-            value_after(a, "-device"),
-            [
-                "vhost-user-vsock-device,chardev=vsock0",
-                "isa-debug-exit,iobase=0xf4,iosize=0x04"
-            ]
-        );
-        assert_eq!(value_after(a, "-kernel"), ["/k/vmlinuz"]);
-        assert_eq!(value_after(a, "-initrd"), ["/c/initrd.cpio"]);
-        assert_eq!(value_after(a, "-serial"), ["stdio"]);
-        assert!(a.contains(&"-nodefaults".to_owned()));
-    }
-
-    #[test]
-    fn tcg_gets_the_tsc_workaround_and_kvm_does_not() {
-        let tcg = kernel_cmdline(&cfg());
-        assert!(tcg.contains("tsc_early_khz=2000000"), "{tcg}");
-        assert!(tcg.starts_with("console=ttyS0"));
-        let kvm_cfg = VmConfig {
-            accel: Accel::Kvm,
-            ..cfg()
-        };
-        assert!(!kernel_cmdline(&kvm_cfg).contains("tsc_early_khz"));
-        let p = plan(&kvm_cfg).expect("plan");
-        assert_eq!(value_after(&p.qemu.args, "-accel"), ["kvm"]);
-        assert_eq!(value_after(&p.qemu.args, "-cpu"), ["host"]);
-    }
-
-    #[test]
-    fn a_console_log_file_replaces_stdio() {
-        let c = VmConfig {
-            console_log: Some("/var/lib/skiff/vms/web/console.log".into()),
-            ..cfg()
-        };
-        let p = plan(&c).expect("plan");
-        assert_eq!(value_after(&p.qemu.args, "-serial"), ["chardev:console"]);
-        assert_eq!(
-            value_after(&p.qemu.args, "-chardev")[0],
-            "file,id=console,path=/var/lib/skiff/vms/web/console.log,append=on"
-        );
-    }
-
-    #[test]
-    fn user_networking_adds_a_nic_and_the_guest_address() {
-        let c = VmConfig {
-            net: Some(crate::usernet::UserNet::default()),
-            ..cfg()
-        };
-        let p = plan(&c).expect("plan");
-        assert_eq!(value_after(&p.qemu.args, "-netdev"), ["user,id=net0"]);
-        assert!(value_after(&p.qemu.args, "-device")
-            .iter()
-            .any(|d| d.starts_with("virtio-net-device,netdev=net0,mac=52:54:")));
-        let line = kernel_cmdline(&c);
-        assert!(
-            line.contains(
-                "skiff.load=net skiff.ip=10.0.2.15/24 skiff.gw=10.0.2.2 skiff.dns=10.0.2.3"
-            ),
-            "{line}"
-        );
-        // No network: no NIC, no address.
-        let none = plan(&cfg()).expect("plan");
-        assert!(value_after(&none.qemu.args, "-netdev").is_empty());
-        assert!(!kernel_cmdline(&cfg()).contains("skiff.ip"));
-    }
-
-    #[test]
-    fn drives_become_virtio_blk_devices_mounted_by_label() {
-        let mount = skiff_proto::guest::MountArg {
-            label: "skiff-config".into(),
-            target: "/run/skiff/config".into(),
-            readonly: true,
-            noexec: true,
-            nosuid: true,
-            nodev: true,
-        };
-        let c = VmConfig {
-            drives: vec![Drive {
-                path: "/run/x,y/config.ext4".into(),
-                mount,
-            }],
-            ..cfg()
-        };
-        let p = plan(&c).expect("plan");
-        assert_eq!(
-            value_after(&p.qemu.args, "-drive"),
-            ["file=/run/x,,y/config.ext4,if=none,id=drive0,format=raw,readonly=on"]
-        );
-        assert!(value_after(&p.qemu.args, "-device").contains(&"virtio-blk-device,drive=drive0"));
-        let line = kernel_cmdline(&c);
-        assert!(
-            line.contains(
-                "skiff.load=blk skiff.mount=skiff-config@/run/skiff/config@ro.noexec.nosuid.nodev"
-            ),
-            "{line}"
-        );
-    }
-
-    #[test]
-    fn shares_get_a_virtiofsd_each_and_a_vhost_user_fs_device() {
-        let mount = skiff_proto::guest::MountArg {
-            label: "src".into(),
-            target: "/work".into(),
-            readonly: true,
-            noexec: false,
-            nosuid: false,
-            nodev: true,
-        };
-        let c = VmConfig {
-            shares: vec![ShareDir {
-                source: "/home/me/src".into(),
-                mount,
-            }],
-            ..cfg()
-        };
-        let p = plan(&c).expect("plan");
-        let (fsd, socket) = &p.virtiofsd[0];
-        assert_eq!(socket, &PathBuf::from("/run/skiff/vm1/fs0.sock"));
-        assert_eq!(
-            fsd.args,
-            [
-                "--socket-path",
-                "/run/skiff/vm1/fs0.sock",
-                "--shared-dir",
-                "/home/me/src",
-                "--sandbox",
-                "none",
-                "--readonly"
-            ]
-        );
-        assert!(value_after(&p.qemu.args, "-chardev")
-            .contains(&"socket,id=fs0,path=/run/skiff/vm1/fs0.sock"));
-        assert!(value_after(&p.qemu.args, "-device")
-            .contains(&"vhost-user-fs-device,chardev=fs0,tag=src"));
-        assert!(kernel_cmdline(&c).contains("skiff.load=fs skiff.share=src@/work@ro.nodev"));
-    }
-
-    #[test]
-    fn a_rootfs_is_the_first_share_and_named_on_the_command_line() {
-        let c = VmConfig {
-            rootfs: Some(RootFs {
-                source: "/srv/root".into(),
-                writable: false,
-            }),
-            ..cfg()
-        };
-        let p = plan(&c).expect("plan");
-        assert!(p.virtiofsd[0].0.args.contains(&"/srv/root".to_owned()));
-        assert!(p.virtiofsd[0].0.args.contains(&"--readonly".to_owned()));
-        assert!(value_after(&p.qemu.args, "-device")
-            .contains(&"vhost-user-fs-device,chardev=fs0,tag=rootfs"));
-        assert!(kernel_cmdline(&c).contains("skiff.load=rootfs skiff.rootfs=rootfs@overlay"));
-        let rw = VmConfig {
-            rootfs: Some(RootFs {
-                source: "/srv/root".into(),
-                writable: true,
-            }),
-            ..cfg()
-        };
-        assert!(kernel_cmdline(&rw).contains("skiff.rootfs=rootfs@rw"));
-        assert!(!plan(&rw).expect("plan").virtiofsd[0]
-            .0
-            .args
-            .contains(&"--readonly".to_owned()));
-    }
-
-    #[test]
-    fn extra_kernel_args_come_last() {
-        let c = VmConfig {
-            extra_cmdline: vec!["foo=bar".into()],
-            ..cfg()
-        };
-        assert!(kernel_cmdline(&c).ends_with(" foo=bar"));
-    }
-
-    #[test]
-    fn vsock_backend_serves_the_socket_qemu_uses() {
-        let p = plan(&cfg()).expect("plan");
-        assert_eq!(
-            p.vsock_backend.args,
-            [
-                "--guest-cid",
-                "3",
-                "--socket",
-                "/run/skiff/vm1/vhost-vsock.sock",
-                "--uds-path",
-                "/run/skiff/vm1/vsock.sock"
-            ]
-        );
-        assert_eq!(
-            p.ready_socket,
-            PathBuf::from("/run/skiff/vm1/vsock.sock_1025")
-        );
-    }
-
-    #[test]
-    fn out_of_range_sizes_are_rejected_with_the_allowed_range() {
-        let e = plan(&VmConfig {
-            memory_mib: 0,
-            ..cfg()
-        })
-        .unwrap_err();
-        assert!(e.to_string().contains("64 to"), "{e}");
-        let e = plan(&VmConfig { cpus: 0, ..cfg() }).unwrap_err();
-        assert!(e.to_string().contains("cpus"), "{e}");
-        let e = plan(&VmConfig {
-            extra_cmdline: vec!["a\"b".into()],
-            ..cfg()
-        })
-        .unwrap_err();
-        assert!(matches!(e, PlanError::BadKernelArg { .. }));
-    }
-}
+#[path = "plan_tests.rs"]
+mod tests;

@@ -125,6 +125,7 @@ fn bare_qemu_args(kernel: &Path, initrd: &Path, work: &Path) -> Vec<String> {
         vsock_binary: "unused".into(),
         console_log: None,
         net: None,
+        tap: None,
         vm_id: "bench".into(),
         drives: Vec::new(),
         shares: Vec::new(),

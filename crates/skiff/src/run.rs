@@ -215,6 +215,7 @@ pub async fn run<IO: RunIo>(req: RunRequest, io: &mut IO) -> Result<RunOutcome> 
         vsock_binary: paths::vsock_backend(),
         console_log: None,
         net: req.net.clone(),
+        tap: None,
         vm_id: vm_id.clone(),
         drives: Vec::new(),
         shares: req

@@ -217,6 +217,7 @@ impl Manager {
             vsock_binary: paths::vsock_backend(),
             console_log: Some(vm_dir.join("console.log")),
             net: super::support::user_net(spec),
+            tap: None,
             vm_id: rec.id.clone(),
             drives,
             shares: super::drives::shares(spec)?,
