@@ -67,12 +67,15 @@ pub fn ruleset(n: &NetworkRules) -> String {
                 bridge.push(format!("ip saddr {a} drop"));
             }
             Egress::Only(cidrs) => {
-                let allowed = if cidrs.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ip daddr != {{ {} }}", cidrs.join(", "))
-                };
-                forward.push(format!("iifname \"{br}\" ip saddr {a}{allowed} drop"));
+                // The VM's own network stays reachable: it is one L2
+                // segment, and with br_netfilter loaded bridged packets
+                // would meet this rule too.
+                let mut allowed = vec![n.subnet.to_string()];
+                allowed.extend(cidrs.iter().cloned());
+                forward.push(format!(
+                    "iifname \"{br}\" ip saddr {a} ip daddr != {{ {} }} drop",
+                    allowed.join(", ")
+                ));
             }
         }
     }
@@ -284,7 +287,7 @@ mod tests {
         ));
         assert!(r.contains("table bridge skiff-lan {\n  chain filter_forward {\n    type filter hook forward priority filter; policy accept;\n    ip saddr 10.88.0.3 drop\n"));
         assert!(r.contains(
-            "iifname \"skb-lan\" ip saddr 10.88.0.4 ip daddr != { 10.0.0.0/8, 192.0.2.7/32 } drop"
+            "iifname \"skb-lan\" ip saddr 10.88.0.4 ip daddr != { 10.88.0.0/24, 10.0.0.0/8, 192.0.2.7/32 } drop"
         ));
         assert!(removal("lan").contains("delete table bridge skiff-lan"));
     }

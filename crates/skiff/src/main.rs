@@ -1,6 +1,7 @@
 //! The `skiff` command line.
 
 mod cli_cp;
+mod cli_net;
 mod cli_vm;
 mod client;
 mod daemon;
@@ -106,6 +107,9 @@ enum Command {
     /// Manage named volumes.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Manage networks: bridges with NAT that VMs join (`mode = "bridge"`).
+    #[command(subcommand)]
+    Network(cli_net::NetworkCommand),
     /// Open an interactive shell (or COMMAND) on a terminal in a running VM.
     Shell {
         name: String,
@@ -464,6 +468,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Inspect { name } => cli_vm::inspect(&client(), &name).await,
         Command::Logs { name, follow } => cli_vm::logs(&client(), &name, follow).await,
         Command::Volume(v) => cli_vm::volume(&client(), v).await,
+        Command::Network(n) => cli_net::network(&client(), n).await,
         Command::Cp { src, dst } => cli_cp::cp(&client(), &src, &dst).await,
         Command::Shell { name, command } => cli_vm::shell(&client(), &name, command).await,
         Command::Exec(a) => {

@@ -31,7 +31,10 @@ impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> Self {
         let status = match &e {
             ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
-            ManagerError::Exists(_) | ManagerError::WrongState { .. } => StatusCode::CONFLICT,
+            ManagerError::Exists(_)
+            | ManagerError::WrongState { .. }
+            | ManagerError::Conflict(_) => StatusCode::CONFLICT,
+            ManagerError::Forbidden(_) => StatusCode::FORBIDDEN,
             ManagerError::InvalidSpec(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ManagerError::StartFailed { .. } | ManagerError::Agent { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -72,6 +75,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/volumes"),
     ("post", "/v1/volumes"),
     ("delete", "/v1/volumes/{name}"),
+    ("get", "/v1/networks"),
+    ("post", "/v1/networks"),
+    ("delete", "/v1/networks/{name}"),
+    ("post", "/v1/networks/prune"),
 ];
 
 pub fn router(manager: Arc<Manager>) -> Router {
@@ -96,6 +103,18 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route(
             "/v1/volumes/{name}",
             axum::routing::delete(super::volumes::remove),
+        )
+        .route(
+            "/v1/networks",
+            get(super::networks::list).post(super::networks::create),
+        )
+        .route(
+            "/v1/networks/prune",
+            axum::routing::post(super::networks::prune),
+        )
+        .route(
+            "/v1/networks/{name}",
+            axum::routing::delete(super::networks::remove),
         )
         .fallback(not_found)
         .layer(axum::middleware::map_response(add_version_header))

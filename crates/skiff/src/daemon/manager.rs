@@ -38,6 +38,12 @@ pub enum ManagerError {
     StartFailed { name: String, reason: String },
     #[error("cannot reach the agent of {name:?}: {reason}")]
     Agent { name: String, reason: String },
+    /// The daemon lacks a privilege (a capability) for this.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Conflicts with what exists (a taken address, an overlapping subnet).
+    #[error("{0}")]
+    Conflict(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -89,6 +95,8 @@ pub struct Manager {
     pub paths: DaemonPaths,
     /// One lock per VM name: lifecycle operations on one VM never overlap.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Port forwards of running VMs on managed networks, by VM name.
+    forwarders: Mutex<HashMap<String, super::forward::Forwarder>>,
 }
 
 pub(super) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -99,6 +107,7 @@ impl Manager {
             store,
             paths,
             locks: Mutex::new(HashMap::new()),
+            forwarders: Mutex::new(HashMap::new()),
         })
     }
 
@@ -134,6 +143,12 @@ impl Manager {
                 vm_dir.display()
             )));
         }
+        if let Err(e) = self.sync_leases(spec) {
+            let _ = self.release_vm(&spec.name);
+            let _ = self.store.delete(&spec.name);
+            let _ = std::fs::remove_dir_all(&vm_dir);
+            return Err(e);
+        }
         Ok(rec)
     }
 
@@ -159,6 +174,8 @@ impl Manager {
                     this.get(&name)
                 }
                 Err(reason) => {
+                    this.stop_forwards(&name);
+                    this.remove_tap(&rec.id).await;
                     this.store.set_state(
                         &name,
                         VmState::Exited,
@@ -217,7 +234,7 @@ impl Manager {
             vsock_binary: paths::vsock_backend(),
             console_log: Some(vm_dir.join("console.log")),
             net: super::support::user_net(spec),
-            tap: None,
+            tap: self.prepare_tap(rec).await?,
             vm_id: rec.id.clone(),
             drives,
             shares: super::drives::shares(spec)?,
@@ -227,6 +244,9 @@ impl Manager {
         let plan = skiff_vmm::plan(&cfg).map_err(|e| e.to_string())?;
         if let Some(net) = &cfg.net {
             net.check_host_ports()?;
+        }
+        if cfg.tap.is_some() {
+            self.start_forwards(rec)?;
         }
         let mut vm = skiff_vmm::launch_detached(&plan, &vm_dir)
             .await
@@ -356,11 +376,37 @@ impl Manager {
         }
         if let (Some(q), Some(v)) = (rec.qemu, rec.vsock) {
             kill_processes(q, v);
+            // The TAP is busy until QEMU is really gone.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while q.is_alive() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
         if let Some(run_dir) = &rec.run_dir {
             let _ = std::fs::remove_dir_all(run_dir);
         }
+        self.stop_forwards(&rec.name);
+        self.remove_tap(&rec.id).await;
         let _ = self.store.clear_processes(&rec.name);
+    }
+
+    /// Relay the spec's port forwards to the VM's address on its network.
+    fn start_forwards(&self, rec: &VmRecord) -> Result<(), String> {
+        if rec.spec.forward_ports.is_empty() {
+            return Ok(());
+        }
+        let addr = self
+            .bridge_address(&rec.name)
+            .ok_or_else(|| format!("VM {} has no address for its port forwards", rec.name))?;
+        let fw = super::forward::start(&rec.spec.forward_ports, addr)?;
+        let mut all = self.forwarders.lock().unwrap_or_else(|p| p.into_inner());
+        all.insert(rec.name.clone(), fw);
+        Ok(())
+    }
+
+    pub(super) fn stop_forwards(&self, name: &str) {
+        let mut all = self.forwarders.lock().unwrap_or_else(|p| p.into_inner());
+        all.remove(name);
     }
 
     pub async fn restart(self: &Arc<Self>, name: &str) -> Result<VmRecord, ManagerError> {
@@ -392,6 +438,7 @@ impl Manager {
             self.halt(&rec, Duration::from_secs(1)).await;
         }
         self.store.delete(name)?;
+        self.release_vm(name)?;
         let _ = std::fs::remove_dir_all(self.paths.vm_dir(name));
         if volumes {
             for v in &rec.spec.volumes {
@@ -453,6 +500,12 @@ impl Manager {
                 continue;
             }
             self.store.update_spec(&spec)?;
+            if let Err(e) = self.sync_leases(&spec) {
+                // Nothing half-applied: the old spec and its leases stay.
+                let _ = self.store.update_spec(&rec.spec);
+                let _ = self.sync_leases(&rec.spec);
+                return Err(e);
+            }
             let action = if rec.state.is_active() && spec.restart_if_changed {
                 self.restart(&name).await?;
                 "restarted"
@@ -476,6 +529,12 @@ impl Manager {
             if rec.state.is_active() {
                 match (rec.qemu, rec.vsock, &rec.run_dir) {
                     (Some(q), Some(v), Some(run_dir)) if q.is_alive() => {
+                        if let Err(e) = self.start_forwards(&rec) {
+                            eprintln!(
+                                "skiff daemon: {}: port forwards not restored: {e}",
+                                rec.name
+                            );
+                        }
                         self.store.set_state(
                             &rec.name,
                             VmState::Running,
@@ -498,6 +557,7 @@ impl Manager {
                         if let Some(d) = &rec.run_dir {
                             let _ = std::fs::remove_dir_all(d);
                         }
+                        self.remove_tap(&rec.id).await;
                         self.store.clear_processes(&rec.name)?;
                         self.store.set_state(
                             &rec.name,

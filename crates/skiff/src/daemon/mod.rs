@@ -4,8 +4,11 @@
 
 pub mod api;
 mod drives;
+mod forward;
 pub mod manager;
 mod monitor;
+pub mod netstore;
+pub mod networks;
 pub mod run_api;
 pub mod store;
 pub mod streams;

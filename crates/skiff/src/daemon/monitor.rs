@@ -71,6 +71,8 @@ impl Manager {
         };
         let _ = self.store.set_state(name, VmState::Exited, note);
         let _ = self.store.clear_processes(name);
+        self.stop_forwards(name);
+        self.remove_tap(&rec.id).await;
         let failed = matches!(exit, GuestExit::ServiceFailed | GuestExit::Crashed);
         let (restart, backoff, max_backoff) = match rec.spec.restart {
             RestartPolicy::No => (false, 0, 0),

@@ -11,7 +11,8 @@ use std::sync::{Mutex, MutexGuard};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how
 /// many ran. Never edit one that has shipped: add another.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE vms (
     name        TEXT PRIMARY KEY,
     id          TEXT NOT NULL UNIQUE,
@@ -29,7 +30,23 @@ CREATE TABLE vms (
     boots       INTEGER NOT NULL DEFAULT 0,
     restarts    INTEGER NOT NULL DEFAULT 0
 );
-"#];
+"#,
+    r#"
+CREATE TABLE networks (
+    name        TEXT PRIMARY KEY,
+    subnet      TEXT NOT NULL,
+    dns         TEXT,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE leases (
+    network     TEXT NOT NULL REFERENCES networks(name),
+    address     TEXT NOT NULL,
+    vm          TEXT NOT NULL,
+    PRIMARY KEY (network, address),
+    UNIQUE (network, vm)
+);
+"#,
+];
 
 /// Where a VM is in its life. Stored as its lowercase name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -158,7 +175,7 @@ impl Store {
         })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -3,36 +3,33 @@
 use super::manager::ManagerError;
 use skiff_spec::VmSpec;
 
-/// Spec features this daemon validates but cannot provide yet. Refusing
-/// them is better than running a VM that silently lacks its network,
-/// shares or volumes.
+/// Spec features this daemon validates but cannot provide. Refusing them
+/// is better than running a VM that silently lacks its network.
 pub fn check_supported(spec: &VmSpec) -> Result<(), ManagerError> {
     use skiff_spec::{Egress, NetMode};
     let mut missing = Vec::new();
-    if spec.network.iter().any(|n| n.mode == NetMode::Bridge) {
-        missing.push("bridge networking");
+    let nics = spec
+        .network
+        .iter()
+        .filter(|n| n.mode != NetMode::None)
+        .count();
+    if nics > 1 {
+        missing.push("more than one network interface");
     }
     if spec
         .network
         .iter()
-        .filter(|n| n.mode == NetMode::User)
-        .count()
-        > 1
+        .any(|n| n.mode == NetMode::User && matches!(n.egress, Egress::Cidrs(_)))
     {
-        missing.push("more than one user-mode interface");
-    }
-    if spec
-        .network
-        .iter()
-        .any(|n| matches!(n.egress, Egress::Cidrs(_)))
-    {
-        missing.push("egress limited to CIDRs");
+        missing.push(
+            "egress limited to CIDRs in user mode (use a managed network: mode = \"bridge\")",
+        );
     }
     if missing.is_empty() {
         return Ok(());
     }
     Err(ManagerError::InvalidSpec(format!(
-        "vm.{}: {} not supported by this version of the daemon yet; remove them from the spec",
+        "vm.{}: {} not supported by this version of the daemon; remove them from the spec",
         spec.name,
         missing.join(", ")
     )))
@@ -82,14 +79,19 @@ mod tests {
     #[test]
     fn features_not_built_yet_are_refused_by_name() {
         let specs = skiff_spec::parse_file(
-            "[vm.a]\nnetwork = [{ mode = \"bridge\", network = \"lan\", egress = [\"10.0.0.0/8\"] }]\n",
+            "[vm.a]\nnetwork = [{ mode = \"bridge\", network = \"lan\" }, { mode = \"user\", egress = [\"10.0.0.0/8\"] }]\n",
         )
         .expect("valid");
         let err = check_supported(&specs[0]).expect_err("refused").to_string();
         assert!(
-            err.contains("bridge networking, egress limited to CIDRs not supported"),
+            err.contains("more than one network interface, egress limited to CIDRs in user mode"),
             "{err}"
         );
+        let bridge = skiff_spec::parse_file(
+            "[vm.a]\nnetwork = [{ mode = \"bridge\", network = \"lan\", egress = [\"10.0.0.0/8\"] }]\n",
+        )
+        .expect("valid");
+        assert!(check_supported(&bridge[0]).is_ok());
         let user = skiff_spec::parse_file(
             "[vm.a]\nnetwork = [{ mode = \"user\", egress = \"none\" }]\nforward_ports = [\"8080:80\"]\n",
         )

@@ -10,6 +10,8 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// Runs the daemon through this command (e.g. `ip netns exec NS`).
+    wrapper: Vec<String>,
 }
 
 impl Daemon {
@@ -19,6 +21,12 @@ impl Daemon {
 
     /// Start with extra `skiff daemon` arguments.
     pub fn start_with(extra_args: &[String]) -> Daemon {
+        Daemon::start_wrapped(extra_args, &[])
+    }
+
+    /// Start through `wrapper`, a command that runs the rest of its
+    /// arguments (`ip netns exec NS`, `setpriv ... --`).
+    pub fn start_wrapped(extra_args: &[String], wrapper: &[String]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("skiff-d")
             .tempdir()
@@ -27,6 +35,7 @@ impl Daemon {
             dir,
             child: None,
             extra_args: extra_args.to_vec(),
+            wrapper: wrapper.to_vec(),
         };
         d.spawn();
         d
@@ -52,9 +61,21 @@ impl Daemon {
 
     /// (Re)start the daemon process and wait for its socket to answer.
     pub fn spawn(&mut self) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
+        let skiff = env!("CARGO_BIN_EXE_skiff");
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(skiff);
+                c
+            }
+            None => Command::new(skiff),
+        };
         self.env(&mut cmd);
-        let log = std::fs::File::create(self.dir.path().join("daemon.log")).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .expect("log");
         cmd.arg("daemon")
             .args(&self.extra_args)
             .stdin(Stdio::null())

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test file uses a different part of this fixture
 
 pub mod daemon;
+pub mod netns;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

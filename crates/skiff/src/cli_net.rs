@@ -1,0 +1,140 @@
+//! `skiff network create/ls/rm/prune`, through the daemon's API.
+
+use crate::client::Client;
+use anyhow::Result;
+use clap::Subcommand;
+use hyper::Method;
+use serde_json::{json, Value};
+
+#[derive(Subcommand)]
+pub enum NetworkCommand {
+    /// Create a network: a bridge with the subnet's first address, NAT for
+    /// egress, and an address pool for its VMs. Needs CAP_NET_ADMIN.
+    Create {
+        name: String,
+        /// The subnet, like 10.88.0.0/24.
+        #[arg(long)]
+        subnet: String,
+        /// Name server for its VMs (default: the host's first one).
+        #[arg(long)]
+        dns: Option<String>,
+    },
+    /// List networks with their VMs' addresses.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove networks (refused while a VM has an address on one).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove bridges, TAPs, rules and leases left by crashed runs.
+    Prune {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn network(c: &Client, cmd: NetworkCommand) -> Result<i32> {
+    match cmd {
+        NetworkCommand::Create { name, subnet, dns } => {
+            let body = c
+                .call(
+                    Method::POST,
+                    "/v1/networks",
+                    Some(json!({ "name": name, "subnet": subnet, "dns": dns })),
+                )
+                .await?;
+            let v: Value = serde_json::from_slice(&body)?;
+            println!(
+                "created network {name}: {} on bridge {}, gateway {}",
+                v["subnet"].as_str().unwrap_or("?"),
+                v["bridge"].as_str().unwrap_or("?"),
+                v["gateway"].as_str().unwrap_or("?")
+            );
+            Ok(0)
+        }
+        NetworkCommand::Ls { json } => {
+            let body = c.call(Method::GET, "/v1/networks", None).await?;
+            let v: Value = serde_json::from_slice(&body)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(0);
+            }
+            println!(
+                "{:<12} {:<18} {:<15} {:<15} VMS",
+                "NAME", "SUBNET", "GATEWAY", "BRIDGE"
+            );
+            for n in v.as_array().into_iter().flatten() {
+                let vms: Vec<String> = n["leases"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|l| {
+                        format!(
+                            "{} ({})",
+                            l["vm"].as_str().unwrap_or("?"),
+                            l["address"].as_str().unwrap_or("?")
+                        )
+                    })
+                    .collect();
+                println!(
+                    "{:<12} {:<18} {:<15} {:<15} {}",
+                    n["name"].as_str().unwrap_or("?"),
+                    n["subnet"].as_str().unwrap_or("?"),
+                    n["gateway"].as_str().unwrap_or("?"),
+                    n["bridge"].as_str().unwrap_or("?"),
+                    vms.join(", ")
+                );
+            }
+            Ok(0)
+        }
+        NetworkCommand::Rm { names } => {
+            let mut code = 0;
+            for name in names {
+                match c
+                    .call(Method::DELETE, &format!("/v1/networks/{name}"), None)
+                    .await
+                {
+                    Ok(_) => println!("removed network {name}"),
+                    Err(e) => {
+                        eprintln!("skiff: error: {e:#}");
+                        code = 1;
+                    }
+                }
+            }
+            Ok(code)
+        }
+        NetworkCommand::Prune { json } => {
+            let body = c.call(Method::POST, "/v1/networks/prune", None).await?;
+            let v: Value = serde_json::from_slice(&body)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(0);
+            }
+            let list = |k: &str| -> Vec<String> {
+                v[k].as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            };
+            let (links, tables) = (list("links"), list("tables"));
+            if links.is_empty() && tables.is_empty() && v["leases"].as_u64() == Some(0) {
+                println!("nothing to prune");
+            }
+            for l in links {
+                println!("removed link {l}");
+            }
+            for t in tables {
+                println!("removed nftables table {t}");
+            }
+            if let Some(n) = v["leases"].as_u64().filter(|n| *n > 0) {
+                println!("released {n} leases of VMs that no longer exist");
+            }
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,378 @@
+//! Managed networks: `GET/POST /v1/networks`, `DELETE /v1/networks/{name}`,
+//! `POST /v1/networks/prune`, and the wiring of a VM's interface (lease,
+//! TAP on the bridge, nftables rules) when it is created, booted and removed.
+
+use super::api::ApiError;
+use super::manager::{error_chain, Manager, ManagerError};
+use super::netstore::{LeaseError, NetworkRecord};
+use super::store::VmRecord;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use skiff_net::link::Netlink;
+use skiff_net::nft::{self, Egress, NetworkRules, VmRule};
+use skiff_net::{NetError, Subnet};
+use skiff_spec::{NetMode, VmSpec};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+impl From<NetError> for ManagerError {
+    fn from(e: NetError) -> Self {
+        match e {
+            NetError::Permission { .. } => ManagerError::Forbidden(e.to_string()),
+            NetError::BadSubnet { .. }
+            | NetError::BadName { .. }
+            | NetError::AddressOutside { .. }
+            | NetError::AddressReserved { .. } => ManagerError::InvalidSpec(e.to_string()),
+            NetError::PoolExhausted { .. } => ManagerError::Conflict(e.to_string()),
+            other => ManagerError::Internal(error_chain(&other)),
+        }
+    }
+}
+
+impl From<LeaseError> for ManagerError {
+    fn from(e: LeaseError) -> Self {
+        match e {
+            LeaseError::NoNetwork(_) => ManagerError::InvalidSpec(e.to_string()),
+            LeaseError::Taken { .. } => ManagerError::Conflict(e.to_string()),
+            LeaseError::Net(n) => n.into(),
+            LeaseError::Store(s) => s.into(),
+        }
+    }
+}
+
+/// The managed networks a spec joins, with the fixed address if any.
+fn bridge_nics(spec: &VmSpec) -> Vec<(&str, Option<Ipv4Addr>)> {
+    spec.network
+        .iter()
+        .filter(|n| n.mode == NetMode::Bridge)
+        .filter_map(|n| Some((n.network.as_deref()?, n.address)))
+        .collect()
+}
+
+fn egress_of(spec: &VmSpec, network: &str) -> Egress {
+    let nic = spec
+        .network
+        .iter()
+        .find(|n| n.mode == NetMode::Bridge && n.network.as_deref() == Some(network));
+    match nic.map(|n| &n.egress) {
+        Some(skiff_spec::Egress::None) => Egress::None,
+        Some(skiff_spec::Egress::Cidrs(c)) => Egress::Only(c.clone()),
+        Some(skiff_spec::Egress::All) | None => Egress::All,
+    }
+}
+
+/// The first IPv4 name server of the host that a guest can reach (not a
+/// loopback one such as systemd-resolved's stub).
+fn host_dns() -> Option<Ipv4Addr> {
+    let conf = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+    conf.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<Ipv4Addr>().ok())
+        .find(|a| !a.is_loopback())
+}
+
+fn enable_ip_forwarding() -> Result<(), NetError> {
+    let path = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(path, "1").map_err(|source| NetError::Io {
+        what: format!("enable IPv4 forwarding ({path}) for NAT"),
+        source,
+    })
+}
+
+impl Manager {
+    pub async fn create_network(
+        &self,
+        name: &str,
+        subnet: &str,
+        dns: Option<&str>,
+    ) -> Result<NetworkRecord, ManagerError> {
+        skiff_net::check_network_name(name)?;
+        let subnet: Subnet = subnet.parse()?;
+        let dns = match dns {
+            Some(d) => Some(d.parse::<Ipv4Addr>().map_err(|_| {
+                ManagerError::InvalidSpec(format!("dns: {d:?} is not an IPv4 address"))
+            })?),
+            None => host_dns(),
+        };
+        let existing = self.store.networks()?;
+        if existing.iter().any(|n| n.name == name) {
+            return Err(ManagerError::Exists(format!("network {name}")));
+        }
+        if let Some(other) = existing.iter().find(|n| n.subnet.overlaps(&subnet)) {
+            return Err(ManagerError::Conflict(format!(
+                "{subnet} overlaps network {:?} ({}); choose a subnet that does not",
+                other.name, other.subnet
+            )));
+        }
+        skiff_net::require_net_admin(&format!("creating network {name}"))?;
+        self.store.insert_network(name, subnet, dns)?;
+        let bridge = skiff_net::bridge_name(name);
+        let made = async {
+            let nl = Netlink::connect()?;
+            if nl.index_of(&bridge).await?.is_some() {
+                return Err(NetError::Io {
+                    what: format!("create bridge {bridge}"),
+                    source: std::io::Error::other(
+                        "a link of that name already exists (a leftover? `skiff network prune` removes those)",
+                    ),
+                });
+            }
+            nl.create_bridge(&bridge, subnet.gateway(), subnet.prefix())
+                .await?;
+            let wired = match enable_ip_forwarding() {
+                Ok(()) => self.refresh_rules(name),
+                Err(e) => Err(e.into()),
+            };
+            if let Err(e) = wired {
+                let _ = nl.delete_link(&bridge).await;
+                let _ = nft::apply(&nft::removal(name), "remove the rules of a failed network");
+                return Err(NetError::Io {
+                    what: format!("set up network {name}"),
+                    source: std::io::Error::other(e.to_string()),
+                });
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = made {
+            let _ = self.store.delete_network(name);
+            return Err(e.into());
+        }
+        self.store
+            .network(name)?
+            .ok_or_else(|| ManagerError::Internal(format!("network {name} vanished")))
+    }
+
+    pub async fn remove_network(&self, name: &str) -> Result<(), ManagerError> {
+        let Some(net) = self.store.network(name)? else {
+            return Err(ManagerError::NotFound(format!("network {name}")));
+        };
+        if !net.leases.is_empty() {
+            let vms: Vec<&str> = net.leases.iter().map(|l| l.vm.as_str()).collect();
+            return Err(ManagerError::Conflict(format!(
+                "network {name:?} is used by {}; remove them first (skiff rm NAME)",
+                vms.join(", ")
+            )));
+        }
+        skiff_net::require_net_admin(&format!("removing network {name}"))?;
+        let nl = Netlink::connect()?;
+        nl.delete_link(&net.bridge).await?;
+        nft::apply(&nft::removal(name), &format!("remove the rules of {name}"))?;
+        self.store.delete_network(name)?;
+        Ok(())
+    }
+
+    /// Remove what crashed runs left: bridges, TAPs and rule tables of no
+    /// known network or running VM, and leases of VMs that are gone.
+    pub async fn prune_networks(&self) -> Result<PruneReport, ManagerError> {
+        let mut report = PruneReport {
+            leases: self.store.drop_orphan_leases()?,
+            ..PruneReport::default()
+        };
+        skiff_net::require_net_admin("pruning networks")?;
+        let known: Vec<String> = self.store.networks()?.into_iter().map(|n| n.name).collect();
+        let vms = self.store.list()?;
+        let nl = Netlink::connect()?;
+        for bridge in nl.links_with_prefix(skiff_net::BRIDGE_PREFIX).await? {
+            let net = &bridge[skiff_net::BRIDGE_PREFIX.len()..];
+            if !known.iter().any(|k| k == net) && nl.delete_link(&bridge).await? {
+                report.links.push(bridge);
+            }
+        }
+        for tap in nl.links_with_prefix(skiff_net::TAP_PREFIX).await? {
+            let in_use = vms
+                .iter()
+                .any(|v| skiff_net::tap_name(&v.id) == tap && v.qemu.is_some_and(|q| q.is_alive()));
+            if !in_use && nl.delete_link(&tap).await? {
+                report.links.push(tap);
+            }
+        }
+        for net in nft::networks_with_tables()? {
+            if !known.contains(&net) {
+                nft::apply(&nft::removal(&net), "remove leftover rules")?;
+                report.tables.push(nft::table_name(&net));
+            }
+        }
+        Ok(report)
+    }
+
+    /// Rewrite a network's rules from its leases and its VMs' specs.
+    pub(super) fn refresh_rules(&self, network: &str) -> Result<(), ManagerError> {
+        let Some(net) = self.store.network(network)? else {
+            return Ok(());
+        };
+        let vms = self.store.list()?;
+        let rules = NetworkRules {
+            name: net.name.clone(),
+            subnet: net.subnet,
+            vms: net
+                .leases
+                .iter()
+                .map(|l| VmRule {
+                    address: l.address,
+                    egress: vms
+                        .iter()
+                        .find(|v| v.name == l.vm)
+                        .map_or(Egress::None, |v| egress_of(&v.spec, network)),
+                })
+                .collect(),
+        };
+        nft::apply(
+            &nft::ruleset(&rules),
+            &format!("update the rules of {network}"),
+        )?;
+        Ok(())
+    }
+
+    /// Take (or keep) the leases a spec needs and release the others, then
+    /// update the rules of every network concerned.
+    pub(super) fn sync_leases(&self, spec: &VmSpec) -> Result<(), ManagerError> {
+        let nics = bridge_nics(spec);
+        let before: Vec<String> = self
+            .store
+            .leases()?
+            .into_iter()
+            .filter(|l| l.vm == spec.name)
+            .map(|l| l.network)
+            .collect();
+        if nics.is_empty() && before.is_empty() {
+            return Ok(());
+        }
+        for (network, fixed) in &nics {
+            self.store.lease(&spec.name, network, *fixed)?;
+        }
+        if !nics.is_empty() {
+            // After leasing, so that a missing network is named first; the
+            // caller releases the leases when this fails.
+            skiff_net::require_net_admin("a VM on a managed network")?;
+        }
+        let keep: Vec<&str> = nics.iter().map(|(n, _)| *n).collect();
+        self.store.release_leases(&spec.name, &keep)?;
+        let mut touched: Vec<&str> = keep.clone();
+        touched.extend(before.iter().map(String::as_str));
+        touched.sort_unstable();
+        touched.dedup();
+        for network in touched {
+            self.refresh_rules(network)?;
+        }
+        Ok(())
+    }
+
+    /// Give back all leases of a VM that is being removed.
+    pub(super) fn release_vm(&self, name: &str) -> Result<(), ManagerError> {
+        let networks: Vec<String> = self
+            .store
+            .leases()?
+            .into_iter()
+            .filter(|l| l.vm == name)
+            .map(|l| l.network)
+            .collect();
+        self.store.release_leases(name, &[])?;
+        for n in networks {
+            self.refresh_rules(&n)?;
+        }
+        Ok(())
+    }
+
+    /// Create the VM's TAP on its network's bridge; the NIC for its plan.
+    pub(super) async fn prepare_tap(
+        &self,
+        rec: &VmRecord,
+    ) -> Result<Option<skiff_vmm::TapNic>, String> {
+        let Some((network, _)) = bridge_nics(&rec.spec).into_iter().next() else {
+            return Ok(None);
+        };
+        let net = self
+            .store
+            .network(network)
+            .map_err(|e| error_chain(&e))?
+            .ok_or_else(|| format!("network {network:?} no longer exists; create it again"))?;
+        let lease = net
+            .leases
+            .iter()
+            .find(|l| l.vm == rec.name)
+            .ok_or_else(|| format!("VM {} has no address on {network}", rec.name))?;
+        let tap = skiff_net::tap_name(&rec.id);
+        let wired = async {
+            let nl = Netlink::connect()?;
+            // A TAP of an earlier boot that nobody removed (daemon killed).
+            nl.delete_link(&tap).await?;
+            skiff_net::link::create_tap(&tap)?;
+            if let Err(e) = nl.attach(&tap, &net.bridge).await {
+                let _ = nl.delete_link(&tap).await;
+                return Err(e);
+            }
+            Ok::<(), NetError>(())
+        }
+        .await;
+        wired.map_err(|e| error_chain(&e))?;
+        Ok(Some(skiff_vmm::TapNic {
+            ifname: tap,
+            address: format!("{}/{}", lease.address, net.subnet.prefix()),
+            gateway: net.gateway.to_string(),
+            dns: net.dns.map(|d| d.to_string()),
+        }))
+    }
+
+    /// Remove a VM's TAP (after its QEMU is gone).
+    pub(super) async fn remove_tap(&self, vm_id: &str) {
+        if let Ok(nl) = Netlink::connect() {
+            let _ = nl.delete_link(&skiff_net::tap_name(vm_id)).await;
+        }
+    }
+
+    /// The guest address of a VM on its managed network, if it has one.
+    pub fn bridge_address(&self, name: &str) -> Option<Ipv4Addr> {
+        let leases = self.store.leases().ok()?;
+        leases.into_iter().find(|l| l.vm == name).map(|l| l.address)
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct PruneReport {
+    pub links: Vec<String>,
+    pub tables: Vec<String>,
+    pub leases: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNetwork {
+    pub name: String,
+    /// Like "10.88.0.0/24".
+    pub subnet: String,
+    /// The name server given to VMs; default: the host's first one.
+    #[serde(default)]
+    pub dns: Option<String>,
+}
+
+pub async fn list(State(m): State<Arc<Manager>>) -> Result<Json<Vec<NetworkRecord>>, ApiError> {
+    Ok(Json(m.store.networks().map_err(ManagerError::from)?))
+}
+
+pub async fn create(
+    State(m): State<Arc<Manager>>,
+    Json(body): Json<CreateNetwork>,
+) -> Result<(StatusCode, Json<NetworkRecord>), ApiError> {
+    let net = m
+        .create_network(&body.name, &body.subnet, body.dns.as_deref())
+        .await?;
+    Ok((StatusCode::CREATED, Json(net)))
+}
+
+pub async fn remove(
+    State(m): State<Arc<Manager>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    m.remove_network(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn prune(State(m): State<Arc<Manager>>) -> Result<Json<PruneReport>, ApiError> {
+    Ok(Json(m.prune_networks().await?))
+}
