@@ -235,9 +235,11 @@ struct RunArgs {
     /// Virtual CPUs.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=255))]
     cpus: u32,
-    /// Network: none (no device at all) or user (QEMU user-mode NAT, no
-    /// privileges needed). Default: none, or user when -p is given.
-    #[arg(long, value_parser = ["none", "user"])]
+    /// Network: none (no device at all), user (QEMU user-mode NAT, no
+    /// privileges needed), or the name of a network made with `skiff
+    /// network create` (through the daemon). Default: none, or user when -p
+    /// is given.
+    #[arg(long)]
     net: Option<String>,
     /// Boot into this host directory as the root filesystem (writes go to
     /// an overlay in guest memory unless --rootfs-rw).
@@ -484,8 +486,15 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Run(a) if !a.standalone && a.timings.is_none() => run_via_daemon(a).await,
         Command::Run(a) => {
-            let net = daemon::run_api::run_network(a.net.as_deref(), &a.publish)
-                .map_err(anyhow::Error::msg)?;
+            let net = match daemon::run_api::run_network(a.net.as_deref(), &a.publish)
+                .map_err(anyhow::Error::msg)?
+            {
+                daemon::run_api::RunNet::None => None,
+                daemon::run_api::RunNet::User(u) => Some(u),
+                daemon::run_api::RunNet::Managed { network, .. } => anyhow::bail!(
+                    "--net {network}: managed networks are run by the daemon; drop --standalone"
+                ),
+            };
             let req = run::RunRequest {
                 rootfs: rootfs_arg(&a.rootfs, a.rootfs_rw, &a.image)?.map(|r| skiff_vmm::RootFs {
                     source: r.source,
@@ -493,6 +502,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 }),
                 shares: a.volume,
                 net,
+                tap: None,
                 argv: a.command,
                 cpus: a.cpus,
                 memory_mib: a.memory,

@@ -27,6 +27,8 @@ pub struct RunRequest {
     pub quiet: bool,
     /// User-mode networking with these forwards; `None`: no network.
     pub net: Option<skiff_vmm::UserNet>,
+    /// A NIC on a managed network (the daemon prepared its TAP).
+    pub tap: Option<skiff_vmm::TapNic>,
     /// Host directories shared into the guest.
     pub shares: Vec<RunShare>,
     /// Boot into this host directory instead of the default image.
@@ -215,7 +217,7 @@ pub async fn run<IO: RunIo>(req: RunRequest, io: &mut IO) -> Result<RunOutcome> 
         vsock_binary: paths::vsock_backend(),
         console_log: None,
         net: req.net.clone(),
-        tap: None,
+        tap: req.tap.clone(),
         vm_id: vm_id.clone(),
         drives: Vec::new(),
         shares: req

@@ -217,6 +217,26 @@ network = {{ mode = "bridge", network = "lan", egress = ["198.51.100.0/24"] }}
         .1;
     assert_eq!(late_addr, "10.90.1.5");
 
+    // `skiff run` on a network: a lease and a TAP for the run only.
+    let run = d.cli(&[
+        "run", "--net", "lan", "--", "timeout", "5", "wget", "-q", "-O", "-", &web,
+    ]);
+    assert_eq!(stdout(&run).trim(), "web", "{}", stderr(&run));
+    assert_eq!(run.status.code(), Some(0));
+    assert!(!leases(&d).iter().any(|(vm, _)| vm.starts_with("run-")));
+    let taps = host
+        .links()
+        .iter()
+        .filter(|l| l.starts_with("skt-"))
+        .count();
+    assert_eq!(taps, 5, "one TAP per running VM, none left by the run");
+    let standalone = d.cli(&["run", "--standalone", "--net", "lan", "--", "true"]);
+    assert!(
+        stderr(&standalone).contains("drop --standalone"),
+        "{}",
+        stderr(&standalone)
+    );
+
     // A network with VMs cannot go; after rm, nothing of skiff remains.
     let busy = d.cli(&["network", "rm", "lan"]);
     assert!(stderr(&busy).contains("is used by"), "{}", stderr(&busy));

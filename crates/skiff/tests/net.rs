@@ -201,7 +201,7 @@ fn egress_none_cuts_the_guest_off_but_keeps_its_forwards() {
 }
 
 #[test]
-fn bridge_networking_is_refused_until_it_exists() {
+fn a_spec_on_a_missing_network_or_with_two_nics_is_refused_whole() {
     let d = Daemon::start();
     let spec = d.write_spec(
         "br.toml",
@@ -210,9 +210,20 @@ fn bridge_networking_is_refused_until_it_exists() {
     let out = d.cli(&["create", "-f", spec.to_str().expect("utf8")]);
     assert_eq!(out.status.code(), Some(125));
     assert!(
-        stderr(&out).contains("bridge networking not supported by this version of the daemon yet"),
+        stderr(&out).contains("no network named \"lan\"; create it with `skiff network create lan"),
+        "{}",
+        stderr(&out)
+    );
+    let two = d.write_spec(
+        "two.toml",
+        "[vm.two]\nnetwork = [{ mode = \"user\" }, { mode = \"bridge\", network = \"lan\" }]\n",
+    );
+    let out = d.cli(&["create", "-f", two.to_str().expect("utf8")]);
+    assert!(
+        stderr(&out).contains("more than one network interface not supported"),
         "{}",
         stderr(&out)
     );
     assert_eq!(d.ok(&["ls", "--json"]).trim(), "[]", "nothing created");
+    assert!(d.ok(&["network", "ls", "--json"]).trim() == "[]");
 }

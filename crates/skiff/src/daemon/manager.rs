@@ -524,6 +524,9 @@ impl Manager {
     /// After a daemon (re)start: take back VMs whose QEMU still runs, report
     /// those that died meanwhile, and start the autostart ones.
     pub async fn adopt_and_autostart(self: &Arc<Self>) -> Result<(), ManagerError> {
+        if let Err(e) = self.drop_run_leases().await {
+            eprintln!("skiff daemon: cannot release the leases of earlier runs: {e}");
+        }
         for rec in self.store.list()? {
             let mut state = rec.state;
             if rec.state.is_active() {

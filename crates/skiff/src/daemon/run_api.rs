@@ -64,28 +64,41 @@ pub struct RunRootFs {
     pub writable: bool,
 }
 
+/// The network a run asked for.
+pub enum RunNet {
+    None,
+    User(skiff_vmm::UserNet),
+    /// A network made with `skiff network create` (only through the daemon).
+    Managed {
+        network: String,
+        forwards: Vec<skiff_spec::PortForward>,
+    },
+}
+
 /// The network a run asked for, or why it cannot have it.
-pub fn run_network(
-    net: Option<&str>,
-    publish: &[String],
-) -> Result<Option<skiff_vmm::UserNet>, String> {
+pub fn run_network(net: Option<&str>, publish: &[String]) -> Result<RunNet, String> {
     let forwards = publish
         .iter()
         .map(|p| skiff_spec::parse_forward(p))
         .collect::<Result<Vec<_>, _>>()?;
     match net {
-        None if forwards.is_empty() => Ok(None),
-        None | Some("user") => Ok(Some(super::support::usernet_with(&forwards))),
-        Some("none") if forwards.is_empty() => Ok(None),
-        Some("none") => Err("port forwards need a network; use --net user".into()),
-        Some("bridge") => {
-            Err("bridge networking is not available yet; use --net user or none".into())
-        }
-        Some(other) => Err(format!("unknown network mode {other:?}; use none or user")),
+        None if forwards.is_empty() => Ok(RunNet::None),
+        None | Some("user") => Ok(RunNet::User(super::support::usernet_with(&forwards))),
+        Some("none") if forwards.is_empty() => Ok(RunNet::None),
+        Some("none") => Err("port forwards need a network; use --net user or a network's name".into()),
+        Some(name) => match skiff_net::check_network_name(name) {
+            Ok(()) => Ok(RunNet::Managed {
+                network: name.to_owned(),
+                forwards,
+            }),
+            Err(_) => Err(format!(
+                "unknown network {name:?}; use none, user, or the name of a network (skiff network ls)"
+            )),
+        },
     }
 }
 
-pub async fn run(State(_m): State<Arc<Manager>>, req: Request) -> Result<Response, ApiError> {
+pub async fn run(State(m): State<Arc<Manager>>, req: Request) -> Result<Response, ApiError> {
     let (on_upgrade, body): (_, RunBody) = upgrade_request(req, "run").await?;
     if body.argv.is_empty() {
         return Err(api_error(
@@ -100,6 +113,13 @@ pub async fn run(State(_m): State<Arc<Manager>>, req: Request) -> Result<Respons
     let forward_stdin = body.stdin;
     let net = run_network(body.net.as_deref(), &body.publish)
         .map_err(|e| api_error(StatusCode::BAD_REQUEST, e))?;
+    let (net, managed) = match net {
+        RunNet::None => (None, None),
+        RunNet::User(u) => (Some(u), None),
+        RunNet::Managed { network, forwards } => {
+            (None, Some(m.run_nic(&network, &forwards).await?))
+        }
+    };
     for share in &body.shares {
         if !share.source.is_absolute() || !share.source.is_dir() || !share.target.starts_with('/') {
             return Err(api_error(StatusCode::BAD_REQUEST, format!("share {} -> {} is not an existing absolute directory and an absolute guest path", share.source.display(), share.target)));
@@ -123,6 +143,7 @@ pub async fn run(State(_m): State<Arc<Manager>>, req: Request) -> Result<Respons
         }),
         shares: body.shares,
         net,
+        tap: managed.as_ref().map(|r| r.nic.clone()),
         argv: body.argv,
         cpus: body.cpus,
         memory_mib: body.memory_mib,
@@ -154,6 +175,9 @@ pub async fn run(State(_m): State<Arc<Manager>>, req: Request) -> Result<Respons
             Err(e) => {
                 let _ = frames::send(&mut io.writer, &Message::Error(format!("{e:#}"))).await;
             }
+        }
+        if let Some(nic) = managed {
+            m.release_run_nic(nic).await;
         }
     });
     Ok(switching_protocols())
