@@ -2,6 +2,8 @@
 
 mod cli_cp;
 mod cli_net;
+mod cli_parse;
+use cli_parse::{parse_env, parse_publish, parse_share};
 mod cli_vm;
 mod client;
 mod daemon;
@@ -316,47 +318,6 @@ fn rootfs_arg(
         anyhow::bail!("--rootfs {} is not an existing directory", source.display());
     }
     Ok(Some(daemon::run_api::RunRootFs { source, writable }))
-}
-
-fn parse_share(s: &str) -> Result<run::RunShare, String> {
-    let usage = || format!("{s:?} is not HOST_DIR:GUEST_PATH[:ro] (example: -v ./src:/work:ro)");
-    let (rest, readonly) = match s.strip_suffix(":ro") {
-        Some(r) => (r, true),
-        None => (s.strip_suffix(":rw").unwrap_or(s), false),
-    };
-    let (host, guest) = rest.rsplit_once(':').ok_or_else(usage)?;
-    if host.is_empty()
-        || !guest.starts_with('/')
-        || guest.contains(char::is_whitespace)
-        || guest.contains('@')
-    {
-        return Err(usage());
-    }
-    let source = std::path::absolute(host).map_err(|e| format!("{host}: {e}"))?;
-    if !source.is_dir() {
-        return Err(format!("{} is not an existing directory", source.display()));
-    }
-    Ok(run::RunShare {
-        source,
-        target: guest.to_owned(),
-        readonly,
-    })
-}
-
-fn parse_publish(s: &str) -> Result<String, String> {
-    skiff_spec::parse_forward(s).map(|_| s.to_owned())
-}
-
-fn parse_env(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?} is not KEY=VALUE (example: --env LANG=C.UTF-8)"))?;
-    if k.is_empty() || k.contains('\0') || v.contains('\0') {
-        return Err(format!(
-            "{s:?}: the name must be non-empty and neither part may contain NUL"
-        ));
-    }
-    Ok((k.to_owned(), v.to_owned()))
 }
 
 /// `skiff run` through the daemon (starting one if none answers): the VM

@@ -257,6 +257,34 @@ fn config_drive(rec: &VmRecord, vm_dir: &Path) -> Result<Drive> {
     })
 }
 
+/// The root filesystem a spec asks for: a host directory, or a built image.
+pub fn rootfs_of(spec: &skiff_spec::VmSpec) -> Result<Option<skiff_vmm::RootFs>, String> {
+    if let Some(r) = &spec.rootfs {
+        if !r.path.is_dir() {
+            return Err(format!(
+                "rootfs {} is not an existing directory",
+                r.path.display()
+            ));
+        }
+        return Ok(Some(skiff_vmm::RootFs {
+            source: r.path.clone(),
+            writable: r.writable,
+        }));
+    }
+    match &spec.image {
+        None => Ok(None),
+        Some(name) => {
+            let cache = crate::paths::cache_dir().map_err(|e| format!("{e:#}"))?;
+            let info = skiff_image::find_image(&cache, name)
+                .ok_or_else(|| format!("no image named {name:?}; build one with `skiff image build -f images/{name}.toml`"))?;
+            Ok(Some(skiff_vmm::RootFs {
+                source: info.root,
+                writable: false,
+            }))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::volume_label;

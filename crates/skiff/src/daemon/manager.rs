@@ -96,7 +96,7 @@ pub struct Manager {
     /// One lock per VM name: lifecycle operations on one VM never overlap.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Port forwards of running VMs on managed networks, by VM name.
-    forwarders: Mutex<HashMap<String, super::forward::Forwarder>>,
+    pub(super) forwarders: Mutex<HashMap<String, super::forward::Forwarder>>,
 }
 
 pub(super) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -239,7 +239,7 @@ impl Manager {
             drives,
             shares: super::drives::shares(spec)?,
             virtiofsd_binary: paths::helper("virtiofsd", "SKIFF_VIRTIOFSD"),
-            rootfs: rootfs_of(spec)?,
+            rootfs: super::drives::rootfs_of(spec)?,
         };
         let plan = skiff_vmm::plan(&cfg).map_err(|e| e.to_string())?;
         if let Some(net) = &cfg.net {
@@ -388,25 +388,6 @@ impl Manager {
         self.stop_forwards(&rec.name);
         self.remove_tap(&rec.id).await;
         let _ = self.store.clear_processes(&rec.name);
-    }
-
-    /// Relay the spec's port forwards to the VM's address on its network.
-    fn start_forwards(&self, rec: &VmRecord) -> Result<(), String> {
-        if rec.spec.forward_ports.is_empty() {
-            return Ok(());
-        }
-        let addr = self
-            .bridge_address(&rec.name)
-            .ok_or_else(|| format!("VM {} has no address for its port forwards", rec.name))?;
-        let fw = super::forward::start(&rec.spec.forward_ports, addr)?;
-        let mut all = self.forwarders.lock().unwrap_or_else(|p| p.into_inner());
-        all.insert(rec.name.clone(), fw);
-        Ok(())
-    }
-
-    pub(super) fn stop_forwards(&self, name: &str) {
-        let mut all = self.forwarders.lock().unwrap_or_else(|p| p.into_inner());
-        all.remove(name);
     }
 
     pub async fn restart(self: &Arc<Self>, name: &str) -> Result<VmRecord, ManagerError> {
@@ -582,34 +563,6 @@ impl Manager {
             }
         }
         Ok(())
-    }
-}
-
-/// The root filesystem a spec asks for: a host directory, or a built image.
-fn rootfs_of(spec: &VmSpec) -> Result<Option<skiff_vmm::RootFs>, String> {
-    if let Some(r) = &spec.rootfs {
-        if !r.path.is_dir() {
-            return Err(format!(
-                "rootfs {} is not an existing directory",
-                r.path.display()
-            ));
-        }
-        return Ok(Some(skiff_vmm::RootFs {
-            source: r.path.clone(),
-            writable: r.writable,
-        }));
-    }
-    match &spec.image {
-        None => Ok(None),
-        Some(name) => {
-            let cache = paths::cache_dir().map_err(|e| format!("{e:#}"))?;
-            let info = skiff_image::find_image(&cache, name)
-                .ok_or_else(|| format!("no image named {name:?}; build one with `skiff image build -f images/{name}.toml`"))?;
-            Ok(Some(skiff_vmm::RootFs {
-                source: info.root,
-                writable: false,
-            }))
-        }
     }
 }
 

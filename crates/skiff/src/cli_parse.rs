@@ -1,0 +1,44 @@
+//! Parsers for command-line values (`-v`, `-p`, `-e`).
+
+use crate::run;
+
+pub fn parse_share(s: &str) -> Result<run::RunShare, String> {
+    let usage = || format!("{s:?} is not HOST_DIR:GUEST_PATH[:ro] (example: -v ./src:/work:ro)");
+    let (rest, readonly) = match s.strip_suffix(":ro") {
+        Some(r) => (r, true),
+        None => (s.strip_suffix(":rw").unwrap_or(s), false),
+    };
+    let (host, guest) = rest.rsplit_once(':').ok_or_else(usage)?;
+    if host.is_empty()
+        || !guest.starts_with('/')
+        || guest.contains(char::is_whitespace)
+        || guest.contains('@')
+    {
+        return Err(usage());
+    }
+    let source = std::path::absolute(host).map_err(|e| format!("{host}: {e}"))?;
+    if !source.is_dir() {
+        return Err(format!("{} is not an existing directory", source.display()));
+    }
+    Ok(run::RunShare {
+        source,
+        target: guest.to_owned(),
+        readonly,
+    })
+}
+
+pub fn parse_publish(s: &str) -> Result<String, String> {
+    skiff_spec::parse_forward(s).map(|_| s.to_owned())
+}
+
+pub fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE (example: --env LANG=C.UTF-8)"))?;
+    if k.is_empty() || k.contains('\0') || v.contains('\0') {
+        return Err(format!(
+            "{s:?}: the name must be non-empty and neither part may contain NUL"
+        ));
+    }
+    Ok((k.to_owned(), v.to_owned()))
+}
