@@ -3,6 +3,7 @@
 mod cli_cp;
 mod cli_net;
 mod cli_parse;
+mod cli_pool;
 use cli_parse::{parse_env, parse_publish, parse_share};
 mod cli_vm;
 mod client;
@@ -112,6 +113,9 @@ enum Command {
     /// Manage networks: bridges with NAT that VMs join (`mode = "bridge"`).
     #[command(subcommand)]
     Network(cli_net::NetworkCommand),
+    /// Manage warm pools of sandboxes (`skiff run --pool NAME -- CMD`).
+    #[command(subcommand)]
+    Pool(cli_pool::PoolCommand),
     /// Open an interactive shell (or COMMAND) on a terminal in a running VM.
     Shell {
         name: String,
@@ -230,6 +234,10 @@ enum AccelArg {
 
 #[derive(clap::Args)]
 struct RunArgs {
+    /// Run in a ready sandbox taken from this pool (destroyed afterwards)
+    /// instead of booting a VM: see `skiff pool create`.
+    #[arg(long, conflicts_with_all = ["standalone", "rootfs", "image", "net", "publish", "volume"])]
+    pool: Option<String>,
     /// Boot the VM from this process instead of through the daemon (the
     /// default when --timings is given, or SKIFF_STANDALONE=1).
     #[arg(long, env = "SKIFF_STANDALONE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
@@ -432,6 +440,12 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Logs { name, follow } => cli_vm::logs(&client(), &name, follow).await,
         Command::Volume(v) => cli_vm::volume(&client(), v).await,
         Command::Network(n) => cli_net::network(&client(), n).await,
+        Command::Pool(p) => cli_pool::pool(&client(), p).await,
+        Command::Run(a) if a.pool.is_some() => {
+            let pool = a.pool.clone().unwrap_or_default();
+            cli_pool::run_in_pool(&client(), &pool, a.command, a.env, a.workdir, a.interactive)
+                .await
+        }
         Command::Cp { src, dst } => cli_cp::cp(&client(), &src, &dst).await,
         Command::Shell { name, command } => cli_vm::shell(&client(), &name, command).await,
         Command::Exec(a) => {

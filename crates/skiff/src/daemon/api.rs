@@ -30,7 +30,7 @@ pub struct ApiError(StatusCode, String);
 impl From<ManagerError> for ApiError {
     fn from(e: ManagerError) -> Self {
         let status = match &e {
-            ManagerError::NotFound(_) => StatusCode::NOT_FOUND,
+            ManagerError::NotFound(_) | ManagerError::Missing(_) => StatusCode::NOT_FOUND,
             ManagerError::Exists(_)
             | ManagerError::WrongState { .. }
             | ManagerError::Conflict(_) => StatusCode::CONFLICT,
@@ -79,6 +79,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/networks"),
     ("delete", "/v1/networks/{name}"),
     ("post", "/v1/networks/prune"),
+    ("get", "/v1/pools"),
+    ("post", "/v1/pools"),
+    ("delete", "/v1/pools/{name}"),
+    ("post", "/v1/pools/{name}/resize"),
+    ("post", "/v1/pools/{name}/take"),
+    ("post", "/v1/vms/{name}/ttl"),
 ];
 
 pub fn router(manager: Arc<Manager>) -> Router {
@@ -116,6 +122,23 @@ pub fn router(manager: Arc<Manager>) -> Router {
             "/v1/networks/{name}",
             axum::routing::delete(super::networks::remove),
         )
+        .route(
+            "/v1/pools",
+            get(super::pools::list).post(super::pools::create),
+        )
+        .route(
+            "/v1/pools/{name}",
+            axum::routing::delete(super::pools::remove),
+        )
+        .route(
+            "/v1/pools/{name}/resize",
+            axum::routing::post(super::pools::resize),
+        )
+        .route(
+            "/v1/pools/{name}/take",
+            axum::routing::post(super::pools::take),
+        )
+        .route("/v1/vms/{name}/ttl", axum::routing::post(super::pools::ttl))
         .fallback(not_found)
         .layer(axum::middleware::map_response(add_version_header))
         .with_state(manager)

@@ -24,6 +24,10 @@ pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum ManagerError {
     #[error("no VM named {0:?}")]
     NotFound(String),
+    /// Something else that does not exist (a pool, a network); the text
+    /// says what.
+    #[error("{0}")]
+    Missing(String),
     #[error("a VM named {0:?} already exists")]
     Exists(String),
     #[error("{0}")]
@@ -97,6 +101,8 @@ pub struct Manager {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Port forwards of running VMs on managed networks, by VM name.
     pub(super) forwarders: Mutex<HashMap<String, super::forward::Forwarder>>,
+    /// Wakes the pool keeper (a sandbox was taken, a pool changed).
+    pub(super) pool_wake: tokio::sync::Notify,
 }
 
 pub(super) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -108,6 +114,7 @@ impl Manager {
             paths,
             locks: Mutex::new(HashMap::new()),
             forwarders: Mutex::new(HashMap::new()),
+            pool_wake: tokio::sync::Notify::new(),
         })
     }
 
@@ -419,6 +426,7 @@ impl Manager {
             self.halt(&rec, Duration::from_secs(1)).await;
         }
         self.store.delete(name)?;
+        self.store.delete_sandbox(name)?;
         self.release_vm(name)?;
         let _ = std::fs::remove_dir_all(self.paths.vm_dir(name));
         if volumes {

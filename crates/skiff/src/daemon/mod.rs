@@ -9,6 +9,8 @@ pub mod manager;
 mod monitor;
 pub mod netstore;
 pub mod networks;
+pub mod pools;
+pub mod poolstore;
 pub mod run_api;
 pub mod store;
 pub mod streams;
@@ -138,6 +140,7 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
         .adopt_and_autostart()
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    manager.spawn_pool_keeper();
     let pid_file = cfg.state_dir.join("daemon.pid");
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))
         .with_context(|| format!("cannot write {}", pid_file.display()))?;

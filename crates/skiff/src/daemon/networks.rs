@@ -101,7 +101,9 @@ impl Manager {
         };
         let existing = self.store.networks()?;
         if existing.iter().any(|n| n.name == name) {
-            return Err(ManagerError::Exists(format!("network {name}")));
+            return Err(ManagerError::Conflict(format!(
+                "a network named {name:?} already exists"
+            )));
         }
         if let Some(other) = existing.iter().find(|n| n.subnet.overlaps(&subnet)) {
             return Err(ManagerError::Conflict(format!(
@@ -150,7 +152,7 @@ impl Manager {
 
     pub async fn remove_network(&self, name: &str) -> Result<(), ManagerError> {
         let Some(net) = self.store.network(name)? else {
-            return Err(ManagerError::NotFound(format!("network {name}")));
+            return Err(ManagerError::Missing(format!("no network named {name:?}")));
         };
         if !net.leases.is_empty() {
             let vms: Vec<&str> = net.leases.iter().map(|l| l.vm.as_str()).collect();

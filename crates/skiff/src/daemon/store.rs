@@ -46,6 +46,21 @@ CREATE TABLE leases (
     UNIQUE (network, vm)
 );
 "#,
+    r#"
+CREATE TABLE pools (
+    name        TEXT PRIMARY KEY,
+    template    TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    ttl_secs    INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE TABLE sandboxes (
+    vm          TEXT PRIMARY KEY,
+    pool        TEXT NOT NULL,
+    taken       INTEGER NOT NULL DEFAULT 0,
+    expires_at  INTEGER
+);
+"#,
 ];
 
 /// Where a VM is in its life. Stored as its lowercase name.

@@ -1,0 +1,179 @@
+//! `skiff pool create/ls/rm/resize` and `skiff run --pool`, through the
+//! daemon's API.
+
+use crate::client::Client;
+use anyhow::Result;
+use clap::Subcommand;
+use hyper::Method;
+use serde_json::{json, Value};
+
+#[derive(Subcommand)]
+pub enum PoolCommand {
+    /// Create a pool: the daemon keeps SIZE sandboxes booted and ready.
+    Create {
+        name: String,
+        /// Sandboxes kept ready.
+        #[arg(long, default_value_t = 1)]
+        size: u32,
+        /// Image to boot (see `skiff image ls`); default: the minimal one.
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(long)]
+        cpus: Option<u32>,
+        /// Memory in MiB.
+        #[arg(long)]
+        memory: Option<u32>,
+        /// none (default), user, or a managed network's name.
+        #[arg(long)]
+        net: Option<String>,
+        /// Seconds a taken sandbox lives (default 600).
+        #[arg(long)]
+        ttl: Option<u64>,
+    },
+    /// List pools: ready, booting and taken sandboxes.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove pools (their warm sandboxes at once; taken ones at their end).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Change how many sandboxes a pool keeps ready.
+    Resize { name: String, size: u32 },
+    /// Take a ready sandbox and print its name (use it with exec, cp,
+    /// shell; `skiff rm --force NAME` destroys it, or its time to live).
+    Take {
+        name: String,
+        /// Seconds it lives (default: the pool's).
+        #[arg(long)]
+        ttl: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn pool(c: &Client, cmd: PoolCommand) -> Result<i32> {
+    match cmd {
+        PoolCommand::Create {
+            name,
+            size,
+            image,
+            cpus,
+            memory,
+            net,
+            ttl,
+        } => {
+            let body = json!({ "name": name, "size": size, "image": image, "cpus": cpus,
+                "memory_mib": memory, "net": net, "ttl_secs": ttl });
+            c.call(Method::POST, "/v1/pools", Some(body)).await?;
+            println!("created pool {name} ({size} ready sandboxes)");
+            Ok(0)
+        }
+        PoolCommand::Ls { json } => {
+            let body = c.call(Method::GET, "/v1/pools", None).await?;
+            let v: Value = serde_json::from_slice(&body)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(0);
+            }
+            println!(
+                "{:<20} {:>5} {:>6} {:>8} {:>6} {:>8}",
+                "NAME", "SIZE", "READY", "BOOTING", "TAKEN", "TTL"
+            );
+            for p in v.as_array().into_iter().flatten() {
+                let n = |k: &str| p[k].as_u64().unwrap_or(0);
+                println!(
+                    "{:<20} {:>5} {:>6} {:>8} {:>6} {:>7}s",
+                    p["name"].as_str().unwrap_or("?"),
+                    n("size"),
+                    n("ready"),
+                    n("booting"),
+                    n("taken"),
+                    n("ttl_secs")
+                );
+            }
+            Ok(0)
+        }
+        PoolCommand::Rm { names } => {
+            let mut code = 0;
+            for name in names {
+                match c
+                    .call(Method::DELETE, &format!("/v1/pools/{name}"), None)
+                    .await
+                {
+                    Ok(_) => println!("removed pool {name}"),
+                    Err(e) => {
+                        eprintln!("skiff: error: {e:#}");
+                        code = 1;
+                    }
+                }
+            }
+            Ok(code)
+        }
+        PoolCommand::Resize { name, size } => {
+            c.call(
+                Method::POST,
+                &format!("/v1/pools/{name}/resize"),
+                Some(json!({ "size": size })),
+            )
+            .await?;
+            println!("pool {name} keeps {size} sandboxes ready");
+            Ok(0)
+        }
+        PoolCommand::Take { name, ttl, json } => {
+            let body = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/pools/{name}/take"),
+                    Some(json!({ "ttl_secs": ttl })),
+                )
+                .await?;
+            let v: Value = serde_json::from_slice(&body)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{}", v["vm"].as_str().unwrap_or("?"));
+            }
+            Ok(0)
+        }
+    }
+}
+
+/// `skiff run --pool NAME -- CMD`: take a ready sandbox, run CMD in it,
+/// destroy it. The exit code is the command's.
+pub async fn run_in_pool(
+    c: &Client,
+    pool: &str,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    workdir: Option<String>,
+    interactive: bool,
+) -> Result<i32> {
+    let body = c
+        .call(
+            Method::POST,
+            &format!("/v1/pools/{pool}/take"),
+            Some(json!({})),
+        )
+        .await?;
+    let v: Value = serde_json::from_slice(&body)?;
+    let vm = v["vm"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("the daemon answered without a sandbox name"))?
+        .to_owned();
+    let result = crate::cli_vm::exec(c, &vm, argv, env, workdir, interactive).await;
+    // Destroyed, never reused, whatever the command did.
+    let removed = c
+        .call(
+            Method::DELETE,
+            &format!("/v1/vms/{vm}?force=true&volumes=true"),
+            None,
+        )
+        .await;
+    if let Err(e) = removed {
+        eprintln!("skiff: warning: sandbox {vm} not removed: {e:#}");
+    }
+    result
+}

@@ -1,0 +1,401 @@
+//! Warm pools of sandboxes: `GET/POST /v1/pools`, `DELETE /v1/pools/{name}`,
+//! `POST /v1/pools/{name}/resize`, `POST /v1/pools/{name}/take`,
+//! `POST /v1/vms/{name}/ttl`. A background task keeps each pool at its
+//! size (booting replacements, removing dead or surplus warm VMs) and
+//! destroys taken sandboxes whose time to live has run out.
+
+use super::api::ApiError;
+use super::manager::{Manager, ManagerError};
+use super::poolstore::{PoolRecord, SandboxRecord};
+use super::store::{now, VmState};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use skiff_spec::{NetMode, NetworkSpec, VmSpec};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const DEFAULT_TTL_SECS: u64 = 600;
+pub const MAX_POOL_SIZE: u32 = 256;
+/// Pool names leave room for the `-XXXXXX` of their VMs' names.
+const MAX_POOL_NAME: usize = skiff_spec::MAX_NAME_LEN - 7;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePool {
+    pub name: String,
+    #[serde(default = "one")]
+    pub size: u32,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mib: Option<u32>,
+    /// "none" (default), "user", or a managed network's name.
+    #[serde(default)]
+    pub net: Option<String>,
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Serialize)]
+pub struct PoolInfo {
+    #[serde(flatten)]
+    pub pool: PoolRecord,
+    /// Booted and waiting to be taken.
+    pub ready: usize,
+    /// Being created or booted.
+    pub booting: usize,
+    pub taken: usize,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Sandbox {
+    #[serde(flatten)]
+    pub sandbox: SandboxRecord,
+    /// The address on its managed network, if it has one.
+    pub address: Option<String>,
+}
+
+fn invalid(msg: String) -> ManagerError {
+    ManagerError::InvalidSpec(msg)
+}
+
+impl Manager {
+    fn pool_template(&self, body: &CreatePool) -> Result<VmSpec, ManagerError> {
+        let mut spec = VmSpec::with_defaults(&body.name);
+        if let Some(c) = body.cpus {
+            if c == 0 || c > skiff_spec::MAX_VCPUS {
+                return Err(invalid(format!(
+                    "cpus: {c} is out of range; allowed: 1 to {}",
+                    skiff_spec::MAX_VCPUS
+                )));
+            }
+            spec.vcpus = c;
+        }
+        if let Some(m) = body.memory_mib {
+            if !(skiff_spec::MIN_MEMORY_MIB..=skiff_spec::MAX_MEMORY_MIB).contains(&m) {
+                return Err(invalid(format!(
+                    "memory: {m} MiB is out of range; at least {} MiB",
+                    skiff_spec::MIN_MEMORY_MIB
+                )));
+            }
+            spec.memory_mib = m;
+        }
+        if let Some(image) = &body.image {
+            let cache =
+                crate::paths::cache_dir().map_err(|e| ManagerError::Internal(format!("{e:#}")))?;
+            if skiff_image::find_image(&cache, image).is_none() {
+                return Err(invalid(format!("no image named {image:?}; build one with `skiff image build -f images/{image}.toml`")));
+            }
+            spec.image = Some(image.clone());
+        }
+        let nic = |mode, network: Option<String>| NetworkSpec {
+            mode,
+            network,
+            address: None,
+            egress: skiff_spec::Egress::All,
+        };
+        match body.net.as_deref() {
+            None | Some("none") => {}
+            Some("user") => spec.network = vec![nic(NetMode::User, None)],
+            Some(name) => {
+                if self.store.network(name)?.is_none() {
+                    return Err(invalid(format!("no network named {name:?}; create it with `skiff network create {name} --subnet 10.88.0.0/24`")));
+                }
+                spec.network = vec![nic(NetMode::Bridge, Some(name.to_owned()))];
+            }
+        }
+        Ok(spec)
+    }
+
+    pub fn create_pool(&self, body: &CreatePool) -> Result<PoolRecord, ManagerError> {
+        skiff_spec::check_name(&body.name).map_err(|e| invalid(format!("pool name: {e}")))?;
+        if body.name.len() > MAX_POOL_NAME {
+            return Err(invalid(format!(
+                "pool name: at most {MAX_POOL_NAME} characters (its VMs add 7)"
+            )));
+        }
+        if body.size > MAX_POOL_SIZE {
+            return Err(invalid(format!(
+                "size: {} is out of range; allowed: 0 to {MAX_POOL_SIZE}",
+                body.size
+            )));
+        }
+        let ttl_secs = body.ttl_secs.unwrap_or(DEFAULT_TTL_SECS);
+        if ttl_secs == 0 {
+            return Err(invalid("ttl_secs: must be at least 1".into()));
+        }
+        let pool = PoolRecord {
+            name: body.name.clone(),
+            template: self.pool_template(body)?,
+            size: body.size,
+            ttl_secs,
+            created_at: now(),
+        };
+        self.store.insert_pool(&pool).map_err(|e| match e {
+            super::store::StoreError::Exists(_) => {
+                ManagerError::Conflict(format!("a pool named {:?} already exists", pool.name))
+            }
+            other => other.into(),
+        })?;
+        self.pool_wake.notify_one();
+        Ok(pool)
+    }
+
+    pub fn pool_infos(&self) -> Result<Vec<PoolInfo>, ManagerError> {
+        let sandboxes = self.store.sandboxes()?;
+        let vms = self.store.list()?;
+        let state_of = |vm: &str| vms.iter().find(|v| v.name == vm).map(|v| v.state);
+        Ok(self
+            .store
+            .pools()?
+            .into_iter()
+            .map(|pool| {
+                let members: Vec<&SandboxRecord> =
+                    sandboxes.iter().filter(|s| s.pool == pool.name).collect();
+                let warm = members.iter().filter(|s| !s.taken);
+                let ready = warm
+                    .clone()
+                    .filter(|s| state_of(&s.vm) == Some(VmState::Running))
+                    .count();
+                PoolInfo {
+                    booting: warm.count() - ready,
+                    ready,
+                    taken: members.iter().filter(|s| s.taken).count(),
+                    pool,
+                }
+            })
+            .collect())
+    }
+
+    pub async fn remove_pool(self: &Arc<Self>, name: &str) -> Result<(), ManagerError> {
+        if self.store.pool(name)?.is_none() {
+            return Err(ManagerError::Missing(format!(
+                "no pool named {name:?}; see `skiff pool ls`"
+            )));
+        }
+        self.store.delete_pool(name)?;
+        // Warm VMs go now; taken sandboxes live out their time to live.
+        for s in self.store.sandboxes()? {
+            if s.pool == name && !s.taken {
+                let _ = self.remove(&s.vm, true, true).await;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn resize_pool(&self, name: &str, size: u32) -> Result<(), ManagerError> {
+        if size > MAX_POOL_SIZE {
+            return Err(invalid(format!(
+                "size: {size} is out of range; allowed: 0 to {MAX_POOL_SIZE}"
+            )));
+        }
+        if !self.store.resize_pool(name, size)? {
+            return Err(ManagerError::Missing(format!(
+                "no pool named {name:?}; see `skiff pool ls`"
+            )));
+        }
+        self.pool_wake.notify_one();
+        Ok(())
+    }
+
+    /// Hand over a ready sandbox of `pool`, waiting up to `wait` for one.
+    pub async fn take(
+        &self,
+        pool: &str,
+        ttl_secs: Option<u64>,
+        wait: Duration,
+    ) -> Result<Sandbox, ManagerError> {
+        let Some(p) = self.store.pool(pool)? else {
+            return Err(ManagerError::Missing(format!(
+                "no pool named {pool:?}; see `skiff pool ls`"
+            )));
+        };
+        let ttl = ttl_secs.unwrap_or(p.ttl_secs).max(1);
+        let deadline = Instant::now() + wait;
+        loop {
+            if let Some(vm) = self.store.take_sandbox(pool, ttl)? {
+                self.pool_wake.notify_one();
+                return self.sandbox_info(&vm);
+            }
+            if Instant::now() >= deadline {
+                return Err(ManagerError::Conflict(format!(
+                    "pool {pool:?} has no ready sandbox (size {}); wait for it to refill, or resize it",
+                    p.size
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn sandbox_info(&self, vm: &str) -> Result<Sandbox, ManagerError> {
+        let sandbox = self
+            .store
+            .sandbox(vm)?
+            .ok_or_else(|| ManagerError::Missing(format!("no sandbox named {vm:?}")))?;
+        Ok(Sandbox {
+            address: self.bridge_address(vm).map(|a| a.to_string()),
+            sandbox,
+        })
+    }
+
+    /// Give a taken sandbox `secs` more to live, from now.
+    pub fn extend_ttl(&self, vm: &str, secs: u64) -> Result<Sandbox, ManagerError> {
+        if !self.store.extend_sandbox(vm, secs.max(1))? {
+            return Err(ManagerError::Missing(format!("no taken sandbox named {vm:?} (only sandboxes taken from a pool have a time to live)")));
+        }
+        self.sandbox_info(vm)
+    }
+
+    /// Keep pools at their size and expire taken sandboxes, for ever.
+    pub fn spawn_pool_keeper(self: &Arc<Self>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                this.keep_pools().await;
+                tokio::select! {
+                    _ = this.pool_wake.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                }
+            }
+        });
+    }
+
+    async fn keep_pools(self: &Arc<Self>) {
+        let (Ok(pools), Ok(sandboxes), Ok(vms)) = (
+            self.store.pools(),
+            self.store.sandboxes(),
+            self.store.list(),
+        ) else {
+            return;
+        };
+        let t = now();
+        for s in &sandboxes {
+            let vm = vms.iter().find(|v| v.name == s.vm);
+            let expired = s.taken && s.expires_at.is_some_and(|e| e <= t);
+            // A warm VM that died, or whose pool is gone, is not worth keeping.
+            let dead = !s.taken
+                && vm.is_none_or(|v| matches!(v.state, VmState::Exited | VmState::Stopped));
+            let orphan = !s.taken && !pools.iter().any(|p| p.name == s.pool);
+            if expired || dead || orphan {
+                if vm.is_some() {
+                    let _ = self.remove(&s.vm, true, true).await;
+                }
+                let _ = self.store.delete_sandbox(&s.vm);
+            }
+        }
+        for pool in pools {
+            let Ok(sandboxes) = self.store.sandboxes() else {
+                return;
+            };
+            let warm: Vec<&SandboxRecord> = sandboxes
+                .iter()
+                .filter(|s| s.pool == pool.name && !s.taken)
+                .collect();
+            let size = pool.size as usize;
+            for extra in warm.iter().skip(size) {
+                let _ = self.remove(&extra.vm, true, true).await;
+                let _ = self.store.delete_sandbox(&extra.vm);
+            }
+            if warm.len() < size {
+                // One at a time: the loop comes back at once for the next.
+                if let Err(e) = self.add_to_pool(&pool).await {
+                    eprintln!("skiff daemon: pool {}: {e}", pool.name);
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                } else {
+                    self.pool_wake.notify_one();
+                }
+            }
+        }
+    }
+
+    async fn add_to_pool(self: &Arc<Self>, pool: &PoolRecord) -> Result<(), ManagerError> {
+        let name = format!("{}-{}", pool.name, &crate::paths::new_vm_id()[..6]);
+        let mut spec = pool.template.clone();
+        spec.name = name.clone();
+        self.create(&spec)?;
+        self.store.insert_sandbox(&name, &pool.name)?;
+        if let Err(e) = self.start(&name).await {
+            let _ = self.remove(&name, true, true).await;
+            let _ = self.store.delete_sandbox(&name);
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+pub async fn list(State(m): State<Arc<Manager>>) -> Result<Json<Vec<PoolInfo>>, ApiError> {
+    Ok(Json(m.pool_infos()?))
+}
+
+pub async fn create(
+    State(m): State<Arc<Manager>>,
+    Json(body): Json<CreatePool>,
+) -> Result<(StatusCode, Json<PoolRecord>), ApiError> {
+    Ok((StatusCode::CREATED, Json(m.create_pool(&body)?)))
+}
+
+pub async fn remove(
+    State(m): State<Arc<Manager>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    m.remove_pool(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeBody {
+    pub size: u32,
+}
+
+pub async fn resize(
+    State(m): State<Arc<Manager>>,
+    Path(name): Path<String>,
+    Json(body): Json<ResizeBody>,
+) -> Result<StatusCode, ApiError> {
+    m.resize_pool(&name, body.size)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TakeBody {
+    /// Time to live; default: the pool's.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// How long to wait for a ready sandbox (default 60 s).
+    #[serde(default)]
+    pub wait_secs: Option<u64>,
+}
+
+pub async fn take(
+    State(m): State<Arc<Manager>>,
+    Path(name): Path<String>,
+    body: Option<Json<TakeBody>>,
+) -> Result<Json<Sandbox>, ApiError> {
+    let body = body.map(|Json(b)| b).unwrap_or_default();
+    let wait = Duration::from_secs(body.wait_secs.unwrap_or(60).min(600));
+    Ok(Json(m.take(&name, body.ttl_secs, wait).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtlBody {
+    pub seconds: u64,
+}
+
+pub async fn ttl(
+    State(m): State<Arc<Manager>>,
+    Path(name): Path<String>,
+    Json(body): Json<TtlBody>,
+) -> Result<Json<Sandbox>, ApiError> {
+    Ok(Json(m.extend_ttl(&name, body.seconds)?))
+}

@@ -1,0 +1,168 @@
+//! End-to-end tests of warm pools: a real daemon keeps real VMs booted;
+//! sandboxes are taken, used, expired and replaced; the pool survives a
+//! daemon restart.
+
+mod common;
+
+use common::daemon::Daemon;
+use common::{stderr, stdout};
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+fn pool_field(d: &Daemon, pool: &str, key: &str) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(&d.ok(&["pool", "ls", "--json"])).expect("json");
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == pool)
+        .and_then(|p| p[key].as_u64())
+        .unwrap_or(0)
+}
+
+fn vm_names(d: &Daemon) -> BTreeSet<String> {
+    let v: serde_json::Value = serde_json::from_str(&d.ok(&["ls", "--json"])).expect("json");
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|vm| vm["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// POST JSON to the daemon's socket with curl (the API as an SDK sees it).
+fn api_post(d: &Daemon, path: &str, body: &str) -> (String, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(d.socket())
+        .args([
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+        ])
+        .arg(format!("http://skiff{path}"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (body.to_owned(), code.to_owned())
+}
+
+#[test]
+fn a_pool_hands_out_ready_sandboxes_once_refills_expires_and_survives_restarts() {
+    let mut d = Daemon::start();
+    d.ok(&["pool", "create", "sb", "--size", "2", "--ttl", "120"]);
+    let dup = d.cli(&["pool", "create", "sb"]);
+    assert!(
+        stderr(&dup).contains("a pool named \"sb\" already exists"),
+        "{}",
+        stderr(&dup)
+    );
+    let bad = d.cli(&["pool", "create", "p2", "--image", "no-such-image"]);
+    assert!(
+        stderr(&bad).contains("no image named \"no-such-image\""),
+        "{}",
+        stderr(&bad)
+    );
+    let missing = d.cli(&["pool", "take", "nope"]);
+    assert!(
+        stderr(&missing).contains("no pool named \"nope\""),
+        "{}",
+        stderr(&missing)
+    );
+    d.wait_for("two ready sandboxes", Duration::from_secs(180), || {
+        pool_field(&d, "sb", "ready") == 2
+    });
+    assert_eq!(d.qemu_count(), 2);
+
+    // A command in a sandbox from the pool: its output and exit code; then
+    // the sandbox is gone and a replacement boots.
+    let before = vm_names(&d);
+    let out = d.cli(&[
+        "run",
+        "--pool",
+        "sb",
+        "--",
+        "sh",
+        "-c",
+        "echo $((6*7)); exit 3",
+    ]);
+    assert_eq!(stdout(&out), "42\n", "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(3));
+    let after = vm_names(&d);
+    assert_eq!(
+        before.difference(&after).count(),
+        1,
+        "the used sandbox was destroyed"
+    );
+    d.wait_for("the pool to refill", Duration::from_secs(180), || {
+        pool_field(&d, "sb", "ready") == 2
+    });
+
+    // Taken sandboxes are never handed out twice.
+    let mut taken = BTreeSet::new();
+    for _ in 0..3 {
+        let name = d.ok(&["pool", "take", "sb"]).trim().to_owned();
+        assert!(taken.insert(name.clone()), "{name} handed out twice");
+        let host = d.ok(&["exec", &name, "--", "echo", "ok"]);
+        assert_eq!(host, "ok\n");
+    }
+    assert_eq!(pool_field(&d, "sb", "taken"), 3);
+
+    // A short time to live destroys the sandbox; the API extends one.
+    let short = d
+        .ok(&["pool", "take", "sb", "--ttl", "2"])
+        .trim()
+        .to_owned();
+    let keep = taken.iter().next().cloned().expect("one taken");
+    let (body, code) = api_post(&d, &format!("/v1/vms/{keep}/ttl"), r#"{"seconds": 3600}"#);
+    assert_eq!(code, "200", "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert!(
+        v["expires_at"].as_i64().unwrap_or(0) > 3000 + now(),
+        "{body}"
+    );
+    let (body, code) = api_post(&d, "/v1/vms/nope/ttl", r#"{"seconds": 5}"#);
+    assert_eq!(code, "404", "{body}");
+    d.wait_for(
+        "the short-lived sandbox to be destroyed",
+        Duration::from_secs(30),
+        || !vm_names(&d).contains(&short),
+    );
+
+    // The daemon dies and comes back: the pool, its warm VMs and the taken
+    // sandboxes are still there, without a second QEMU for any of them.
+    d.wait_for("the pool to refill", Duration::from_secs(180), || {
+        pool_field(&d, "sb", "ready") == 2
+    });
+    let vms_before = vm_names(&d);
+    d.kill9();
+    d.spawn();
+    assert_eq!(vm_names(&d), vms_before);
+    assert_eq!(pool_field(&d, "sb", "ready"), 2);
+    assert_eq!(pool_field(&d, "sb", "taken"), 3);
+    assert_eq!(d.qemu_count(), 5);
+
+    // Resize down, then remove the pool: warm VMs go, taken ones stay.
+    d.ok(&["pool", "resize", "sb", "1"]);
+    d.wait_for("one warm sandbox", Duration::from_secs(30), || {
+        pool_field(&d, "sb", "ready") + pool_field(&d, "sb", "booting") == 1
+    });
+    d.ok(&["pool", "rm", "sb"]);
+    assert_eq!(vm_names(&d), taken);
+    assert_eq!(d.qemu_count(), 3);
+    for name in &taken {
+        d.ok(&["rm", "--force", name]);
+    }
+    assert_eq!(d.qemu_count(), 0);
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
