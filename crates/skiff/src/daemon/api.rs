@@ -85,6 +85,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/pools/{name}/resize"),
     ("post", "/v1/pools/{name}/take"),
     ("post", "/v1/vms/{name}/ttl"),
+    ("post", "/v1/vms/{name}/commands"),
 ];
 
 pub fn router(manager: Arc<Manager>) -> Router {
@@ -139,6 +140,10 @@ pub fn router(manager: Arc<Manager>) -> Router {
             axum::routing::post(super::pools::take),
         )
         .route("/v1/vms/{name}/ttl", axum::routing::post(super::pools::ttl))
+        .route(
+            "/v1/vms/{name}/commands",
+            axum::routing::post(super::commands::run),
+        )
         .fallback(not_found)
         .layer(axum::middleware::map_response(add_version_header))
         .with_state(manager)

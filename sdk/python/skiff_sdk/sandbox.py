@@ -1,0 +1,223 @@
+"""Sandboxes: ready VMs taken from a warm pool, used, and destroyed."""
+
+from __future__ import annotations
+
+import base64
+import shlex
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from urllib.parse import quote
+
+from .client import Client
+from .errors import (
+    CommandFailedError,
+    CommandTimeoutError,
+    NotFoundError,
+    SandboxGoneError,
+    SkiffError,
+)
+
+Command = Union[str, Sequence[str]]
+OutputCallback = Callable[[bytes], None]
+
+
+@dataclass
+class CommandResult:
+    """What a finished command printed and how it ended."""
+
+    stdout_bytes: bytes
+    stderr_bytes: bytes
+    exit_code: int
+    #: The signal that ended it, if one did.
+    signal: Optional[int] = None
+    #: Killed because it ran past its time limit.
+    timed_out: bool = False
+
+    @property
+    def stdout(self) -> str:
+        return self.stdout_bytes.decode("utf-8", "replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_bytes.decode("utf-8", "replace")
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def _argv(cmd: Command) -> List[str]:
+    # A string runs through the guest's shell, like a terminal would.
+    if isinstance(cmd, str):
+        return ["/bin/sh", "-c", cmd]
+    argv = list(cmd)
+    if not argv:
+        raise ValueError("the command is empty")
+    return argv
+
+
+class Files:
+    """File operations inside a sandbox."""
+
+    def __init__(self, sandbox: "Sandbox") -> None:
+        self._sandbox = sandbox
+
+    def write(self, path: str, data: Union[bytes, str], mode: Optional[int] = None) -> None:
+        """Create or replace the file at `path` (an absolute guest path) with `data`."""
+        raw = data.encode() if isinstance(data, str) else data
+        script = 'mkdir -p "$(dirname "$1")" && cat > "$1"'
+        if mode is not None:
+            script += f' && chmod {mode:o} "$1"'
+        self._checked(["/bin/sh", "-c", script, "sh", path], raw, f"write {path}")
+
+    def read(self, path: str) -> bytes:
+        """The bytes of the file at `path`."""
+        return self._checked(["cat", "--", path], None, f"read {path}").stdout_bytes
+
+    def read_text(self, path: str, encoding: str = "utf-8") -> str:
+        return self.read(path).decode(encoding)
+
+    def list(self, path: str = "/") -> List[str]:
+        """Names in the directory `path`; directories end with '/'."""
+        out = self._checked(["ls", "-1Ap", "--", path], None, f"list {path}").stdout
+        return [line for line in out.split("\n") if line]
+
+    def exists(self, path: str) -> bool:
+        return self._sandbox.run(["test", "-e", path]).exit_code == 0
+
+    def remove(self, path: str) -> None:
+        self._checked(["rm", "-rf", "--", path], None, f"remove {path}")
+
+    def _checked(self, argv: List[str], stdin: Optional[bytes], what: str) -> CommandResult:
+        result = self._sandbox.run(argv, stdin=stdin)
+        if result.exit_code != 0:
+            raise CommandFailedError(
+                f"cannot {what} in sandbox {self._sandbox.name}: {result.stderr.strip() or f'exit code {result.exit_code}'}",
+                result,
+            )
+        return result
+
+
+class Sandbox:
+    """One sandbox. Use it as a context manager to destroy it when done::
+
+        with Sandbox.create(pool="py") as sb:
+            print(sb.run("python3 -c 'print(6*7)'").stdout)
+    """
+
+    def __init__(self, name: str, client: Optional[Client] = None, *, pool: Optional[str] = None,
+                 address: Optional[str] = None, expires_at: Optional[int] = None) -> None:
+        self.name = name
+        self.client = client or Client()
+        self.pool = pool
+        #: The sandbox's address on its managed network, if it has one.
+        self.address = address
+        #: When the daemon destroys it (Unix seconds).
+        self.expires_at = expires_at
+        self.files = Files(self)
+        self._killed = False
+
+    @classmethod
+    def create(cls, pool: str, timeout: Optional[int] = None, *, wait: float = 60,
+               client: Optional[Client] = None) -> "Sandbox":
+        """Take a ready sandbox from `pool`; it lives `timeout` seconds (default: the pool's)."""
+        client = client or Client()
+        body: Dict[str, object] = {"wait_secs": int(wait)}
+        if timeout is not None:
+            body["ttl_secs"] = int(timeout)
+        info = client.request("POST", f"/v1/pools/{quote(pool, safe='')}/take", body)
+        return cls(info["vm"], client, pool=info.get("pool"), address=info.get("address"),
+                   expires_at=info.get("expires_at"))
+
+    def run(self, cmd: Command, *, env: Optional[Mapping[str, str]] = None,
+            workdir: Optional[str] = None, stdin: Union[bytes, str, None] = None,
+            timeout: Optional[float] = None, check: bool = False,
+            on_stdout: Optional[OutputCallback] = None,
+            on_stderr: Optional[OutputCallback] = None) -> CommandResult:
+        """Run a command and wait for it.
+
+        `cmd` is a shell command line (str) or an argv list. Output is passed
+        to `on_stdout`/`on_stderr` as it arrives and collected in the result.
+        `timeout` kills the command and its process group and raises
+        CommandTimeoutError; `check=True` raises CommandFailedError on a
+        non-zero exit code.
+        """
+        body: Dict[str, object] = {"argv": _argv(cmd)}
+        if env:
+            body["env"] = [[k, v] for k, v in env.items()]
+        if workdir is not None:
+            body["workdir"] = workdir
+        if stdin is not None:
+            raw = stdin.encode() if isinstance(stdin, str) else stdin
+            body["stdin"] = base64.b64encode(raw).decode()
+        if timeout is not None:
+            body["timeout_secs"] = float(timeout)
+        out: List[bytes] = []
+        err: List[bytes] = []
+        try:
+            events = self.client.stream(Client.vm_path(self.name, "/commands"), body)
+            for ev in events:
+                kind = ev.get("type")
+                if kind == "stdout":
+                    chunk = base64.b64decode(ev["data"])
+                    out.append(chunk)
+                    if on_stdout:
+                        on_stdout(chunk)
+                elif kind == "stderr":
+                    chunk = base64.b64decode(ev["data"])
+                    err.append(chunk)
+                    if on_stderr:
+                        on_stderr(chunk)
+                elif kind == "exit":
+                    result = CommandResult(b"".join(out), b"".join(err), int(ev["exit_code"]),
+                                           ev.get("signal"), bool(ev.get("timed_out")))
+                    return self._judge(cmd, result, timeout, check)
+                elif kind == "error":
+                    raise SkiffError(f"sandbox {self.name}: {ev.get('message')}")
+        except NotFoundError as e:
+            raise SandboxGoneError(f"sandbox {self.name} is gone: {e.message}", e.status) from e
+        raise SandboxGoneError(f"sandbox {self.name}: the command's stream ended without an exit status")
+
+    def _judge(self, cmd: Command, result: CommandResult, timeout: Optional[float],
+               check: bool) -> CommandResult:
+        shown = cmd if isinstance(cmd, str) else shlex.join(cmd)
+        if result.timed_out:
+            raise CommandTimeoutError(
+                f"command {shown!r} in sandbox {self.name} ran past its {timeout} s limit and was killed",
+                result,
+            )
+        if check and result.exit_code != 0:
+            raise CommandFailedError(
+                f"command {shown!r} in sandbox {self.name} exited with code {result.exit_code}: "
+                f"{result.stderr.strip()[-500:]}",
+                result,
+            )
+        return result
+
+    def set_timeout(self, seconds: int) -> None:
+        """Destroy the sandbox `seconds` from now instead of at its current end."""
+        try:
+            info = self.client.request("POST", Client.vm_path(self.name, "/ttl"),
+                                       {"seconds": int(seconds)})
+        except NotFoundError as e:
+            raise SandboxGoneError(f"sandbox {self.name} is gone: {e.message}", e.status) from e
+        self.expires_at = info.get("expires_at")
+
+    def kill(self) -> None:
+        """Destroy the sandbox now (never reused). Idempotent."""
+        if self._killed:
+            return
+        try:
+            self.client.request("DELETE", Client.vm_path(self.name, "?force=true&volumes=true"))
+        except NotFoundError:
+            pass
+        self._killed = True
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+    def __repr__(self) -> str:
+        return f"Sandbox(name={self.name!r}, pool={self.pool!r}, address={self.address!r})"

@@ -1,0 +1,78 @@
+"""A real `skiff daemon` on temporary directories, and a warm pool in it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from skiff_sdk import Client, Pool
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _skiff_bin() -> str:
+    path = os.environ.get("SKIFF_BIN") or str(REPO / "target" / "debug" / "skiff")
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"no skiff binary at {path}: build it with `cargo build -p skiff` or set SKIFF_BIN")
+    return path
+
+
+def _kill_under(runtime: str) -> None:
+    """Kill every process whose command line mentions the runtime directory (the VMs)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if runtime.encode() in cmdline:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+@pytest.fixture(scope="session")
+def client() -> Iterator[Client]:
+    work = tempfile.mkdtemp(prefix="skiff-sdk-")
+    env = dict(os.environ,
+               SKIFF_SOCKET=f"{work}/skiff.sock",
+               SKIFF_STATE_DIR=f"{work}/state",
+               SKIFF_RUNTIME_DIR=f"{work}/run")
+    log = open(f"{work}/daemon.log", "wb")
+    daemon = subprocess.Popen([_skiff_bin(), "daemon"], env=env, stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(f"{work}/skiff.sock"):
+        if time.monotonic() > deadline or daemon.poll() is not None:
+            pytest.fail("the daemon did not come up: " + Path(f"{work}/daemon.log").read_text())
+        time.sleep(0.05)
+    try:
+        yield Client(f"{work}/skiff.sock")
+    finally:
+        daemon.kill()
+        daemon.wait()
+        _kill_under(f"{work}/run")
+        log.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pool(client: Client) -> str:
+    Pool.create("py", size=2, ttl_secs=300, client=client)
+    deadline = time.monotonic() + 240
+    while True:
+        p = Pool.get("py", client)
+        if p is not None and p.ready == 2:
+            return "py"
+        if time.monotonic() > deadline:
+            pytest.fail(f"the pool did not fill: {p}")
+        time.sleep(0.5)

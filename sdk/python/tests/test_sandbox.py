@@ -1,0 +1,109 @@
+"""The SDK against a real daemon booting real VMs."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from skiff_sdk import (
+    Client,
+    CommandFailedError,
+    CommandTimeoutError,
+    DaemonUnavailableError,
+    NotFoundError,
+    Pool,
+    Sandbox,
+    SandboxGoneError,
+)
+
+
+def test_run_gives_stdout_stderr_and_exit_code_and_the_sandbox_goes_after(client, pool):
+    with Sandbox.create(pool=pool, client=client) as sb:
+        r = sb.run("echo out; echo err >&2; exit 3")
+        assert (r.stdout, r.stderr, r.exit_code, r.timed_out) == ("out\n", "err\n", 3, False)
+        name = sb.name
+    with pytest.raises(NotFoundError):
+        client.request("GET", Client.vm_path(name))
+
+
+def test_env_workdir_and_stdin_reach_the_command(client, pool):
+    with Sandbox.create(pool=pool, client=client) as sb:
+        r = sb.run(["sh", "-c", 'echo "$GREETING"; pwd; cat'], env={"GREETING": "hi there"},
+                   workdir="/tmp", stdin=b"from stdin")
+        assert r.stdout == "hi there\n/tmp\nfrom stdin"
+        assert r.ok
+
+
+def test_streaming_callbacks_see_output_as_it_comes(client, pool):
+    seen = []
+    with Sandbox.create(pool=pool, client=client) as sb:
+        r = sb.run("for i in 1 2 3; do echo $i; sleep 0.3; done", on_stdout=seen.append)
+    assert b"".join(seen) == b"1\n2\n3\n"
+    assert len(seen) >= 2, "output arrived in pieces, while the command ran"
+    assert r.stdout == "1\n2\n3\n"
+
+
+def test_a_timeout_kills_the_whole_process_group_and_says_so(client, pool):
+    with Sandbox.create(pool=pool, client=client) as sb:
+        start = time.monotonic()
+        with pytest.raises(CommandTimeoutError) as info:
+            sb.run("echo started; sleep 60 & sleep 60; echo never", timeout=2)
+        assert time.monotonic() - start < 20
+        assert "ran past its 2 s limit" in str(info.value)
+        assert info.value.result.stdout == "started\n"
+        assert info.value.result.timed_out
+        left = sb.run("ps | grep -c '[s]leep 60'")
+        assert left.stdout.strip() == "0", "the background sleep was killed too"
+
+
+def test_files_round_trip_bytes_and_listings(client, pool):
+    blob = os.urandom(1 << 20)
+    with Sandbox.create(pool=pool, client=client) as sb:
+        sb.files.write("/work/data.bin", blob)
+        sb.files.write("/work/notes/readme.txt", "hello\n", mode=0o600)
+        assert sb.files.read("/work/data.bin") == blob
+        assert sb.files.read_text("/work/notes/readme.txt") == "hello\n"
+        assert sorted(sb.files.list("/work")) == ["data.bin", "notes/"]
+        assert sb.run(["stat", "-c", "%a", "/work/notes/readme.txt"]).stdout == "600\n"
+        assert sb.files.exists("/work/data.bin")
+        sb.files.remove("/work/data.bin")
+        assert not sb.files.exists("/work/data.bin")
+        with pytest.raises(CommandFailedError, match="cannot read /nope"):
+            sb.files.read("/nope")
+
+
+def test_check_raises_with_the_exit_code(client, pool):
+    with Sandbox.create(pool=pool, client=client) as sb:
+        with pytest.raises(CommandFailedError) as info:
+            sb.run("echo boom >&2; exit 4", check=True)
+        assert info.value.result.exit_code == 4
+        assert "exited with code 4: boom" in str(info.value)
+
+
+def test_a_killed_or_expired_sandbox_is_gone(client, pool):
+    sb = Sandbox.create(pool=pool, client=client)
+    sb.kill()
+    with pytest.raises(SandboxGoneError):
+        sb.run("true")
+    sb.kill()  # idempotent
+
+    sb = Sandbox.create(pool=pool, client=client)
+    sb.set_timeout(1)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            sb.run("true")
+        except SandboxGoneError:
+            break
+        assert time.monotonic() < deadline, "the sandbox outlived its time to live"
+        time.sleep(0.5)
+
+
+def test_errors_say_what_happened(client, pool):
+    with pytest.raises(NotFoundError, match='no pool named "nope"'):
+        Sandbox.create(pool="nope", client=client)
+    with pytest.raises(DaemonUnavailableError, match="skiff daemon"):
+        Client("/nonexistent/skiff.sock").request("GET", "/v1/version")
+    assert Pool.get(pool, client) is not None
