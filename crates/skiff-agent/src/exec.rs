@@ -113,6 +113,32 @@ pub fn start(req: ExecRequest, sink: FrameSink, reaper: &Reaper) -> Option<Runni
         .args(&req.argv[1..])
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)));
+    if let Some(user) = &req.user {
+        match crate::users::lookup(
+            user,
+            &std::fs::read_to_string("/etc/passwd").unwrap_or_default(),
+        ) {
+            Some(u) => {
+                cmd.uid(u.uid).gid(u.gid);
+                // HOME and USER as a login would set them, unless given.
+                for (k, v) in [("HOME", u.home.as_str()), ("USER", u.name.as_str())] {
+                    if !req.env.iter().any(|(ek, _)| ek == k) {
+                        cmd.env(k, v);
+                    }
+                }
+            }
+            None => {
+                fail(
+                    &sink,
+                    &format!(
+                        "skiff: no user {user:?} in the guest (not in /etc/passwd, not a UID)\n"
+                    ),
+                    126,
+                );
+                return None;
+            }
+        }
+    }
     // The agent's own cwd is "/"; not setting it keeps std's posix_spawn
     // path open (a vfork-like spawn instead of a full fork).
     if workdir != "/" {

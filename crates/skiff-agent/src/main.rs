@@ -13,6 +13,7 @@ mod reaper;
 mod rootfs;
 mod server;
 mod service;
+mod users;
 
 use skiff_proto::BootTimes;
 use std::time::Duration;

@@ -57,6 +57,10 @@ pub struct ExecRequest {
     /// stream, and control characters (Ctrl-C) act in the guest.
     #[serde(default)]
     pub tty: Option<WindowSize>,
+    /// Run as this user of the guest: a name from its /etc/passwd, or a
+    /// numeric `UID` or `UID:GID`. None: root.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// A terminal's size in character cells.

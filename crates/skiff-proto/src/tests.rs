@@ -19,6 +19,7 @@ fn all_messages() -> Vec<Message> {
             stdin: true,
             service: false,
             tty: Some(WindowSize { rows: 24, cols: 80 }),
+            user: None,
         }),
         Message::Started(42),
         Message::Resize(WindowSize {

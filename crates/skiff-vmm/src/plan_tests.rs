@@ -20,6 +20,7 @@ fn cfg() -> VmConfig {
         shares: Vec::new(),
         virtiofsd_binary: "virtiofsd".into(),
         rootfs: None,
+        run_as: None,
     }
 }
 
@@ -285,4 +286,20 @@ fn a_managed_network_nic_is_a_tap_with_the_address_on_the_command_line() {
         ..c
     };
     assert!(matches!(plan(&both), Err(PlanError::TwoNics)));
+}
+
+#[test]
+fn qemu_runs_under_seccomp_and_drops_root_when_asked() {
+    let p = plan(&cfg()).expect("plan");
+    assert_eq!(value_after(&p.qemu.args, "-sandbox"), [QEMU_SECCOMP]);
+    assert!(QEMU_SECCOMP.contains("elevateprivileges=deny,spawn=deny"));
+    assert!(value_after(&p.qemu.args, "-runas").is_empty());
+    let c = VmConfig {
+        run_as: Some("nobody".into()),
+        ..cfg()
+    };
+    let p = plan(&c).expect("plan");
+    assert_eq!(value_after(&p.qemu.args, "-runas"), ["nobody"]);
+    assert_eq!(value_after(&p.qemu.args, "-sandbox"), [QEMU_SECCOMP_RUNAS]);
+    assert!(QEMU_SECCOMP_RUNAS.contains("spawn=deny"));
 }

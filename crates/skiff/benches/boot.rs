@@ -131,6 +131,7 @@ fn bare_qemu_args(kernel: &Path, initrd: &Path, work: &Path) -> Vec<String> {
         shares: Vec::new(),
         virtiofsd_binary: "virtiofsd".into(),
         rootfs: None,
+        run_as: None,
     };
     let plan = skiff_vmm::plan(&cfg).expect("plan");
     let mut args = Vec::new();

@@ -163,7 +163,7 @@ pub async fn run_in_pool(
         .as_str()
         .ok_or_else(|| anyhow::anyhow!("the daemon answered without a sandbox name"))?
         .to_owned();
-    let result = crate::cli_vm::exec(c, &vm, argv, env, workdir, interactive).await;
+    let result = crate::cli_vm::exec(c, &vm, argv, env, workdir, interactive, None).await;
     // Destroyed, never reused, whatever the command did.
     let removed = c
         .call(

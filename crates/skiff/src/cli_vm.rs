@@ -161,9 +161,10 @@ pub async fn exec(
     env: Vec<(String, String)>,
     workdir: Option<String>,
     interactive: bool,
+    user: Option<String>,
 ) -> Result<i32> {
     let forward_stdin = interactive || !std::io::stdin().is_terminal();
-    let body = json!({ "argv": argv, "env": env, "workdir": workdir, "stdin": forward_stdin });
+    let body = json!({ "argv": argv, "env": env, "workdir": workdir, "stdin": forward_stdin, "user": user });
     exec_stream(
         c,
         &format!("/v1/vms/{name}/exec"),

@@ -175,6 +175,9 @@ struct ExecArgs {
     workdir: Option<String>,
     #[arg(short, long)]
     interactive: bool,
+    /// Run as this guest user (a name from its /etc/passwd, UID or UID:GID).
+    #[arg(short, long)]
+    user: Option<String>,
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
 }
@@ -456,6 +459,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 a.env,
                 a.workdir,
                 a.interactive,
+                a.user,
             )
             .await
         }

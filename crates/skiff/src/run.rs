@@ -228,6 +228,7 @@ pub async fn run<IO: RunIo>(req: RunRequest, io: &mut IO) -> Result<RunOutcome> 
             .collect(),
         virtiofsd_binary: paths::helper("virtiofsd", "SKIFF_VIRTIOFSD"),
         rootfs: req.rootfs.clone(),
+        run_as: None,
     };
     let plan = skiff_vmm::plan(&cfg)?;
     if let Some(net) = &req.net {
@@ -311,6 +312,7 @@ async fn exec<IO: RunIo>(
             stdin: forward_stdin,
             service: false,
             tty: None,
+            user: None,
         }))
         .await
         .context("cannot send the command to the guest")?;

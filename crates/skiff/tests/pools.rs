@@ -77,6 +77,27 @@ fn a_pool_hands_out_ready_sandboxes_once_refills_expires_and_survives_restarts()
         pool_field(&d, "sb", "ready") == 2
     });
     assert_eq!(d.qemu_count(), 2);
+    // QEMU runs under its seccomp filter and, for a root daemon, as nobody.
+    let names = vm_names(&d);
+    let first = names.iter().next().expect("a pool VM");
+    let pid = d.inspect(first)["qemu"]["pid"].as_i64().expect("qemu pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert!(status.contains("\nSeccomp:\t2\n"), "{status}");
+    if nix::unistd::geteuid().is_root() {
+        let nobody = nix::unistd::User::from_name("nobody")
+            .ok()
+            .flatten()
+            .expect("nobody");
+        let uid_line = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .expect("Uid line");
+        let uids: Vec<&str> = uid_line.split_whitespace().skip(1).collect();
+        assert!(
+            uids.iter().all(|u| *u == nobody.uid.to_string()),
+            "{uid_line}"
+        );
+    }
 
     // A command in a sandbox from the pool: its output and exit code; then
     // the sandbox is gone and a replacement boots.

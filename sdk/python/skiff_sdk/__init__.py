@@ -19,10 +19,11 @@ from .errors import (
     SkiffError,
 )
 from .pool import Pool
-from .sandbox import CommandResult, Files, Sandbox
+from .sandbox import CommandHandle, CommandResult, Files, Sandbox
 
 __all__ = [
     "Client",
+    "CommandHandle",
     "CommandFailedError",
     "CommandResult",
     "CommandTimeoutError",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import shlex
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
 from urllib.parse import quote
@@ -131,27 +132,19 @@ class Sandbox:
 
     def run(self, cmd: Command, *, env: Optional[Mapping[str, str]] = None,
             workdir: Optional[str] = None, stdin: Union[bytes, str, None] = None,
-            timeout: Optional[float] = None, check: bool = False,
+            timeout: Optional[float] = None, check: bool = False, user: Optional[str] = None,
             on_stdout: Optional[OutputCallback] = None,
             on_stderr: Optional[OutputCallback] = None) -> CommandResult:
         """Run a command and wait for it.
 
-        `cmd` is a shell command line (str) or an argv list. Output is passed
+        `cmd` is a shell command line (str) or an argv list; `user` is a guest
+        user name, UID or UID:GID (default root). Output is passed
         to `on_stdout`/`on_stderr` as it arrives and collected in the result.
         `timeout` kills the command and its process group and raises
         CommandTimeoutError; `check=True` raises CommandFailedError on a
         non-zero exit code.
         """
-        body: Dict[str, object] = {"argv": _argv(cmd)}
-        if env:
-            body["env"] = [[k, v] for k, v in env.items()]
-        if workdir is not None:
-            body["workdir"] = workdir
-        if stdin is not None:
-            raw = stdin.encode() if isinstance(stdin, str) else stdin
-            body["stdin"] = base64.b64encode(raw).decode()
-        if timeout is not None:
-            body["timeout_secs"] = float(timeout)
+        body = self._command_body(cmd, env, workdir, stdin, timeout, user)
         out: List[bytes] = []
         err: List[bytes] = []
         try:
@@ -178,6 +171,24 @@ class Sandbox:
             raise SandboxGoneError(f"sandbox {self.name} is gone: {e.message}", e.status) from e
         raise SandboxGoneError(f"sandbox {self.name}: the command's stream ended without an exit status")
 
+    @staticmethod
+    def _command_body(cmd: Command, env: Optional[Mapping[str, str]], workdir: Optional[str],
+                      stdin: Union[bytes, str, None], timeout: Optional[float],
+                      user: Optional[str] = None) -> Dict[str, object]:
+        body: Dict[str, object] = {"argv": _argv(cmd)}
+        if user is not None:
+            body["user"] = user
+        if env:
+            body["env"] = [[k, v] for k, v in env.items()]
+        if workdir is not None:
+            body["workdir"] = workdir
+        if stdin is not None:
+            raw = stdin.encode() if isinstance(stdin, str) else stdin
+            body["stdin"] = base64.b64encode(raw).decode()
+        if timeout is not None:
+            body["timeout_secs"] = float(timeout)
+        return body
+
     def _judge(self, cmd: Command, result: CommandResult, timeout: Optional[float],
                check: bool) -> CommandResult:
         shown = cmd if isinstance(cmd, str) else shlex.join(cmd)
@@ -193,6 +204,18 @@ class Sandbox:
                 result,
             )
         return result
+
+    def start(self, cmd: Command, *, env: Optional[Mapping[str, str]] = None,
+              workdir: Optional[str] = None, stdin: Union[bytes, str, None] = None,
+              timeout: Optional[float] = None, user: Optional[str] = None) -> "CommandHandle":
+        """Start a command in the background; its handle (wait, output, kill)."""
+        body = self._command_body(cmd, env, workdir, stdin, timeout, user)
+        body["background"] = True
+        try:
+            info = self.client.request("POST", Client.vm_path(self.name, "/commands"), body)
+        except NotFoundError as e:
+            raise SandboxGoneError(f"sandbox {self.name} is gone: {e.message}", e.status) from e
+        return CommandHandle(self, info["id"], cmd, timeout)
 
     def set_timeout(self, seconds: int) -> None:
         """Destroy the sandbox `seconds` from now instead of at its current end."""
@@ -221,3 +244,52 @@ class Sandbox:
 
     def __repr__(self) -> str:
         return f"Sandbox(name={self.name!r}, pool={self.pool!r}, address={self.address!r})"
+
+
+class CommandHandle:
+    """A command running in the background in a sandbox."""
+
+    def __init__(self, sandbox: Sandbox, id: str, cmd: Command, timeout: Optional[float]) -> None:
+        self.sandbox = sandbox
+        self.id = id
+        self._cmd = cmd
+        self._timeout = timeout
+
+    def _state(self, wait: Optional[float] = None) -> Dict[str, object]:
+        path = Client.vm_path(self.sandbox.name, f"/commands/{quote(self.id, safe='')}")
+        if wait:
+            path += f"?wait={float(wait)}"
+        try:
+            return self.sandbox.client.request("GET", path)
+        except NotFoundError as e:
+            raise SandboxGoneError(f"command {self.id} in sandbox {self.sandbox.name} is gone: {e.message}",
+                                   e.status) from e
+
+    @property
+    def running(self) -> bool:
+        return bool(self._state()["running"])
+
+    def output(self) -> "tuple[bytes, bytes]":
+        """(stdout, stderr) so far."""
+        st = self._state()
+        return base64.b64decode(str(st["stdout"])), base64.b64decode(str(st["stderr"]))
+
+    def wait(self, timeout: Optional[float] = None, check: bool = False) -> CommandResult:
+        """Wait for the end (at most `timeout` seconds: then TimeoutError) and return the result."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 30.0 if deadline is None else max(0.0, min(30.0, deadline - time.monotonic()))
+            st = self._state(wait=left or 0.001)
+            if not st["running"]:
+                if st.get("error"):
+                    raise SandboxGoneError(f"command {self.id} in sandbox {self.sandbox.name}: {st['error']}")
+                result = CommandResult(base64.b64decode(str(st["stdout"])), base64.b64decode(str(st["stderr"])),
+                                       int(st["exit_code"]), st.get("signal"), bool(st.get("timed_out")))  # type: ignore[arg-type]
+                return self.sandbox._judge(self._cmd, result, self._timeout, check)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"command {self.id} in sandbox {self.sandbox.name} still runs after {timeout} s")
+
+    def kill(self) -> None:
+        """Kill the command and its process group."""
+        path = Client.vm_path(self.sandbox.name, f"/commands/{quote(self.id, safe='')}")
+        self.sandbox.client.request("DELETE", path)

@@ -107,3 +107,40 @@ def test_errors_say_what_happened(client, pool):
     with pytest.raises(DaemonUnavailableError, match="skiff daemon"):
         Client("/nonexistent/skiff.sock").request("GET", "/v1/version")
     assert Pool.get(pool, client) is not None
+
+
+def test_background_commands_can_be_read_waited_on_and_killed(client, pool):
+    with Sandbox.create(pool=pool, client=client) as sb:
+        h = sb.start("echo begun; sleep 1; echo done; exit 5")
+        assert h.running
+        r = h.wait(timeout=30)
+        assert (r.stdout, r.exit_code) == ("begun\ndone\n", 5)
+        assert not h.running
+
+        slow = sb.start("echo waiting; sleep 60 & sleep 60")
+        deadline = time.monotonic() + 10
+        while slow.output()[0] != b"waiting\n":
+            assert time.monotonic() < deadline, "no output from the background command"
+            time.sleep(0.1)
+        with pytest.raises(TimeoutError):
+            slow.wait(timeout=0.5)
+        slow.kill()
+        killed = slow.wait(timeout=15)
+        assert killed.signal == 9 and killed.exit_code == 137
+        assert sb.run("ps | grep -c '[s]leep 60'").stdout.strip() == "0"
+
+        limited = sb.start("sleep 60", timeout=1)
+        with pytest.raises(CommandTimeoutError):
+            limited.wait(timeout=20)
+
+
+def test_commands_run_as_a_guest_user(client, pool):
+    with Sandbox.create(pool=pool, client=client) as sb:
+        sb.run("echo 'sbx:x:1000:1001:Sandbox:/home/sbx:/bin/sh' >> /etc/passwd", check=True)
+        r = sb.run('id -u; id -g; echo "$HOME $USER"', user="sbx")
+        assert r.stdout == "1000\n1001\n/home/sbx sbx\n"
+        assert sb.run("id -u", user="4242:4243").stdout == "4242\n"
+        denied = sb.run("touch /root/x", user="sbx")
+        assert denied.exit_code != 0
+        missing = sb.run("true", user="nobody-here")
+        assert missing.exit_code == 126 and "no user" in missing.stderr

@@ -86,6 +86,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/pools/{name}/take"),
     ("post", "/v1/vms/{name}/ttl"),
     ("post", "/v1/vms/{name}/commands"),
+    ("get", "/v1/vms/{name}/commands/{id}"),
+    ("delete", "/v1/vms/{name}/commands/{id}"),
 ];
 
 pub fn router(manager: Arc<Manager>) -> Router {
@@ -143,6 +145,10 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route(
             "/v1/vms/{name}/commands",
             axum::routing::post(super::commands::run),
+        )
+        .route(
+            "/v1/vms/{name}/commands/{id}",
+            get(super::background::get).delete(super::background::kill),
         )
         .fallback(not_found)
         .layer(axum::middleware::map_response(add_version_header))
@@ -363,7 +369,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let r = test_router(dir.path());
         for (method, path) in ROUTES {
-            let path = path.replace("{name}", "nope");
+            let path = path.replace("{name}", "nope").replace("{id}", "c-1");
             let (_, body) = call(&r, method, &path, "{}").await;
             assert!(
                 !body.contains("no such endpoint"),

@@ -41,6 +41,13 @@ pub struct CommandBody {
     /// Kill the command (and its process group) after this many seconds.
     #[serde(default)]
     pub timeout_secs: Option<f64>,
+    /// Answer at once with a handle (`{"id": ...}`) instead of streaming:
+    /// see `GET /v1/vms/{name}/commands/{id}`.
+    #[serde(default)]
+    pub background: bool,
+    /// Run as this guest user (name, UID or UID:GID); default root.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 fn event(v: serde_json::Value) -> bytes::Bytes {
@@ -94,6 +101,7 @@ pub async fn run(
         stdin: true,
         service: false,
         tty: None,
+        user: body.user.clone(),
     };
     conn.writer
         .send(&Message::Exec(req))
@@ -109,6 +117,10 @@ pub async fn run(
         .send(&Message::Stdin(Vec::new()))
         .await
         .map_err(agent_err)?;
+    if body.background {
+        let id = super::background::spawn(&m, &name, conn, timeout);
+        return Ok((StatusCode::CREATED, Json(json!({ "id": id, "vm": name }))).into_response());
+    }
 
     let (tx, rx) = mpsc::channel::<bytes::Bytes>(16);
     tokio::spawn(async move {

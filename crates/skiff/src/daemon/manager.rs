@@ -103,6 +103,8 @@ pub struct Manager {
     pub(super) forwarders: Mutex<HashMap<String, super::forward::Forwarder>>,
     /// Wakes the pool keeper (a sandbox was taken, a pool changed).
     pub(super) pool_wake: tokio::sync::Notify,
+    /// Background commands, by id.
+    pub(super) background: super::background::Registry,
 }
 
 pub(super) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -115,6 +117,7 @@ impl Manager {
             locks: Mutex::new(HashMap::new()),
             forwarders: Mutex::new(HashMap::new()),
             pool_wake: tokio::sync::Notify::new(),
+            background: super::background::Registry::default(),
         })
     }
 
@@ -247,6 +250,7 @@ impl Manager {
             shares: super::drives::shares(spec)?,
             virtiofsd_binary: paths::helper("virtiofsd", "SKIFF_VIRTIOFSD"),
             rootfs: super::drives::rootfs_of(spec)?,
+            run_as: super::support::qemu_user(),
         };
         let plan = skiff_vmm::plan(&cfg).map_err(|e| e.to_string())?;
         if let Some(net) = &cfg.net {
@@ -316,6 +320,7 @@ impl Manager {
                 stdin: false,
                 service: true,
                 tty: None,
+                user: None,
             };
             conn.writer
                 .send(&Message::Exec(req))
@@ -427,6 +432,7 @@ impl Manager {
         }
         self.store.delete(name)?;
         self.store.delete_sandbox(name)?;
+        self.background.forget_vm(name);
         self.release_vm(name)?;
         let _ = std::fs::remove_dir_all(self.paths.vm_dir(name));
         if volumes {

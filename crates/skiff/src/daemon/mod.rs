@@ -3,6 +3,7 @@
 //! their own processes and survive a daemon restart.
 
 pub mod api;
+mod background;
 mod commands;
 mod drives;
 mod forward;

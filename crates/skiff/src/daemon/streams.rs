@@ -97,6 +97,9 @@ pub struct ExecBody {
     /// Run on a pseudo-terminal of this size.
     #[serde(default)]
     pub tty: Option<skiff_proto::WindowSize>,
+    /// Run as this guest user (name, UID or UID:GID); default root.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// Check that `req` asks to switch to the frame protocol, and read its
@@ -164,6 +167,7 @@ pub async fn exec(
         stdin: body.stdin,
         service: false,
         tty: body.tty,
+        user: body.user,
     };
     conn.writer.send(&Message::Exec(exec)).await.map_err(|e| {
         ApiError::from(ManagerError::Agent {

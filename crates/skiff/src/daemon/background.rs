@@ -1,0 +1,221 @@
+//! Background commands: `POST /v1/vms/{name}/commands` with
+//! `"background": true` starts a command and answers with a handle at once;
+//! `GET /v1/vms/{name}/commands/{id}[?wait=SECS]` reads its output so far
+//! and how it ended; `DELETE` kills its process group. The daemon keeps the
+//! agent connection and the output (bounded) until the VM is removed.
+
+use super::api::{api_error, ApiError};
+use super::manager::Manager;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use skiff_proto::{ExitStatus, Message};
+use skiff_vmm::AgentConn;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// Output kept per stream; beyond it the oldest bytes are dropped.
+const MAX_OUTPUT: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Ended {
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    /// Why there is no exit status (the VM went away).
+    pub error: Option<String>,
+}
+
+#[derive(Default)]
+struct Output {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    dropped: u64,
+    ended: Option<Ended>,
+}
+
+fn push_bounded(buf: &mut Vec<u8>, bytes: &[u8], dropped: &mut u64) {
+    buf.extend_from_slice(bytes);
+    if buf.len() > MAX_OUTPUT {
+        let cut = buf.len() - MAX_OUTPUT;
+        buf.drain(..cut);
+        *dropped += cut as u64;
+    }
+}
+
+/// One running or finished background command.
+pub struct Background {
+    vm: String,
+    output: Mutex<Output>,
+    done: watch::Receiver<bool>,
+    kill: mpsc::Sender<()>,
+}
+
+/// All background commands of this daemon, by id.
+#[derive(Default)]
+pub struct Registry {
+    commands: Mutex<HashMap<String, Arc<Background>>>,
+}
+
+impl Registry {
+    fn get(&self, vm: &str, id: &str) -> Option<Arc<Background>> {
+        let all = self.commands.lock().unwrap_or_else(|p| p.into_inner());
+        all.get(id).filter(|b| b.vm == vm).cloned()
+    }
+
+    /// Forget the commands of a removed VM.
+    pub fn forget_vm(&self, vm: &str) {
+        let mut all = self.commands.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|_, b| b.vm != vm);
+    }
+}
+
+/// Keep reading `conn` (a started command) in the background; its id.
+pub fn spawn(m: &Manager, vm: &str, mut conn: AgentConn, timeout: Option<Duration>) -> String {
+    let id = format!("c-{}", crate::paths::new_vm_id());
+    let (done_tx, done) = watch::channel(false);
+    let (kill, mut kill_rx) = mpsc::channel(1);
+    let bg = Arc::new(Background {
+        vm: vm.to_owned(),
+        output: Mutex::new(Output::default()),
+        done,
+        kill,
+    });
+    m.background
+        .commands
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.clone(), bg.clone());
+    tokio::spawn(async move {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut timed_out = false;
+        let ended = loop {
+            let limit = async {
+                match deadline {
+                    Some(d) if !timed_out => tokio::time::sleep_until(d).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            let msg = tokio::select! {
+                m = conn.reader.recv() => m,
+                _ = limit => {
+                    timed_out = true;
+                    let _ = conn.writer.send(&Message::Signal(libc::SIGKILL)).await;
+                    continue;
+                }
+                Some(()) = kill_rx.recv() => {
+                    let _ = conn.writer.send(&Message::Signal(libc::SIGKILL)).await;
+                    continue;
+                }
+            };
+            let mut out = bg.output.lock().unwrap_or_else(|p| p.into_inner());
+            let Output {
+                stdout,
+                stderr,
+                dropped,
+                ..
+            } = &mut *out;
+            match msg {
+                Ok(Some(Message::Stdout(b))) => push_bounded(stdout, &b, dropped),
+                Ok(Some(Message::Stderr(b))) => push_bounded(stderr, &b, dropped),
+                Ok(Some(Message::Exited(status))) => {
+                    break Ended {
+                        exit_code: status.shell_code(),
+                        signal: match status {
+                            ExitStatus::Signal(s) => Some(s),
+                            ExitStatus::Code(_) => None,
+                        },
+                        timed_out,
+                        error: None,
+                    }
+                }
+                Ok(Some(Message::Error(e))) => break failed(e),
+                Ok(Some(_)) => {}
+                Ok(None) => break failed("the VM went away during the command".into()),
+                Err(e) => break failed(super::manager::error_chain(&e)),
+            }
+        };
+        bg.output.lock().unwrap_or_else(|p| p.into_inner()).ended = Some(ended);
+        let _ = done_tx.send(true);
+    });
+    id
+}
+
+fn failed(error: String) -> Ended {
+    Ended {
+        exit_code: -1,
+        error: Some(error),
+        ..Ended::default()
+    }
+}
+
+#[derive(Serialize)]
+pub struct CommandState {
+    pub id: String,
+    pub running: bool,
+    /// Set once it ended.
+    #[serde(flatten)]
+    pub ended: Option<Ended>,
+    /// Output so far, base64 (the last 16 MiB of each stream).
+    pub stdout: String,
+    pub stderr: String,
+    /// Bytes dropped from the front because the output grew past 16 MiB.
+    pub dropped: u64,
+}
+
+#[derive(Deserialize)]
+pub struct WaitQuery {
+    /// Wait up to this many seconds for the command to end.
+    #[serde(default)]
+    pub wait: Option<f64>,
+}
+
+fn missing(vm: &str, id: &str) -> ApiError {
+    api_error(
+        StatusCode::NOT_FOUND,
+        format!("no background command {id:?} in VM {vm:?}"),
+    )
+}
+
+pub async fn get(
+    State(m): State<Arc<Manager>>,
+    Path((vm, id)): Path<(String, String)>,
+    Query(q): Query<WaitQuery>,
+) -> Result<Json<CommandState>, ApiError> {
+    let bg = m
+        .background
+        .get(&vm, &id)
+        .ok_or_else(|| missing(&vm, &id))?;
+    if let Some(secs) = q.wait.filter(|s| *s > 0.0) {
+        let mut done = bg.done.clone();
+        let wait = Duration::from_secs_f64(secs.min(3600.0));
+        let _ = tokio::time::timeout(wait, done.wait_for(|d| *d)).await;
+    }
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let out = bg.output.lock().unwrap_or_else(|p| p.into_inner());
+    Ok(Json(CommandState {
+        id,
+        running: out.ended.is_none(),
+        ended: out.ended.clone(),
+        stdout: b64.encode(&out.stdout),
+        stderr: b64.encode(&out.stderr),
+        dropped: out.dropped,
+    }))
+}
+
+pub async fn kill(
+    State(m): State<Arc<Manager>>,
+    Path((vm, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let bg = m
+        .background
+        .get(&vm, &id)
+        .ok_or_else(|| missing(&vm, &id))?;
+    let _ = bg.kill.try_send(());
+    Ok(StatusCode::ACCEPTED)
+}
