@@ -15,5 +15,6 @@ pub mod detached;
 pub use detached::{launch_detached, DetachedVm, ProcessRef};
 pub mod usernet;
 pub use usernet::UserNet;
+pub mod cgroup;
 pub mod tap;
 pub use tap::TapNic;

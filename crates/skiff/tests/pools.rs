@@ -83,6 +83,7 @@ fn a_pool_hands_out_ready_sandboxes_once_refills_expires_and_survives_restarts()
     let pid = d.inspect(first)["qemu"]["pid"].as_i64().expect("qemu pid");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     assert!(status.contains("\nSeccomp:\t2\n"), "{status}");
+    assert_vm_cgroup(&d, first);
     if nix::unistd::geteuid().is_root() {
         let nobody = nix::unistd::User::from_name("nobody")
             .ok()
@@ -133,6 +134,22 @@ fn a_pool_hands_out_ready_sandboxes_once_refills_expires_and_survives_restarts()
     }
     assert_eq!(pool_field(&d, "sb", "taken"), 3);
 
+    // A guest that exhausts its memory kills only its own process.
+    let hog = taken.iter().next().expect("a taken sandbox");
+    let oom = d.cli(&[
+        "exec",
+        hog,
+        "--",
+        "sh",
+        "-c",
+        "head -c 600m /dev/zero | tail",
+    ]);
+    assert_eq!(oom.status.code(), Some(137), "{}", stderr(&oom));
+    assert_eq!(
+        d.ok(&["exec", hog, "--", "echo", "still here"]),
+        "still here\n"
+    );
+
     // A short time to live destroys the sandbox; the API extends one.
     let short = d
         .ok(&["pool", "take", "sb", "--ttl", "2"])
@@ -175,10 +192,38 @@ fn a_pool_hands_out_ready_sandboxes_once_refills_expires_and_survives_restarts()
     d.ok(&["pool", "rm", "sb"]);
     assert_eq!(vm_names(&d), taken);
     assert_eq!(d.qemu_count(), 3);
+    let gone = d.inspect(taken.iter().next().expect("one")).clone();
     for name in &taken {
         d.ok(&["rm", "--force", name]);
     }
     assert_eq!(d.qemu_count(), 0);
+    // The VM's cgroup went with it.
+    let id = gone["id"].as_str().expect("id");
+    let own = std::fs::read_to_string("/proc/self/cgroup").expect("cgroup");
+    let leftovers: Vec<String> = ["memory", "cpu", ""]
+        .iter()
+        .filter_map(|c| {
+            own.lines().find_map(|l| {
+                let mut p = l.splitn(3, ':');
+                let (_, ctl, path) = (p.next()?, p.next()?, p.next()?);
+                let hit = if c.is_empty() {
+                    ctl.is_empty()
+                } else {
+                    ctl.split(',').any(|x| x == *c)
+                };
+                hit.then(|| {
+                    let mount = if c.is_empty() {
+                        "/sys/fs/cgroup".to_owned()
+                    } else {
+                        format!("/sys/fs/cgroup/{c}")
+                    };
+                    format!("{mount}{}/skiff/vm-{id}", path.trim_end_matches('/'))
+                })
+            })
+        })
+        .filter(|dir| std::path::Path::new(dir).exists())
+        .collect();
+    assert!(leftovers.is_empty(), "cgroups left: {leftovers:?}");
 }
 
 fn now() -> i64 {
@@ -186,4 +231,60 @@ fn now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// QEMU and its vsock helper sit in the VM's own cgroup, whose memory limit
+/// is the guest's memory plus 256 MiB and whose CPU quota is its vCPUs.
+fn assert_vm_cgroup(d: &Daemon, vm: &str) {
+    let info = d.inspect(vm);
+    let id = info["id"].as_str().expect("id");
+    let memory_mib = info["spec"]["memory_mib"].as_u64().expect("memory");
+    let vcpus = info["spec"]["vcpus"].as_u64().expect("vcpus");
+    let limit = ((memory_mib + 256) * 1024 * 1024).to_string();
+    let cgroup_of =
+        |pid: i64| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let qemu = cgroup_of(info["qemu"]["pid"].as_i64().expect("qemu pid"));
+    let helper = cgroup_of(info["vsock"]["pid"].as_i64().expect("vsock pid"));
+    let line = |text: &str, controller: &str| -> Option<String> {
+        text.lines().find_map(|l| {
+            let mut p = l.splitn(3, ':');
+            let (_, c, path) = (p.next()?, p.next()?, p.next()?);
+            let hit = if controller.is_empty() {
+                c.is_empty()
+            } else {
+                c.split(',').any(|x| x == controller)
+            };
+            hit.then(|| path.to_owned())
+        })
+    };
+    let suffix = format!("/skiff/vm-{id}");
+    match line(&qemu, "memory") {
+        Some(mem) => {
+            assert!(mem.ends_with(&suffix), "QEMU's memory cgroup: {mem}");
+            assert_eq!(
+                line(&helper, "memory"),
+                Some(mem.clone()),
+                "the helper is with QEMU"
+            );
+            let dir = format!("/sys/fs/cgroup/memory{mem}");
+            assert_eq!(
+                std::fs::read_to_string(format!("{dir}/memory.limit_in_bytes"))
+                    .expect("limit")
+                    .trim(),
+                limit
+            );
+            let cpu = line(&qemu, "cpu").expect("cpu cgroup");
+            let quota =
+                std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{cpu}/cpu.cfs_quota_us"))
+                    .expect("quota");
+            assert_eq!(quota.trim(), (vcpus * 100_000).to_string());
+        }
+        None => {
+            let path = line(&qemu, "").expect("v2 cgroup");
+            assert!(path.ends_with(&suffix), "QEMU's cgroup: {path}");
+            let max = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/memory.max"))
+                .expect("memory.max");
+            assert_eq!(max.trim(), limit);
+        }
+    }
 }

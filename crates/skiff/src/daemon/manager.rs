@@ -105,6 +105,8 @@ pub struct Manager {
     pub(super) pool_wake: tokio::sync::Notify,
     /// Background commands, by id.
     pub(super) background: super::background::Registry,
+    /// Where VMs get their host-side limits; None: no usable cgroups.
+    pub(super) cgroups: Option<skiff_vmm::cgroup::Hierarchy>,
 }
 
 pub(super) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -118,6 +120,7 @@ impl Manager {
             forwarders: Mutex::new(HashMap::new()),
             pool_wake: tokio::sync::Notify::new(),
             background: super::background::Registry::default(),
+            cgroups: skiff_vmm::cgroup::detect(),
         })
     }
 
@@ -186,6 +189,7 @@ impl Manager {
                 Err(reason) => {
                     this.stop_forwards(&name);
                     this.remove_tap(&rec.id).await;
+                    this.remove_cgroup(&rec).await;
                     this.store.set_state(
                         &name,
                         VmState::Exited,
@@ -262,6 +266,10 @@ impl Manager {
         let mut vm = skiff_vmm::launch_detached(&plan, &vm_dir)
             .await
             .map_err(|e| error_chain(&e))?;
+        if let Err(e) = self.limit(rec, &vm) {
+            kill_processes(vm.qemu, vm.vsock);
+            return Err(e);
+        }
         let run_dir = plan.run_dir.to_string_lossy().into_owned();
         self.store
             .set_processes(&rec.name, vm.qemu, vm.vsock, &run_dir)
@@ -399,6 +407,7 @@ impl Manager {
         }
         self.stop_forwards(&rec.name);
         self.remove_tap(&rec.id).await;
+        self.remove_cgroup(rec).await;
         let _ = self.store.clear_processes(&rec.name);
     }
 
@@ -515,69 +524,6 @@ impl Manager {
         }
         Ok(changes)
     }
-
-    /// After a daemon (re)start: take back VMs whose QEMU still runs, report
-    /// those that died meanwhile, and start the autostart ones.
-    pub async fn adopt_and_autostart(self: &Arc<Self>) -> Result<(), ManagerError> {
-        if let Err(e) = self.drop_run_leases().await {
-            eprintln!("skiff daemon: cannot release the leases of earlier runs: {e}");
-        }
-        for rec in self.store.list()? {
-            let mut state = rec.state;
-            if rec.state.is_active() {
-                match (rec.qemu, rec.vsock, &rec.run_dir) {
-                    (Some(q), Some(v), Some(run_dir)) if q.is_alive() => {
-                        if let Err(e) = self.start_forwards(&rec) {
-                            eprintln!(
-                                "skiff daemon: {}: port forwards not restored: {e}",
-                                rec.name
-                            );
-                        }
-                        self.store.set_state(
-                            &rec.name,
-                            VmState::Running,
-                            "adopted after a daemon restart",
-                        )?;
-                        self.spawn_monitor(
-                            rec.name.clone(),
-                            q,
-                            v,
-                            None,
-                            None,
-                            PathBuf::from(run_dir),
-                        );
-                        continue;
-                    }
-                    _ => {
-                        if let (Some(q), Some(v)) = (rec.qemu, rec.vsock) {
-                            kill_processes(q, v);
-                        }
-                        if let Some(d) = &rec.run_dir {
-                            let _ = std::fs::remove_dir_all(d);
-                        }
-                        self.remove_tap(&rec.id).await;
-                        self.store.clear_processes(&rec.name)?;
-                        self.store.set_state(
-                            &rec.name,
-                            VmState::Exited,
-                            "the VM stopped while the daemon was down",
-                        )?;
-                        state = VmState::Exited;
-                    }
-                }
-            }
-            // Autostart brings up VMs that are not running, except those a
-            // user stopped on purpose.
-            if rec.spec.autostart && matches!(state, VmState::Created | VmState::Exited) {
-                let this = self.clone();
-                let name = rec.name.clone();
-                tokio::spawn(async move {
-                    let _ = this.start(&name).await;
-                });
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Deletes the in-memory secrets image when dropped.
@@ -590,7 +536,7 @@ impl Drop for SecretsImage {
     }
 }
 
-fn kill_processes(qemu: ProcessRef, vsock: ProcessRef) {
+pub(super) fn kill_processes(qemu: ProcessRef, vsock: ProcessRef) {
     qemu.signal(nix::sys::signal::Signal::SIGKILL);
     vsock.signal(nix::sys::signal::Signal::SIGKILL);
 }

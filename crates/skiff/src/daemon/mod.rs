@@ -7,6 +7,7 @@ mod background;
 mod commands;
 mod drives;
 mod forward;
+mod limits;
 pub mod manager;
 mod monitor;
 pub mod netstore;

@@ -1,7 +1,7 @@
 //! Watching a VM's QEMU: keep its console log bounded, clean up when it
 //! ends, and apply the restart policy.
 
-use super::manager::{BoxFuture, Manager};
+use super::manager::{kill_processes, BoxFuture, Manager, ManagerError};
 use super::store::VmState;
 use skiff_spec::RestartPolicy;
 use skiff_vmm::plan::{guest_exit, GuestExit};
@@ -15,6 +15,70 @@ const CONSOLE_LOG_MAX: u64 = 8 * 1024 * 1024;
 const CONSOLE_LOG_KEEP: u64 = 1024 * 1024;
 
 impl Manager {
+    /// After a daemon (re)start: take back VMs whose QEMU still runs, report
+    /// those that died meanwhile, and start the autostart ones.
+    pub async fn adopt_and_autostart(self: &Arc<Self>) -> Result<(), ManagerError> {
+        if let Err(e) = self.drop_run_leases().await {
+            eprintln!("skiff daemon: cannot release the leases of earlier runs: {e}");
+        }
+        for rec in self.store.list()? {
+            let mut state = rec.state;
+            if rec.state.is_active() {
+                match (rec.qemu, rec.vsock, &rec.run_dir) {
+                    (Some(q), Some(v), Some(run_dir)) if q.is_alive() => {
+                        if let Err(e) = self.start_forwards(&rec) {
+                            eprintln!(
+                                "skiff daemon: {}: port forwards not restored: {e}",
+                                rec.name
+                            );
+                        }
+                        self.store.set_state(
+                            &rec.name,
+                            VmState::Running,
+                            "adopted after a daemon restart",
+                        )?;
+                        self.spawn_monitor(
+                            rec.name.clone(),
+                            q,
+                            v,
+                            None,
+                            None,
+                            PathBuf::from(run_dir),
+                        );
+                        continue;
+                    }
+                    _ => {
+                        if let (Some(q), Some(v)) = (rec.qemu, rec.vsock) {
+                            kill_processes(q, v);
+                        }
+                        if let Some(d) = &rec.run_dir {
+                            let _ = std::fs::remove_dir_all(d);
+                        }
+                        self.remove_tap(&rec.id).await;
+                        self.remove_cgroup(&rec).await;
+                        self.store.clear_processes(&rec.name)?;
+                        self.store.set_state(
+                            &rec.name,
+                            VmState::Exited,
+                            "the VM stopped while the daemon was down",
+                        )?;
+                        state = VmState::Exited;
+                    }
+                }
+            }
+            // Autostart brings up VMs that are not running, except those a
+            // user stopped on purpose.
+            if rec.spec.autostart && matches!(state, VmState::Created | VmState::Exited) {
+                let this = self.clone();
+                let name = rec.name.clone();
+                tokio::spawn(async move {
+                    let _ = this.start(&name).await;
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Watch a VM's QEMU until it exits, then clean up and apply the
     /// restart policy.
     pub(super) fn spawn_monitor(
@@ -73,6 +137,7 @@ impl Manager {
         let _ = self.store.clear_processes(name);
         self.stop_forwards(name);
         self.remove_tap(&rec.id).await;
+        self.remove_cgroup(&rec).await;
         let failed = matches!(exit, GuestExit::ServiceFailed | GuestExit::Crashed);
         let (restart, backoff, max_backoff) = match rec.spec.restart {
             RestartPolicy::No => (false, 0, 0),
