@@ -51,10 +51,11 @@ if ! virtiofsd --version 2>/dev/null | grep -q "$VIRTIOFSD_VERSION"; then
   cargo install --locked --quiet virtiofsd --version "$VIRTIOFSD_VERSION"
 fi
 
-# 3c. The Python SDK (sdk/python) and pytest, which its tests use.
-if ! python3 -c 'import pytest, skiff_sdk' 2>/dev/null; then
+# 3c. The Python SDK (sdk/python) and pytest, which its tests use; the proxy
+#     test parses /metrics with prometheus-client.
+if ! python3 -c 'import pytest, skiff_sdk, prometheus_client' 2>/dev/null; then
   say "installing the Python SDK and pytest"
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore ./sdk/python pytest
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore ./sdk/python pytest prometheus-client
 fi
 
 # 4. skiff and its static guest agent.

@@ -17,7 +17,7 @@
 mod parse;
 mod units;
 
-pub use parse::{parse_file, parse_forward, parse_vm_table};
+pub use parse::{check_domain, parse_file, parse_forward, parse_vm_table};
 pub use units::{parse_duration_ms, parse_size_mib};
 
 use serde::{Deserialize, Serialize};
@@ -61,6 +61,41 @@ pub struct VmSpec {
     /// Whether `apply` restarts the VM when its spec changed.
     pub restart_if_changed: bool,
     pub restart: RestartPolicy,
+    /// Served by the daemon's reverse proxy.
+    #[serde(default)]
+    pub http: Option<HttpSpec>,
+}
+
+/// The `http` section: what the daemon's reverse proxy routes to the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSpec {
+    pub domains: Vec<String>,
+    /// The guest port the service listens on.
+    pub port: u16,
+    pub tls: TlsSpec,
+    pub health: Option<HealthCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsSpec {
+    /// Plain HTTP only.
+    None,
+    /// A certificate the daemon makes for the domains.
+    SelfSigned,
+    /// PEM files, reloaded when they change.
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Failed checks in a row before the VM counts as unhealthy.
+    pub unhealthy_after: u32,
 }
 
 impl VmSpec {
@@ -87,6 +122,7 @@ impl VmSpec {
             autostart: false,
             restart_if_changed: true,
             restart: RestartPolicy::No,
+            http: None,
         }
     }
 

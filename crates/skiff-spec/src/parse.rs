@@ -3,6 +3,8 @@
 //! The TOML is walked by hand rather than deserialized with serde, because
 //! serde stops at the first problem and a user fixing a spec wants them all.
 
+mod http;
+pub use http::check_domain;
 mod net;
 mod restart;
 mod storage;
@@ -224,6 +226,20 @@ pub fn parse_file(text: &str) -> Result<Vec<VmSpec>, SpecErrors> {
             }
         }
     }
+    // One domain, one VM.
+    let mut owners: Vec<(&str, &str)> = Vec::new();
+    for spec in &specs {
+        for d in spec.http.iter().flat_map(|h| &h.domains) {
+            match owners.iter().find(|(od, _)| od == d) {
+                Some((_, other)) if *other != spec.name => errs.push(
+                    &format!("vm.{}.http.domains", spec.name),
+                    format!("{d:?} is already served by vm.{other}; a domain routes to one VM"),
+                ),
+                Some(_) => {}
+                None => owners.push((d, &spec.name)),
+            }
+        }
+    }
     if errs.0.is_empty() {
         Ok(specs)
     } else {
@@ -260,6 +276,7 @@ const VM_FIELDS: &[&str] = &[
     "autostart",
     "restart_if_changed",
     "restart",
+    "http",
 ];
 
 fn vm_table(name: &str, body: &Table, path: &str, errs: &mut Errs) -> Option<VmSpec> {
@@ -406,6 +423,16 @@ fn vm_table(name: &str, body: &Table, path: &str, errs: &mut Errs) -> Option<VmS
     }
     if let Some(v) = f.get("restart") {
         spec.restart = restart::restart(v, &f.sub("restart"), errs);
+    }
+    if let Some(v) = f.get("http") {
+        spec.http = http::http(v, &f.sub("http"), errs);
+        let bridged = spec.network.iter().any(|n| n.mode == NetMode::Bridge);
+        if spec.http.is_some() && !bridged {
+            errs.push(
+                &f.sub("http"),
+                "the proxy reaches a VM at its address on a managed network: add network = { mode = \"bridge\", network = \"NAME\" }",
+            );
+        }
     }
     f.finish(VM_FIELDS, errs);
     let has_nic = spec.network.iter().any(|n| n.mode != NetMode::None);

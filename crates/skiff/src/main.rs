@@ -155,6 +155,13 @@ struct DaemonArgs {
     /// File holding the bearer token for the TCP listener.
     #[arg(long, value_name = "FILE")]
     token_file: Option<PathBuf>,
+    /// Run the reverse proxy for VMs with an `http` section: plain HTTP on
+    /// this address (for example 0.0.0.0:80).
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<std::net::SocketAddr>,
+    /// The proxy's HTTPS address (for example 0.0.0.0:443).
+    #[arg(long, value_name = "ADDR")]
+    https_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -407,6 +414,10 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 state_dir: paths::state_dir()?,
                 runtime_dir: paths::runtime_dir(),
                 tcp,
+                proxy: daemon::proxy::ProxyConfig {
+                    http: a.http_listen,
+                    https: a.https_listen,
+                },
             };
             daemon::serve(cfg).await?;
             Ok(0)

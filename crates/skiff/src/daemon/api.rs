@@ -88,6 +88,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/vms/{name}/commands"),
     ("get", "/v1/vms/{name}/commands/{id}"),
     ("delete", "/v1/vms/{name}/commands/{id}"),
+    ("get", "/metrics"),
 ];
 
 pub fn router(manager: Arc<Manager>) -> Router {
@@ -150,6 +151,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
             "/v1/vms/{name}/commands/{id}",
             get(super::background::get).delete(super::background::kill),
         )
+        .route("/metrics", get(super::metrics::metrics))
         .fallback(not_found)
         .layer(axum::middleware::map_response(add_version_header))
         .with_state(manager)

@@ -117,12 +117,14 @@ pub async fn run(
         .send(&Message::Stdin(Vec::new()))
         .await
         .map_err(agent_err)?;
+    m.metrics.exec_started(&name);
     if body.background {
         let id = super::background::spawn(&m, &name, conn, timeout);
         return Ok((StatusCode::CREATED, Json(json!({ "id": id, "vm": name }))).into_response());
     }
 
     let (tx, rx) = mpsc::channel::<bytes::Bytes>(16);
+    let started = Instant::now();
     tokio::spawn(async move {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut timed_out = false;
@@ -158,6 +160,7 @@ pub async fn run(
                     let exit = json!({"type": "exit", "exit_code": status.shell_code(),
                         "signal": signal, "timed_out": timed_out});
                     let _ = tx.send(event(exit)).await;
+                    m.metrics.exec_finished(&name, started.elapsed());
                     return;
                 }
                 Ok(Ok(Some(Message::Error(msg)))) => (error_event(&msg), true),

@@ -107,6 +107,8 @@ pub struct Manager {
     pub(super) background: super::background::Registry,
     /// Where VMs get their host-side limits; None: no usable cgroups.
     pub(super) cgroups: Option<skiff_vmm::cgroup::Hierarchy>,
+    pub(super) metrics: super::metrics::Metrics,
+    pub(super) health: super::health::HealthMap,
 }
 
 pub(super) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -121,6 +123,8 @@ impl Manager {
             pool_wake: tokio::sync::Notify::new(),
             background: super::background::Registry::default(),
             cgroups: skiff_vmm::cgroup::detect(),
+            metrics: super::metrics::Metrics::default(),
+            health: super::health::HealthMap::default(),
         })
     }
 
@@ -147,6 +151,7 @@ impl Manager {
         skiff_spec::check_name(&spec.name)
             .map_err(|e| ManagerError::InvalidSpec(format!("name: {e}")))?;
         super::support::check_supported(spec)?;
+        self.check_http(spec)?;
         let vm_dir = self.paths.vm_dir(&spec.name);
         let rec = self.store.insert(&paths::new_vm_id(), spec)?;
         if let Err(e) = std::fs::create_dir_all(&vm_dir) {
@@ -494,6 +499,7 @@ impl Manager {
                 continue;
             };
             super::support::check_supported(&spec)?;
+            self.check_http(&spec)?;
             let changed = changed_fields(&rec.spec, &spec);
             if changed.is_empty() {
                 changes.push(ApplyChange {

@@ -7,13 +7,16 @@ mod background;
 mod commands;
 mod drives;
 mod forward;
+mod health;
 mod limits;
 pub mod manager;
+pub mod metrics;
 mod monitor;
 pub mod netstore;
 pub mod networks;
 pub mod pools;
 pub mod poolstore;
+pub mod proxy;
 pub mod run_api;
 pub mod store;
 pub mod streams;
@@ -33,6 +36,8 @@ pub struct DaemonConfig {
     pub runtime_dir: PathBuf,
     /// An optional TCP listener and the bearer token it requires.
     pub tcp: Option<(std::net::SocketAddr, String)>,
+    /// The reverse proxy's listeners (none: no proxy).
+    pub proxy: proxy::ProxyConfig,
 }
 
 /// Read a bearer token: the file's first line, at least 16 characters.
@@ -144,6 +149,8 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     manager.spawn_pool_keeper();
+    manager.spawn_health_checks();
+    proxy::start(manager.clone(), cfg.proxy.clone()).await?;
     let pid_file = cfg.state_dir.join("daemon.pid");
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))
         .with_context(|| format!("cannot write {}", pid_file.display()))?;

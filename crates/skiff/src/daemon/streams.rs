@@ -175,6 +175,7 @@ pub async fn exec(
             reason: e.to_string(),
         })
     })?;
+    m.metrics.exec_started(&name);
     tokio::spawn(proxy(on_upgrade, conn, Direction::EXEC));
     Ok(switching_protocols())
 }

@@ -1,0 +1,255 @@
+//! `GET /metrics`: Prometheus text exposition of the daemon: per-VM state,
+//! boots, restarts, CPU and memory of its QEMU, health, exec counts and
+//! latency, and proxy requests by status with their latency.
+
+use super::manager::Manager;
+use super::store::VmState;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Latency buckets in seconds.
+const BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Default, Clone)]
+struct Histogram {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn observe(&mut self, secs: f64) {
+        if self.counts.is_empty() {
+            self.counts = vec![0; BUCKETS.len()];
+        }
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if secs <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.sum += secs;
+        self.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        for (i, b) in BUCKETS.iter().enumerate() {
+            let n = self.counts.get(i).copied().unwrap_or(0);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {n}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum);
+        let _ = writeln!(out, "{name}_count{{{labels}}} {}", self.count);
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    proxy: BTreeMap<(String, u16), u64>,
+    proxy_latency: BTreeMap<String, Histogram>,
+    exec: BTreeMap<String, u64>,
+    exec_latency: BTreeMap<String, Histogram>,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+/// A label value with `\`, `"` and newlines escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn proxied(&self, vm: &str, status: u16, took: Duration) {
+        let mut i = self.lock();
+        *i.proxy.entry((vm.to_owned(), status)).or_default() += 1;
+        i.proxy_latency
+            .entry(vm.to_owned())
+            .or_default()
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn exec_started(&self, vm: &str) {
+        *self.lock().exec.entry(vm.to_owned()).or_default() += 1;
+    }
+
+    pub fn exec_finished(&self, vm: &str, took: Duration) {
+        self.lock()
+            .exec_latency
+            .entry(vm.to_owned())
+            .or_default()
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn render(&self, m: &Manager) -> String {
+        let mut out = String::new();
+        let vms = m.store.list().unwrap_or_default();
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as f64;
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .unwrap_or(4096) as u64;
+        let mut section = |name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        section("skiff_vm_up", "gauge", "1 while the VM is running.");
+        let mut body = String::new();
+        for v in &vms {
+            let _ = writeln!(
+                body,
+                "skiff_vm_up{{vm=\"{}\"}} {}",
+                label(&v.name),
+                u8::from(v.state == VmState::Running)
+            );
+        }
+        out.push_str(&body);
+        let table =
+            |out: &mut String, name: &str, kind: &str, help: &str, rows: Vec<(String, String)>| {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for (labels, value) in rows {
+                    let _ = writeln!(out, "{name}{{{labels}}} {value}");
+                }
+            };
+        let per_vm =
+            |f: &dyn Fn(&super::store::VmRecord) -> Option<String>| -> Vec<(String, String)> {
+                vms.iter()
+                    .filter_map(|v| Some((format!("vm=\"{}\"", label(&v.name)), f(v)?)))
+                    .collect()
+            };
+        table(
+            &mut out,
+            "skiff_vm_state",
+            "gauge",
+            "The VM's state (1 for the current one).",
+            vms.iter()
+                .map(|v| {
+                    (
+                        format!("vm=\"{}\",state=\"{}\"", label(&v.name), v.state.as_str()),
+                        "1".into(),
+                    )
+                })
+                .collect(),
+        );
+        table(
+            &mut out,
+            "skiff_vm_boots_total",
+            "counter",
+            "Boots of the VM.",
+            per_vm(&|v| Some(v.boots.to_string())),
+        );
+        table(
+            &mut out,
+            "skiff_vm_restarts_total",
+            "counter",
+            "Restarts by the restart policy or health check.",
+            per_vm(&|v| Some(v.restarts.to_string())),
+        );
+        let stat = |pid: i32| -> Option<(f64, u64)> {
+            let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let after = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = after.split_whitespace().collect();
+            let cpu = (f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks;
+            let rss = f.get(21)?.parse::<u64>().ok()? * page;
+            Some((cpu, rss))
+        };
+        let live =
+            |v: &super::store::VmRecord| v.qemu.filter(|q| q.is_alive()).and_then(|q| stat(q.pid));
+        table(
+            &mut out,
+            "skiff_vm_cpu_seconds_total",
+            "counter",
+            "CPU time of the VM's QEMU.",
+            per_vm(&|v| live(v).map(|(c, _)| c.to_string())),
+        );
+        table(
+            &mut out,
+            "skiff_vm_memory_bytes",
+            "gauge",
+            "Resident memory of the VM's QEMU.",
+            per_vm(&|v| live(v).map(|(_, r)| r.to_string())),
+        );
+        table(
+            &mut out,
+            "skiff_vm_healthy",
+            "gauge",
+            "1 unless the VM fails its HTTP health check.",
+            per_vm(&|v| {
+                v.spec
+                    .http
+                    .as_ref()
+                    .and_then(|h| h.health.as_ref())
+                    .map(|_| u8::from(!m.is_unhealthy(&v.name)).to_string())
+            }),
+        );
+        let i = self.lock();
+        table(
+            &mut out,
+            "skiff_exec_total",
+            "counter",
+            "Commands started in the VM.",
+            i.exec
+                .iter()
+                .map(|(vm, n)| (format!("vm=\"{}\"", label(vm)), n.to_string()))
+                .collect(),
+        );
+        let _ = writeln!(out, "# HELP skiff_exec_duration_seconds Duration of commands run through the commands API.\n# TYPE skiff_exec_duration_seconds histogram");
+        for (vm, h) in &i.exec_latency {
+            h.render(
+                &mut out,
+                "skiff_exec_duration_seconds",
+                &format!("vm=\"{}\"", label(vm)),
+            );
+        }
+        table(
+            &mut out,
+            "skiff_proxy_requests_total",
+            "counter",
+            "Requests through the reverse proxy by VM and status.",
+            i.proxy
+                .iter()
+                .map(|((vm, code), n)| {
+                    (
+                        format!("vm=\"{}\",code=\"{code}\"", label(vm)),
+                        n.to_string(),
+                    )
+                })
+                .collect(),
+        );
+        let _ = writeln!(out, "# HELP skiff_proxy_request_duration_seconds Time to the response head through the proxy.\n# TYPE skiff_proxy_request_duration_seconds histogram");
+        for (vm, h) in &i.proxy_latency {
+            h.render(
+                &mut out,
+                "skiff_proxy_request_duration_seconds",
+                &format!("vm=\"{}\"", label(vm)),
+            );
+        }
+        out
+    }
+}
+
+pub async fn metrics(State(m): State<Arc<Manager>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.metrics.render(&m),
+    )
+}

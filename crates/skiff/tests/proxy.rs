@@ -1,0 +1,261 @@
+//! End-to-end tests of the reverse proxy: a daemon in a network namespace
+//! with its proxy on the namespace's loopback, a service VM on a managed
+//! network, and real clients (curl, a raw TLS-less socket) only.
+
+mod common;
+
+use common::daemon::Daemon;
+use common::netns::NetNs;
+use common::stderr;
+use std::time::Duration;
+
+const HTTP: &str = "127.0.0.1:18081";
+const HTTPS: &str = "127.0.0.1:18443";
+
+/// busybox httpd with a page that compresses well, a CGI script that shows
+/// the forwarding headers it received, and a health check file.
+const SERVICE: &str = r#"mkdir -p /www/cgi-bin && printf '#!/bin/sh\necho Content-Type: text/plain\necho\nenv | grep ^HTTP_X | sort\n' > /www/cgi-bin/headers && chmod +x /www/cgi-bin/headers && i=0 && while [ $i -lt 400 ]; do echo "line $i of a page that compresses well"; i=$((i+1)); done > /www/index.html && echo ok > /www/healthz && httpd -f -p 8080 -h /www"#;
+
+fn curl(ns: &NetNs, args: &[&str]) -> (String, String) {
+    let mut cmd = ns.command("curl");
+    cmd.args([
+        "-sS",
+        "-m",
+        "10",
+        "--resolve",
+        "app.test:18081:127.0.0.1",
+        "--resolve",
+        "app.test:18443:127.0.0.1",
+    ]);
+    let out = cmd.args(args).output().expect("curl");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn status(ns: &NetNs, url: &str) -> String {
+    curl(ns, &["-k", "-o", "/dev/null", "-w", "%{http_code}", url]).0
+}
+
+fn expected_page() -> String {
+    (0..400)
+        .map(|i| format!("line {i} of a page that compresses well\n"))
+        .collect()
+}
+
+#[test]
+fn the_proxy_serves_a_vm_over_https_with_headers_compression_and_health() {
+    let host = NetNs::new("x");
+    let flags: Vec<String> = ["--http-listen", HTTP, "--https-listen", HTTPS]
+        .map(String::from)
+        .to_vec();
+    let d = Daemon::start_wrapped(&flags, &host.exec_prefix());
+    d.ok(&["network", "create", "web", "--subnet", "10.94.0.0/24"]);
+    let spec = format!(
+        r#"
+[vm.site]
+network = {{ mode = "bridge", network = "web" }}
+command = '''{SERVICE}'''
+restart = "always"
+[vm.site.http]
+domains = ["app.test"]
+port = 8080
+tls = "self-signed"
+health = {{ path = "/healthz", interval = "1s", unhealthy_after = 2 }}
+"#
+    );
+    let file = d.write_spec("site.toml", &spec);
+    d.ok(&["apply", "-f", file.to_str().expect("utf8")]);
+    d.ok(&["start", "site"]);
+    d.wait_for("the service to answer", Duration::from_secs(30), || {
+        status(&host, "https://app.test:18443/") == "200"
+    });
+
+    // HTTPS by SNI with the page; HTTP/2 when asked; HTTP redirects.
+    let (page, err) = curl(&host, &["-k", "https://app.test:18443/"]);
+    assert_eq!(page, expected_page(), "{err}");
+    let (version, _) = curl(
+        &host,
+        &[
+            "-k",
+            "--http2",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version}",
+            "https://app.test:18443/",
+        ],
+    );
+    assert_eq!(version, "2");
+    let (redirect, _) = curl(
+        &host,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{redirect_url}",
+            "http://app.test:18081/index.html?x=1",
+        ],
+    );
+    assert_eq!(redirect, "308 https://app.test:18443/index.html?x=1");
+    // A host nobody serves.
+    let (unknown, _) = curl(
+        &host,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Host: other.test",
+            "http://127.0.0.1:18081/",
+        ],
+    );
+    assert_eq!(unknown, "404");
+
+    // The forwarding headers the VM sees.
+    let (headers, _) = curl(&host, &["-k", "https://app.test:18443/cgi-bin/headers"]);
+    for expected in [
+        "HTTP_X_FORWARDED_FOR=127.0.0.1",
+        "HTTP_X_FORWARDED_HOST=app.test",
+        "HTTP_X_FORWARDED_PROTO=https",
+        "HTTP_X_REAL_IP=127.0.0.1",
+    ] {
+        assert!(
+            headers.lines().any(|l| l == expected),
+            "{expected} missing in:\n{headers}"
+        );
+    }
+
+    // gzip and zstd, each decoding to the same bytes, and smaller on the wire.
+    for encoding in ["gzip", "zstd"] {
+        let (head, _) = curl(
+            &host,
+            &[
+                "-k",
+                "-H",
+                &format!("Accept-Encoding: {encoding}"),
+                "-D",
+                "-",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{size_download}",
+                "https://app.test:18443/",
+            ],
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("content-encoding: {encoding}")),
+            "{head}"
+        );
+        let size: usize = head
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .expect("size");
+        assert!(
+            size < expected_page().len() / 4,
+            "{encoding}: {size} bytes on the wire"
+        );
+        let (decoded, _) = curl(
+            &host,
+            &[
+                "-k",
+                "--compressed",
+                "-H",
+                &format!("Accept-Encoding: {encoding}"),
+                "https://app.test:18443/",
+            ],
+        );
+        assert_eq!(decoded, expected_page(), "{encoding}");
+    }
+
+    // A stopped VM: 503 with a page naming it; back when started.
+    d.ok(&["stop", "site"]);
+    let (down, _) = curl(
+        &host,
+        &["-k", "-w", "\n%{http_code}", "https://app.test:18443/"],
+    );
+    assert!(
+        down.ends_with("\n503") && down.contains("VM site is not running"),
+        "{down}"
+    );
+    d.ok(&["start", "site"]);
+    d.wait_for("the service to come back", Duration::from_secs(30), || {
+        status(&host, "https://app.test:18443/") == "200"
+    });
+
+    // A failing health check: 503, then the restart policy brings it back.
+    let restarts = d.inspect("site")["restarts"].as_i64().unwrap_or(0);
+    d.ok(&["exec", "site", "--", "rm", "/www/healthz"]);
+    d.wait_for(
+        "a restart by the health check",
+        Duration::from_secs(60),
+        || d.inspect("site")["restarts"].as_i64().unwrap_or(0) > restarts,
+    );
+    d.wait_for(
+        "the service after its restart",
+        Duration::from_secs(60),
+        || status(&host, "https://app.test:18443/healthz") == "200",
+    );
+
+    // Metrics: parseable, with the proxy's requests and the VM's state.
+    let metrics = std::process::Command::new("curl")
+        .args(["-sS", "--unix-socket"])
+        .arg(d.socket())
+        .arg("http://skiff/metrics")
+        .output()
+        .expect("curl metrics");
+    let text = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    let parsed = std::process::Command::new("python3")
+        .args(["-c", "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nfams = {f.name: f for f in p(sys.stdin.read())}\nok = sum(s.value for s in fams['skiff_proxy_requests'].samples if s.labels.get('vm') == 'site' and s.labels.get('code') == '200')\nup = [s.value for s in fams['skiff_vm_up'].samples if s.labels['vm'] == 'site']\nprint(int(ok), int(up[0]))\n"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().expect("stdin").write_all(text.as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("python3");
+    let summary = String::from_utf8_lossy(&parsed.stdout).into_owned();
+    let nums: Vec<u64> = summary
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert!(
+        nums.len() == 2 && nums[0] >= 5 && nums[1] == 1,
+        "{summary} {}\n{text}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+
+    // Apply errors: a domain another VM serves; a certificate that is not there.
+    let clash = d.write_spec("clash.toml", "[vm.copy]\nnetwork = { mode = \"bridge\", network = \"web\" }\nhttp = { domains = [\"app.test\"], port = 80 }\n");
+    let out = d.cli(&["apply", "-f", clash.to_str().expect("utf8")]);
+    assert!(
+        stderr(&out).contains("\"app.test\" is already served by VM \"site\""),
+        "{}",
+        stderr(&out)
+    );
+    let nocert = d.write_spec("nocert.toml", "[vm.other]\nnetwork = { mode = \"bridge\", network = \"web\" }\nhttp = { domains = [\"other.test\"], port = 80, tls = { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" } }\n");
+    let out = d.cli(&["apply", "-f", nocert.to_str().expect("utf8")]);
+    assert!(
+        stderr(&out).contains("cannot read /nonexistent/c.pem"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        d.cli(&["inspect", "copy"]).status.code() != Some(0),
+        "nothing created"
+    );
+    assert!(
+        d.cli(&["inspect", "other"]).status.code() != Some(0),
+        "nothing created"
+    );
+
+    d.ok(&["rm", "--force", "site"]);
+    d.ok(&["network", "rm", "web"]);
+}
