@@ -256,6 +256,58 @@ health = {{ path = "/healthz", interval = "1s", unhealthy_after = 2 }}
         "nothing created"
     );
 
-    d.ok(&["rm", "--force", "site"]);
+    // WebSocket: the upgrade passes through and then bytes flow both ways.
+    // The VM's server answers 101 and echoes raw bytes (busybox has no
+    // WebSocket server; the proxy never looks inside frames anyway).
+    let ws = d.write_spec(
+        "ws.toml",
+        &format!("[vm.ws]\nnetwork = {{ mode = \"bridge\", network = \"web\" }}\ncommand = '''{WS_ECHO}'''\nhttp = {{ domains = [\"ws.test\"], port = 9000 }}\n"),
+    );
+    d.ok(&["apply", "-f", ws.to_str().expect("utf8")]);
+    d.ok(&["start", "ws"]);
+    d.wait_for("the echo server", Duration::from_secs(30), || {
+        let out = host.command("python3").args(["-c", WS_CLIENT]).output();
+        out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with("101"))
+    });
+    let echoed = host
+        .command("python3")
+        .args(["-c", WS_CLIENT])
+        .output()
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&echoed.stdout),
+        "101 hello over the upgraded connection",
+        "{}",
+        String::from_utf8_lossy(&echoed.stderr)
+    );
+
+    d.ok(&["rm", "--force", "site", "ws"]);
     d.ok(&["network", "rm", "web"]);
 }
+
+/// A shell script behind `nc -ll -e`: read the request head, answer 101,
+/// then echo bytes.
+const WS_ECHO: &str = r#"printf '#!/bin/sh\nwhile read -r l; do l=$(printf "%%s" "$l" | tr -d "\\r"); [ -z "$l" ] && break; done\nprintf "HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n"\nexec cat\n' > /ws.sh && chmod +x /ws.sh && nc -ll -p 9000 -e /ws.sh"#;
+
+const WS_CLIENT: &str = r#"
+import socket, time
+s = socket.create_connection(("127.0.0.1", 18081), timeout=10)
+s.sendall(b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+head = b""
+deadline = time.time() + 10
+while b"\r\n\r\n" not in head and time.time() < deadline:
+    b = s.recv(1)
+    if not b:
+        break
+    head += b
+code = head.split(b" ")[1].decode() if b" " in head else "none"
+msg = b"hello over the upgraded connection"
+s.sendall(msg)
+got = b""
+while len(got) < len(msg):
+    chunk = s.recv(len(msg) - len(got))
+    if not chunk:
+        break
+    got += chunk
+print(code, got.decode(), end="")
+"#;
