@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
 VIRTIOFSD_VERSION=1.14.0
 # libseccomp-dev and libcap-ng-dev are build dependencies of virtiofsd.
-PACKAGES=(qemu-system-x86 busybox-static cpio e2fsprogs kmod ca-certificates libseccomp-dev libcap-ng-dev debootstrap nftables iproute2 curl)
+PACKAGES=(qemu-system-x86 busybox-static cpio e2fsprogs kmod ca-certificates libseccomp-dev libcap-ng-dev debootstrap nftables iproute2 curl openssl)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }

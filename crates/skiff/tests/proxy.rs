@@ -311,3 +311,110 @@ while len(got) < len(msg):
     got += chunk
 print(code, got.decode(), end="")
 "#;
+#[test]
+fn certificates_come_from_files_reload_when_they_change_and_must_match() {
+    let host = NetNs::new("y");
+    let flags: Vec<String> = ["--https-listen", "127.0.0.1:18444"]
+        .map(String::from)
+        .to_vec();
+    let d = Daemon::start_wrapped(&flags, &host.exec_prefix());
+    let dir = d.dir.path().to_owned();
+    let make = |name: &str, serial: &str| {
+        let ok = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+            ])
+            .args([
+                "-subj",
+                "/CN=files.test",
+                "-addext",
+                "subjectAltName=DNS:files.test",
+                "-set_serial",
+                serial,
+            ])
+            .arg("-keyout")
+            .arg(dir.join(format!("{name}.key")))
+            .arg("-out")
+            .arg(dir.join(format!("{name}.pem")))
+            .output()
+            .expect("openssl");
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+    };
+    make("a", "0x1111");
+    make("b", "0x2222");
+    d.ok(&["network", "create", "tls", "--subnet", "10.96.0.0/24"]);
+    // A key that is not the certificate's: refused at apply, nothing made.
+    let spec = |cert: &str, key: &str| {
+        format!(
+            "[vm.files]\nnetwork = {{ mode = \"bridge\", network = \"tls\" }}\ncommand = \"mkdir -p /www && echo files > /www/index.html && httpd -f -p 80 -h /www\"\nhttp = {{ domains = [\"files.test\"], port = 80, tls = {{ cert = \"{}\", key = \"{}\" }} }}\n",
+            dir.join(cert).display(),
+            dir.join(key).display()
+        )
+    };
+    let bad = d.write_spec("bad.toml", &spec("a.pem", "b.key"));
+    let out = d.cli(&["apply", "-f", bad.to_str().expect("utf8")]);
+    assert!(
+        stderr(&out).contains("b.key is not the key of the certificate in"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        d.cli(&["inspect", "files"]).status.code() != Some(0),
+        "nothing created"
+    );
+
+    let good = d.write_spec("good.toml", &spec("a.pem", "a.key"));
+    d.ok(&["apply", "-f", good.to_str().expect("utf8")]);
+    d.ok(&["start", "files"]);
+    let serial = || {
+        let out = host
+            .command("sh")
+            .args(["-c", "echo | openssl s_client -connect 127.0.0.1:18444 -servername files.test 2>/dev/null | openssl x509 -noout -serial"])
+            .output()
+            .expect("s_client");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(serial(), "serial=1111");
+    let (page, err) = {
+        let out = host
+            .command("curl")
+            .args(["-sS", "-m", "10", "--cacert"])
+            .arg(dir.join("a.pem"))
+            .args([
+                "--resolve",
+                "files.test:18444:127.0.0.1",
+                "https://files.test:18444/",
+            ])
+            .output()
+            .expect("curl");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(
+        page, "files\n",
+        "verified against the file's certificate: {err}"
+    );
+    // New files in place: the next handshake uses them, no restart.
+    std::thread::sleep(Duration::from_millis(1100)); // a new modification time
+    std::fs::copy(dir.join("b.key"), dir.join("a.key")).expect("key");
+    std::fs::copy(dir.join("b.pem"), dir.join("a.pem")).expect("cert");
+    d.wait_for("the new certificate", Duration::from_secs(10), || {
+        serial() == "serial=2222"
+    });
+    d.ok(&["rm", "--force", "files"]);
+    d.ok(&["network", "rm", "tls"]);
+}
