@@ -99,6 +99,35 @@ health = {{ path = "/healthz", interval = "1s", unhealthy_after = 2 }}
         ],
     );
     assert_eq!(redirect, "308 https://app.test:18443/index.html?x=1");
+    // A body declared larger than the limit is refused before it is sent.
+    let big = host
+        .command("python3")
+        .args(["-c", "import socket\ns = socket.create_connection(('127.0.0.1', 18081), timeout=10)\ns.sendall(b'POST /x HTTP/1.1\\r\\nHost: app.test\\r\\nContent-Length: 70000000\\r\\n\\r\\n')\nprint(s.recv(64).split(b' ')[1].decode(), end='')\n"])
+        .output()
+        .expect("python3");
+    // Plain HTTP to a TLS site redirects first; over HTTPS it would be 413.
+    assert_eq!(String::from_utf8_lossy(&big.stdout), "308");
+    let (too_big, _) = curl(
+        &host,
+        &[
+            "-k",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Content-Length: 70000000",
+            "-H",
+            "Expect:",
+            "--http1.1",
+            "--max-time",
+            "5",
+            "-X",
+            "POST",
+            "https://app.test:18443/x",
+        ],
+    );
+    assert_eq!(too_big, "413");
     // A host nobody serves.
     let (unknown, _) = curl(
         &host,

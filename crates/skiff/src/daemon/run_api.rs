@@ -163,7 +163,13 @@ pub async fn run(State(m): State<Arc<Manager>>, req: Request) -> Result<Response
         };
         let (r, w) = tokio::io::split(TokioIo::new(upgraded));
         let mut io = ConnectionIo::new(r, w, forward_stdin);
-        match run::run(run_req, &mut io).await {
+        let result = run::run(run_req, &mut io).await;
+        // The VM is gone: give back its network before the client hears
+        // the end, so that what it does next sees the lease released.
+        if let Some(nic) = managed {
+            m.release_run_nic(nic).await;
+        }
+        match result {
             Ok(outcome) if !io.is_gone() => {
                 let _ = frames::send(
                     &mut io.writer,
@@ -175,9 +181,6 @@ pub async fn run(State(m): State<Arc<Manager>>, req: Request) -> Result<Response
             Err(e) => {
                 let _ = frames::send(&mut io.writer, &Message::Error(format!("{e:#}"))).await;
             }
-        }
-        if let Some(nic) = managed {
-            m.release_run_nic(nic).await;
         }
     });
     Ok(switching_protocols())

@@ -284,10 +284,19 @@ async fn forward(
             )
         }
     };
+    // Bodies without a declared length are cut off at the same limit.
+    let body = http_body_util::Limited::new(body, MAX_BODY as usize);
     let upstream_req = Request::from_parts(parts, body);
     let mut resp =
         match tokio::time::timeout(UPSTREAM_TIMEOUT, sender.send_request(upstream_req)).await {
             Ok(Ok(r)) => r,
+            Ok(Err(e)) if error_chain_mentions(&e, "length limit exceeded") => {
+                return page(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Payload Too Large",
+                    &format!("Requests are limited to {} MiB.", MAX_BODY >> 20),
+                )
+            }
             Ok(Err(e)) => {
                 return page(
                     StatusCode::BAD_GATEWAY,
@@ -359,6 +368,17 @@ impl Manager {
         }
         Ok(())
     }
+}
+
+fn error_chain_mentions(e: &(dyn std::error::Error + 'static), text: &str) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.to_string().contains(text) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Serve one accepted connection (plain or TLS) with HTTP/1.1 and HTTP/2.
