@@ -19,7 +19,9 @@ pub enum Hierarchy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub memory_bytes: u64,
-    /// CPU time per period, in microseconds; `cpus × period`.
+    /// CPU time per period, in microseconds: `(cpus + 1) × period`, the
+    /// vCPU threads and one core for device emulation (virtio queues, the
+    /// main loop), which would otherwise steal from the vCPUs.
     pub cpu_quota_us: u64,
     pub cpu_period_us: u64,
 }
@@ -34,7 +36,7 @@ impl Limits {
     pub fn for_vm(memory_mib: u32, cpus: u32) -> Limits {
         Limits {
             memory_bytes: (u64::from(memory_mib) + OVERHEAD_MIB) * 1024 * 1024,
-            cpu_quota_us: u64::from(cpus) * CPU_PERIOD_US,
+            cpu_quota_us: (u64::from(cpus) + 1) * CPU_PERIOD_US,
             cpu_period_us: CPU_PERIOD_US,
         }
     }
@@ -174,7 +176,7 @@ mod tests {
         );
         assert_eq!(
             writes[2],
-            ("/cg/skiff/vm1/cpu.max".into(), "200000 100000".into())
+            ("/cg/skiff/vm1/cpu.max".into(), "300000 100000".into())
         );
         let v1 = Hierarchy::V1 {
             memory: "/m/skiff".into(),
@@ -186,7 +188,7 @@ mod tests {
             "/m/skiff/vm1/memory.limit_in_bytes".into(),
             "402653184".into()
         )));
-        assert!(writes.contains(&("/c/skiff/vm1/cpu.cfs_quota_us".into(), "200000".into())));
+        assert!(writes.contains(&("/c/skiff/vm1/cpu.cfs_quota_us".into(), "300000".into())));
     }
 
     #[test]

@@ -234,7 +234,8 @@ fn now() -> i64 {
 }
 
 /// QEMU and its vsock helper sit in the VM's own cgroup, whose memory limit
-/// is the guest's memory plus 256 MiB and whose CPU quota is its vCPUs.
+/// is the guest's memory plus 256 MiB and whose CPU quota is its vCPUs plus
+/// one core for device emulation.
 fn assert_vm_cgroup(d: &Daemon, vm: &str) {
     let info = d.inspect(vm);
     let id = info["id"].as_str().expect("id");
@@ -277,7 +278,7 @@ fn assert_vm_cgroup(d: &Daemon, vm: &str) {
             let quota =
                 std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{cpu}/cpu.cfs_quota_us"))
                     .expect("quota");
-            assert_eq!(quota.trim(), (vcpus * 100_000).to_string());
+            assert_eq!(quota.trim(), ((vcpus + 1) * 100_000).to_string());
         }
         None => {
             let path = line(&qemu, "").expect("v2 cgroup");
