@@ -1,6 +1,8 @@
-//! Parsers for command-line values (`-v`, `-p`, `-e`).
+//! Parsers for command-line values (`-v`, `-p`, `-e`, `--rootfs`/`--image`).
 
-use crate::run;
+use crate::{daemon, paths, run};
+use anyhow::{Context, Result};
+use std::path::PathBuf;
 
 pub fn parse_share(s: &str) -> Result<run::RunShare, String> {
     let usage = || format!("{s:?} is not HOST_DIR:GUEST_PATH[:ro] (example: -v ./src:/work:ro)");
@@ -41,4 +43,29 @@ pub fn parse_env(s: &str) -> Result<(String, String), String> {
         ));
     }
     Ok((k.to_owned(), v.to_owned()))
+}
+
+/// `--rootfs DIR [--rootfs-rw]` or `--image NAME`, checked and made absolute.
+pub fn rootfs_arg(
+    dir: &Option<PathBuf>,
+    writable: bool,
+    image: &Option<String>,
+) -> Result<Option<daemon::run_api::RunRootFs>> {
+    if let Some(name) = image {
+        let info = skiff_image::find_image(&paths::cache_dir()?, name).with_context(|| {
+            format!(
+                "no image named {name:?}; build one with `skiff image build -f images/{name}.toml`"
+            )
+        })?;
+        return Ok(Some(daemon::run_api::RunRootFs {
+            source: info.root,
+            writable: false,
+        }));
+    }
+    let Some(dir) = dir else { return Ok(None) };
+    let source = std::path::absolute(dir).with_context(|| format!("bad path {}", dir.display()))?;
+    if !source.is_dir() {
+        anyhow::bail!("--rootfs {} is not an existing directory", source.display());
+    }
+    Ok(Some(daemon::run_api::RunRootFs { source, writable }))
 }

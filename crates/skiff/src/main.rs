@@ -4,7 +4,7 @@ mod cli_cp;
 mod cli_net;
 mod cli_parse;
 mod cli_pool;
-use cli_parse::{parse_env, parse_publish, parse_share};
+use cli_parse::{parse_env, parse_publish, parse_share, rootfs_arg};
 mod cli_vm;
 mod client;
 mod daemon;
@@ -311,31 +311,6 @@ struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
-}
-
-/// `--rootfs DIR [--rootfs-rw]` or `--image NAME`, checked and made absolute.
-fn rootfs_arg(
-    dir: &Option<PathBuf>,
-    writable: bool,
-    image: &Option<String>,
-) -> Result<Option<daemon::run_api::RunRootFs>> {
-    if let Some(name) = image {
-        let info = skiff_image::find_image(&paths::cache_dir()?, name).with_context(|| {
-            format!(
-                "no image named {name:?}; build one with `skiff image build -f images/{name}.toml`"
-            )
-        })?;
-        return Ok(Some(daemon::run_api::RunRootFs {
-            source: info.root,
-            writable: false,
-        }));
-    }
-    let Some(dir) = dir else { return Ok(None) };
-    let source = std::path::absolute(dir).with_context(|| format!("bad path {}", dir.display()))?;
-    if !source.is_dir() {
-        anyhow::bail!("--rootfs {} is not an existing directory", source.display());
-    }
-    Ok(Some(daemon::run_api::RunRootFs { source, writable }))
 }
 
 /// `skiff run` through the daemon (starting one if none answers): the VM
