@@ -91,20 +91,7 @@ pub async fn network(c: &Client, cmd: NetworkCommand) -> Result<i32> {
             Ok(0)
         }
         NetworkCommand::Rm { names } => {
-            let mut code = 0;
-            for name in names {
-                match c
-                    .call(Method::DELETE, &format!("/v1/networks/{name}"), None)
-                    .await
-                {
-                    Ok(_) => println!("removed network {name}"),
-                    Err(e) => {
-                        eprintln!("skiff: error: {e:#}");
-                        code = 1;
-                    }
-                }
-            }
-            Ok(code)
+            crate::cli_vm::delete_each(c, &names, "network ", |n| format!("/v1/networks/{n}")).await
         }
         NetworkCommand::Prune { json } => {
             let body = c.call(Method::POST, "/v1/networks/prune", None).await?;

@@ -97,20 +97,7 @@ pub async fn pool(c: &Client, cmd: PoolCommand) -> Result<i32> {
             Ok(0)
         }
         PoolCommand::Rm { names } => {
-            let mut code = 0;
-            for name in names {
-                match c
-                    .call(Method::DELETE, &format!("/v1/pools/{name}"), None)
-                    .await
-                {
-                    Ok(_) => println!("removed pool {name}"),
-                    Err(e) => {
-                        eprintln!("skiff: error: {e:#}");
-                        code = 1;
-                    }
-                }
-            }
-            Ok(code)
+            crate::cli_vm::delete_each(c, &names, "pool ", |n| format!("/v1/pools/{n}")).await
         }
         PoolCommand::Resize { name, size } => {
             c.call(

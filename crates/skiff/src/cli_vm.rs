@@ -89,14 +89,22 @@ pub async fn lifecycle(c: &Client, verb: &str, name: &str, query: &str, json: bo
 
 /// Remove each VM; a failure for one is reported and the others still go.
 pub async fn remove(c: &Client, names: &[String], force: bool, volumes: bool) -> Result<i32> {
+    let q = format!("?force={force}&volumes={volumes}");
+    delete_each(c, names, "", |name| format!("/v1/vms/{name}{q}")).await
+}
+
+/// DELETE each name's resource, saying `removed WHAT NAME` or the error;
+/// exit code 1 if any failed, after trying them all.
+pub async fn delete_each(
+    c: &Client,
+    names: &[String],
+    what: &str,
+    path: impl Fn(&str) -> String,
+) -> Result<i32> {
     let mut code = 0;
     for name in names {
-        let q = format!("?force={force}&volumes={volumes}");
-        match c
-            .call(Method::DELETE, &format!("/v1/vms/{name}{q}"), None)
-            .await
-        {
-            Ok(_) => println!("removed {name}"),
+        match c.call(Method::DELETE, &path(name), None).await {
+            Ok(_) => println!("removed {what}{name}"),
             Err(e) => {
                 eprintln!("skiff: error: {e:#}");
                 code = 1;
@@ -288,20 +296,7 @@ pub async fn volume(c: &Client, cmd: crate::VolumeCommand) -> Result<i32> {
             Ok(0)
         }
         crate::VolumeCommand::Rm { names } => {
-            let mut code = 0;
-            for name in names {
-                match c
-                    .call(Method::DELETE, &format!("/v1/volumes/{name}"), None)
-                    .await
-                {
-                    Ok(_) => println!("removed volume {name}"),
-                    Err(e) => {
-                        eprintln!("skiff: error: {e:#}");
-                        code = 1;
-                    }
-                }
-            }
-            Ok(code)
+            delete_each(c, &names, "volume ", |n| format!("/v1/volumes/{n}")).await
         }
     }
 }
