@@ -7,17 +7,10 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.windows(2)
-        .find(|w| w[0] == name)
-        .and_then(|w| w[1].parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::{arg, BenchDaemon};
 
 /// Send `bytes` to `addr`; the guest answers with how many it read.
 fn push(addr: &str, bytes: &[u8]) -> Duration {
@@ -43,60 +36,11 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
 fn main() {
     let (mib, runs) = (arg("--mib", 64), arg("--runs", 5));
-    let skiff = Path::new(env!("CARGO_BIN_EXE_skiff"));
-    let work = tempfile::tempdir().expect("tempdir");
-    let ns = Netns(format!("skbench{}", std::process::id()));
-    let made = Command::new("ip").args(["netns", "add", &ns.0]).status();
-    assert!(made.is_ok_and(|s| s.success()), "ip netns add (needs root)");
-    let _ = Command::new("ip")
-        .args(["-n", &ns.0, "link", "set", "lo", "up"])
-        .status();
-    let skiff_cmd = |args: &[&str]| {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &ns.0])
-            .arg(skiff)
-            .args(args)
-            .env("SKIFF_SOCKET", work.path().join("skiff.sock"))
-            .env("SKIFF_STATE_DIR", work.path().join("state"))
-            .env("SKIFF_RUNTIME_DIR", work.path().join("run"));
-        c
-    };
-    let mut daemon = skiff_cmd(&["daemon"])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("daemon");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(work.path().join("skiff.sock")).is_err() {
-        assert!(Instant::now() < deadline, "the daemon did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let ok = |c: &mut Command| {
-        let out = c.output().expect("run skiff");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    ok(&mut skiff_cmd(&[
-        "network",
-        "create",
-        "bench",
-        "--subnet",
-        "10.93.0.0/24",
-    ]));
-    let spec = work.path().join("b.toml");
+    let daemon = BenchDaemon::start(true, &[]);
+    daemon.ok(&["network", "create", "bench", "--subnet", "10.93.0.0/24"]);
+    let spec = daemon.work.path().join("b.toml");
     std::fs::write(
         &spec,
         "[vm.sink]\nnetwork = { mode = \"bridge\", network = \"bench\" }\n\
@@ -104,16 +48,11 @@ fn main() {
          command = \"printf '#!/bin/sh\\\\nwc -c\\\\n' > /sink && chmod +x /sink && nc -ll -p 9000 -e /sink\"\n",
     )
     .expect("spec");
-    ok(&mut skiff_cmd(&[
-        "create",
-        "-f",
-        spec.to_str().expect("utf8"),
-    ]));
-    ok(&mut skiff_cmd(&["start", "sink"]));
+    daemon.ok(&["create", "-f", spec.to_str().expect("utf8")]);
+    daemon.ok(&["start", "sink"]);
 
     // Measure from inside the namespace: the host side of the network.
-    let netns_file = std::fs::File::open(format!("/var/run/netns/{}", ns.0)).expect("netns");
-    nix::sched::setns(netns_file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    daemon.enter_netns();
     let bytes: Vec<u8> = (0..mib * 1024 * 1024).map(|i| (i % 251) as u8).collect();
     let (direct_addr, forward_addr) = ("10.93.0.2:9000", "127.0.0.1:19090");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -136,11 +75,4 @@ fn main() {
     println!("  direct to the guest's address  {d:8.1} MiB/s");
     println!("  through the port forward       {f:8.1} MiB/s");
     println!("  ratio forward/direct           {:8.3}", f / d);
-    let _ = daemon.kill();
-    let _ = daemon.wait();
-    // The VM's processes: kill what runs under the runtime dir, then the
-    // namespace goes with its bridge and TAP.
-    let _ = Command::new("pkill")
-        .args(["-9", "-f", &work.path().join("run").display().to_string()])
-        .status();
 }

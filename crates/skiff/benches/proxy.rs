@@ -7,17 +7,10 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn arg(name: &str, default: u64) -> u64 {
-    let args: Vec<String> = std::env::args().collect();
-    args.windows(2)
-        .find(|w| w[0] == name)
-        .and_then(|w| w[1].parse().ok())
-        .unwrap_or(default)
-}
+mod common;
+use common::{arg, BenchDaemon};
 
 /// One GET with `Connection: close`; its latency.
 fn get(addr: &str, host: &str) -> Duration {
@@ -56,67 +49,15 @@ fn load(addr: &str, host: &str, clients: u64, requests: u64) -> (f64, f64) {
     (rps, p99)
 }
 
-struct Netns(String);
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
 fn main() {
     let (requests, runs, clients) = (
         arg("--requests", 400),
         arg("--runs", 3),
         arg("--clients", 4).max(1),
     );
-    let skiff = Path::new(env!("CARGO_BIN_EXE_skiff"));
-    let work = tempfile::tempdir().expect("tempdir");
-    let ns = Netns(format!("skpbench{}", std::process::id()));
-    assert!(
-        Command::new("ip")
-            .args(["netns", "add", &ns.0])
-            .status()
-            .is_ok_and(|s| s.success()),
-        "ip netns add (needs root)"
-    );
-    let _ = Command::new("ip")
-        .args(["-n", &ns.0, "link", "set", "lo", "up"])
-        .status();
-    let skiff_cmd = |args: &[&str]| {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &ns.0])
-            .arg(skiff)
-            .args(args)
-            .env("SKIFF_SOCKET", work.path().join("skiff.sock"))
-            .env("SKIFF_STATE_DIR", work.path().join("state"))
-            .env("SKIFF_RUNTIME_DIR", work.path().join("run"));
-        c
-    };
-    let mut daemon = skiff_cmd(&["daemon", "--http-listen", "127.0.0.1:18090"])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("daemon");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::os::unix::net::UnixStream::connect(work.path().join("skiff.sock")).is_err() {
-        assert!(Instant::now() < deadline, "the daemon did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let ok = |c: &mut Command| {
-        let out = c.output().expect("skiff");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    ok(&mut skiff_cmd(&[
-        "network",
-        "create",
-        "pbench",
-        "--subnet",
-        "10.95.0.0/24",
-    ]));
-    let spec = work.path().join("p.toml");
+    let daemon = BenchDaemon::start(true, &["--http-listen", "127.0.0.1:18090"]);
+    daemon.ok(&["network", "create", "pbench", "--subnet", "10.95.0.0/24"]);
+    let spec = daemon.work.path().join("p.toml");
     std::fs::write(
         &spec,
         "[vm.site]\nnetwork = { mode = \"bridge\", network = \"pbench\" }\n\
@@ -124,15 +65,10 @@ fn main() {
         http = { domains = [\"bench.test\"], port = 8080 }\n",
     )
     .expect("spec");
-    ok(&mut skiff_cmd(&[
-        "create",
-        "-f",
-        spec.to_str().expect("utf8"),
-    ]));
-    ok(&mut skiff_cmd(&["start", "site"]));
+    daemon.ok(&["create", "-f", spec.to_str().expect("utf8")]);
+    daemon.ok(&["start", "site"]);
 
-    let netns_file = std::fs::File::open(format!("/var/run/netns/{}", ns.0)).expect("netns");
-    nix::sched::setns(netns_file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+    daemon.enter_netns();
     let (direct, proxy) = ("10.95.0.2:8080", "127.0.0.1:18090");
     let deadline = Instant::now() + Duration::from_secs(30);
     while TcpStream::connect(direct).is_err() {
@@ -165,9 +101,4 @@ fn main() {
         prps / drps,
         pp99 / dp99
     );
-    let _ = daemon.kill();
-    let _ = daemon.wait();
-    let _ = Command::new("pkill")
-        .args(["-9", "-f", &work.path().join("run").display().to_string()])
-        .status();
 }
