@@ -296,6 +296,17 @@ impl Manager {
         let Some((network, _)) = bridge_nics(&rec.spec).into_iter().next() else {
             return Ok(None);
         };
+        self.tap_on(network, &rec.name, &rec.id).await.map(Some)
+    }
+
+    /// A TAP for the VM (lease holder `vm`, id `vm_id`) on `network`'s
+    /// bridge, and the NIC that uses it.
+    async fn tap_on(
+        &self,
+        network: &str,
+        vm: &str,
+        vm_id: &str,
+    ) -> Result<skiff_vmm::TapNic, String> {
         let net = self
             .store
             .network(network)
@@ -304,9 +315,9 @@ impl Manager {
         let lease = net
             .leases
             .iter()
-            .find(|l| l.vm == rec.name)
-            .ok_or_else(|| format!("VM {} has no address on {network}", rec.name))?;
-        let tap = skiff_net::tap_name(&rec.id);
+            .find(|l| l.vm == vm)
+            .ok_or_else(|| format!("VM {vm} has no address on {network}"))?;
+        let tap = skiff_net::tap_name(vm_id);
         let wired = async {
             let nl = Netlink::connect()?;
             // A TAP of an earlier boot that nobody removed (daemon killed).
@@ -320,12 +331,12 @@ impl Manager {
         }
         .await;
         wired.map_err(|e| error_chain(&e))?;
-        Ok(Some(skiff_vmm::TapNic {
+        Ok(skiff_vmm::TapNic {
             ifname: tap,
             address: format!("{}/{}", lease.address, net.subnet.prefix()),
             gateway: net.gateway.to_string(),
             dns: net.dns.map(|d| d.to_string()),
-        }))
+        })
     }
 
     /// Remove a VM's TAP (after its QEMU is gone).
@@ -360,27 +371,10 @@ impl Manager {
         let made = async {
             skiff_net::require_net_admin("a VM on a managed network")?;
             self.refresh_rules(network)?;
-            let rec = VmRecord {
-                name: nic.vm.clone(),
-                id: id.clone(),
-                spec: run_spec(&nic.vm, network),
-                spec_hash: String::new(),
-                state: super::store::VmState::Created,
-                note: String::new(),
-                created_at: 0,
-                updated_at: 0,
-                qemu: None,
-                vsock: None,
-                run_dir: None,
-                boots: 0,
-                restarts: 0,
-            };
-            let tap = self
-                .prepare_tap(&rec)
+            nic.nic = self
+                .tap_on(network, &nic.vm, &id)
                 .await
-                .map_err(ManagerError::Internal)?
-                .ok_or_else(|| ManagerError::Internal("no NIC for the run".into()))?;
-            nic.nic = tap;
+                .map_err(ManagerError::Internal)?;
             if !forwards.is_empty() {
                 nic.forwards =
                     Some(super::forward::start(forwards, address).map_err(ManagerError::Conflict)?);
@@ -448,18 +442,6 @@ pub struct RunNic {
     vm: String,
     network: String,
     forwards: Option<super::forward::Forwarder>,
-}
-
-/// The spec of a `skiff run` VM, as far as its network goes.
-fn run_spec(name: &str, network: &str) -> VmSpec {
-    let mut spec = VmSpec::with_defaults(name);
-    spec.network = vec![skiff_spec::NetworkSpec {
-        mode: NetMode::Bridge,
-        network: Some(network.to_owned()),
-        address: None,
-        egress: skiff_spec::Egress::All,
-    }];
-    spec
 }
 
 #[derive(Debug, Default, Serialize)]
