@@ -1,20 +1,25 @@
-//! skiff's hypervisor backend: a VM config becomes a [`plan::LaunchPlan`]
-//! (pure data, unit-tested), which [`launch::RunningVm`] turns into running
-//! processes: QEMU's `microvm` machine plus a vhost-user vsock backend.
+//! skiff's hypervisor backends: a VM config becomes a [`plan::LaunchPlan`]
+//! (pure data, unit-tested) through a [`Backend`], and [`launch::launch`]
+//! turns any plan into running processes.
 
 pub mod accel;
 pub mod agent;
+pub mod backend;
+pub mod cgroup;
+pub mod console;
 pub mod launch;
 pub mod plan;
+pub mod process;
+pub mod running;
+pub mod tap;
+pub mod usernet;
 
 pub use accel::{decide, Accel, AccelChoice, AccelDecision, HostKvm};
 pub use agent::{AgentConn, AgentError, AgentReader, AgentWriter};
-pub use launch::{Console, LaunchError, RunningVm};
+pub use backend::{Backend, BackendKind};
+pub use launch::{launch, Helper, LaunchError, LaunchOptions, Launched};
 pub use plan::{plan, Drive, LaunchPlan, PlanError, RootFs, ShareDir, VmConfig};
-pub mod detached;
-pub use detached::{launch_detached, DetachedVm, ProcessRef};
-pub mod usernet;
-pub use usernet::UserNet;
-pub mod cgroup;
-pub mod tap;
+pub use process::ProcessRef;
+pub use running::RunningVm;
 pub use tap::TapNic;
+pub use usernet::UserNet;

@@ -54,10 +54,9 @@ pub struct VmConfig {
     /// Programs to run (names are looked up in PATH).
     pub qemu_binary: PathBuf,
     pub vsock_binary: PathBuf,
-    /// Where the serial console goes: QEMU's stdout when `None` (the caller
-    /// reads it), else this file (appended to, so it can be truncated while
-    /// QEMU runs).
-    pub console_log: Option<PathBuf>,
+    /// Where the serial console goes: this file, appended to (so that it
+    /// can be truncated while QEMU runs).
+    pub console_log: PathBuf,
     /// User-mode networking; `None`: no network device at all.
     pub net: Option<crate::usernet::UserNet>,
     /// A NIC on a TAP of a managed network (not together with `net`).
@@ -154,6 +153,8 @@ pub struct LaunchPlan {
     /// One virtiofsd per share, with the socket QEMU connects to.
     pub virtiofsd: Vec<(ProcessPlan, PathBuf)>,
     pub qemu: ProcessPlan,
+    /// The file the guest's serial console is appended to.
+    pub console_log: PathBuf,
 }
 
 /// Why a config cannot be planned.
@@ -253,6 +254,7 @@ pub fn plan(cfg: &VmConfig) -> Result<LaunchPlan, PlanError> {
         vhost_socket,
         vsock_socket,
         ready_socket,
+        console_log: cfg.console_log.clone(),
     })
 }
 
@@ -312,7 +314,7 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> String {
 
 /// QEMU's arguments: the `microvm` machine with ACPI (so the guest finds its
 /// virtio-mmio devices), memory from a shared memfd (vhost-user devices map
-/// guest memory), the serial console on stdout, vsock via vhost-user.
+/// guest memory), the serial console in a file, vsock via vhost-user.
 fn qemu_args(
     cfg: &VmConfig,
     vhost_socket: &Path,
@@ -336,13 +338,11 @@ fn qemu_args(
         Some(user) => push(&["-sandbox", QEMU_SECCOMP_RUNAS, "-runas", user]),
         None => push(&["-sandbox", QEMU_SECCOMP]),
     }
-    match &cfg.console_log {
-        None => push(&["-serial", "stdio"]),
-        Some(path) => {
-            let chardev = format!("file,id=console,path={},append=on", path_arg(path));
-            push(&["-chardev", &chardev, "-serial", "chardev:console"]);
-        }
-    }
+    let chardev = format!(
+        "file,id=console,path={},append=on",
+        path_arg(&cfg.console_log)
+    );
+    push(&["-chardev", &chardev, "-serial", "chardev:console"]);
     push(&[
         "-machine",
         "microvm,acpi=on,x-option-roms=off,pit=off,pic=off,rtc=on",
@@ -407,4 +407,4 @@ fn qemu_args(
 
 #[cfg(test)]
 #[path = "plan_tests.rs"]
-mod tests;
+pub(crate) mod tests;

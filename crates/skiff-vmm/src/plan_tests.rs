@@ -1,7 +1,7 @@
 //! Unit tests of the launch plan: QEMU command lines as data.
 use super::*;
 
-fn cfg() -> VmConfig {
+pub(crate) fn cfg() -> VmConfig {
     VmConfig {
         cpus: 2,
         memory_mib: 512,
@@ -12,7 +12,7 @@ fn cfg() -> VmConfig {
         run_dir: "/run/skiff/vm1".into(),
         qemu_binary: "qemu-system-x86_64".into(),
         vsock_binary: "vhost-device-vsock".into(),
-        console_log: None,
+        console_log: "/run/skiff/vm1/console.log".into(),
         net: None,
         tap: None,
         vm_id: "vm1".into(),
@@ -76,12 +76,13 @@ fn tcg_gets_the_tsc_workaround_and_kvm_does_not() {
 }
 
 #[test]
-fn a_console_log_file_replaces_stdio() {
+fn the_console_is_appended_to_its_log_file() {
     let c = VmConfig {
-        console_log: Some("/var/lib/skiff/vms/web/console.log".into()),
+        console_log: "/var/lib/skiff/vms/web/console.log".into(),
         ..cfg()
     };
     let p = plan(&c).expect("plan");
+    assert_eq!(p.console_log, c.console_log);
     assert_eq!(value_after(&p.qemu.args, "-serial"), ["chardev:console"]);
     assert_eq!(
         value_after(&p.qemu.args, "-chardev")[0],

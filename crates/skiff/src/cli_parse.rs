@@ -1,10 +1,10 @@
 //! Parsers for command-line values (`-v`, `-p`, `-e`, `--rootfs`/`--image`).
 
-use crate::{daemon, paths, run};
+use crate::{paths, run_spec};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
-pub fn parse_share(s: &str) -> Result<run::RunShare, String> {
+pub fn parse_share(s: &str) -> Result<run_spec::RunShare, String> {
     let usage = || format!("{s:?} is not HOST_DIR:GUEST_PATH[:ro] (example: -v ./src:/work:ro)");
     let (rest, readonly) = match s.strip_suffix(":ro") {
         Some(r) => (r, true),
@@ -22,7 +22,7 @@ pub fn parse_share(s: &str) -> Result<run::RunShare, String> {
     if !source.is_dir() {
         return Err(format!("{} is not an existing directory", source.display()));
     }
-    Ok(run::RunShare {
+    Ok(run_spec::RunShare {
         source,
         target: guest.to_owned(),
         readonly,
@@ -50,14 +50,14 @@ pub fn rootfs_arg(
     dir: &Option<PathBuf>,
     writable: bool,
     image: &Option<String>,
-) -> Result<Option<daemon::run_api::RunRootFs>> {
+) -> Result<Option<run_spec::RunRootFs>> {
     if let Some(name) = image {
         let info = skiff_image::find_image(&paths::cache_dir()?, name).with_context(|| {
             format!(
                 "no image named {name:?}; build one with `skiff image build -f images/{name}.toml`"
             )
         })?;
-        return Ok(Some(daemon::run_api::RunRootFs {
+        return Ok(Some(run_spec::RunRootFs {
             source: info.root,
             writable: false,
         }));
@@ -67,5 +67,5 @@ pub fn rootfs_arg(
     if !source.is_dir() {
         anyhow::bail!("--rootfs {} is not an existing directory", source.display());
     }
-    Ok(Some(daemon::run_api::RunRootFs { source, writable }))
+    Ok(Some(run_spec::RunRootFs { source, writable }))
 }

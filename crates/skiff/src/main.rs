@@ -11,7 +11,9 @@ mod daemon;
 mod frames;
 mod image;
 mod paths;
+mod resolve;
 mod run;
+mod run_spec;
 mod timings;
 mod tty;
 mod ui;
@@ -19,7 +21,6 @@ mod ui;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
-use std::time::Duration;
 
 /// Exit code for failures of skiff itself (as opposed to the guest command),
 /// the same convention as `docker run`.
@@ -274,7 +275,7 @@ struct RunArgs {
     /// Share a host directory into the guest: HOST_DIR:GUEST_PATH[:ro]
     /// (virtiofs; `ro` is enforced by the host). Repeatable.
     #[arg(short = 'v', long = "volume", value_name = "SHARE", value_parser = parse_share)]
-    volume: Vec<run::RunShare>,
+    volume: Vec<run_spec::RunShare>,
     /// Forward a host port to the guest: [ADDR:]HOST:GUEST[/tcp|/udp]
     /// (ADDR defaults to 127.0.0.1). Repeatable.
     #[arg(short = 'p', long = "publish", value_name = "PORTS", value_parser = parse_publish)]
@@ -313,10 +314,10 @@ struct RunArgs {
     command: Vec<String>,
 }
 
-/// `skiff run` through the daemon (starting one if none answers): the VM
-/// is the daemon's for the length of the connection.
-async fn run_via_daemon(a: RunArgs) -> Result<i32> {
-    // Absolute paths: the daemon may have another working directory.
+/// The request `skiff run`'s flags make, the same for the daemon and for
+/// `--standalone`. Paths are made absolute: the daemon may have another
+/// working directory.
+fn run_body(a: RunArgs, forward_stdin: bool) -> Result<run_spec::RunBody> {
     let absolute = |p: &Option<PathBuf>| -> Result<Option<PathBuf>> {
         match p {
             None => Ok(None),
@@ -325,19 +326,10 @@ async fn run_via_daemon(a: RunArgs) -> Result<i32> {
             )),
         }
     };
-    let kernel = KernelArgs {
+    Ok(run_spec::RunBody {
+        rootfs: rootfs_arg(&a.rootfs, a.rootfs_rw, &a.image)?,
         kernel: absolute(&a.kernel.kernel)?,
         modules: absolute(&a.kernel.modules)?,
-    };
-    // Build the image here, where the user sees the progress; the daemon
-    // then finds it in the shared cache.
-    let choice = kernel_choice(&kernel);
-    let quiet = a.quiet;
-    tokio::task::spawn_blocking(move || image::prepare(&choice, quiet)).await??;
-    let client = client::Client::new(paths::socket_path());
-    client.ensure_daemon().await?;
-    let forward_stdin = a.interactive || !std::io::IsTerminal::is_terminal(&std::io::stdin());
-    let body = daemon::run_api::RunBody {
         argv: a.command,
         cpus: a.cpus,
         memory_mib: a.memory,
@@ -349,16 +341,30 @@ async fn run_via_daemon(a: RunArgs) -> Result<i32> {
             AccelArg::Tcg => "tcg",
         }
         .to_owned(),
-        kernel: kernel.kernel,
-        modules: kernel.modules,
         boot_timeout_secs: a.boot_timeout,
         quiet: a.quiet,
         stdin: forward_stdin,
         net: a.net,
         publish: a.publish,
         shares: a.volume,
-        rootfs: rootfs_arg(&a.rootfs, a.rootfs_rw, &a.image)?,
+    })
+}
+
+/// `skiff run` through the daemon (starting one if none answers): the VM
+/// is the daemon's for the length of the connection.
+async fn run_via_daemon(a: RunArgs) -> Result<i32> {
+    let forward_stdin = a.interactive || !std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let body = run_body(a, forward_stdin)?;
+    // Build the image here, where the user sees the progress; the daemon
+    // then finds it in the shared cache.
+    let choice = image::KernelChoice {
+        kernel: body.kernel.clone(),
+        modules: body.modules.clone(),
     };
+    let quiet = body.quiet;
+    tokio::task::spawn_blocking(move || image::prepare(&choice, quiet)).await??;
+    let client = client::Client::new(paths::socket_path());
+    client.ensure_daemon().await?;
     cli_vm::exec_stream(
         &client,
         "/v1/run",
@@ -451,40 +457,13 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Run(a) if !a.standalone && a.timings.is_none() => run_via_daemon(a).await,
         Command::Run(a) => {
-            let net = match daemon::run_api::run_network(a.net.as_deref(), &a.publish)
-                .map_err(anyhow::Error::msg)?
-            {
-                daemon::run_api::RunNet::None => None,
-                daemon::run_api::RunNet::User(u) => Some(u),
-                daemon::run_api::RunNet::Managed { network, .. } => anyhow::bail!(
-                    "--net {network}: managed networks are run by the daemon; drop --standalone"
-                ),
-            };
-            let req = run::RunRequest {
-                rootfs: rootfs_arg(&a.rootfs, a.rootfs_rw, &a.image)?.map(|r| skiff_vmm::RootFs {
-                    source: r.source,
-                    writable: r.writable,
-                }),
-                shares: a.volume,
-                net,
-                tap: None,
-                argv: a.command,
-                cpus: a.cpus,
-                memory_mib: a.memory,
-                env: a.env,
-                workdir: a.workdir,
-                accel: match a.accel {
-                    AccelArg::Auto => skiff_vmm::AccelChoice::Auto,
-                    AccelArg::Kvm => skiff_vmm::AccelChoice::Kvm,
-                    AccelArg::Tcg => skiff_vmm::AccelChoice::Tcg,
-                },
-                kernel: kernel_choice(&a.kernel),
-                boot_timeout: Duration::from_secs(a.boot_timeout),
-                quiet: a.quiet,
-            };
-            let mut io = run::TerminalIo::new(a.interactive)?;
-            let outcome = run::run(req, &mut io).await?;
-            match a.timings {
+            let forward_stdin =
+                a.interactive || !std::io::IsTerminal::is_terminal(&std::io::stdin());
+            let (interactive, timings) = (a.interactive, a.timings);
+            let body = run_body(a, forward_stdin)?;
+            let mut io = run::TerminalIo::new(interactive)?;
+            let outcome = run::run_standalone(body, &mut io).await?;
+            match timings {
                 Some(TimingsFormat::Human) => eprint!("{}", outcome.timings.render()),
                 Some(TimingsFormat::Json) => {
                     eprintln!("{}", serde_json::to_string(&outcome.timings.to_json())?)

@@ -3,63 +3,17 @@
 
 use crate::image::{self, KernelChoice};
 use crate::paths;
+use crate::resolve::{resolve, Artifacts, Host};
+use crate::run_spec::{run_spec, RunBody};
 use crate::timings::Timings;
 use anyhow::{bail, Context, Result};
 use skiff_proto::{ExecRequest, ExitStatus, Message, MAX_CHUNK};
-use skiff_vmm::{AccelChoice, AgentConn, HostKvm, RunningVm, VmConfig};
+use skiff_vmm::backend::Qemu;
+use skiff_vmm::{AgentConn, HostKvm, RunningVm};
 use std::io::{IsTerminal, Read, Write};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
-
-/// Everything `skiff run` was asked to do.
-#[derive(Debug, Clone)]
-pub struct RunRequest {
-    pub argv: Vec<String>,
-    pub cpus: u32,
-    pub memory_mib: u32,
-    pub env: Vec<(String, String)>,
-    pub workdir: Option<String>,
-    pub accel: AccelChoice,
-    pub kernel: KernelChoice,
-    pub boot_timeout: Duration,
-    pub quiet: bool,
-    /// User-mode networking with these forwards; `None`: no network.
-    pub net: Option<skiff_vmm::UserNet>,
-    /// A NIC on a managed network (the daemon prepared its TAP).
-    pub tap: Option<skiff_vmm::TapNic>,
-    /// Host directories shared into the guest.
-    pub shares: Vec<RunShare>,
-    /// Boot into this host directory instead of the default image.
-    pub rootfs: Option<skiff_vmm::RootFs>,
-}
-
-/// `-v HOST_DIR:GUEST_PATH[:ro]`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunShare {
-    pub source: PathBuf,
-    pub target: String,
-    #[serde(default)]
-    pub readonly: bool,
-}
-
-impl RunShare {
-    fn share_dir(&self, index: usize) -> skiff_vmm::ShareDir {
-        skiff_vmm::ShareDir {
-            source: self.source.clone(),
-            mount: skiff_proto::guest::MountArg {
-                label: format!("share{index}"),
-                target: self.target.clone(),
-                readonly: self.readonly,
-                noexec: false,
-                nosuid: false,
-                nodev: true,
-            },
-        }
-    }
-}
 
 /// How long the guest gets to power off by itself before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
@@ -183,16 +137,30 @@ impl Interrupts {
     }
 }
 
-pub async fn run<IO: RunIo>(req: RunRequest, io: &mut IO) -> Result<RunOutcome> {
-    if req.argv.is_empty() {
-        bail!("no command given; usage: skiff run [OPTIONS] -- COMMAND [ARGS...]");
+/// `skiff run --standalone`: the run's VM planned exactly as the daemon
+/// plans it, launched tied to this process, torn down when the command ends.
+pub async fn run_standalone<IO: RunIo>(body: RunBody, io: &mut IO) -> Result<RunOutcome> {
+    let vm_id = paths::new_vm_id();
+    let spec = run_spec(&format!("run-{vm_id}"), &body).map_err(anyhow::Error::msg)?;
+    if spec
+        .network
+        .iter()
+        .any(|n| n.mode == skiff_spec::NetMode::Bridge)
+    {
+        bail!(
+            "--net {}: managed networks are run by the daemon; drop --standalone",
+            body.net.as_deref().unwrap_or_default()
+        );
     }
     let mut timings = Timings::default();
     let started = Instant::now();
 
     let guest = {
-        let kernel = req.kernel.clone();
-        let quiet = req.quiet;
+        let kernel = KernelChoice {
+            kernel: body.kernel.clone(),
+            modules: body.modules.clone(),
+        };
+        let quiet = body.quiet;
         tokio::task::spawn_blocking(move || image::prepare(&kernel, quiet))
             .await
             .context("image preparation panicked")??
@@ -200,48 +168,38 @@ pub async fn run<IO: RunIo>(req: RunRequest, io: &mut IO) -> Result<RunOutcome> 
     timings.image = started.elapsed();
     timings.image_built = guest.built;
 
-    let decision = skiff_vmm::decide(req.accel, &HostKvm::probe());
-    if let (Some(notice), false) = (&decision.notice, req.quiet) {
+    let decision = skiff_vmm::decide(
+        body.accel_choice().map_err(anyhow::Error::msg)?,
+        &HostKvm::probe(),
+    );
+    if let (Some(notice), false) = (&decision.notice, body.quiet) {
         io.notice(notice).await;
     }
-    let vm_id = paths::new_vm_id();
-    let cfg = VmConfig {
-        cpus: req.cpus,
-        memory_mib: req.memory_mib,
-        kernel: guest.kernel.image.clone(),
-        initrd: guest.initrd.clone(),
-        accel: decision.accel,
-        extra_cmdline: Vec::new(),
-        run_dir: paths::runtime_dir().join("vms").join(&vm_id),
-        qemu_binary: PathBuf::from("qemu-system-x86_64"),
-        vsock_binary: paths::vsock_backend(),
-        console_log: None,
-        net: req.net.clone(),
-        tap: req.tap.clone(),
-        vm_id: vm_id.clone(),
-        drives: Vec::new(),
-        shares: req
-            .shares
-            .iter()
-            .enumerate()
-            .map(|(i, s)| s.share_dir(i))
-            .collect(),
-        virtiofsd_binary: paths::helper("virtiofsd", "SKIFF_VIRTIOFSD"),
-        rootfs: req.rootfs.clone(),
-        run_as: None,
-    };
-    let plan = skiff_vmm::plan(&cfg)?;
-    if let Some(net) = &req.net {
+    let run_dir = paths::runtime_dir().join("vms").join(&vm_id);
+    let host = Host::here(
+        &guest,
+        decision.accel,
+        run_dir.clone(),
+        run_dir.join("console.log"),
+        None,
+    );
+    for s in &spec.shares {
+        if !s.source.is_dir() {
+            bail!("{} is not an existing directory", s.source.display());
+        }
+    }
+    let plan = resolve(&spec, &vm_id, &host, Artifacts::default(), &Qemu)?;
+    if let Some(net) = &plan.config.net {
         net.check_host_ports().map_err(anyhow::Error::msg)?;
     }
 
     let launch_start = Instant::now();
-    let mut vm = RunningVm::launch(plan).await?;
+    let mut vm = RunningVm::launch(plan.launch).await?;
     timings.launch = launch_start.elapsed();
 
     let boot_start = Instant::now();
     let ready = tokio::select! {
-        r = vm.wait_ready(req.boot_timeout) => Ok(r),
+        r = vm.wait_ready(body.boot_timeout()) => Ok(r),
         code = io.interrupted() => Err(code),
     };
     let mut conn = match ready {
@@ -266,7 +224,14 @@ pub async fn run<IO: RunIo>(req: RunRequest, io: &mut IO) -> Result<RunOutcome> 
     }
 
     let exec_start = Instant::now();
-    let result = exec(&mut vm, &mut conn, &req, io).await;
+    let request = exec_request(&body, io.forwards_stdin());
+    let result = {
+        let vm_gone = async {
+            let (status, console) = vm.wait_exit().await;
+            format!("the VM stopped while the command was running (QEMU {status}); last console lines:\n{console}")
+        };
+        exec(&mut conn, request, io, vm_gone).await
+    };
     timings.exec = exec_start.elapsed();
 
     let teardown_start = Instant::now();
@@ -276,46 +241,56 @@ pub async fn run<IO: RunIo>(req: RunRequest, io: &mut IO) -> Result<RunOutcome> 
     }
     timings.teardown = teardown_start.elapsed();
     timings.total = started.elapsed();
+    let code = exit_code(result?, body.quiet, io).await;
+    Ok(RunOutcome { code, timings })
+}
 
-    let code = match result? {
+/// The command of a run, as the agent takes it.
+pub fn exec_request(body: &RunBody, stdin: bool) -> ExecRequest {
+    ExecRequest {
+        argv: body.argv.clone(),
+        env: body.env.clone(),
+        workdir: body.workdir.clone(),
+        stdin,
+        service: false,
+        tty: None,
+        user: None,
+    }
+}
+
+/// The exit code of a run, as a shell reports it (128+N for signal N).
+pub async fn exit_code<IO: RunIo>(ended: Ended, quiet: bool, io: &mut IO) -> i32 {
+    match ended {
         Ended::Command(ExitStatus::Code(c)) => c,
         Ended::Command(ExitStatus::Signal(s)) => {
-            if !req.quiet {
+            if !quiet {
                 io.notice(&format!("the command was killed by signal {s}"))
                     .await;
             }
             128 + s
         }
         Ended::Interrupted(code) => code,
-    };
-    Ok(RunOutcome { code, timings })
+    }
 }
 
-enum Ended {
+pub enum Ended {
     Command(ExitStatus),
     Interrupted(i32),
 }
 
-/// Run the command on an open agent connection, streaming both ways.
-async fn exec<IO: RunIo>(
-    vm: &mut RunningVm,
+/// Run a command on an open agent connection, streaming both ways, until
+/// it ends, the run is interrupted, or `vm_gone` says why the VM went away.
+pub async fn exec<IO: RunIo>(
     conn: &mut AgentConn,
-    req: &RunRequest,
+    request: ExecRequest,
     io: &mut IO,
+    vm_gone: impl std::future::Future<Output = String>,
 ) -> Result<Ended> {
-    let forward_stdin = io.forwards_stdin();
     conn.writer
-        .send(&Message::Exec(ExecRequest {
-            argv: req.argv.clone(),
-            env: req.env.clone(),
-            workdir: req.workdir.clone(),
-            stdin: forward_stdin,
-            service: false,
-            tty: None,
-            user: None,
-        }))
+        .send(&Message::Exec(request))
         .await
         .context("cannot send the command to the guest")?;
+    tokio::pin!(vm_gone);
     loop {
         tokio::select! {
             msg = conn.reader.recv() => match msg.context("lost the control channel to the guest")? {
@@ -330,9 +305,7 @@ async fn exec<IO: RunIo>(
                 IoEvent::Stdin(chunk) => conn.writer.send(&Message::Stdin(chunk)).await.context("cannot send stdin to the guest")?,
                 IoEvent::Interrupted(code) => return Ok(Ended::Interrupted(code)),
             },
-            (status, console) = vm.wait_exit() => {
-                bail!("the VM stopped while the command was running (QEMU {status}); last console lines:\n{console}")
-            }
+            why = &mut vm_gone => bail!("{why}"),
         }
     }
 }

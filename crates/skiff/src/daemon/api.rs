@@ -323,7 +323,11 @@ mod tests {
             state_dir: dir.join("state"),
             runtime_dir: dir.join("run"),
         };
-        router(Manager::new(store, paths))
+        router(Manager::new(
+            store,
+            paths,
+            Box::new(skiff_vmm::backend::Qemu),
+        ))
     }
 
     async fn call(r: &Router, method: &str, path: &str, body: &str) -> (StatusCode, String) {

@@ -186,30 +186,26 @@ fn secrets_drive(rec: &VmRecord, base: &Path) -> Result<Option<(Drive, PathBuf)>
     result.map(Some)
 }
 
-/// The spec's shares, checked: each source must be an existing directory.
-pub fn shares(spec: &skiff_spec::VmSpec) -> Result<Vec<skiff_vmm::ShareDir>, String> {
-    spec.shares
-        .iter()
-        .map(|s| {
-            if !s.source.is_dir() {
-                return Err(format!(
-                    "share source {} is not an existing directory",
-                    s.source.display()
-                ));
-            }
-            Ok(skiff_vmm::ShareDir {
-                source: s.source.clone(),
-                mount: MountArg {
-                    label: s.tag.clone(),
-                    target: s.target.clone(),
-                    readonly: s.readonly,
-                    noexec: false,
-                    nosuid: false,
-                    nodev: true,
-                },
-            })
-        })
-        .collect()
+/// Check that the host directories a spec names exist (its shares and its
+/// root), so that a missing one is reported by name before anything starts.
+pub fn check_sources(spec: &skiff_spec::VmSpec) -> Result<(), String> {
+    for s in &spec.shares {
+        if !s.source.is_dir() {
+            return Err(format!(
+                "share source {} is not an existing directory",
+                s.source.display()
+            ));
+        }
+    }
+    if let Some(r) = &spec.rootfs {
+        if !r.path.is_dir() {
+            return Err(format!(
+                "rootfs {} is not an existing directory",
+                r.path.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The read-only config drive: `instance.json` with what the guest may want
@@ -257,32 +253,16 @@ fn config_drive(rec: &VmRecord, vm_dir: &Path) -> Result<Drive> {
     })
 }
 
-/// The root filesystem a spec asks for: a host directory, or a built image.
-pub fn rootfs_of(spec: &skiff_spec::VmSpec) -> Result<Option<skiff_vmm::RootFs>, String> {
-    if let Some(r) = &spec.rootfs {
-        if !r.path.is_dir() {
-            return Err(format!(
-                "rootfs {} is not an existing directory",
-                r.path.display()
-            ));
-        }
-        return Ok(Some(skiff_vmm::RootFs {
-            source: r.path.clone(),
-            writable: r.writable,
-        }));
-    }
-    match &spec.image {
-        None => Ok(None),
-        Some(name) => {
-            let cache = crate::paths::cache_dir().map_err(|e| format!("{e:#}"))?;
-            let info = skiff_image::find_image(&cache, name)
-                .ok_or_else(|| format!("no image named {name:?}; build one with `skiff image build -f images/{name}.toml`"))?;
-            Ok(Some(skiff_vmm::RootFs {
-                source: info.root,
-                writable: false,
-            }))
-        }
-    }
+/// Where the spec's `image` is in the image cache (None: no image).
+pub fn image_root(spec: &skiff_spec::VmSpec) -> Result<Option<PathBuf>, String> {
+    let Some(name) = &spec.image else {
+        return Ok(None);
+    };
+    let cache = crate::paths::cache_dir().map_err(|e| format!("{e:#}"))?;
+    let info = skiff_image::find_image(&cache, name).ok_or_else(|| {
+        format!("no image named {name:?}; build one with `skiff image build -f images/{name}.toml`")
+    })?;
+    Ok(Some(info.root))
 }
 
 #[cfg(test)]

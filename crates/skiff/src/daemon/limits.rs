@@ -15,14 +15,18 @@ impl Manager {
     }
 
     /// Put a just-launched VM's processes in a cgroup with its limits.
-    pub(super) fn limit(&self, rec: &VmRecord, vm: &skiff_vmm::DetachedVm) -> Result<(), String> {
+    pub(super) fn limit(
+        &self,
+        rec: &VmRecord,
+        limits: &skiff_vmm::cgroup::Limits,
+        vm: &skiff_vmm::Launched,
+    ) -> Result<(), String> {
         let Some(h) = &self.cgroups else {
             return Ok(());
         };
-        let limits = skiff_vmm::cgroup::Limits::for_vm(rec.spec.memory_mib, rec.spec.vcpus);
-        let cg = skiff_vmm::cgroup::VmCgroup::create(h, &format!("vm-{}", rec.id), &limits)
+        let cg = skiff_vmm::cgroup::VmCgroup::create(h, &format!("vm-{}", rec.id), limits)
             .map_err(|e| format!("cannot set the VM's host limits (cgroup): {e}"))?;
-        for pid in [vm.qemu.pid, vm.vsock.pid] {
+        for pid in [vm.qemu.process.pid, vm.vsock.process.pid] {
             cg.add(pid)
                 .map_err(|e| format!("cannot put process {pid} in the VM's cgroup: {e}"))?;
         }

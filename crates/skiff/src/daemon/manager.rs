@@ -1,12 +1,11 @@
 //! The daemon's core: VM lifecycle on top of the store and the backend.
 //! HTTP handlers only parse requests and call these methods.
 
-use super::store::{Store, StoreError, VmRecord, VmState};
-use crate::image::{self, KernelChoice};
+use super::store::{Event, Store, StoreError, VmRecord, VmState};
 use crate::paths;
-use skiff_proto::{ExecRequest, Message};
+use skiff_proto::Message;
 use skiff_spec::VmSpec;
-use skiff_vmm::{AgentConn, HostKvm, ProcessRef, VmConfig};
+use skiff_vmm::{AgentConn, Backend, ProcessRef};
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -15,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long a VM may take to boot before `start` gives up.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long `stop` waits for a clean power-off before killing.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -56,6 +55,12 @@ impl From<StoreError> for ManagerError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Exists(n) => ManagerError::Exists(n),
+            StoreError::NotFound(n) => ManagerError::NotFound(n),
+            StoreError::Illegal { name, source } => ManagerError::WrongState {
+                name,
+                action: "change",
+                state: source.state.as_str(),
+            },
             other => ManagerError::Internal(error_chain(&other)),
         }
     }
@@ -97,6 +102,8 @@ pub struct ApplyChange {
 pub struct Manager {
     pub store: Store,
     pub paths: DaemonPaths,
+    /// The hypervisor every VM of this daemon runs on.
+    pub(super) backend: Box<dyn Backend>,
     /// One lock per VM name: lifecycle operations on one VM never overlap.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Port forwards of running VMs on managed networks, by VM name.
@@ -114,10 +121,11 @@ pub struct Manager {
 pub(super) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl Manager {
-    pub fn new(store: Store, paths: DaemonPaths) -> Arc<Manager> {
+    pub fn new(store: Store, paths: DaemonPaths, backend: Box<dyn Backend>) -> Arc<Manager> {
         Arc::new(Manager {
             store,
             paths,
+            backend,
             locks: Mutex::new(HashMap::new()),
             forwarders: Mutex::new(HashMap::new()),
             pool_wake: tokio::sync::Notify::new(),
@@ -148,12 +156,23 @@ impl Manager {
     }
 
     pub fn create(&self, spec: &VmSpec) -> Result<VmRecord, ManagerError> {
+        self.create_vm(spec, false)
+    }
+
+    /// Create a VM; an `ephemeral` one (`skiff run`) is removed when its
+    /// command ends and by the next daemon if this one dies first.
+    pub(super) fn create_vm(
+        &self,
+        spec: &VmSpec,
+        ephemeral: bool,
+    ) -> Result<VmRecord, ManagerError> {
         skiff_spec::check_name(&spec.name)
             .map_err(|e| ManagerError::InvalidSpec(format!("name: {e}")))?;
-        super::support::check_supported(spec)?;
+        crate::resolve::check_supported(spec)
+            .map_err(|e| ManagerError::InvalidSpec(e.to_string()))?;
         self.check_http(spec)?;
         let vm_dir = self.paths.vm_dir(&spec.name);
-        let rec = self.store.insert(&paths::new_vm_id(), spec)?;
+        let rec = self.store.insert(&paths::new_vm_id(), spec, ephemeral)?;
         if let Err(e) = std::fs::create_dir_all(&vm_dir) {
             let _ = self.store.delete(&spec.name);
             return Err(ManagerError::Internal(format!(
@@ -172,195 +191,52 @@ impl Manager {
 
     /// Boot a VM and wait until its agent is ready (and its service started).
     pub fn start(self: &Arc<Self>, name: &str) -> BoxFuture<Result<VmRecord, ManagerError>> {
+        self.start_within(name, BOOT_TIMEOUT)
+    }
+
+    /// [`Manager::start`], with a limit on how long the guest may take.
+    /// Dropping the future abandons the boot; `remove` then cleans up.
+    pub fn start_within(
+        self: &Arc<Self>,
+        name: &str,
+        timeout: Duration,
+    ) -> BoxFuture<Result<VmRecord, ManagerError>> {
         let this = self.clone();
         let name = name.to_owned();
         Box::pin(async move {
             let lock = this.lock_for(&name);
             let _guard = lock.lock().await;
             let rec = this.get(&name)?;
-            if rec.state.is_active() {
+            if rec.state.after(Event::Start).is_err() {
                 return Err(ManagerError::WrongState {
                     name,
                     action: "start",
                     state: rec.state.as_str(),
                 });
             }
-            this.store.set_state(&name, VmState::Starting, "")?;
-            match this.boot(&rec).await {
+            this.store.transition(&name, Event::Start, "")?;
+            match this.boot(&rec, timeout).await {
                 Ok(()) => {
-                    this.store.set_state(&name, VmState::Running, "")?;
+                    this.store.transition(&name, Event::Booted, "")?;
                     this.get(&name)
                 }
                 Err(reason) => {
                     this.stop_forwards(&name);
                     this.remove_tap(&rec.id).await;
                     this.remove_cgroup(&rec).await;
-                    this.store.set_state(
-                        &name,
-                        VmState::Exited,
-                        &format!("failed to start: {reason}"),
-                    )?;
+                    // The monitor may have seen QEMU end first (Ended).
+                    let note = format!("failed to start: {reason}");
+                    if this
+                        .store
+                        .transition(&name, Event::BootFailed, &note)
+                        .is_err()
+                    {
+                        this.store.set_note(&name, &note)?;
+                    }
                     Err(ManagerError::StartFailed { name, reason })
                 }
             }
         })
-    }
-
-    async fn boot(self: &Arc<Self>, rec: &VmRecord) -> Result<(), String> {
-        let spec = &rec.spec;
-        let choice = KernelChoice {
-            kernel: spec.kernel.as_ref().and_then(|k| k.path.clone()),
-            modules: spec.kernel.as_ref().and_then(|k| k.modules.clone()),
-        };
-        let guest = tokio::task::spawn_blocking(move || image::prepare(&choice, true))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("{e:#}"))?;
-        let accel = match spec.accel {
-            skiff_spec::Accel::Auto => skiff_vmm::AccelChoice::Auto,
-            skiff_spec::Accel::Kvm => skiff_vmm::AccelChoice::Kvm,
-            skiff_spec::Accel::Tcg => skiff_vmm::AccelChoice::Tcg,
-        };
-        let decision = skiff_vmm::decide(accel, &HostKvm::probe());
-        let vm_dir = self.paths.vm_dir(&rec.name);
-        std::fs::create_dir_all(&vm_dir)
-            .map_err(|e| format!("cannot create {}: {e}", vm_dir.display()))?;
-        let boot_drives =
-            super::drives::prepare(&self.paths, rec, &vm_dir).map_err(|e| format!("{e:#}"))?;
-        // The secrets image goes away as soon as this boot no longer needs
-        // the file: QEMU keeps it open, so it lives exactly as long as the VM.
-        let _secrets = SecretsImage(boot_drives.secrets_image.clone());
-        let drives = boot_drives.drives;
-        let cfg = VmConfig {
-            cpus: spec.vcpus,
-            memory_mib: spec.memory_mib,
-            kernel: guest.kernel.image.clone(),
-            initrd: guest.initrd.clone(),
-            accel: decision.accel,
-            extra_cmdline: spec
-                .kernel
-                .as_ref()
-                .map(|k| k.params.clone())
-                .unwrap_or_default(),
-            // A fresh directory per boot: the monitor of a previous boot may
-            // still be cleaning up its own directory.
-            run_dir: self.paths.runtime_dir.join("vms").join(format!(
-                "{}-{}",
-                rec.id,
-                &paths::new_vm_id()[..6]
-            )),
-            qemu_binary: PathBuf::from("qemu-system-x86_64"),
-            vsock_binary: paths::vsock_backend(),
-            console_log: Some(vm_dir.join("console.log")),
-            net: super::support::user_net(spec),
-            tap: self.prepare_tap(rec).await?,
-            vm_id: rec.id.clone(),
-            drives,
-            shares: super::drives::shares(spec)?,
-            virtiofsd_binary: paths::helper("virtiofsd", "SKIFF_VIRTIOFSD"),
-            rootfs: super::drives::rootfs_of(spec)?,
-            run_as: super::support::qemu_user(),
-        };
-        let plan = skiff_vmm::plan(&cfg).map_err(|e| e.to_string())?;
-        if let Some(net) = &cfg.net {
-            net.check_host_ports()?;
-        }
-        if cfg.tap.is_some() {
-            self.start_forwards(rec)?;
-        }
-        let mut vm = skiff_vmm::launch_detached(&plan, &vm_dir)
-            .await
-            .map_err(|e| error_chain(&e))?;
-        if let Err(e) = self.limit(rec, &vm) {
-            kill_processes(vm.qemu, vm.vsock);
-            return Err(e);
-        }
-        let run_dir = plan.run_dir.to_string_lossy().into_owned();
-        self.store
-            .set_processes(&rec.name, vm.qemu, vm.vsock, &run_dir)
-            .map_err(|e| error_chain(&e))?;
-        let qemu_child = vm.qemu_child.take();
-        let vsock_child = vm.vsock_child.take();
-        self.spawn_monitor(
-            rec.name.clone(),
-            vm.qemu,
-            vm.vsock,
-            qemu_child,
-            vsock_child,
-            plan.run_dir.clone(),
-        );
-
-        // Wait for the agent, watching QEMU so that a dead VM fails fast.
-        let deadline = Instant::now() + BOOT_TIMEOUT;
-        let stream = loop {
-            tokio::select! {
-                accepted = vm.ready.accept() => break accepted.map_err(|e| e.to_string())?.0,
-                _ = tokio::time::sleep(Duration::from_millis(100)) => {
-                    if !vm.qemu.is_alive() {
-                        let qemu_log = std::fs::read_to_string(vm_dir.join("qemu.log")).unwrap_or_default();
-                        let said = qemu_log.trim();
-                        let said = if said.is_empty() { String::new() } else { format!(": {said}") };
-                        return Err(format!("QEMU exited during boot{said}; see `skiff logs {}`", rec.name));
-                    }
-                    if Instant::now() > deadline {
-                        kill_processes(vm.qemu, vm.vsock);
-                        return Err(format!("the guest did not become ready within {BOOT_TIMEOUT:?}; see `skiff logs {}`", rec.name));
-                    }
-                }
-            }
-        };
-        drop(vm.ready);
-        let _ = std::fs::remove_file(&plan.ready_socket);
-        let mut conn = AgentConn::handshake(stream, Duration::from_secs(10))
-            .await
-            .map_err(|e| error_chain(&e))?;
-        if !conn.hello.problems.is_empty() {
-            kill_processes(vm.qemu, vm.vsock);
-            return Err(format!(
-                "the guest could not be set up: {}",
-                conn.hello.problems.join("; ")
-            ));
-        }
-        if let Some(argv) = &spec.command {
-            let req = ExecRequest {
-                argv: argv.clone(),
-                env: spec
-                    .env
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                workdir: None,
-                stdin: false,
-                service: true,
-                tty: None,
-                user: None,
-            };
-            conn.writer
-                .send(&Message::Exec(req))
-                .await
-                .map_err(|e| error_chain(&e))?;
-            match tokio::time::timeout(Duration::from_secs(30), conn.reader.recv()).await {
-                Ok(Ok(Some(Message::Started(_)))) => {}
-                Ok(Ok(Some(Message::Error(m)))) => {
-                    kill_processes(vm.qemu, vm.vsock);
-                    return Err(format!("the service could not start: {m}"));
-                }
-                Ok(Ok(Some(Message::Exited(s)))) => {
-                    kill_processes(vm.qemu, vm.vsock);
-                    return Err(format!(
-                        "the service could not start (exit status {})",
-                        s.shell_code()
-                    ));
-                }
-                other => {
-                    kill_processes(vm.qemu, vm.vsock);
-                    return Err(format!(
-                        "no answer from the agent when starting the service: {other:?}"
-                    ));
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Power a VM off through its agent, then kill what is left.
@@ -372,17 +248,17 @@ impl Manager {
         let lock = self.lock_for(name);
         let _guard = lock.lock().await;
         let rec = self.get(name)?;
-        if !rec.state.is_active() {
+        if rec.state.after(Event::Stop).is_err() {
             return Err(ManagerError::WrongState {
                 name: name.to_owned(),
                 action: "stop",
                 state: rec.state.as_str(),
             });
         }
-        self.store.set_state(name, VmState::Stopping, "")?;
+        self.store.transition(name, Event::Stop, "")?;
         self.halt(&rec, timeout).await;
         self.store
-            .set_state(name, VmState::Stopped, "stopped on request")?;
+            .transition(name, Event::Halted, "stopped on request")?;
         self.get(name)
     }
 
@@ -441,7 +317,8 @@ impl Manager {
                     state: "running (stop it first, or use --force)",
                 });
             }
-            self.store.set_state(name, VmState::Stopping, "")?;
+            // Stopping already (a stop that was cut short) is fine too.
+            let _ = self.store.transition(name, Event::Stop, "");
             self.halt(&rec, Duration::from_secs(1)).await;
         }
         self.store.delete(name)?;
@@ -498,7 +375,8 @@ impl Manager {
                 });
                 continue;
             };
-            super::support::check_supported(&spec)?;
+            crate::resolve::check_supported(&spec)
+                .map_err(|e| ManagerError::InvalidSpec(e.to_string()))?;
             self.check_http(&spec)?;
             let changed = changed_fields(&rec.spec, &spec);
             if changed.is_empty() {
@@ -529,16 +407,6 @@ impl Manager {
             });
         }
         Ok(changes)
-    }
-}
-
-/// Deletes the in-memory secrets image when dropped.
-struct SecretsImage(Option<PathBuf>);
-impl Drop for SecretsImage {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
     }
 }
 

@@ -4,10 +4,12 @@
 
 pub mod api;
 mod background;
+mod boot;
 mod commands;
 mod drives;
 mod forward;
 mod health;
+pub mod lifecycle;
 mod limits;
 pub mod manager;
 pub mod metrics;
@@ -93,6 +95,27 @@ async fn require_token(
     }
 }
 
+/// The backend VMs run on: QEMU, unless `SKIFF_BACKEND=fake` asks for the
+/// test double (`skiff-fake-vm`, found through `$SKIFF_FAKE_VM` or next to
+/// this program), which the fast test tier uses.
+fn backend_from_env() -> Result<Box<dyn skiff_vmm::Backend>> {
+    use skiff_vmm::backend::{backend, BackendKind};
+    let kind = match std::env::var("SKIFF_BACKEND").unwrap_or_default().as_str() {
+        "" | "qemu" => BackendKind::Qemu,
+        "fake" => {
+            let program = match std::env::var_os("SKIFF_FAKE_VM").filter(|p| !p.is_empty()) {
+                Some(p) => PathBuf::from(p),
+                None => std::env::current_exe()
+                    .context("cannot find this program's path")?
+                    .with_file_name("skiff-fake-vm"),
+            };
+            BackendKind::Fake { program }
+        }
+        other => bail!("SKIFF_BACKEND={other:?} is not a backend; use qemu (the default)"),
+    };
+    Ok(backend(kind))
+}
+
 /// Group that may use the API socket when the daemon runs as root.
 const SOCKET_GROUP: &str = "skiff";
 
@@ -143,6 +166,7 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
             state_dir: cfg.state_dir.clone(),
             runtime_dir: cfg.runtime_dir.clone(),
         },
+        backend_from_env()?,
     );
     manager
         .adopt_and_autostart()

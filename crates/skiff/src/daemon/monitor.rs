@@ -2,26 +2,29 @@
 //! ends, and apply the restart policy.
 
 use super::manager::{kill_processes, BoxFuture, Manager, ManagerError};
-use super::store::VmState;
+use super::store::{Event, VmState};
 use skiff_spec::RestartPolicy;
-use skiff_vmm::plan::{guest_exit, GuestExit};
+use skiff_vmm::plan::GuestExit;
 use skiff_vmm::ProcessRef;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The console log is cut back to its tail when it grows past this.
-const CONSOLE_LOG_MAX: u64 = 8 * 1024 * 1024;
-const CONSOLE_LOG_KEEP: u64 = 1024 * 1024;
 
 impl Manager {
     /// After a daemon (re)start: take back VMs whose QEMU still runs, report
     /// those that died meanwhile, and start the autostart ones.
     pub async fn adopt_and_autostart(self: &Arc<Self>) -> Result<(), ManagerError> {
-        if let Err(e) = self.drop_run_leases().await {
-            eprintln!("skiff daemon: cannot release the leases of earlier runs: {e}");
-        }
         for rec in self.store.list()? {
+            if rec.ephemeral {
+                // A `skiff run` VM: its client went away with the old daemon.
+                if let Err(e) = self.remove(&rec.name, true, false).await {
+                    eprintln!(
+                        "skiff daemon: {}: cannot remove the run's VM: {e}",
+                        rec.name
+                    );
+                }
+                continue;
+            }
             let mut state = rec.state;
             if rec.state.is_active() {
                 match (rec.qemu, rec.vsock, &rec.run_dir) {
@@ -32,9 +35,9 @@ impl Manager {
                                 rec.name
                             );
                         }
-                        self.store.set_state(
+                        self.store.transition(
                             &rec.name,
-                            VmState::Running,
+                            Event::Adopted,
                             "adopted after a daemon restart",
                         )?;
                         self.spawn_monitor(
@@ -57,9 +60,9 @@ impl Manager {
                         self.remove_tap(&rec.id).await;
                         self.remove_cgroup(&rec).await;
                         self.store.clear_processes(&rec.name)?;
-                        self.store.set_state(
+                        self.store.transition(
                             &rec.name,
-                            VmState::Exited,
+                            Event::Lost,
                             "the VM stopped while the daemon was down",
                         )?;
                         state = VmState::Exited;
@@ -97,12 +100,12 @@ impl Manager {
                 Some(mut child) => loop {
                     tokio::select! {
                         status = child.wait() => break status.ok().and_then(|s| s.code()),
-                        _ = tokio::time::sleep(Duration::from_secs(2)) => trim_console_log(&console),
+                        _ = tokio::time::sleep(Duration::from_secs(2)) => skiff_vmm::console::trim(&console),
                     }
                 },
                 None => {
                     while qemu.is_alive() {
-                        trim_console_log(&console);
+                        skiff_vmm::console::trim(&console);
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
                     None
@@ -126,14 +129,16 @@ impl Manager {
         if rec.qemu != Some(qemu) || matches!(rec.state, VmState::Stopping | VmState::Stopped) {
             return; // stopped on request, removed, or already replaced by a newer boot
         }
-        let exit = guest_exit(code);
+        let exit = self.backend.guest_exit(code);
         let note = match exit {
             GuestExit::PowerOff => "the guest powered off",
             GuestExit::ServiceSucceeded => "the service exited successfully",
             GuestExit::ServiceFailed => "the service failed",
             GuestExit::Crashed => "QEMU ended unexpectedly",
         };
-        let _ = self.store.set_state(name, VmState::Exited, note);
+        if self.store.transition(name, Event::Ended, note).is_err() {
+            return; // it changed meanwhile (a stop or a failed boot took over)
+        }
         let _ = self.store.clear_processes(name);
         self.stop_forwards(name);
         self.remove_tap(&rec.id).await;
@@ -167,23 +172,5 @@ impl Manager {
                 let _ = self.start(name).await;
             }
         }
-    }
-}
-
-/// Keep the console log bounded: a guest that prints for ever must not fill
-/// the host's disk. QEMU appends (O_APPEND), so truncation is safe.
-fn trim_console_log(path: &Path) {
-    let Ok(meta) = std::fs::metadata(path) else {
-        return;
-    };
-    if meta.len() <= CONSOLE_LOG_MAX {
-        return;
-    }
-    if let Ok(bytes) = std::fs::read(path) {
-        let tail = &bytes[bytes.len().saturating_sub(CONSOLE_LOG_KEEP as usize)..];
-        let _ = std::fs::write(path.with_extension("log.1"), tail);
-    }
-    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(path) {
-        let _ = f.set_len(0);
     }
 }

@@ -217,17 +217,11 @@ impl Manager {
                 .iter()
                 .map(|l| VmRule {
                     address: l.address,
-                    egress: vms.iter().find(|v| v.name == l.vm).map_or_else(
-                        // `skiff run` VMs are not stored; they have full egress.
-                        || {
-                            if l.vm.starts_with(RUN_LEASE_PREFIX) {
-                                Egress::All
-                            } else {
-                                Egress::None
-                            }
-                        },
-                        |v| egress_of(&v.spec, network),
-                    ),
+                    // A lease whose VM is gone gets nothing out.
+                    egress: vms
+                        .iter()
+                        .find(|v| v.name == l.vm)
+                        .map_or(Egress::None, |v| egress_of(&v.spec, network)),
                 })
                 .collect(),
         };
@@ -346,102 +340,11 @@ impl Manager {
         }
     }
 
-    /// A NIC on `network` for a `skiff run` VM: a lease under a `run-` name,
-    /// a TAP on the bridge, and the port forwards. Undone by
-    /// [`Manager::release_run_nic`], or at the next daemon start.
-    pub async fn run_nic(
-        &self,
-        network: &str,
-        forwards: &[skiff_spec::PortForward],
-    ) -> Result<RunNic, ManagerError> {
-        let id = crate::paths::new_vm_id();
-        let vm = format!("{RUN_LEASE_PREFIX}{id}");
-        let address = self.store.lease(&vm, network, None)?;
-        let mut nic = RunNic {
-            nic: skiff_vmm::TapNic {
-                ifname: skiff_net::tap_name(&id),
-                address: String::new(),
-                gateway: String::new(),
-                dns: None,
-            },
-            vm,
-            network: network.to_owned(),
-            forwards: None,
-        };
-        let made = async {
-            skiff_net::require_net_admin("a VM on a managed network")?;
-            self.refresh_rules(network)?;
-            nic.nic = self
-                .tap_on(network, &nic.vm, &id)
-                .await
-                .map_err(ManagerError::Internal)?;
-            if !forwards.is_empty() {
-                nic.forwards =
-                    Some(super::forward::start(forwards, address).map_err(ManagerError::Conflict)?);
-            }
-            Ok::<(), ManagerError>(())
-        }
-        .await;
-        match made {
-            Ok(()) => Ok(nic),
-            Err(e) => {
-                self.release_run_nic(nic).await;
-                Err(e)
-            }
-        }
-    }
-
-    pub async fn release_run_nic(&self, nic: RunNic) {
-        drop(nic.forwards);
-        if let Some(id) = nic.vm.strip_prefix(RUN_LEASE_PREFIX) {
-            self.remove_tap(id).await;
-        }
-        let _ = self.store.release_leases(&nic.vm, &[]);
-        let _ = self.refresh_rules(&nic.network);
-    }
-
-    /// At daemon start: `skiff run` VMs died with the previous daemon, so
-    /// their leases and TAPs go.
-    pub(super) async fn drop_run_leases(&self) -> Result<(), ManagerError> {
-        let stale: Vec<super::netstore::Lease> = self
-            .store
-            .leases()?
-            .into_iter()
-            .filter(|l| l.vm.starts_with(RUN_LEASE_PREFIX))
-            .collect();
-        for lease in stale {
-            self.release_run_nic(RunNic {
-                nic: skiff_vmm::TapNic {
-                    ifname: String::new(),
-                    address: String::new(),
-                    gateway: String::new(),
-                    dns: None,
-                },
-                vm: lease.vm,
-                network: lease.network,
-                forwards: None,
-            })
-            .await;
-        }
-        Ok(())
-    }
-
     /// The guest address of a VM on its managed network, if it has one.
     pub fn bridge_address(&self, name: &str) -> Option<Ipv4Addr> {
         let leases = self.store.leases().ok()?;
         leases.into_iter().find(|l| l.vm == name).map(|l| l.address)
     }
-}
-
-/// Leases of `skiff run` VMs are named `run-ID`.
-pub const RUN_LEASE_PREFIX: &str = "run-";
-
-/// The network side of one `skiff run` VM.
-pub struct RunNic {
-    pub nic: skiff_vmm::TapNic,
-    vm: String,
-    network: String,
-    forwards: Option<super::forward::Forwarder>,
 }
 
 #[derive(Debug, Default, Serialize)]

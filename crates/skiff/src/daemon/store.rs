@@ -2,6 +2,7 @@
 //! a daemon restarted at any point finds every VM, its spec and its
 //! processes here.
 
+pub use super::lifecycle::{Event, IllegalTransition, VmState};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use skiff_spec::VmSpec;
@@ -61,58 +62,9 @@ CREATE TABLE sandboxes (
     expires_at  INTEGER
 );
 "#,
+    // VMs of `skiff run`: they live as long as the client's connection.
+    "ALTER TABLE vms ADD COLUMN ephemeral INTEGER NOT NULL DEFAULT 0;",
 ];
-
-/// Where a VM is in its life. Stored as its lowercase name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VmState {
-    /// Defined, never started.
-    Created,
-    /// Booting: processes started, agent not yet ready.
-    Starting,
-    Running,
-    Stopping,
-    /// Stopped on request.
-    Stopped,
-    /// Ended without being asked to (crash, service exit, died while the
-    /// daemon was down).
-    Exited,
-}
-
-impl VmState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            VmState::Created => "created",
-            VmState::Starting => "starting",
-            VmState::Running => "running",
-            VmState::Stopping => "stopping",
-            VmState::Stopped => "stopped",
-            VmState::Exited => "exited",
-        }
-    }
-
-    fn parse(s: &str) -> VmState {
-        match s {
-            "created" => VmState::Created,
-            "starting" => VmState::Starting,
-            "running" => VmState::Running,
-            "stopping" => VmState::Stopping,
-            "stopped" => VmState::Stopped,
-            // An unknown value can only come from a newer skiff; treat
-            // the VM as not running rather than failing to load it.
-            _ => VmState::Exited,
-        }
-    }
-
-    /// Whether processes may exist for a VM in this state.
-    pub fn is_active(self) -> bool {
-        matches!(
-            self,
-            VmState::Starting | VmState::Running | VmState::Stopping
-        )
-    }
-}
 
 /// One VM as stored.
 #[derive(Debug, Clone, Serialize)]
@@ -131,6 +83,9 @@ pub struct VmRecord {
     pub run_dir: Option<String>,
     pub boots: i64,
     pub restarts: i64,
+    /// A `skiff run` VM: removed when its command ends, or when a new
+    /// daemon finds it (its client went away with the old one).
+    pub ephemeral: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +100,14 @@ pub enum StoreError {
     Sql(#[from] rusqlite::Error),
     #[error("a VM named {0:?} already exists")]
     Exists(String),
+    #[error("no VM named {0:?}")]
+    NotFound(String),
+    #[error("VM {name:?}")]
+    Illegal {
+        name: String,
+        #[source]
+        source: IllegalTransition,
+    },
     #[error("the stored spec of {name:?} cannot be read")]
     BadSpec {
         name: String,
@@ -194,15 +157,15 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn insert(&self, id: &str, spec: &VmSpec) -> Result<VmRecord, StoreError> {
+    pub fn insert(&self, id: &str, spec: &VmSpec, ephemeral: bool) -> Result<VmRecord, StoreError> {
         let json = serde_json::to_string(spec).map_err(|source| StoreError::BadSpec {
             name: spec.name.clone(),
             source,
         })?;
         let t = now();
         let res = self.conn().execute(
-            "INSERT INTO vms (name, id, spec, spec_hash, state, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, 'created', ?5, ?5)",
-            params![spec.name, id, json, spec.content_hash(), t],
+            "INSERT INTO vms (name, id, spec, spec_hash, state, created_at, updated_at, ephemeral) VALUES (?1, ?2, ?3, ?4, 'created', ?5, ?5, ?6)",
+            params![spec.name, id, json, spec.content_hash(), t, ephemeral],
         );
         match res {
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -240,10 +203,35 @@ impl Store {
         raws.into_iter().map(raw_to_record).collect()
     }
 
-    pub fn set_state(&self, name: &str, state: VmState, note: &str) -> Result<(), StoreError> {
-        self.conn().execute(
+    /// Apply `event` to a VM's state: refused when the lifecycle does not
+    /// allow it, and applied only if nobody changed the state meanwhile.
+    pub fn transition(&self, name: &str, event: Event, note: &str) -> Result<VmState, StoreError> {
+        let conn = self.conn();
+        let current: Option<String> = conn
+            .query_row("SELECT state FROM vms WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let current =
+            VmState::parse(&current.ok_or_else(|| StoreError::NotFound(name.to_owned()))?);
+        let next = current.after(event).map_err(|source| StoreError::Illegal {
+            name: name.to_owned(),
+            source,
+        })?;
+        // The connection's mutex serialises this read and write against
+        // every other use of the store.
+        conn.execute(
             "UPDATE vms SET state = ?2, note = ?3, updated_at = ?4 WHERE name = ?1",
-            params![name, state.as_str(), note, now()],
+            params![name, next.as_str(), note, now()],
+        )?;
+        Ok(next)
+    }
+
+    /// Say why a VM is in its state, without changing the state.
+    pub fn set_note(&self, name: &str, note: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE vms SET note = ?2, updated_at = ?3 WHERE name = ?1",
+            params![name, note, now()],
         )?;
         Ok(())
     }
@@ -298,7 +286,7 @@ impl Store {
     }
 }
 
-const COLUMNS: &str = "name, id, spec, spec_hash, state, note, created_at, updated_at, qemu_pid, qemu_start, vsock_pid, vsock_start, run_dir, boots, restarts";
+const COLUMNS: &str = "name, id, spec, spec_hash, state, note, created_at, updated_at, qemu_pid, qemu_start, vsock_pid, vsock_start, run_dir, boots, restarts, ephemeral";
 
 type Raw = (
     String,
@@ -316,6 +304,7 @@ type Raw = (
     Option<String>,
     i64,
     i64,
+    bool,
 );
 
 fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
@@ -335,6 +324,7 @@ fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<Raw> {
         r.get(12)?,
         r.get(13)?,
         r.get(14)?,
+        r.get(15)?,
     ))
 }
 
@@ -355,6 +345,7 @@ fn raw_to_record(raw: Raw) -> Result<VmRecord, StoreError> {
         run_dir,
         boots,
         restarts,
+        ephemeral,
     ) = raw;
     let spec: VmSpec = serde_json::from_str(&spec).map_err(|source| StoreError::BadSpec {
         name: name.clone(),
@@ -381,6 +372,7 @@ fn raw_to_record(raw: Raw) -> Result<VmRecord, StoreError> {
         run_dir,
         boots,
         restarts,
+        ephemeral,
     })
 }
 
@@ -395,7 +387,7 @@ mod tests {
         let spec = VmSpec::with_defaults("web");
         {
             let store = Store::open(&db).expect("open");
-            store.insert("abc123", &spec).expect("insert");
+            store.insert("abc123", &spec, false).expect("insert");
             let q = ProcessRef {
                 pid: 10,
                 start_time: 99,
@@ -405,7 +397,8 @@ mod tests {
                 start_time: 100,
             };
             store.set_processes("web", q, v, "/run/x").expect("procs");
-            store.set_state("web", VmState::Running, "").expect("state");
+            store.transition("web", Event::Start, "").expect("start");
+            store.transition("web", Event::Booted, "").expect("booted");
         }
         let store = Store::open(&db).expect("reopen");
         let rec = store.get("web").expect("get").expect("exists");
@@ -419,6 +412,27 @@ mod tests {
         );
         assert_eq!(rec.spec, spec);
         assert_eq!(rec.boots, 1);
+        assert!(!rec.ephemeral);
+    }
+
+    #[test]
+    fn the_store_refuses_an_illegal_transition_and_keeps_the_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("s.db")).expect("open");
+        store
+            .insert("id1", &VmSpec::with_defaults("a"), true)
+            .expect("insert");
+        let err = store
+            .transition("a", Event::Halted, "")
+            .expect_err("illegal");
+        assert!(matches!(err, StoreError::Illegal { .. }), "{err:?}");
+        let rec = store.get("a").expect("get").expect("exists");
+        assert_eq!(rec.state, VmState::Created);
+        assert!(rec.ephemeral);
+        assert!(matches!(
+            store.transition("nope", Event::Start, ""),
+            Err(StoreError::NotFound(_))
+        ));
     }
 
     #[test]
@@ -426,8 +440,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("s.db")).expect("open");
         let spec = VmSpec::with_defaults("a");
-        store.insert("id1", &spec).expect("insert");
-        assert!(matches!(store.insert("id2", &spec), Err(StoreError::Exists(n)) if n == "a"));
+        store.insert("id1", &spec, false).expect("insert");
+        assert!(
+            matches!(store.insert("id2", &spec, false), Err(StoreError::Exists(n)) if n == "a")
+        );
         assert_eq!(store.list().expect("list").len(), 1);
         store.delete("a").expect("delete");
         assert!(store.get("a").expect("get").is_none());

@@ -1,0 +1,177 @@
+//! A VM's life as a state machine: every change of state is an [`Event`],
+//! and [`VmState::after`] is the one place that says which events may
+//! happen in which state. The store applies a transition only if the state
+//! it was checked against is still the stored one, so two tasks racing on
+//! one VM cannot both win. The table is in docs/architecture.md.
+
+use serde::Serialize;
+
+/// Where a VM is in its life. Stored as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// Defined, never started.
+    Created,
+    /// Booting: processes started, agent not yet ready.
+    Starting,
+    Running,
+    Stopping,
+    /// Stopped on request.
+    Stopped,
+    /// Ended without being asked to (crash, service exit, failed boot,
+    /// died while the daemon was down).
+    Exited,
+}
+
+/// What happens to a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// `start` (or a restart policy, or autostart) begins a boot.
+    Start,
+    /// The agent said hello and the service started.
+    Booted,
+    /// The boot failed; nothing of it is left running.
+    BootFailed,
+    /// `stop` or `rm --force` begins a shutdown.
+    Stop,
+    /// The shutdown finished: no process is left.
+    Halted,
+    /// QEMU ended on its own (power-off, service exit, crash).
+    Ended,
+    /// A new daemon found the VM's QEMU still running.
+    Adopted,
+    /// A new daemon found the VM's QEMU gone.
+    Lost,
+}
+
+/// An event that cannot happen in the VM's current state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{event:?} is not possible for a VM that is {}", state.as_str())]
+pub struct IllegalTransition {
+    pub state: VmState,
+    pub event: Event,
+}
+
+impl VmState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmState::Created => "created",
+            VmState::Starting => "starting",
+            VmState::Running => "running",
+            VmState::Stopping => "stopping",
+            VmState::Stopped => "stopped",
+            VmState::Exited => "exited",
+        }
+    }
+
+    pub(super) fn parse(s: &str) -> VmState {
+        match s {
+            "created" => VmState::Created,
+            "starting" => VmState::Starting,
+            "running" => VmState::Running,
+            "stopping" => VmState::Stopping,
+            "stopped" => VmState::Stopped,
+            // An unknown value can only come from a newer skiff; treat
+            // the VM as not running rather than failing to load it.
+            _ => VmState::Exited,
+        }
+    }
+
+    /// Whether processes may exist for a VM in this state.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            VmState::Starting | VmState::Running | VmState::Stopping
+        )
+    }
+
+    /// The state after `event`, or why it cannot happen now.
+    pub fn after(self, event: Event) -> Result<VmState, IllegalTransition> {
+        use Event::*;
+        use VmState::*;
+        let next = match (self, event) {
+            (Created | Stopped | Exited, Start) => Starting,
+            (Starting, Booted) => Running,
+            (Starting, BootFailed) => Exited,
+            (Starting | Running, Stop) => Stopping,
+            (Stopping, Halted) => Stopped,
+            (Starting | Running, Ended) => Exited,
+            (Starting | Running | Stopping, Adopted) => Running,
+            (Starting | Running | Stopping, Lost) => Exited,
+            (state, event) => return Err(IllegalTransition { state, event }),
+        };
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [VmState; 6] = [
+        VmState::Created,
+        VmState::Starting,
+        VmState::Running,
+        VmState::Stopping,
+        VmState::Stopped,
+        VmState::Exited,
+    ];
+
+    #[test]
+    fn the_whole_table() {
+        use Event::*;
+        // (event, states it is allowed in, state after)
+        let table: [(Event, &[VmState], VmState); 8] = [
+            (
+                Start,
+                &[VmState::Created, VmState::Stopped, VmState::Exited],
+                VmState::Starting,
+            ),
+            (Booted, &[VmState::Starting], VmState::Running),
+            (BootFailed, &[VmState::Starting], VmState::Exited),
+            (
+                Stop,
+                &[VmState::Starting, VmState::Running],
+                VmState::Stopping,
+            ),
+            (Halted, &[VmState::Stopping], VmState::Stopped),
+            (
+                Ended,
+                &[VmState::Starting, VmState::Running],
+                VmState::Exited,
+            ),
+            (
+                Adopted,
+                &[VmState::Starting, VmState::Running, VmState::Stopping],
+                VmState::Running,
+            ),
+            (
+                Lost,
+                &[VmState::Starting, VmState::Running, VmState::Stopping],
+                VmState::Exited,
+            ),
+        ];
+        for (event, allowed, next) in table {
+            for state in ALL {
+                let got = state.after(event);
+                if allowed.contains(&state) {
+                    assert_eq!(got, Ok(next), "{state:?} + {event:?}");
+                } else {
+                    assert_eq!(got, Err(IllegalTransition { state, event }));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_stopped_vm_cannot_be_stopped_again_and_says_so() {
+        let err = VmState::Stopped.after(Event::Stop).expect_err("illegal");
+        assert_eq!(
+            err.to_string(),
+            "Stop is not possible for a VM that is stopped"
+        );
+        for s in ALL {
+            assert_eq!(s.is_active(), s.after(Event::Adopted).is_ok());
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The one road from a spec to running processes starts here: [`resolve`]
+//! turns a [`VmSpec`], the facts of this host and the artifacts prepared
+//! for this boot into a [`VmPlan`] that holds every decision (kernel,
+//! initrd, root, drives, shares, NIC, kernel command line, host limits, the
+//! user QEMU runs as, the exact command lines). It does no I/O, so tests
+//! assert on a VM's plan without booting it. The daemon (every VM, `skiff
+//! run` included) and `skiff run --standalone` both go through it.
+
+use skiff_spec::{Egress, NetMode, VmSpec};
+use skiff_vmm::cgroup::Limits;
+use skiff_vmm::{Accel, Backend, Drive, LaunchPlan, PlanError, ShareDir, TapNic, VmConfig};
+use std::path::PathBuf;
+
+/// What the plan needs to know about this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The accelerator decided for this host.
+    pub accel: Accel,
+    /// This boot's runtime directory (sockets).
+    pub run_dir: PathBuf,
+    pub console_log: PathBuf,
+    pub qemu_binary: PathBuf,
+    pub vsock_binary: PathBuf,
+    pub virtiofsd_binary: PathBuf,
+    /// Drop QEMU's privileges to this user (a daemon running as root).
+    pub run_as: Option<String>,
+}
+
+impl Host {
+    /// This host: the prepared guest image, the programs found where skiff
+    /// looks for them (environment, PATH, ~/.cargo/bin).
+    pub fn here(
+        guest: &crate::image::GuestImage,
+        accel: Accel,
+        run_dir: PathBuf,
+        console_log: PathBuf,
+        run_as: Option<String>,
+    ) -> Host {
+        Host {
+            kernel: guest.kernel.image.clone(),
+            initrd: guest.initrd.clone(),
+            accel,
+            run_dir,
+            console_log,
+            qemu_binary: PathBuf::from("qemu-system-x86_64"),
+            vsock_binary: crate::paths::vsock_backend(),
+            virtiofsd_binary: crate::paths::helper("virtiofsd", "SKIFF_VIRTIOFSD"),
+            run_as,
+        }
+    }
+}
+
+/// What was made for this boot before planning it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Artifacts {
+    /// The config, secrets, data and volume drives.
+    pub drives: Vec<Drive>,
+    /// The TAP of the VM's managed network, already on its bridge.
+    pub tap: Option<TapNic>,
+    /// Where the spec's `image` was found in the image cache.
+    pub image_root: Option<PathBuf>,
+}
+
+/// Every decision about one boot of one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmPlan {
+    pub config: VmConfig,
+    /// The processes, as the backend runs them.
+    pub launch: LaunchPlan,
+    /// Host-side limits of those processes (a cgroup).
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("vm.{name}: {} not supported by this version of skiff; remove them from the spec", missing.join(", "))]
+    Unsupported {
+        name: String,
+        missing: Vec<&'static str>,
+    },
+    #[error("vm.{name}: image {image:?} is not in the image cache; build it with `skiff image build -f images/{image}.toml`")]
+    ImageNotPrepared { name: String, image: String },
+    #[error("vm.{name}: a managed network needs its TAP device, which was not prepared")]
+    TapNotPrepared { name: String },
+    #[error("vm.{name} cannot be planned")]
+    Plan {
+        name: String,
+        #[source]
+        source: PlanError,
+    },
+}
+
+/// Spec features skiff validates but cannot provide yet. Refusing them is
+/// better than running a VM that silently lacks its network.
+pub fn check_supported(spec: &VmSpec) -> Result<(), ResolveError> {
+    let mut missing = Vec::new();
+    let nics = spec
+        .network
+        .iter()
+        .filter(|n| n.mode != NetMode::None)
+        .count();
+    if nics > 1 {
+        missing.push("more than one network interface");
+    }
+    if spec
+        .network
+        .iter()
+        .any(|n| n.mode == NetMode::User && matches!(n.egress, Egress::Cidrs(_)))
+    {
+        missing.push(
+            "egress limited to CIDRs in user mode (use a managed network: mode = \"bridge\")",
+        );
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ResolveError::Unsupported {
+        name: spec.name.clone(),
+        missing,
+    })
+}
+
+/// The user-mode network of a spec, with its port forwards.
+pub fn user_net(spec: &VmSpec) -> Option<skiff_vmm::UserNet> {
+    if !spec.network.iter().any(|n| n.mode == NetMode::User) {
+        return None;
+    }
+    let forwards = spec
+        .forward_ports
+        .iter()
+        .map(|f| skiff_vmm::usernet::Forward {
+            proto: match f.protocol {
+                skiff_spec::Protocol::Tcp => skiff_vmm::usernet::Proto::Tcp,
+                skiff_spec::Protocol::Udp => skiff_vmm::usernet::Proto::Udp,
+            },
+            host_addr: f.host_address,
+            host_port: f.host_port,
+            guest_port: f.guest_port,
+        })
+        .collect();
+    Some(skiff_vmm::UserNet {
+        forwards,
+        no_egress: spec.network.iter().any(|n| n.egress == Egress::None),
+    })
+}
+
+/// The spec's shares as virtiofs devices.
+pub fn shares(spec: &VmSpec) -> Vec<ShareDir> {
+    spec.shares
+        .iter()
+        .map(|s| ShareDir {
+            source: s.source.clone(),
+            mount: skiff_proto::guest::MountArg {
+                label: s.tag.clone(),
+                target: s.target.clone(),
+                readonly: s.readonly,
+                noexec: false,
+                nosuid: false,
+                nodev: true,
+            },
+        })
+        .collect()
+}
+
+/// Plan one boot of `spec` (whose VM id is `vm_id`) on `host` with the
+/// `artifacts` made for it, for `backend`.
+pub fn resolve(
+    spec: &VmSpec,
+    vm_id: &str,
+    host: &Host,
+    artifacts: Artifacts,
+    backend: &dyn Backend,
+) -> Result<VmPlan, ResolveError> {
+    check_supported(spec)?;
+    let name = || spec.name.clone();
+    let rootfs = match (&spec.rootfs, &spec.image) {
+        (Some(r), _) => Some(skiff_vmm::RootFs {
+            source: r.path.clone(),
+            writable: r.writable,
+        }),
+        (None, Some(image)) => Some(skiff_vmm::RootFs {
+            source: artifacts
+                .image_root
+                .clone()
+                .ok_or_else(|| ResolveError::ImageNotPrepared {
+                    name: name(),
+                    image: image.clone(),
+                })?,
+            writable: false,
+        }),
+        (None, None) => None,
+    };
+    let bridged = spec.network.iter().any(|n| n.mode == NetMode::Bridge);
+    if bridged && artifacts.tap.is_none() {
+        return Err(ResolveError::TapNotPrepared { name: name() });
+    }
+    let config = VmConfig {
+        cpus: spec.vcpus,
+        memory_mib: spec.memory_mib,
+        kernel: host.kernel.clone(),
+        initrd: host.initrd.clone(),
+        accel: host.accel,
+        extra_cmdline: spec
+            .kernel
+            .as_ref()
+            .map(|k| k.params.clone())
+            .unwrap_or_default(),
+        run_dir: host.run_dir.clone(),
+        qemu_binary: host.qemu_binary.clone(),
+        vsock_binary: host.vsock_binary.clone(),
+        console_log: host.console_log.clone(),
+        net: user_net(spec),
+        tap: artifacts.tap,
+        vm_id: vm_id.to_owned(),
+        drives: artifacts.drives,
+        shares: shares(spec),
+        virtiofsd_binary: host.virtiofsd_binary.clone(),
+        rootfs,
+        run_as: host.run_as.clone(),
+    };
+    let launch = backend.plan(&config).map_err(|source| ResolveError::Plan {
+        name: name(),
+        source,
+    })?;
+    Ok(VmPlan {
+        limits: Limits::for_vm(spec.memory_mib, spec.vcpus),
+        config,
+        launch,
+    })
+}
+
+#[cfg(test)]
+#[path = "resolve_tests.rs"]
+mod tests;
