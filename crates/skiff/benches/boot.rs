@@ -123,7 +123,7 @@ fn bare_qemu_args(kernel: &Path, initrd: &Path, work: &Path) -> Vec<String> {
         run_dir: work.join("bare"),
         qemu_binary: "qemu-system-x86_64".into(),
         vsock_binary: "unused".into(),
-        console_log: None,
+        console_log: work.join("bare-console.log"),
         net: None,
         tap: None,
         vm_id: "bench".into(),
@@ -137,8 +137,16 @@ fn bare_qemu_args(kernel: &Path, initrd: &Path, work: &Path) -> Vec<String> {
     let mut args = Vec::new();
     let mut it = plan.qemu.args.into_iter();
     while let Some(a) = it.next() {
-        if a == "-chardev" || a == "-device" {
-            it.next(); // drop the vsock device and its socket
+        if a == "-device" {
+            it.next(); // drop the devices (vsock, debug exit)
+            continue;
+        }
+        if a == "-chardev" {
+            // Keep the console's file; drop the vsock socket.
+            match it.next() {
+                Some(v) if v.starts_with("file,") => args.extend([a, v]),
+                _ => {}
+            }
             continue;
         }
         args.push(a);

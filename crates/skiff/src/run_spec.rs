@@ -80,6 +80,10 @@ impl RunBody {
     }
 }
 
+fn unknown_network(name: &str) -> String {
+    format!("unknown network {name:?}; use none, user, or the name of a network (skiff network ls)")
+}
+
 /// The VM a run boots, named `name`; every problem of the request is
 /// reported with what to do instead. Checks form only (absolute paths,
 /// ranges); whether directories exist is checked when the VM is prepared.
@@ -140,9 +144,7 @@ pub fn run_spec(name: &str, body: &RunBody) -> Result<VmSpec, String> {
         Some(name) if skiff_net::check_network_name(name).is_ok() => {
             vec![nic(NetMode::Bridge, Some(name))]
         }
-        Some(name) => return Err(format!(
-            "unknown network {name:?}; use none, user, or the name of a network (skiff network ls)"
-        )),
+        Some(name) => return Err(unknown_network(name)),
     };
     for (i, s) in body.shares.iter().enumerate() {
         if !s.source.is_absolute() || !s.target.starts_with('/') {

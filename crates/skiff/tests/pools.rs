@@ -80,25 +80,7 @@ fn a_pool_hands_out_ready_sandboxes_once_refills_expires_and_survives_restarts()
     // QEMU runs under its seccomp filter and, for a root daemon, as nobody.
     let names = vm_names(&d);
     let first = names.iter().next().expect("a pool VM");
-    let pid = d.inspect(first)["qemu"]["pid"].as_i64().expect("qemu pid");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    assert!(status.contains("\nSeccomp:\t2\n"), "{status}");
-    assert_vm_cgroup(&d, first);
-    if nix::unistd::geteuid().is_root() {
-        let nobody = nix::unistd::User::from_name("nobody")
-            .ok()
-            .flatten()
-            .expect("nobody");
-        let uid_line = status
-            .lines()
-            .find(|l| l.starts_with("Uid:"))
-            .expect("Uid line");
-        let uids: Vec<&str> = uid_line.split_whitespace().skip(1).collect();
-        assert!(
-            uids.iter().all(|u| *u == nobody.uid.to_string()),
-            "{uid_line}"
-        );
-    }
+    assert_confined(&d, first);
 
     // A command in a sandbox from the pool: its output and exit code; then
     // the sandbox is gone and a replacement boots.
@@ -199,8 +181,81 @@ fn a_pool_hands_out_ready_sandboxes_once_refills_expires_and_survives_restarts()
     assert_eq!(d.qemu_count(), 0);
     // The VM's cgroup went with it.
     let id = gone["id"].as_str().expect("id");
+    assert_eq!(cgroups_left(id), Vec::<String>::new(), "cgroups left");
+}
+
+/// `skiff run` through the daemon boots on the same road as every VM: while
+/// its command runs it is in `skiff ls`, its QEMU under seccomp, as nobody
+/// (root daemon) and in its own cgroup; afterwards nothing of it is left.
+#[test]
+fn a_run_through_the_daemon_is_a_confined_vm_of_the_manager() {
+    let d = Daemon::start();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"));
+    cmd.env("SKIFF_SOCKET", d.socket())
+        .env("SKIFF_STATE_DIR", d.state())
+        .env("SKIFF_RUNTIME_DIR", d.runtime())
+        .args(["run", "-q", "--", "sh", "-c", "sleep 4; echo done; exit 5"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let client = cmd.spawn().expect("skiff run");
+    let mut name = String::new();
+    d.wait_for(
+        "the run's VM running in ls",
+        Duration::from_secs(120),
+        || {
+            let listed: serde_json::Value =
+                serde_json::from_str(&d.ok(&["ls", "--json"])).expect("ls json");
+            let Some(vm) = listed.as_array().and_then(|a| a.first()) else {
+                return false;
+            };
+            name = vm["name"].as_str().unwrap_or_default().to_owned();
+            vm["state"] == "running" && vm["ephemeral"] == true
+        },
+    );
+    assert!(name.starts_with("run-"), "{name}");
+    let id = d.inspect(&name)["id"].as_str().expect("id").to_owned();
+    assert_confined(&d, &name);
+    let out = client.wait_with_output().expect("wait skiff run");
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "done\n");
+    assert_eq!(d.ok(&["ls", "--json"]).trim(), "[]", "the run's VM is gone");
+    assert_eq!(d.qemu_count(), 0);
+    assert_eq!(cgroups_left(&id), Vec::<String>::new(), "cgroups left");
+}
+
+/// QEMU of `vm` under its seccomp filter, as nobody for a root daemon, in
+/// the VM's own cgroup with its limits.
+fn assert_confined(d: &Daemon, vm: &str) {
+    let pid = d.inspect(vm)["qemu"]["pid"].as_i64().expect("qemu pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert!(status.contains("\nSeccomp:\t2\n"), "{status}");
+    assert_vm_cgroup(d, vm);
+    if nix::unistd::geteuid().is_root() {
+        let nobody = nix::unistd::User::from_name("nobody")
+            .ok()
+            .flatten()
+            .expect("nobody");
+        let uid_line = status
+            .lines()
+            .find(|l| l.starts_with("Uid:"))
+            .expect("Uid line");
+        let uids: Vec<&str> = uid_line.split_whitespace().skip(1).collect();
+        assert!(
+            uids.iter().all(|u| *u == nobody.uid.to_string()),
+            "{uid_line}"
+        );
+    }
+}
+
+/// The cgroup directories of VM `id` that still exist.
+fn cgroups_left(id: &str) -> Vec<String> {
     let own = std::fs::read_to_string("/proc/self/cgroup").expect("cgroup");
-    let leftovers: Vec<String> = ["memory", "cpu", ""]
+    ["memory", "cpu", ""]
         .iter()
         .filter_map(|c| {
             own.lines().find_map(|l| {
@@ -222,8 +277,7 @@ fn a_pool_hands_out_ready_sandboxes_once_refills_expires_and_survives_restarts()
             })
         })
         .filter(|dir| std::path::Path::new(dir).exists())
-        .collect();
-    assert!(leftovers.is_empty(), "cgroups left: {leftovers:?}");
+        .collect()
 }
 
 fn now() -> i64 {

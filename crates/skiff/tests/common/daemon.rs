@@ -12,6 +12,8 @@ pub struct Daemon {
     extra_args: Vec<String>,
     /// Runs the daemon through this command (e.g. `ip netns exec NS`).
     wrapper: Vec<String>,
+    /// Extra environment of the daemon and the CLI.
+    env: Vec<(&'static str, String)>,
 }
 
 impl Daemon {
@@ -27,6 +29,25 @@ impl Daemon {
     /// Start through `wrapper`, a command that runs the rest of its
     /// arguments (`ip netns exec NS`, `setpriv ... --`).
     pub fn start_wrapped(extra_args: &[String], wrapper: &[String]) -> Daemon {
+        Daemon::start_full(extra_args, wrapper, Vec::new())
+    }
+
+    /// A daemon on the fake backend: its VMs are `skiff-fake-vm`
+    /// processes that speak the agent protocol (the fast test tier).
+    pub fn start_fake() -> Daemon {
+        let fake = env!("CARGO_BIN_EXE_skiff-fake-vm").to_owned();
+        Daemon::start_full(
+            &[],
+            &[],
+            vec![("SKIFF_BACKEND", "fake".into()), ("SKIFF_FAKE_VM", fake)],
+        )
+    }
+
+    fn start_full(
+        extra_args: &[String],
+        wrapper: &[String],
+        env: Vec<(&'static str, String)>,
+    ) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("skiff-d")
             .tempdir()
@@ -36,6 +57,7 @@ impl Daemon {
             child: None,
             extra_args: extra_args.to_vec(),
             wrapper: wrapper.to_vec(),
+            env,
         };
         d.spawn();
         d
@@ -56,7 +78,8 @@ impl Daemon {
     fn env(&self, cmd: &mut Command) {
         cmd.env("SKIFF_SOCKET", self.socket())
             .env("SKIFF_STATE_DIR", self.state())
-            .env("SKIFF_RUNTIME_DIR", self.runtime());
+            .env("SKIFF_RUNTIME_DIR", self.runtime())
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
     }
 
     /// (Re)start the daemon process and wait for its socket to answer.
@@ -145,6 +168,14 @@ impl Daemon {
 
     pub fn inspect(&self, name: &str) -> serde_json::Value {
         serde_json::from_str(&self.ok(&["inspect", name])).expect("inspect json")
+    }
+
+    /// Fake VM processes (`skiff-fake-vm guest`) of this daemon's VMs.
+    pub fn fake_guests(&self) -> Vec<String> {
+        processes_under(&self.runtime())
+            .into_iter()
+            .filter(|p| p.contains("skiff-fake-vm guest"))
+            .collect()
     }
 
     /// QEMU processes of this daemon's VMs.
