@@ -69,7 +69,12 @@ fn secrets_dir(paths: &DaemonPaths) -> PathBuf {
 }
 
 pub fn prepare(paths: &DaemonPaths, rec: &VmRecord, vm_dir: &Path) -> Result<BootDrives> {
-    let mut drives = vec![config_drive(rec, vm_dir)?];
+    // A `skiff run` VM lives for one command and has no metadata worth a
+    // drive: skipping it keeps mkfs off the run's boot path.
+    let mut drives = Vec::new();
+    if !rec.ephemeral {
+        drives.push(config_drive(rec, vm_dir)?);
+    }
     let secrets_image = match secrets_drive(rec, &secrets_dir(paths))? {
         Some((drive, image)) => {
             drives.push(drive);
