@@ -45,7 +45,10 @@ fn qemu_gets_microvm_with_acpi_shared_memory_and_vhost_user_vsock() {
     assert_eq!(value_after(a, "-numa"), ["node,memdev=mem"]);
     assert_eq!(
         value_after(a, "-chardev"),
-        ["socket,id=vsock0,path=/run/skiff/vm1/vhost-vsock.sock"]
+        [
+            "file,id=console,path=/run/skiff/vm1/console.log,append=on",
+            "socket,id=vsock0,path=/run/skiff/vm1/vhost-vsock.sock"
+        ]
     );
     assert_eq!(
         value_after(a, "-device"),
@@ -56,7 +59,7 @@ fn qemu_gets_microvm_with_acpi_shared_memory_and_vhost_user_vsock() {
     );
     assert_eq!(value_after(a, "-kernel"), ["/k/vmlinuz"]);
     assert_eq!(value_after(a, "-initrd"), ["/c/initrd.cpio"]);
-    assert_eq!(value_after(a, "-serial"), ["stdio"]);
+    assert_eq!(value_after(a, "-serial"), ["chardev:console"]);
     assert!(a.contains(&"-nodefaults".to_owned()));
 }
 
