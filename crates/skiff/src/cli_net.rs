@@ -95,31 +95,25 @@ pub async fn network(c: &Client, cmd: NetworkCommand) -> Result<i32> {
         }
         NetworkCommand::Prune { json } => {
             let body = c.call(Method::POST, "/v1/networks/prune", None).await?;
-            let v: Value = serde_json::from_slice(&body)?;
+            let report: skiff_api::PruneReport = crate::cli_vm::typed(&body)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                println!("{}", serde_json::to_string_pretty(&report)?);
                 return Ok(0);
             }
-            let list = |k: &str| -> Vec<String> {
-                v[k].as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            };
-            let (links, tables) = (list("links"), list("tables"));
-            if links.is_empty() && tables.is_empty() && v["leases"].as_u64() == Some(0) {
+            if report.links.is_empty() && report.tables.is_empty() && report.leases == 0 {
                 println!("nothing to prune");
             }
-            for l in links {
+            for l in report.links {
                 println!("removed link {l}");
             }
-            for t in tables {
+            for t in report.tables {
                 println!("removed nftables table {t}");
             }
-            if let Some(n) = v["leases"].as_u64().filter(|n| *n > 0) {
-                println!("released {n} leases of VMs that no longer exist");
+            if report.leases > 0 {
+                println!(
+                    "released {} leases of VMs that no longer exist",
+                    report.leases
+                );
             }
             Ok(0)
         }

@@ -22,22 +22,33 @@ fn read_spec(file: &Path) -> Result<String> {
         .with_context(|| format!("cannot read the spec file {}", file.display()))
 }
 
-fn print_json(v: &Value) -> Result<()> {
+fn print_json(v: &impl serde::Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(v)?);
     Ok(())
+}
+
+/// A response body as its API type.
+pub fn typed<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T> {
+    serde_json::from_slice(body).context(
+        "the daemon's answer is not what this skiff expects (a daemon of another version?)",
+    )
+}
+
+fn spec_text(spec: String) -> Result<Value> {
+    Ok(serde_json::to_value(skiff_api::SpecText { spec })?)
 }
 
 pub async fn create(c: &Client, file: &Path, json: bool) -> Result<i32> {
     let spec = read_spec(file)?;
     let body = c
-        .call(Method::POST, "/v1/vms", Some(json!({ "spec": spec })))
+        .call(Method::POST, "/v1/vms", Some(spec_text(spec)?))
         .await?;
-    let v: Value = serde_json::from_slice(&body)?;
+    let vms: Vec<skiff_api::Vm> = typed(&body)?;
     if json {
-        print_json(&v)?;
+        print_json(&vms)?;
     } else {
-        for vm in v.as_array().into_iter().flatten() {
-            println!("created {}", vm["name"].as_str().unwrap_or("?"));
+        for vm in vms {
+            println!("created {}", vm.name);
         }
     }
     Ok(0)
@@ -46,29 +57,19 @@ pub async fn create(c: &Client, file: &Path, json: bool) -> Result<i32> {
 pub async fn apply(c: &Client, file: &Path, json: bool) -> Result<i32> {
     let spec = read_spec(file)?;
     let body = c
-        .call(Method::POST, "/v1/apply", Some(json!({ "spec": spec })))
+        .call(Method::POST, "/v1/apply", Some(spec_text(spec)?))
         .await?;
-    let v: Value = serde_json::from_slice(&body)?;
+    let changes: Vec<skiff_api::ApplyChange> = typed(&body)?;
     if json {
-        print_json(&v)?;
+        print_json(&changes)?;
     } else {
-        for ch in v.as_array().into_iter().flatten() {
-            let changed: Vec<&str> = ch["changed"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect();
-            let what = if changed.is_empty() {
+        for ch in changes {
+            let what = if ch.changed.is_empty() {
                 String::new()
             } else {
-                format!(" ({})", changed.join(", "))
+                format!(" ({})", ch.changed.join(", "))
             };
-            println!(
-                "{} {}{what}",
-                ch["name"].as_str().unwrap_or("?"),
-                ch["action"].as_str().unwrap_or("?")
-            );
+            println!("{} {}{what}", ch.name, ch.action);
         }
     }
     Ok(0)
@@ -78,11 +79,11 @@ pub async fn lifecycle(c: &Client, verb: &str, name: &str, query: &str, json: bo
     let body = c
         .call(Method::POST, &format!("/v1/vms/{name}/{verb}{query}"), None)
         .await?;
-    let v: Value = serde_json::from_slice(&body)?;
+    let vm: skiff_api::Vm = typed(&body)?;
     if json {
-        print_json(&v)?;
+        print_json(&vm)?;
     } else {
-        println!("{name} {}", v["state"].as_str().unwrap_or("?"));
+        println!("{name} {}", vm.state.as_str());
     }
     Ok(0)
 }
@@ -116,23 +117,23 @@ pub async fn delete_each(
 
 pub async fn list(c: &Client, json: bool) -> Result<i32> {
     let body = c.call(Method::GET, "/v1/vms", None).await?;
-    let v: Value = serde_json::from_slice(&body)?;
+    let vms: Vec<skiff_api::Vm> = typed(&body)?;
     if json {
-        return print_json(&v).map(|_| 0);
+        return print_json(&vms).map(|_| 0);
     }
     println!(
         "{:<24} {:<10} {:>5} {:>8} {:>8}  NOTE",
         "NAME", "STATE", "VCPUS", "MEMORY", "RESTARTS"
     );
-    for vm in v.as_array().into_iter().flatten() {
+    for vm in vms {
         println!(
             "{:<24} {:<10} {:>5} {:>6}Mi {:>8}  {}",
-            vm["name"].as_str().unwrap_or("?"),
-            vm["state"].as_str().unwrap_or("?"),
-            vm["spec"]["vcpus"].to_string(),
-            vm["spec"]["memory_mib"].to_string(),
-            vm["restarts"].to_string(),
-            vm["note"].as_str().unwrap_or("")
+            vm.name,
+            vm.state.as_str(),
+            vm.spec.vcpus,
+            vm.spec.memory_mib,
+            vm.restarts,
+            vm.note
         );
     }
     Ok(0)
@@ -224,7 +225,7 @@ pub async fn exec_stream(
     let mut reader = FrameReader::new(r);
     let (_no_stdin, empty) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
     let mut rx = if forward_stdin {
-        crate::run::spawn_stdin_reader()
+        crate::cli_run::spawn_stdin_reader()
     } else {
         empty
     };
@@ -274,23 +275,17 @@ pub async fn volume(c: &Client, cmd: crate::VolumeCommand) -> Result<i32> {
         }
         crate::VolumeCommand::Ls { json } => {
             let body = c.call(Method::GET, "/v1/volumes", None).await?;
-            let v: Value = serde_json::from_slice(&body)?;
+            let volumes: Vec<skiff_api::VolumeInfo> = typed(&body)?;
             if json {
-                return print_json(&v).map(|_| 0);
+                return print_json(&volumes).map(|_| 0);
             }
             println!("{:<24} {:>10}  USED BY", "NAME", "SIZE");
-            for vol in v.as_array().into_iter().flatten() {
-                let users: Vec<&str> = vol["used_by"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
+            for vol in volumes {
                 println!(
                     "{:<24} {:>8}Mi  {}",
-                    vol["name"].as_str().unwrap_or("?"),
-                    vol["size_mib"].to_string(),
-                    users.join(", ")
+                    vol.name,
+                    vol.size_mib,
+                    vol.used_by.join(", ")
                 );
             }
             Ok(0)

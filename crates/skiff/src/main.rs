@@ -4,19 +4,16 @@ mod cli_cp;
 mod cli_net;
 mod cli_parse;
 mod cli_pool;
+mod cli_run;
 use cli_parse::{parse_env, parse_publish, parse_share, rootfs_arg};
 mod cli_vm;
 mod client;
-mod daemon;
-mod frames;
-mod image;
-mod paths;
-mod resolve;
-mod run;
-mod run_spec;
-mod timings;
 mod tty;
-mod ui;
+
+// The daemon library: the CLI calls its public API (`serve`, the standalone
+// run, the request types, paths and images), never its internals.
+use skiff_daemon as daemon;
+use skiff_daemon::{frames, image, paths, run, run_spec, ui};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -336,11 +333,10 @@ fn run_body(a: RunArgs, forward_stdin: bool) -> Result<run_spec::RunBody> {
         env: a.env,
         workdir: a.workdir,
         accel: match a.accel {
-            AccelArg::Auto => "auto",
-            AccelArg::Kvm => "kvm",
-            AccelArg::Tcg => "tcg",
-        }
-        .to_owned(),
+            AccelArg::Auto => skiff_spec::Accel::Auto,
+            AccelArg::Kvm => skiff_spec::Accel::Kvm,
+            AccelArg::Tcg => skiff_spec::Accel::Tcg,
+        },
         boot_timeout_secs: a.boot_timeout,
         quiet: a.quiet,
         stdin: forward_stdin,
@@ -375,6 +371,23 @@ async fn run_via_daemon(a: RunArgs) -> Result<i32> {
     .await
 }
 
+/// The daemon logs through `tracing` to stderr: `SKIFF_LOG` picks the
+/// levels (`info` by default, e.g. `skiff_daemon=debug`); under systemd
+/// (journald adds its own timestamps) lines carry none.
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
 fn kernel_choice(k: &KernelArgs) -> image::KernelChoice {
     image::KernelChoice {
         kernel: k.kernel.clone(),
@@ -386,6 +399,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
     let client = || client::Client::new(paths::socket_path());
     match cli.command {
         Command::Daemon(a) => {
+            init_logging();
             let tcp = match (a.listen_tcp, a.token_file) {
                 (Some(addr), Some(file)) => Some((addr, daemon::read_token(&file)?)),
                 _ => None,
@@ -461,7 +475,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 a.interactive || !std::io::IsTerminal::is_terminal(&std::io::stdin());
             let (interactive, timings) = (a.interactive, a.timings);
             let body = run_body(a, forward_stdin)?;
-            let mut io = run::TerminalIo::new(interactive)?;
+            let mut io = cli_run::TerminalIo::new(interactive)?;
             let outcome = run::run_standalone(body, &mut io).await?;
             match timings {
                 Some(TimingsFormat::Human) => eprint!("{}", outcome.timings.render()),

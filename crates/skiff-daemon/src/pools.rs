@@ -11,7 +11,8 @@ use super::store::{now, VmState};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+pub use skiff_api::{CreatePool, ResizeBody, TakeBody, TtlBody};
 use skiff_spec::{NetMode, NetworkSpec, VmSpec};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,29 +21,6 @@ pub const DEFAULT_TTL_SECS: u64 = 600;
 pub const MAX_POOL_SIZE: u32 = 256;
 /// Pool names leave room for the `-XXXXXX` of their VMs' names.
 const MAX_POOL_NAME: usize = skiff_spec::MAX_NAME_LEN - 7;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreatePool {
-    pub name: String,
-    #[serde(default = "one")]
-    pub size: u32,
-    #[serde(default)]
-    pub image: Option<String>,
-    #[serde(default)]
-    pub cpus: Option<u32>,
-    #[serde(default)]
-    pub memory_mib: Option<u32>,
-    /// "none" (default), "user", or a managed network's name.
-    #[serde(default)]
-    pub net: Option<String>,
-    #[serde(default)]
-    pub ttl_secs: Option<u64>,
-}
-
-fn one() -> u32 {
-    1
-}
 
 #[derive(Debug, Serialize)]
 pub struct PoolInfo {
@@ -307,7 +285,7 @@ impl Manager {
             if warm.len() < size {
                 // One at a time: the loop comes back at once for the next.
                 if let Err(e) = self.add_to_pool(&pool).await {
-                    eprintln!("skiff daemon: pool {}: {e}", pool.name);
+                    tracing::warn!(pool = %pool.name, error = %e, "cannot add a sandbox");
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 } else {
                     self.pool_wake.notify_one();
@@ -350,12 +328,6 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResizeBody {
-    pub size: u32,
-}
-
 pub async fn resize(
     State(m): State<Arc<Manager>>,
     Path(name): Path<String>,
@@ -363,17 +335,6 @@ pub async fn resize(
 ) -> Result<StatusCode, ApiError> {
     m.resize_pool(&name, body.size)?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct TakeBody {
-    /// Time to live; default: the pool's.
-    #[serde(default)]
-    pub ttl_secs: Option<u64>,
-    /// How long to wait for a ready sandbox (default 60 s).
-    #[serde(default)]
-    pub wait_secs: Option<u64>,
 }
 
 pub async fn take(
@@ -384,12 +345,6 @@ pub async fn take(
     let body = body.map(|Json(b)| b).unwrap_or_default();
     let wait = Duration::from_secs(body.wait_secs.unwrap_or(60).min(600));
     Ok(Json(m.take(&name, body.ttl_secs, wait).await?))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TtlBody {
-    pub seconds: u64,
 }
 
 pub async fn ttl(

@@ -18,10 +18,7 @@ impl Manager {
             if rec.ephemeral {
                 // A `skiff run` VM: its client went away with the old daemon.
                 if let Err(e) = self.remove(&rec.name, true, false).await {
-                    eprintln!(
-                        "skiff daemon: {}: cannot remove the run's VM: {e}",
-                        rec.name
-                    );
+                    tracing::error!(vm = %rec.name, error = %e, "cannot remove the VM of an earlier run");
                 }
                 continue;
             }
@@ -30,11 +27,9 @@ impl Manager {
                 match (rec.qemu, rec.vsock, &rec.run_dir) {
                     (Some(q), Some(v), Some(run_dir)) if q.is_alive() => {
                         if let Err(e) = self.start_forwards(&rec) {
-                            eprintln!(
-                                "skiff daemon: {}: port forwards not restored: {e}",
-                                rec.name
-                            );
+                            tracing::warn!(vm = %rec.name, error = %e, "port forwards not restored");
                         }
+                        tracing::info!(vm = %rec.name, qemu = q.pid, "adopted");
                         self.store.transition(
                             &rec.name,
                             Event::Adopted,
@@ -136,6 +131,7 @@ impl Manager {
             GuestExit::ServiceFailed => "the service failed",
             GuestExit::Crashed => "QEMU ended unexpectedly",
         };
+        tracing::info!(vm = %name, exit = ?exit, "{note}");
         if self.store.transition(name, Event::Ended, note).is_err() {
             return; // it changed meanwhile (a stop or a failed boot took over)
         }

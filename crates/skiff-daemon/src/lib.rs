@@ -1,6 +1,10 @@
-//! `skiff daemon`: the long-lived process that owns VMs. It serves the
-//! HTTP/JSON API on a Unix socket; its state is one SQLite file; VMs run in
-//! their own processes and survive a daemon restart.
+//! skiff's daemon as a library: the manager that owns VMs (store,
+//! lifecycle, supervision, pools, networks, proxy, metrics), the HTTP/JSON
+//! API it serves on a Unix socket, and the one road every VM takes from a
+//! spec to running processes ([`resolve`], then `skiff_vmm::launch`), which
+//! `skiff run --standalone` ([`run::run_standalone`]) uses in-process.
+//! State is one SQLite file; VMs run in their own processes and survive a
+//! daemon restart. The `skiff` binary is a thin CLI over this crate.
 
 pub mod api;
 mod background;
@@ -8,21 +12,29 @@ mod boot;
 mod commands;
 mod drives;
 mod forward;
+pub mod frames;
 mod health;
-pub mod lifecycle;
+pub mod hostops;
+pub mod image;
 mod limits;
 pub mod manager;
 pub mod metrics;
 mod monitor;
 pub mod netstore;
 pub mod networks;
+pub mod paths;
 pub mod pools;
 pub mod poolstore;
 pub mod proxy;
+pub mod resolve;
+pub mod run;
 pub mod run_api;
+pub mod run_spec;
 pub mod store;
 pub mod streams;
 mod support;
+pub mod timings;
+pub mod ui;
 mod volumes;
 
 use anyhow::{bail, Context, Result};
@@ -167,6 +179,7 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
             runtime_dir: cfg.runtime_dir.clone(),
         },
         backend_from_env()?,
+        std::sync::Arc::new(hostops::LinuxHost::detect()),
     );
     manager
         .adopt_and_autostart()
@@ -178,10 +191,11 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
     let pid_file = cfg.state_dir.join("daemon.pid");
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))
         .with_context(|| format!("cannot write {}", pid_file.display()))?;
-    eprintln!(
-        "skiff daemon {}: listening on {}",
-        env!("CARGO_PKG_VERSION"),
-        cfg.socket.display()
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        socket = %cfg.socket.display(),
+        backend = ?manager.backend_kind(),
+        "listening"
     );
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
@@ -194,10 +208,10 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
             std::sync::Arc::new(token),
             require_token,
         ));
-        eprintln!("skiff daemon: also listening on {addr} (bearer token required)");
+        tracing::info!(%addr, "also listening on TCP (bearer token required)");
         tokio::spawn(async move {
             if let Err(e) = axum::serve(tcp, app).await {
-                eprintln!("skiff daemon: the TCP listener failed: {e}");
+                tracing::error!(%addr, error = %e, "the TCP listener failed");
             }
         });
     }

@@ -16,8 +16,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine;
-use serde::Deserialize;
 use serde_json::json;
+pub use skiff_api::CommandBody;
 use skiff_proto::{ExecRequest, ExitStatus, Message};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,29 +26,6 @@ use tokio::time::Instant;
 
 /// After a time limit kills the command, how long to wait for its end.
 const KILL_GRACE: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CommandBody {
-    pub argv: Vec<String>,
-    #[serde(default)]
-    pub env: Vec<(String, String)>,
-    #[serde(default)]
-    pub workdir: Option<String>,
-    /// Bytes for stdin, base64; none: stdin is empty.
-    #[serde(default)]
-    pub stdin: Option<String>,
-    /// Kill the command (and its process group) after this many seconds.
-    #[serde(default)]
-    pub timeout_secs: Option<f64>,
-    /// Answer at once with a handle (`{"id": ...}`) instead of streaming:
-    /// see `GET /v1/vms/{name}/commands/{id}`.
-    #[serde(default)]
-    pub background: bool,
-    /// Run as this guest user (name, UID or UID:GID); default root.
-    #[serde(default)]
-    pub user: Option<String>,
-}
 
 fn event(v: serde_json::Value) -> bytes::Bytes {
     let mut line = v.to_string();

@@ -8,22 +8,17 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const API_VERSION: &str = "v1";
 /// Every response carries the daemon's version, so that a CLI of another
 /// version can say so instead of misreading answers.
-pub const VERSION_HEADER: &str = "x-skiff-version";
-pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
+pub use skiff_api::{ErrorBody, RemoveQuery, SpecText, StopQuery};
+pub use skiff_api::{API_VERSION, VERSION_HEADER};
+pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 
 type AppState = Arc<Manager>;
-
-#[derive(Serialize)]
-pub struct ErrorBody {
-    pub error: String,
-}
 
 pub struct ApiError(StatusCode, String);
 
@@ -193,19 +188,38 @@ async fn openapi() -> Response {
         .into_response()
 }
 
-async fn list(State(m): State<AppState>) -> ApiResult<Vec<VmRecord>> {
-    Ok(Json(m.list()?))
+/// A VM as the API shows it.
+fn vm(rec: VmRecord) -> skiff_api::Vm {
+    let process = |p: Option<skiff_vmm::ProcessRef>| {
+        p.map(|p| skiff_api::ProcessInfo {
+            pid: p.pid,
+            start_time: p.start_time,
+        })
+    };
+    skiff_api::Vm {
+        qemu: process(rec.qemu),
+        vsock: process(rec.vsock),
+        name: rec.name,
+        id: rec.id,
+        spec: rec.spec,
+        spec_hash: rec.spec_hash,
+        state: rec.state,
+        note: rec.note,
+        created_at: rec.created_at,
+        updated_at: rec.updated_at,
+        run_dir: rec.run_dir,
+        boots: rec.boots,
+        restarts: rec.restarts,
+        ephemeral: rec.ephemeral,
+    }
 }
 
-async fn inspect(State(m): State<AppState>, Path(name): Path<String>) -> ApiResult<VmRecord> {
-    Ok(Json(m.inspect(&name)?))
+async fn list(State(m): State<AppState>) -> ApiResult<Vec<skiff_api::Vm>> {
+    Ok(Json(m.list()?.into_iter().map(vm).collect()))
 }
 
-/// A spec file's text: the API takes the same TOML users write.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SpecText {
-    pub spec: String,
+async fn inspect(State(m): State<AppState>, Path(name): Path<String>) -> ApiResult<skiff_api::Vm> {
+    Ok(Json(vm(m.inspect(&name)?)))
 }
 
 fn parse_specs(text: &str) -> Result<Vec<skiff_spec::VmSpec>, ApiError> {
@@ -227,7 +241,7 @@ fn bad_json(e: axum::extract::rejection::JsonRejection) -> ApiError {
 async fn create(
     State(m): State<AppState>,
     body: Result<Json<SpecText>, axum::extract::rejection::JsonRejection>,
-) -> Result<(StatusCode, Json<Vec<VmRecord>>), ApiError> {
+) -> Result<(StatusCode, Json<Vec<skiff_api::Vm>>), ApiError> {
     let Json(body) = body.map_err(bad_json)?;
     let specs = parse_specs(&body.spec)?;
     // Refuse the whole file if any name is taken: nothing half-created.
@@ -248,7 +262,10 @@ async fn create(
             }
         }
     }
-    Ok((StatusCode::CREATED, Json(created)))
+    Ok((
+        StatusCode::CREATED,
+        Json(created.into_iter().map(vm).collect()),
+    ))
 }
 
 async fn apply(
@@ -260,41 +277,24 @@ async fn apply(
     Ok(Json(m.apply(specs).await?))
 }
 
-async fn start(State(m): State<AppState>, Path(name): Path<String>) -> ApiResult<VmRecord> {
-    Ok(Json(m.start(&name).await?))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StopQuery {
-    /// Seconds to wait for a clean power-off before killing.
-    pub timeout: Option<u64>,
+async fn start(State(m): State<AppState>, Path(name): Path<String>) -> ApiResult<skiff_api::Vm> {
+    Ok(Json(vm(m.start(&name).await?)))
 }
 
 async fn stop(
     State(m): State<AppState>,
     Path(name): Path<String>,
     Query(q): Query<StopQuery>,
-) -> ApiResult<VmRecord> {
+) -> ApiResult<skiff_api::Vm> {
     let timeout = q
         .timeout
         .map(Duration::from_secs)
         .unwrap_or(DEFAULT_STOP_TIMEOUT);
-    Ok(Json(m.stop(&name, timeout).await?))
+    Ok(Json(vm(m.stop(&name, timeout).await?)))
 }
 
-async fn restart(State(m): State<AppState>, Path(name): Path<String>) -> ApiResult<VmRecord> {
-    Ok(Json(m.restart(&name).await?))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RemoveQuery {
-    #[serde(default)]
-    pub force: bool,
-    /// Also delete the VM's named volumes.
-    #[serde(default)]
-    pub volumes: bool,
+async fn restart(State(m): State<AppState>, Path(name): Path<String>) -> ApiResult<skiff_api::Vm> {
+    Ok(Json(vm(m.restart(&name).await?)))
 }
 
 async fn remove(
@@ -313,8 +313,8 @@ pub fn api_error(status: StatusCode, msg: String) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::daemon::manager::DaemonPaths;
-    use crate::daemon::store::Store;
+    use crate::manager::DaemonPaths;
+    use crate::store::Store;
     use tower::ServiceExt;
 
     fn test_router(dir: &std::path::Path) -> Router {
@@ -327,6 +327,7 @@ mod tests {
             store,
             paths,
             Box::new(skiff_vmm::backend::Qemu),
+            std::sync::Arc::new(crate::hostops::RecordingHost::default()),
         ))
     }
 

@@ -105,7 +105,7 @@ impl SniResolver {
                 Some(k)
             }
             Err(e) => {
-                eprintln!("skiff daemon: proxy: no certificate for {host}: {e}");
+                tracing::warn!(%host, error = %e, "proxy: no certificate; keeping the last good one");
                 // Keep serving the last good one while the files are rewritten.
                 cache.get(&route.vm_id).map(|(_, _, k)| k.clone())
             }

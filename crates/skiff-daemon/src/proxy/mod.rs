@@ -427,7 +427,7 @@ pub async fn start(m: Arc<Manager>, cfg: ProxyConfig) -> anyhow::Result<()> {
                 tokio::spawn(serve_conn(s, ctx));
             }
         });
-        eprintln!("skiff daemon: proxy listening on http://{addr}");
+        tracing::info!(%addr, "proxy listening on http");
     }
     if let Some(addr) = cfg.https {
         let l = bind(addr).await?;
@@ -453,7 +453,7 @@ pub async fn start(m: Arc<Manager>, cfg: ProxyConfig) -> anyhow::Result<()> {
                 });
             }
         });
-        eprintln!("skiff daemon: proxy listening on https://{addr}");
+        tracing::info!(%addr, "proxy listening on https");
     }
     Ok(())
 }

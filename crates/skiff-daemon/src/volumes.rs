@@ -6,26 +6,8 @@ use super::manager::{Manager, ManagerError};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::{Deserialize, Serialize};
+pub use skiff_api::{CreateVolume, VolumeInfo};
 use std::sync::Arc;
-
-#[derive(Serialize)]
-pub struct VolumeInfo {
-    pub name: String,
-    /// The image's size (its apparent size; the file is sparse).
-    pub size_mib: u64,
-    /// VMs whose spec attaches it.
-    pub used_by: Vec<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateVolume {
-    pub name: String,
-    /// "1G", "512M" or MiB; default 1 GiB.
-    #[serde(default)]
-    pub size: Option<String>,
-}
 
 fn users(m: &Manager, name: &str) -> Result<Vec<super::store::VmRecord>, ApiError> {
     Ok(m.list()?
@@ -92,7 +74,7 @@ pub async fn create(
             format!("a volume named {:?} already exists", body.name),
         ));
     }
-    ensure_image(&path, &volume_label(&body.name), size_mib)
+    ensure_image(m.host.as_ref(), &path, &volume_label(&body.name), size_mib)
         .map_err(|e| ApiError::from(ManagerError::Internal(format!("{e:#}"))))?;
     Ok((
         StatusCode::CREATED,

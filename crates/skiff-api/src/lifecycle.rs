@@ -1,13 +1,12 @@
 //! A VM's life as a state machine: every change of state is an [`Event`],
 //! and [`VmState::after`] is the one place that says which events may
-//! happen in which state. The store applies a transition only if the state
-//! it was checked against is still the stored one, so two tasks racing on
-//! one VM cannot both win. The table is in docs/architecture.md.
+//! happen in which state. The daemon's store applies a transition only
+//! through it. The table is in docs/architecture.md.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Where a VM is in its life. Stored as its lowercase name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VmState {
     /// Defined, never started.
@@ -64,7 +63,8 @@ impl VmState {
         }
     }
 
-    pub(super) fn parse(s: &str) -> VmState {
+    /// The state a stored name stands for.
+    pub fn parse(s: &str) -> VmState {
         match s {
             "created" => VmState::Created,
             "starting" => VmState::Starting,

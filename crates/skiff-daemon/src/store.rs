@@ -2,9 +2,8 @@
 //! a daemon restarted at any point finds every VM, its spec and its
 //! processes here.
 
-pub use super::lifecycle::{Event, IllegalTransition, VmState};
 use rusqlite::{params, Connection, OptionalExtension};
-use serde::Serialize;
+pub use skiff_api::{Event, IllegalTransition, VmState};
 use skiff_spec::VmSpec;
 use skiff_vmm::ProcessRef;
 use std::path::Path;
@@ -66,8 +65,8 @@ CREATE TABLE sandboxes (
     "ALTER TABLE vms ADD COLUMN ephemeral INTEGER NOT NULL DEFAULT 0;",
 ];
 
-/// One VM as stored.
-#[derive(Debug, Clone, Serialize)]
+/// One VM as stored (the API shows it as `skiff_api::Vm`).
+#[derive(Debug, Clone)]
 pub struct VmRecord {
     pub name: String,
     pub id: String,

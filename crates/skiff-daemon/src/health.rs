@@ -128,9 +128,12 @@ impl Manager {
                 };
                 if became_unhealthy {
                     let why = result.err().unwrap_or_default();
-                    eprintln!(
-                        "skiff daemon: {name} is unhealthy: GET {} failed {} times: {why}",
-                        check.path, check.unhealthy_after
+                    tracing::warn!(
+                        vm = %name,
+                        path = %check.path,
+                        failures = check.unhealthy_after,
+                        error = %why,
+                        "unhealthy; restarting it if its policy allows"
                     );
                     if policy_restarts {
                         let _ = this.store.count_restart(&name);

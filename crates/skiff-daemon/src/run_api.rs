@@ -38,7 +38,7 @@ pub async fn run(State(m): State<Arc<Manager>>, req: Request) -> Result<Response
         // before the client hears the end, so what it does next sees them
         // released.
         if let Err(e) = m.remove(&name, true, false).await {
-            eprintln!("skiff daemon: {name}: cannot remove the run's VM: {e}");
+            tracing::error!(vm = %name, error = %e, "cannot remove the run's VM");
         }
         match result {
             Ok(code) if !io.is_gone() => {
@@ -66,7 +66,7 @@ where
     S: tokio::io::AsyncRead + AsyncWrite + Send + 'static,
 {
     if !body.quiet {
-        let accel = body.accel_choice().map_err(anyhow::Error::msg)?;
+        let accel = crate::resolve::accel_choice(body.accel);
         if let Some(notice) = skiff_vmm::decide(accel, &skiff_vmm::HostKvm::probe()).notice {
             io.notice(&notice).await;
         }

@@ -3,6 +3,7 @@
 
 use super::store::{Event, Store, StoreError, VmRecord, VmState};
 use crate::paths;
+pub use skiff_api::ApplyChange;
 use skiff_proto::Message;
 use skiff_spec::VmSpec;
 use skiff_vmm::{AgentConn, Backend, ProcessRef};
@@ -89,16 +90,6 @@ impl DaemonPaths {
     }
 }
 
-/// What `apply` did to one VM.
-#[derive(Debug, serde::Serialize)]
-pub struct ApplyChange {
-    pub name: String,
-    /// created, updated, restarted, unchanged
-    pub action: &'static str,
-    /// Top-level spec fields that changed.
-    pub changed: Vec<String>,
-}
-
 pub struct Manager {
     pub store: Store,
     pub paths: DaemonPaths,
@@ -112,8 +103,8 @@ pub struct Manager {
     pub(super) pool_wake: tokio::sync::Notify,
     /// Background commands, by id.
     pub(super) background: super::background::Registry,
-    /// Where VMs get their host-side limits; None: no usable cgroups.
-    pub(super) cgroups: Option<skiff_vmm::cgroup::Hierarchy>,
+    /// Links, rules, cgroups and images on the host.
+    pub(super) host: Arc<dyn super::hostops::HostOps>,
     pub(super) metrics: super::metrics::Metrics,
     pub(super) health: super::health::HealthMap,
 }
@@ -121,7 +112,12 @@ pub struct Manager {
 pub(super) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl Manager {
-    pub fn new(store: Store, paths: DaemonPaths, backend: Box<dyn Backend>) -> Arc<Manager> {
+    pub fn new(
+        store: Store,
+        paths: DaemonPaths,
+        backend: Box<dyn Backend>,
+        host: Arc<dyn super::hostops::HostOps>,
+    ) -> Arc<Manager> {
         Arc::new(Manager {
             store,
             paths,
@@ -130,10 +126,15 @@ impl Manager {
             forwarders: Mutex::new(HashMap::new()),
             pool_wake: tokio::sync::Notify::new(),
             background: super::background::Registry::default(),
-            cgroups: skiff_vmm::cgroup::detect(),
+            host,
             metrics: super::metrics::Metrics::default(),
             health: super::health::HealthMap::default(),
         })
+    }
+
+    /// The backend this daemon's VMs run on.
+    pub fn backend_kind(&self) -> skiff_vmm::BackendKind {
+        self.backend.kind()
     }
 
     fn lock_for(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -218,6 +219,7 @@ impl Manager {
             match this.boot(&rec, timeout).await {
                 Ok(()) => {
                     this.store.transition(&name, Event::Booted, "")?;
+                    tracing::info!(vm = %name, "running");
                     this.get(&name)
                 }
                 Err(reason) => {
@@ -225,6 +227,7 @@ impl Manager {
                     this.remove_tap(&rec.id).await;
                     this.remove_cgroup(&rec).await;
                     // The monitor may have seen QEMU end first (Ended).
+                    tracing::warn!(vm = %name, %reason, "failed to start");
                     let note = format!("failed to start: {reason}");
                     if this
                         .store
@@ -259,6 +262,7 @@ impl Manager {
         self.halt(&rec, timeout).await;
         self.store
             .transition(name, Event::Halted, "stopped on request")?;
+        tracing::info!(vm = %name, "stopped");
         self.get(name)
     }
 
@@ -370,7 +374,7 @@ impl Manager {
                 }
                 changes.push(ApplyChange {
                     name,
-                    action: "created",
+                    action: "created".into(),
                     changed: Vec::new(),
                 });
                 continue;
@@ -382,7 +386,7 @@ impl Manager {
             if changed.is_empty() {
                 changes.push(ApplyChange {
                     name,
-                    action: "unchanged",
+                    action: "unchanged".into(),
                     changed,
                 });
                 continue;
@@ -402,7 +406,7 @@ impl Manager {
             };
             changes.push(ApplyChange {
                 name,
-                action,
+                action: action.into(),
                 changed,
             });
         }

@@ -30,19 +30,15 @@ impl Manager {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("{e:#}"))?;
-        let accel = match spec.accel {
-            skiff_spec::Accel::Auto => skiff_vmm::AccelChoice::Auto,
-            skiff_spec::Accel::Kvm => skiff_vmm::AccelChoice::Kvm,
-            skiff_spec::Accel::Tcg => skiff_vmm::AccelChoice::Tcg,
-        };
-        let decision = skiff_vmm::decide(accel, &HostKvm::probe());
+        let decision =
+            skiff_vmm::decide(crate::resolve::accel_choice(spec.accel), &HostKvm::probe());
         let vm_dir = self.paths.vm_dir(&rec.name);
         std::fs::create_dir_all(&vm_dir)
             .map_err(|e| format!("cannot create {}: {e}", vm_dir.display()))?;
         super::drives::check_sources(spec)?;
         let image_root = super::drives::image_root(spec)?;
-        let boot_drives =
-            super::drives::prepare(&self.paths, rec, &vm_dir).map_err(|e| format!("{e:#}"))?;
+        let boot_drives = super::drives::prepare(self.host.as_ref(), &self.paths, rec, &vm_dir)
+            .map_err(|e| format!("{e:#}"))?;
         // The secrets image goes away as soon as this boot no longer needs
         // the file: QEMU keeps it open, so it lives exactly as long as the VM.
         let _secrets = SecretsImage(boot_drives.secrets_image.clone());
@@ -80,7 +76,7 @@ impl Manager {
             .await
             .map_err(|e| error_chain(&e))?;
         let (qemu, vsock) = (vm.qemu.process, vm.vsock.process);
-        if let Err(e) = self.limit(rec, &plan.limits, &vm) {
+        if let Err(e) = self.limit(rec, &plan.limits, &[qemu.pid, vsock.pid]) {
             vm.kill().await;
             return Err(e);
         }

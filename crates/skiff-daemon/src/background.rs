@@ -10,7 +10,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use base64::Engine;
-use serde::{Deserialize, Serialize};
+pub use skiff_api::{CommandEnd as Ended, CommandState, WaitQuery};
 use skiff_proto::{ExitStatus, Message};
 use skiff_vmm::AgentConn;
 use std::collections::HashMap;
@@ -21,15 +21,6 @@ use tokio::time::Instant;
 
 /// Output kept per stream; beyond it the oldest bytes are dropped.
 const MAX_OUTPUT: usize = 16 * 1024 * 1024;
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Ended {
-    pub exit_code: i32,
-    pub signal: Option<i32>,
-    pub timed_out: bool,
-    /// Why there is no exit status (the VM went away).
-    pub error: Option<String>,
-}
 
 #[derive(Default)]
 struct Output {
@@ -152,27 +143,6 @@ fn failed(error: String) -> Ended {
         error: Some(error),
         ..Ended::default()
     }
-}
-
-#[derive(Serialize)]
-pub struct CommandState {
-    pub id: String,
-    pub running: bool,
-    /// Set once it ended.
-    #[serde(flatten)]
-    pub ended: Option<Ended>,
-    /// Output so far, base64 (the last 16 MiB of each stream).
-    pub stdout: String,
-    pub stderr: String,
-    /// Bytes dropped from the front because the output grew past 16 MiB.
-    pub dropped: u64,
-}
-
-#[derive(Deserialize)]
-pub struct WaitQuery {
-    /// Wait up to this many seconds for the command to end.
-    #[serde(default)]
-    pub wait: Option<f64>,
 }
 
 fn missing(vm: &str, id: &str) -> ApiError {

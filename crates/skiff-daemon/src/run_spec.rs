@@ -1,84 +1,14 @@
-//! What `skiff run` asks for, and the VM spec it stands for. The same
-//! request goes to the daemon (`POST /v1/run`) or is booted in-process with
-//! `--standalone`; both turn it into a [`VmSpec`] here, so a run's VM is
-//! planned exactly like a VM from a spec file.
+//! The VM spec a `skiff run` request stands for. The same request goes to
+//! the daemon (`POST /v1/run`) or is booted in-process with `--standalone`;
+//! both turn it into a [`VmSpec`] here, so a run's VM is planned exactly
+//! like a VM from a spec file.
 
-use serde::{Deserialize, Serialize};
 use skiff_spec::{
-    Accel, Egress, KernelSpec, NetMode, NetworkSpec, RootFsSpec, Share, VmSpec, MAX_MEMORY_MIB,
-    MAX_VCPUS, MIN_MEMORY_MIB,
+    Egress, KernelSpec, NetMode, NetworkSpec, RootFsSpec, Share, VmSpec, MAX_MEMORY_MIB, MAX_VCPUS,
+    MIN_MEMORY_MIB,
 };
-use std::path::PathBuf;
 
-/// The flags of `skiff run`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunBody {
-    pub argv: Vec<String>,
-    pub cpus: u32,
-    pub memory_mib: u32,
-    #[serde(default)]
-    pub env: Vec<(String, String)>,
-    #[serde(default)]
-    pub workdir: Option<String>,
-    /// "auto", "kvm" or "tcg".
-    pub accel: String,
-    #[serde(default)]
-    pub kernel: Option<PathBuf>,
-    #[serde(default)]
-    pub modules: Option<PathBuf>,
-    pub boot_timeout_secs: u64,
-    #[serde(default)]
-    pub quiet: bool,
-    #[serde(default)]
-    pub stdin: bool,
-    /// "none" (default), "user", or the name of a managed network.
-    #[serde(default)]
-    pub net: Option<String>,
-    /// Port forwards as `[ADDR:]HOST:GUEST[/tcp|/udp]`.
-    #[serde(default)]
-    pub publish: Vec<String>,
-    /// Host directories to share (absolute paths on the daemon's host).
-    #[serde(default)]
-    pub shares: Vec<RunShare>,
-    /// A host directory to boot into instead of the default image.
-    #[serde(default)]
-    pub rootfs: Option<RunRootFs>,
-}
-
-/// `-v HOST_DIR:GUEST_PATH[:ro]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunShare {
-    pub source: PathBuf,
-    pub target: String,
-    #[serde(default)]
-    pub readonly: bool,
-}
-
-/// `--rootfs DIR [--rootfs-rw]`, or the directory of `--image NAME`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RunRootFs {
-    pub source: PathBuf,
-    #[serde(default)]
-    pub writable: bool,
-}
-
-/// The longest boot timeout a run may ask for.
-const MAX_BOOT_TIMEOUT_SECS: u64 = 3600;
-
-impl RunBody {
-    /// How long the guest may take to become ready.
-    pub fn boot_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_secs(self.boot_timeout_secs.clamp(1, MAX_BOOT_TIMEOUT_SECS))
-    }
-
-    /// The accelerator asked for.
-    pub fn accel_choice(&self) -> Result<skiff_vmm::AccelChoice, String> {
-        self.accel.parse()
-    }
-}
+pub use skiff_api::{RunBody, RunRootFs, RunShare};
 
 fn unknown_network(name: &str) -> String {
     format!("unknown network {name:?}; use none, user, or the name of a network (skiff network ls)")
@@ -106,11 +36,7 @@ pub fn run_spec(name: &str, body: &RunBody) -> Result<VmSpec, String> {
     let mut spec = VmSpec::with_defaults(name);
     spec.vcpus = body.cpus;
     spec.memory_mib = body.memory_mib;
-    spec.accel = match body.accel_choice()? {
-        skiff_vmm::AccelChoice::Auto => Accel::Auto,
-        skiff_vmm::AccelChoice::Kvm => Accel::Kvm,
-        skiff_vmm::AccelChoice::Tcg => Accel::Tcg,
-    };
+    spec.accel = body.accel;
     if body.kernel.is_some() || body.modules.is_some() {
         for p in [&body.kernel, &body.modules].into_iter().flatten() {
             if !p.is_absolute() {
@@ -179,6 +105,8 @@ pub fn run_spec(name: &str, body: &RunBody) -> Result<VmSpec, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use skiff_spec::Accel;
+    use std::path::PathBuf;
 
     fn body() -> RunBody {
         RunBody {
@@ -187,7 +115,7 @@ mod tests {
             memory_mib: 512,
             env: Vec::new(),
             workdir: None,
-            accel: "tcg".into(),
+            accel: Accel::Tcg,
             kernel: None,
             modules: None,
             boot_timeout_secs: 0,
@@ -252,7 +180,7 @@ mod tests {
 
     #[test]
     fn bad_requests_say_what_to_do() {
-        let cases: [(RunBody, &str); 7] = [
+        let cases: [(RunBody, &str); 6] = [
             (
                 RunBody {
                     argv: vec![],
@@ -267,13 +195,6 @@ mod tests {
                     ..body()
                 },
                 "memory: 10 MiB is out of range",
-            ),
-            (
-                RunBody {
-                    accel: "fast".into(),
-                    ..body()
-                },
-                "fast",
             ),
             (
                 RunBody {

@@ -9,21 +9,13 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
 use skiff_proto::{ExecRequest, Message};
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// The upgrade token for exec connections.
-pub const EXEC_UPGRADE: &str = "skiff-exec";
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogsQuery {
-    #[serde(default)]
-    pub follow: bool,
-}
+pub use skiff_api::{CopyBody, ExecBody, LogsQuery, EXEC_UPGRADE};
 
 pub async fn logs(
     State(m): State<Arc<Manager>>,
@@ -81,25 +73,6 @@ fn tokio_stream_from(
     mut rx: tokio::sync::mpsc::Receiver<Result<Vec<u8>, std::io::Error>>,
 ) -> impl futures_core::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
-/// The body of an exec request.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExecBody {
-    pub argv: Vec<String>,
-    #[serde(default)]
-    pub env: Vec<(String, String)>,
-    #[serde(default)]
-    pub workdir: Option<String>,
-    #[serde(default)]
-    pub stdin: bool,
-    /// Run on a pseudo-terminal of this size.
-    #[serde(default)]
-    pub tty: Option<skiff_proto::WindowSize>,
-    /// Run as this guest user (name, UID or UID:GID); default root.
-    #[serde(default)]
-    pub user: Option<String>,
 }
 
 /// Check that `req` asks to switch to the frame protocol, and read its
@@ -166,7 +139,10 @@ pub async fn exec(
         workdir: body.workdir,
         stdin: body.stdin,
         service: false,
-        tty: body.tty,
+        tty: body.tty.map(|t| skiff_proto::WindowSize {
+            rows: t.rows,
+            cols: t.cols,
+        }),
         user: body.user,
     };
     conn.writer.send(&Message::Exec(exec)).await.map_err(|e| {
@@ -264,14 +240,6 @@ pub async fn proxy(
             },
         }
     }
-}
-
-/// The body of a copy request.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CopyBody {
-    /// Absolute path in the guest.
-    pub path: String,
 }
 
 async fn copy(

@@ -165,7 +165,7 @@ fn a_run_request_is_planned_like_a_spec() {
         memory_mib: 256,
         env: Vec::new(),
         workdir: None,
-        accel: "auto".into(),
+        accel: skiff_spec::Accel::Auto,
         kernel: None,
         modules: None,
         boot_timeout_secs: 120,

@@ -3,14 +3,14 @@
 //! TAP on the bridge, nftables rules) when it is created, booted and removed.
 
 use super::api::ApiError;
+use super::hostops::HostError;
 use super::manager::{error_chain, Manager, ManagerError};
 use super::netstore::{LeaseError, NetworkRecord};
 use super::store::VmRecord;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::{Deserialize, Serialize};
-use skiff_net::link::Netlink;
+pub use skiff_api::{CreateNetwork, PruneReport};
 use skiff_net::nft::{self, Egress, NetworkRules, VmRule};
 use skiff_net::{NetError, Subnet};
 use skiff_spec::{NetMode, VmSpec};
@@ -26,6 +26,15 @@ impl From<NetError> for ManagerError {
             | NetError::AddressOutside { .. }
             | NetError::AddressReserved { .. } => ManagerError::InvalidSpec(e.to_string()),
             NetError::PoolExhausted { .. } => ManagerError::Conflict(e.to_string()),
+            other => ManagerError::Internal(error_chain(&other)),
+        }
+    }
+}
+
+impl From<HostError> for ManagerError {
+    fn from(e: HostError) -> Self {
+        match e {
+            HostError::Net(n) => n.into(),
             other => ManagerError::Internal(error_chain(&other)),
         }
     }
@@ -73,17 +82,6 @@ fn host_dns() -> Option<Ipv4Addr> {
         .find(|a| !a.is_loopback())
 }
 
-fn enable_ip_forwarding() -> Result<(), NetError> {
-    let path = "/proc/sys/net/ipv4/ip_forward";
-    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
-        return Ok(());
-    }
-    std::fs::write(path, "1").map_err(|source| NetError::Io {
-        what: format!("enable IPv4 forwarding ({path}) for NAT"),
-        source,
-    })
-}
-
 impl Manager {
     pub async fn create_network(
         &self,
@@ -111,39 +109,41 @@ impl Manager {
                 other.name, other.subnet
             )));
         }
-        skiff_net::require_net_admin(&format!("creating network {name}"))?;
+        self.host
+            .require_net_admin(&format!("creating network {name}"))?;
         self.store.insert_network(name, subnet, dns)?;
         let bridge = skiff_net::bridge_name(name);
         let made = async {
-            let nl = Netlink::connect()?;
-            if nl.index_of(&bridge).await?.is_some() {
-                return Err(NetError::Io {
+            if self.host.link_exists(&bridge).await? {
+                return Err(ManagerError::from(NetError::Io {
                     what: format!("create bridge {bridge}"),
                     source: std::io::Error::other(
                         "a link of that name already exists (a leftover? `skiff network prune` removes those)",
                     ),
-                });
+                }));
             }
-            nl.create_bridge(&bridge, subnet.gateway(), subnet.prefix())
+            self.host
+                .create_bridge(&bridge, subnet.gateway(), subnet.prefix())
                 .await?;
-            let wired = match enable_ip_forwarding() {
-                Ok(()) => self.refresh_rules(name),
-                Err(e) => Err(e.into()),
-            };
+            let wired = self
+                .host
+                .enable_ip_forwarding()
+                .map_err(ManagerError::from)
+                .and_then(|()| self.refresh_rules(name));
             if let Err(e) = wired {
-                let _ = nl.delete_link(&bridge).await;
-                let _ = nft::apply(&nft::removal(name), "remove the rules of a failed network");
-                return Err(NetError::Io {
-                    what: format!("set up network {name}"),
-                    source: std::io::Error::other(e.to_string()),
-                });
+                // Nothing half-made: the bridge and any rules go again.
+                let _ = self.host.delete_link(&bridge).await;
+                let _ = self
+                    .host
+                    .apply_rules(&nft::removal(name), "remove the rules of a failed network");
+                return Err(e);
             }
             Ok(())
         }
         .await;
         if let Err(e) = made {
             let _ = self.store.delete_network(name);
-            return Err(e.into());
+            return Err(e);
         }
         self.store
             .network(name)?
@@ -161,10 +161,11 @@ impl Manager {
                 vms.join(", ")
             )));
         }
-        skiff_net::require_net_admin(&format!("removing network {name}"))?;
-        let nl = Netlink::connect()?;
-        nl.delete_link(&net.bridge).await?;
-        nft::apply(&nft::removal(name), &format!("remove the rules of {name}"))?;
+        self.host
+            .require_net_admin(&format!("removing network {name}"))?;
+        self.host.delete_link(&net.bridge).await?;
+        self.host
+            .apply_rules(&nft::removal(name), &format!("remove the rules of {name}"))?;
         self.store.delete_network(name)?;
         Ok(())
     }
@@ -176,27 +177,27 @@ impl Manager {
             leases: self.store.drop_orphan_leases()?,
             ..PruneReport::default()
         };
-        skiff_net::require_net_admin("pruning networks")?;
+        self.host.require_net_admin("pruning networks")?;
         let known: Vec<String> = self.store.networks()?.into_iter().map(|n| n.name).collect();
         let vms = self.store.list()?;
-        let nl = Netlink::connect()?;
-        for bridge in nl.links_with_prefix(skiff_net::BRIDGE_PREFIX).await? {
+        let host = &self.host;
+        for bridge in host.links_with_prefix(skiff_net::BRIDGE_PREFIX).await? {
             let net = &bridge[skiff_net::BRIDGE_PREFIX.len()..];
-            if !known.iter().any(|k| k == net) && nl.delete_link(&bridge).await? {
+            if !known.iter().any(|k| k == net) && host.delete_link(&bridge).await? {
                 report.links.push(bridge);
             }
         }
-        for tap in nl.links_with_prefix(skiff_net::TAP_PREFIX).await? {
+        for tap in host.links_with_prefix(skiff_net::TAP_PREFIX).await? {
             let in_use = vms
                 .iter()
                 .any(|v| skiff_net::tap_name(&v.id) == tap && v.qemu.is_some_and(|q| q.is_alive()));
-            if !in_use && nl.delete_link(&tap).await? {
+            if !in_use && host.delete_link(&tap).await? {
                 report.links.push(tap);
             }
         }
-        for net in nft::networks_with_tables()? {
+        for net in host.networks_with_tables()? {
             if !known.contains(&net) {
-                nft::apply(&nft::removal(&net), "remove leftover rules")?;
+                host.apply_rules(&nft::removal(&net), "remove leftover rules")?;
                 report.tables.push(nft::table_name(&net));
             }
         }
@@ -225,7 +226,7 @@ impl Manager {
                 })
                 .collect(),
         };
-        nft::apply(
+        self.host.apply_rules(
             &nft::ruleset(&rules),
             &format!("update the rules of {network}"),
         )?;
@@ -252,7 +253,7 @@ impl Manager {
         if !nics.is_empty() {
             // After leasing, so that a missing network is named first; the
             // caller releases the leases when this fails.
-            skiff_net::require_net_admin("a VM on a managed network")?;
+            self.host.require_net_admin("a VM on a managed network")?;
         }
         let keep: Vec<&str> = nics.iter().map(|(n, _)| *n).collect();
         self.store.release_leases(&spec.name, &keep)?;
@@ -313,15 +314,9 @@ impl Manager {
             .ok_or_else(|| format!("VM {vm} has no address on {network}"))?;
         let tap = skiff_net::tap_name(vm_id);
         let wired = async {
-            let nl = Netlink::connect()?;
             // A TAP of an earlier boot that nobody removed (daemon killed).
-            nl.delete_link(&tap).await?;
-            skiff_net::link::create_tap(&tap)?;
-            if let Err(e) = nl.attach(&tap, &net.bridge).await {
-                let _ = nl.delete_link(&tap).await;
-                return Err(e);
-            }
-            Ok::<(), NetError>(())
+            self.host.delete_link(&tap).await?;
+            self.host.create_tap(&tap, &net.bridge).await
         }
         .await;
         wired.map_err(|e| error_chain(&e))?;
@@ -335,9 +330,7 @@ impl Manager {
 
     /// Remove a VM's TAP (after its QEMU is gone).
     pub(super) async fn remove_tap(&self, vm_id: &str) {
-        if let Ok(nl) = Netlink::connect() {
-            let _ = nl.delete_link(&skiff_net::tap_name(vm_id)).await;
-        }
+        let _ = self.host.delete_link(&skiff_net::tap_name(vm_id)).await;
     }
 
     /// The guest address of a VM on its managed network, if it has one.
@@ -345,24 +338,6 @@ impl Manager {
         let leases = self.store.leases().ok()?;
         leases.into_iter().find(|l| l.vm == name).map(|l| l.address)
     }
-}
-
-#[derive(Debug, Default, Serialize)]
-pub struct PruneReport {
-    pub links: Vec<String>,
-    pub tables: Vec<String>,
-    pub leases: usize,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateNetwork {
-    pub name: String,
-    /// Like "10.88.0.0/24".
-    pub subnet: String,
-    /// The name server given to VMs; default: the host's first one.
-    #[serde(default)]
-    pub dns: Option<String>,
 }
 
 pub async fn list(State(m): State<Arc<Manager>>) -> Result<Json<Vec<NetworkRecord>>, ApiError> {

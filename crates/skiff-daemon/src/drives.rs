@@ -2,6 +2,7 @@
 //! rebuilt at every boot) and its named volumes (persistent, created on
 //! first use, kept across `rm` unless `rm --volumes`).
 
+use super::hostops::HostOps;
 use super::manager::DaemonPaths;
 use super::store::VmRecord;
 use anyhow::{Context, Result};
@@ -27,13 +28,13 @@ pub fn data_path(paths: &DaemonPaths, vm: &str) -> PathBuf {
 }
 
 /// Create an empty ext4 image at `path` unless it exists.
-pub fn ensure_image(path: &Path, label: &str, size_mib: u32) -> Result<()> {
+pub fn ensure_image(host: &dyn HostOps, path: &Path, label: &str, size_mib: u32) -> Result<()> {
     if path.exists() {
         return Ok(());
     }
     let dir = path.parent().context("image path has no parent")?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    skiff_image::make_ext4(label, None, path, size_mib, true)
+    host.make_ext4(label, None, path, size_mib, true)
         .with_context(|| format!("cannot create {}", path.display()))
 }
 
@@ -50,6 +51,7 @@ pub fn volume_label(name: &str) -> String {
 
 /// The drives of one boot. `secrets_image` is the in-memory secrets image,
 /// which the caller deletes as soon as the guest has it open.
+#[derive(Debug)]
 pub struct BootDrives {
     pub drives: Vec<Drive>,
     pub secrets_image: Option<PathBuf>,
@@ -68,14 +70,19 @@ fn secrets_dir(paths: &DaemonPaths) -> PathBuf {
     paths.runtime_dir.clone()
 }
 
-pub fn prepare(paths: &DaemonPaths, rec: &VmRecord, vm_dir: &Path) -> Result<BootDrives> {
+pub fn prepare(
+    host: &dyn HostOps,
+    paths: &DaemonPaths,
+    rec: &VmRecord,
+    vm_dir: &Path,
+) -> Result<BootDrives> {
     // A `skiff run` VM lives for one command and has no metadata worth a
     // drive: skipping it keeps mkfs off the run's boot path.
     let mut drives = Vec::new();
     if !rec.ephemeral {
-        drives.push(config_drive(rec, vm_dir)?);
+        drives.push(config_drive(host, rec, vm_dir)?);
     }
-    let secrets_image = match secrets_drive(rec, &secrets_dir(paths))? {
+    let secrets_image = match secrets_drive(host, rec, &secrets_dir(paths))? {
         Some((drive, image)) => {
             drives.push(drive);
             Some(image)
@@ -84,7 +91,8 @@ pub fn prepare(paths: &DaemonPaths, rec: &VmRecord, vm_dir: &Path) -> Result<Boo
     };
     if let Some(data) = &rec.spec.data {
         let path = data_path(paths, &rec.name);
-        ensure_image(&path, DATA_LABEL, data.size_mib).context("cannot create the data drive")?;
+        ensure_image(host, &path, DATA_LABEL, data.size_mib)
+            .context("cannot create the data drive")?;
         drives.push(Drive {
             path,
             mount: MountArg {
@@ -100,6 +108,7 @@ pub fn prepare(paths: &DaemonPaths, rec: &VmRecord, vm_dir: &Path) -> Result<Boo
     for v in &rec.spec.volumes {
         let path = volume_path(paths, &v.name);
         ensure_image(
+            host,
             &path,
             &volume_label(&v.name),
             v.size_mib.unwrap_or(DEFAULT_VOLUME_MIB),
@@ -126,7 +135,11 @@ pub fn prepare(paths: &DaemonPaths, rec: &VmRecord, vm_dir: &Path) -> Result<Boo
 /// Build the secrets drive in memory: files 0400 in an image 0600, read
 /// from their sources now. Only the image's path is returned; nothing of it
 /// touches the state directory.
-fn secrets_drive(rec: &VmRecord, base: &Path) -> Result<Option<(Drive, PathBuf)>> {
+fn secrets_drive(
+    host: &dyn HostOps,
+    rec: &VmRecord,
+    base: &Path,
+) -> Result<Option<(Drive, PathBuf)>> {
     if rec.spec.secrets.is_empty() {
         return Ok(None);
     }
@@ -169,7 +182,7 @@ fn secrets_drive(rec: &VmRecord, base: &Path) -> Result<Option<(Drive, PathBuf)>
             .mode(0o600)
             .open(&image)?;
         let size_mib = (total / (1024 * 1024) * 2 + 4).min(u64::from(u32::MAX)) as u32;
-        skiff_image::make_ext4(SECRETS_LABEL, Some(&staging), &image, size_mib, false)
+        host.make_ext4(SECRETS_LABEL, Some(&staging), &image, size_mib, false)
             .context("cannot build the secrets drive")?;
         let mount = MountArg {
             label: SECRETS_LABEL.into(),
@@ -215,7 +228,7 @@ pub fn check_sources(spec: &skiff_spec::VmSpec) -> Result<(), String> {
 
 /// The read-only config drive: `instance.json` with what the guest may want
 /// to know about itself.
-fn config_drive(rec: &VmRecord, vm_dir: &Path) -> Result<Drive> {
+fn config_drive(host: &dyn HostOps, rec: &VmRecord, vm_dir: &Path) -> Result<Drive> {
     let staging = vm_dir.join("config");
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging)
@@ -242,7 +255,7 @@ fn config_drive(rec: &VmRecord, vm_dir: &Path) -> Result<Drive> {
     )
     .context("cannot write instance.json")?;
     let image = vm_dir.join("config.ext4");
-    skiff_image::make_ext4(CONFIG_LABEL, Some(&staging), &image, 4, false)
+    host.make_ext4(CONFIG_LABEL, Some(&staging), &image, 4, false)
         .context("cannot build the config drive")?;
     let _ = std::fs::remove_dir_all(&staging);
     Ok(Drive {

@@ -1,0 +1,171 @@
+//! Request bodies and query strings, each `deny_unknown_fields`: a
+//! misspelt field is an error that names it, never silently ignored.
+
+use serde::{Deserialize, Serialize};
+
+/// `POST /v1/vms`, `POST /v1/apply`: a spec file's text.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpecText {
+    pub spec: String,
+}
+
+/// `POST /v1/vms/{name}/stop?timeout=SECS`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopQuery {
+    pub timeout: Option<u64>,
+}
+
+/// `DELETE /v1/vms/{name}?force=&volumes=`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveQuery {
+    #[serde(default)]
+    pub force: bool,
+    #[serde(default)]
+    pub volumes: bool,
+}
+
+/// `GET /v1/vms/{name}/logs?follow=`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    #[serde(default)]
+    pub follow: bool,
+}
+
+/// A terminal's size, for commands on a pseudo-terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtySize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// `POST /v1/vms/{name}/exec` (upgraded to frames): a command whose
+/// streams travel as frames both ways.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecBody {
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub stdin: bool,
+    /// Run on a pseudo-terminal of this size.
+    #[serde(default)]
+    pub tty: Option<TtySize>,
+    /// Run as this guest user (name, UID or UID:GID); default root.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// `POST /v1/vms/{name}/commands`: a command answered with NDJSON events,
+/// or with a handle when `background`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandBody {
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Bytes for stdin, base64; none: stdin is empty.
+    #[serde(default)]
+    pub stdin: Option<String>,
+    /// Kill the command (and its process group) after this many seconds.
+    #[serde(default)]
+    pub timeout_secs: Option<f64>,
+    /// Answer at once with a handle (`{"id": ...}`) instead of streaming:
+    /// see `GET /v1/vms/{name}/commands/{id}`.
+    #[serde(default)]
+    pub background: bool,
+    /// Run as this guest user (name, UID or UID:GID); default root.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// `GET /v1/vms/{name}/commands/{id}?wait=SECS`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct WaitQuery {
+    #[serde(default)]
+    pub wait: Option<f64>,
+}
+
+/// `POST /v1/vms/{name}/copy-in`, `copy-out` (upgraded to frames).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyBody {
+    /// Absolute path in the guest.
+    pub path: String,
+}
+
+/// `POST /v1/volumes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVolume {
+    pub name: String,
+    /// A size with a unit ("1G"); default 1 GiB.
+    #[serde(default)]
+    pub size: Option<String>,
+}
+
+/// `POST /v1/networks`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNetwork {
+    pub name: String,
+    pub subnet: String,
+    #[serde(default)]
+    pub dns: Option<String>,
+}
+
+/// `POST /v1/pools`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePool {
+    pub name: String,
+    #[serde(default = "one")]
+    pub size: u32,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mib: Option<u32>,
+    #[serde(default)]
+    pub net: Option<String>,
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `POST /v1/pools/{name}/resize`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeBody {
+    pub size: u32,
+}
+
+/// `POST /v1/pools/{name}/take`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TakeBody {
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    #[serde(default)]
+    pub wait_secs: Option<u64>,
+}
+
+/// `POST /v1/vms/{name}/ttl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TtlBody {
+    pub seconds: u64,
+}

@@ -1,0 +1,87 @@
+//! Response bodies that are plain values (the CLI reads them back typed).
+
+use serde::{Deserialize, Serialize};
+
+/// Every error: a sentence saying what was wrong and how to fix it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// What `apply` did to one VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApplyChange {
+    pub name: String,
+    /// created, updated, restarted, unchanged
+    pub action: String,
+    /// Top-level spec fields that changed.
+    pub changed: Vec<String>,
+}
+
+/// One volume and the VMs whose specs use it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub size_mib: u64,
+    pub used_by: Vec<String>,
+}
+
+/// What `network prune` removed.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PruneReport {
+    pub links: Vec<String>,
+    pub tables: Vec<String>,
+    pub leases: usize,
+}
+
+/// How a background command ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandEnd {
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    /// Why there is no exit status (the VM went away).
+    pub error: Option<String>,
+}
+
+/// A background command: its output so far and, once it ended, how.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CommandState {
+    pub id: String,
+    pub running: bool,
+    #[serde(flatten)]
+    pub ended: Option<CommandEnd>,
+    pub stdout: String,
+    pub stderr: String,
+    pub dropped: u64,
+}
+
+/// A process of a VM, as the daemon recorded it (pid and kernel start time,
+/// so that a reused pid is never mistaken for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    pub pid: i32,
+    pub start_time: u64,
+}
+
+/// One VM: its spec, where it is in its life, and its processes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Vm {
+    pub name: String,
+    pub id: String,
+    pub spec: skiff_spec::VmSpec,
+    pub spec_hash: String,
+    pub state: crate::VmState,
+    /// Why it is in that state, for humans ("service failed", ...).
+    pub note: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub qemu: Option<ProcessInfo>,
+    pub vsock: Option<ProcessInfo>,
+    pub run_dir: Option<String>,
+    pub boots: i64,
+    pub restarts: i64,
+    /// A `skiff run` VM: removed when its command ends.
+    #[serde(default)]
+    pub ephemeral: bool,
+}
