@@ -445,3 +445,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "openapi_tests.rs"]
+mod openapi_tests;

@@ -136,3 +136,42 @@ fn runs_are_ephemeral_vms_that_a_new_daemon_removes() {
         "still here\n"
     );
 }
+
+#[test]
+fn pools_keep_fake_sandboxes_ready_hand_each_out_once_and_refill() {
+    let d = Daemon::start_fake();
+    let ready = || -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&d.ok(&["pool", "ls", "--json"])).expect("json");
+        v[0]["ready"].as_u64().unwrap_or(0)
+    };
+    d.ok(&["pool", "create", "sb", "--size", "2", "--ttl", "60"]);
+    d.wait_for("two ready sandboxes", Duration::from_secs(20), || {
+        ready() == 2
+    });
+    assert_eq!(d.fake_guests().len(), 2);
+
+    // A command in a sandbox of the pool; the sandbox is destroyed after.
+    let out = d.cli(&["run", "--pool", "sb", "--", "echo", "pooled"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "pooled\n");
+    let out = d.cli(&["run", "--pool", "sb", "--", "exit", "3"]);
+    assert_eq!(out.status.code(), Some(3));
+
+    // Takes hand out distinct sandboxes; the keeper refills the pool.
+    let a = d.ok(&["pool", "take", "sb"]);
+    let b = d.ok(&["pool", "take", "sb"]);
+    assert_ne!(a, b, "a sandbox is never handed out twice");
+    d.wait_for("the pool refilled", Duration::from_secs(20), || {
+        ready() == 2
+    });
+    assert_eq!(d.fake_guests().len(), 4, "two taken, two ready");
+
+    d.ok(&["pool", "rm", "sb"]);
+    for name in [a.trim(), b.trim()] {
+        d.ok(&["rm", "--force", name]);
+    }
+    d.wait_for("no fake VM left", Duration::from_secs(10), || {
+        d.fake_guests().is_empty()
+    });
+}
