@@ -181,12 +181,12 @@ impl HostOps for LinuxHost {
             };
             // The kernel lets an emptied cgroup go only after its last task
             // has fully exited; give it a moment.
-            for _ in 0..50 {
+            for _ in 0..200 {
                 cg.remove();
                 if cg.dirs.iter().all(|d| !d.exists()) {
                     return Ok(());
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
             Ok(())
         })

@@ -269,14 +269,18 @@ impl Manager {
     async fn halt(&self, rec: &VmRecord, timeout: Duration) {
         if let (Some(qemu), Some(run_dir)) = (rec.qemu, &rec.run_dir) {
             let sock = Path::new(run_dir).join("vsock.sock");
-            if let Ok(mut conn) =
-                AgentConn::connect(&sock, skiff_proto::AGENT_PORT, Duration::from_secs(2)).await
-            {
-                let _ = conn.writer.send(&Message::Shutdown).await;
+            if qemu.is_alive() {
+                if let Ok(mut conn) =
+                    AgentConn::connect(&sock, skiff_proto::AGENT_PORT, Duration::from_secs(2)).await
+                {
+                    let _ = conn.writer.send(&Message::Shutdown).await;
+                }
             }
+            // Reading /proc is cheap: poll often, so a VM that powers off
+            // quickly is done with quickly (a `skiff run` waits for this).
             let deadline = Instant::now() + timeout;
             while qemu.is_alive() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
         if let (Some(q), Some(v)) = (rec.qemu, rec.vsock) {
@@ -284,7 +288,7 @@ impl Manager {
             // The TAP is busy until QEMU is really gone.
             let deadline = Instant::now() + Duration::from_secs(5);
             while q.is_alive() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
         if let Some(run_dir) = &rec.run_dir {
