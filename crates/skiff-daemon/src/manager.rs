@@ -332,6 +332,7 @@ impl Manager {
         self.store.delete(name)?;
         self.store.delete_sandbox(name)?;
         self.background.forget_vm(name);
+        self.metrics.forget(name);
         self.release_vm(name)?;
         let _ = std::fs::remove_dir_all(self.paths.vm_dir(name));
         if volumes {

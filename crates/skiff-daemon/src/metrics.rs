@@ -83,6 +83,16 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
+    /// Drop the series of a removed VM: names of `skiff run` and pool VMs
+    /// are used once, so keeping them would grow the daemon for ever.
+    pub fn forget(&self, vm: &str) {
+        let mut i = self.lock();
+        i.proxy.retain(|(v, _), _| v != vm);
+        i.proxy_latency.remove(vm);
+        i.exec.remove(vm);
+        i.exec_latency.remove(vm);
+    }
+
     pub fn exec_started(&self, vm: &str) {
         *self.lock().exec.entry(vm.to_owned()).or_default() += 1;
     }
@@ -252,4 +262,25 @@ pub async fn metrics(State(m): State<Arc<Manager>>) -> impl IntoResponse {
         )],
         m.metrics.render(&m),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forgotten_vm_leaves_no_series() {
+        let m = Metrics::default();
+        for vm in ["web", "run-1"] {
+            m.exec_started(vm);
+            m.exec_finished(vm, Duration::from_millis(5));
+            m.proxied(vm, 200, Duration::from_millis(3));
+        }
+        m.forget("run-1");
+        let i = m.lock();
+        assert_eq!(i.exec.keys().collect::<Vec<_>>(), ["web"]);
+        assert_eq!(i.exec_latency.keys().collect::<Vec<_>>(), ["web"]);
+        assert_eq!(i.proxy_latency.keys().collect::<Vec<_>>(), ["web"]);
+        assert!(i.proxy.keys().all(|(v, _)| v == "web"));
+    }
 }

@@ -371,14 +371,18 @@ async fn run_via_daemon(a: RunArgs) -> Result<i32> {
     .await
 }
 
-/// The daemon logs through `tracing` to stderr: `SKIFF_LOG` picks the
-/// levels (`info` by default, e.g. `skiff_daemon=debug`); under systemd
+/// The daemon logs through `tracing` to stderr at the level `SKIFF_LOG`
+/// names (error, warn, info (the default), debug, trace); under systemd
 /// (journald adds its own timestamps) lines carry none.
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SKIFF_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_logging() -> Result<()> {
+    let level = match std::env::var("SKIFF_LOG") {
+        Err(_) => tracing::Level::INFO,
+        Ok(v) => v.parse().map_err(|_| {
+            anyhow::anyhow!("SKIFF_LOG={v:?} is not a level; use error, warn, info, debug or trace")
+        })?,
+    };
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_max_level(level)
         .with_writer(std::io::stderr)
         .with_ansi(false);
     if std::env::var_os("JOURNAL_STREAM").is_some() {
@@ -386,6 +390,7 @@ fn init_logging() {
     } else {
         builder.init();
     }
+    Ok(())
 }
 
 fn kernel_choice(k: &KernelArgs) -> image::KernelChoice {
@@ -399,7 +404,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
     let client = || client::Client::new(paths::socket_path());
     match cli.command {
         Command::Daemon(a) => {
-            init_logging();
+            init_logging()?;
             let tcp = match (a.listen_tcp, a.token_file) {
                 (Some(addr), Some(file)) => Some((addr, daemon::read_token(&file)?)),
                 _ => None,
