@@ -18,33 +18,9 @@ pub use skiff_api::{ErrorBody, RemoveQuery, SpecText, StopQuery};
 pub use skiff_api::{API_VERSION, VERSION_HEADER};
 pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
 
+pub use super::http_error::{api_error, ApiError};
+
 type AppState = Arc<Manager>;
-
-pub struct ApiError(StatusCode, String);
-
-impl From<ManagerError> for ApiError {
-    fn from(e: ManagerError) -> Self {
-        let status = match &e {
-            ManagerError::NotFound(_) | ManagerError::Missing(_) => StatusCode::NOT_FOUND,
-            ManagerError::Exists(_)
-            | ManagerError::WrongState { .. }
-            | ManagerError::Conflict(_) => StatusCode::CONFLICT,
-            ManagerError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ManagerError::InvalidSpec(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ManagerError::StartFailed { .. } | ManagerError::Agent { .. } => {
-                StatusCode::BAD_GATEWAY
-            }
-            ManagerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        ApiError(status, e.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(ErrorBody { error: self.1 })).into_response()
-    }
-}
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
@@ -304,10 +280,6 @@ async fn remove(
 ) -> Result<StatusCode, ApiError> {
     m.remove(&name, q.force, q.volumes).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-pub fn api_error(status: StatusCode, msg: String) -> ApiError {
-    ApiError(status, msg)
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 //! and how it ended; `DELETE` kills its process group. The daemon keeps the
 //! agent connection and the output (bounded) until the VM is removed.
 
-use super::api::{api_error, ApiError};
+use super::http_error::{api_error, ApiError};
 use super::manager::Manager;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;

@@ -8,7 +8,7 @@
 //! last `{"type":"exit","exit_code":N,"signal":S|null,"timed_out":bool}` or
 //! `{"type":"error","message":"..."}`.
 
-use super::api::{api_error, ApiError};
+use super::http_error::{api_error, ApiError};
 use super::manager::{error_chain, Manager, ManagerError};
 use axum::body::Body;
 use axum::extract::{Path, State};

@@ -15,6 +15,7 @@ mod forward;
 pub mod frames;
 mod health;
 pub mod hostops;
+mod http_error;
 pub mod image;
 mod limits;
 pub mod manager;

@@ -2,8 +2,8 @@
 //! `POST /v1/networks/prune`, and the wiring of a VM's interface (lease,
 //! TAP on the bridge, nftables rules) when it is created, booted and removed.
 
-use super::api::ApiError;
 use super::hostops::HostError;
+use super::http_error::ApiError;
 use super::manager::{error_chain, Manager, ManagerError};
 use super::netstore::{LeaseError, NetworkRecord};
 use super::store::VmRecord;

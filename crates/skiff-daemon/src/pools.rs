@@ -4,7 +4,7 @@
 //! size (booting replacements, removing dead or surplus warm VMs) and
 //! destroys taken sandboxes whose time to live has run out.
 
-use super::api::ApiError;
+use super::http_error::ApiError;
 use super::manager::{Manager, ManagerError};
 use super::poolstore::{PoolRecord, SandboxRecord};
 use super::store::{now, VmState};

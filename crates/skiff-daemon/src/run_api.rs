@@ -3,7 +3,7 @@
 //! road as every other; it lives for the length of the connection: when the
 //! command ends, or the client goes away, it is removed.
 
-use super::api::{api_error, ApiError};
+use super::http_error::{api_error, ApiError};
 use super::manager::Manager;
 use super::streams::{switching_protocols, upgrade_request};
 use crate::frames::{self, FrameReader};

@@ -1,7 +1,7 @@
 //! Streaming endpoints: the console log, and exec over an upgraded
 //! connection that carries skiff-proto frames both ways.
 
-use super::api::{api_error, ApiError};
+use super::http_error::{api_error, ApiError};
 use super::manager::{Manager, ManagerError};
 use crate::frames::{self, FrameReader};
 use axum::body::Body;

@@ -1,7 +1,7 @@
 //! Named volumes: `GET/POST /v1/volumes`, `DELETE /v1/volumes/{name}`.
 
-use super::api::{api_error, ApiError};
 use super::drives::{ensure_image, volume_label, volume_path};
+use super::http_error::{api_error, ApiError};
 use super::manager::{Manager, ManagerError};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

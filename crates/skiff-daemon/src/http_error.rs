@@ -1,0 +1,39 @@
+//! The API's error answer: a status code and an [`ErrorBody`] saying what
+//! was wrong. Its own module, below the handlers and the router, so that
+//! handler modules do not import the router's module back.
+
+use super::manager::ManagerError;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use skiff_api::ErrorBody;
+
+pub struct ApiError(pub(crate) StatusCode, pub(crate) String);
+
+impl From<ManagerError> for ApiError {
+    fn from(e: ManagerError) -> Self {
+        let status = match &e {
+            ManagerError::NotFound(_) | ManagerError::Missing(_) => StatusCode::NOT_FOUND,
+            ManagerError::Exists(_)
+            | ManagerError::WrongState { .. }
+            | ManagerError::Conflict(_) => StatusCode::CONFLICT,
+            ManagerError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ManagerError::InvalidSpec(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ManagerError::StartFailed { .. } | ManagerError::Agent { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ManagerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(ErrorBody { error: self.1 })).into_response()
+    }
+}
+
+pub fn api_error(status: StatusCode, msg: String) -> ApiError {
+    ApiError(status, msg)
+}
