@@ -4,13 +4,8 @@
 //! and how it ended; `DELETE` kills its process group. The daemon keeps the
 //! agent connection and the output (bounded) until the VM is removed.
 
-use super::http_error::{api_error, ApiError};
-use super::manager::Manager;
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
-use axum::Json;
 use base64::Engine;
-pub use skiff_api::{CommandEnd as Ended, CommandState, WaitQuery};
+pub use skiff_api::{CommandEnd as Ended, CommandState};
 use skiff_proto::{ExitStatus, Message};
 use skiff_vmm::AgentConn;
 use std::collections::HashMap;
@@ -59,6 +54,36 @@ impl Registry {
         all.get(id).filter(|b| b.vm == vm).cloned()
     }
 
+    /// The command `id` of `vm`, after waiting up to `wait` for its end.
+    pub async fn state(&self, vm: &str, id: &str, wait: Option<Duration>) -> Option<CommandState> {
+        let bg = self.get(vm, id)?;
+        if let Some(wait) = wait {
+            let mut done = bg.done.clone();
+            let _ = tokio::time::timeout(wait, done.wait_for(|d| *d)).await;
+        }
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let out = bg.output.lock().unwrap_or_else(|p| p.into_inner());
+        Some(CommandState {
+            id: id.to_owned(),
+            running: out.ended.is_none(),
+            ended: out.ended.clone(),
+            stdout: b64.encode(&out.stdout),
+            stderr: b64.encode(&out.stderr),
+            dropped: out.dropped,
+        })
+    }
+
+    /// Ask the command `id` of `vm` to be killed; false if there is none.
+    pub fn kill(&self, vm: &str, id: &str) -> bool {
+        match self.get(vm, id) {
+            Some(bg) => {
+                let _ = bg.kill.try_send(());
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Forget the commands of a removed VM.
     pub fn forget_vm(&self, vm: &str) {
         let mut all = self.commands.lock().unwrap_or_else(|p| p.into_inner());
@@ -67,7 +92,12 @@ impl Registry {
 }
 
 /// Keep reading `conn` (a started command) in the background; its id.
-pub fn spawn(m: &Manager, vm: &str, mut conn: AgentConn, timeout: Option<Duration>) -> String {
+pub fn spawn(
+    registry: &Registry,
+    vm: &str,
+    mut conn: AgentConn,
+    timeout: Option<Duration>,
+) -> String {
     let id = format!("c-{}", crate::paths::new_vm_id());
     let (done_tx, done) = watch::channel(false);
     let (kill, mut kill_rx) = mpsc::channel(1);
@@ -77,7 +107,7 @@ pub fn spawn(m: &Manager, vm: &str, mut conn: AgentConn, timeout: Option<Duratio
         done,
         kill,
     });
-    m.background
+    registry
         .commands
         .lock()
         .unwrap_or_else(|p| p.into_inner())
@@ -128,7 +158,7 @@ pub fn spawn(m: &Manager, vm: &str, mut conn: AgentConn, timeout: Option<Duratio
                 Ok(Some(Message::Error(e))) => break failed(e),
                 Ok(Some(_)) => {}
                 Ok(None) => break failed("the VM went away during the command".into()),
-                Err(e) => break failed(super::manager::error_chain(&e)),
+                Err(e) => break failed(crate::support::error_chain(&e)),
             }
         };
         bg.output.lock().unwrap_or_else(|p| p.into_inner()).ended = Some(ended);
@@ -143,49 +173,4 @@ fn failed(error: String) -> Ended {
         error: Some(error),
         ..Ended::default()
     }
-}
-
-fn missing(vm: &str, id: &str) -> ApiError {
-    api_error(
-        StatusCode::NOT_FOUND,
-        format!("no background command {id:?} in VM {vm:?}"),
-    )
-}
-
-pub async fn get(
-    State(m): State<Arc<Manager>>,
-    Path((vm, id)): Path<(String, String)>,
-    Query(q): Query<WaitQuery>,
-) -> Result<Json<CommandState>, ApiError> {
-    let bg = m
-        .background
-        .get(&vm, &id)
-        .ok_or_else(|| missing(&vm, &id))?;
-    if let Some(secs) = q.wait.filter(|s| *s > 0.0) {
-        let mut done = bg.done.clone();
-        let wait = Duration::from_secs_f64(secs.min(3600.0));
-        let _ = tokio::time::timeout(wait, done.wait_for(|d| *d)).await;
-    }
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let out = bg.output.lock().unwrap_or_else(|p| p.into_inner());
-    Ok(Json(CommandState {
-        id,
-        running: out.ended.is_none(),
-        ended: out.ended.clone(),
-        stdout: b64.encode(&out.stdout),
-        stderr: b64.encode(&out.stderr),
-        dropped: out.dropped,
-    }))
-}
-
-pub async fn kill(
-    State(m): State<Arc<Manager>>,
-    Path((vm, id)): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
-    let bg = m
-        .background
-        .get(&vm, &id)
-        .ok_or_else(|| missing(&vm, &id))?;
-    let _ = bg.kill.try_send(());
-    Ok(StatusCode::ACCEPTED)
 }

@@ -2,9 +2,9 @@
 //! rebuilt at every boot) and its named volumes (persistent, created on
 //! first use, kept across `rm` unless `rm --volumes`).
 
-use super::hostops::HostOps;
-use super::manager::DaemonPaths;
-use super::store::VmRecord;
+use crate::hostops::HostOps;
+use crate::paths::DaemonPaths;
+use crate::store::VmRecord;
 use anyhow::{Context, Result};
 use skiff_proto::guest::{
     MountArg, CONFIG_LABEL, CONFIG_MOUNT, DATA_LABEL, SECRETS_LABEL, SECRETS_MOUNT,

@@ -3,7 +3,6 @@
 //! UDP datagrams). A relay in the daemon, rather than a DNAT rule, also
 //! works for loopback addresses, and goes away with the VM.
 
-use super::store::VmRecord;
 use skiff_spec::{PortForward, Protocol};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -119,27 +118,6 @@ async fn udp_replies(upstream: Arc<UdpSocket>, host: Arc<UdpSocket>, peer: Socke
     let mut buf = vec![0u8; 65536];
     while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, upstream.recv(&mut buf)).await {
         let _ = host.send_to(&buf[..n], peer).await;
-    }
-}
-
-impl super::manager::Manager {
-    /// Relay the spec's port forwards to the VM's address on its network.
-    pub(super) fn start_forwards(&self, rec: &VmRecord) -> Result<(), String> {
-        if rec.spec.forward_ports.is_empty() {
-            return Ok(());
-        }
-        let addr = self
-            .bridge_address(&rec.name)
-            .ok_or_else(|| format!("VM {} has no address for its port forwards", rec.name))?;
-        let fw = super::forward::start(&rec.spec.forward_ports, addr)?;
-        let mut all = self.forwarders.lock().unwrap_or_else(|p| p.into_inner());
-        all.insert(rec.name.clone(), fw);
-        Ok(())
-    }
-
-    pub(super) fn stop_forwards(&self, name: &str) {
-        let mut all = self.forwarders.lock().unwrap_or_else(|p| p.into_inner());
-        all.remove(name);
     }
 }
 

@@ -373,7 +373,3 @@ impl HostOps for RecordingHost {
         })
     }
 }
-
-#[cfg(test)]
-#[path = "hostops_tests.rs"]
-mod tests;

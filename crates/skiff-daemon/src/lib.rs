@@ -6,37 +6,27 @@
 //! State is one SQLite file; VMs run in their own processes and survive a
 //! daemon restart. The `skiff` binary is a thin CLI over this crate.
 
-pub mod api;
-mod background;
-mod boot;
-mod commands;
-mod drives;
-mod forward;
+pub mod background;
+pub mod certs;
+pub mod drives;
+pub mod forward;
 pub mod frames;
-mod health;
 pub mod hostops;
-mod http_error;
+pub mod http;
 pub mod image;
-mod limits;
 pub mod manager;
 pub mod metrics;
-mod monitor;
 pub mod netstore;
-pub mod networks;
 pub mod paths;
-pub mod pools;
 pub mod poolstore;
 pub mod proxy;
 pub mod resolve;
 pub mod run;
-pub mod run_api;
 pub mod run_spec;
 pub mod store;
-pub mod streams;
-mod support;
+pub mod support;
 pub mod timings;
 pub mod ui;
-mod volumes;
 
 use anyhow::{bail, Context, Result};
 use manager::{DaemonPaths, Manager};
@@ -100,7 +90,7 @@ async fn require_token(
     } else {
         (
             axum::http::StatusCode::UNAUTHORIZED,
-            axum::Json(api::ErrorBody {
+            axum::Json(skiff_api::ErrorBody {
                 error: "missing or wrong bearer token (Authorization: Bearer <token>)".into(),
             }),
         )
@@ -205,7 +195,7 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        let app = api::router(manager.clone()).layer(axum::middleware::from_fn_with_state(
+        let app = http::router(manager.clone()).layer(axum::middleware::from_fn_with_state(
             std::sync::Arc::new(token),
             require_token,
         ));
@@ -216,7 +206,7 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
             }
         });
     }
-    axum::serve(listener, api::router(manager))
+    axum::serve(listener, http::router(manager))
         .with_graceful_shutdown(async move {
             tokio::select! {
                 _ = term.recv() => {}

@@ -2,14 +2,10 @@
 //! boots, restarts, CPU and memory of its QEMU, health, exec counts and
 //! latency, and proxy requests by status with their latency.
 
-use super::manager::Manager;
-use super::store::VmState;
-use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use crate::store::{VmRecord, VmState};
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Latency buckets in seconds.
@@ -105,9 +101,10 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    pub fn render(&self, m: &Manager) -> String {
+    /// The Prometheus text for `vms` (`unhealthy` says which fail their
+    /// health checks) and the counters kept here.
+    pub fn render(&self, vms: &[VmRecord], unhealthy: impl Fn(&str) -> bool) -> String {
         let mut out = String::new();
-        let vms = m.store.list().unwrap_or_default();
         let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
             .ok()
             .flatten()
@@ -121,7 +118,7 @@ impl Metrics {
         };
         section("skiff_vm_up", "gauge", "1 while the VM is running.");
         let mut body = String::new();
-        for v in &vms {
+        for v in vms {
             let _ = writeln!(
                 body,
                 "skiff_vm_up{{vm=\"{}\"}} {}",
@@ -138,7 +135,7 @@ impl Metrics {
                 }
             };
         let per_vm =
-            |f: &dyn Fn(&super::store::VmRecord) -> Option<String>| -> Vec<(String, String)> {
+            |f: &dyn Fn(&crate::store::VmRecord) -> Option<String>| -> Vec<(String, String)> {
                 vms.iter()
                     .filter_map(|v| Some((format!("vm=\"{}\"", label(&v.name)), f(v)?)))
                     .collect()
@@ -180,7 +177,7 @@ impl Metrics {
             Some((cpu, rss))
         };
         let live =
-            |v: &super::store::VmRecord| v.qemu.filter(|q| q.is_alive()).and_then(|q| stat(q.pid));
+            |v: &crate::store::VmRecord| v.qemu.filter(|q| q.is_alive()).and_then(|q| stat(q.pid));
         table(
             &mut out,
             "skiff_vm_cpu_seconds_total",
@@ -205,7 +202,7 @@ impl Metrics {
                     .http
                     .as_ref()
                     .and_then(|h| h.health.as_ref())
-                    .map(|_| u8::from(!m.is_unhealthy(&v.name)).to_string())
+                    .map(|_| u8::from(!unhealthy(&v.name)).to_string())
             }),
         );
         let i = self.lock();
@@ -252,16 +249,6 @@ impl Metrics {
         }
         out
     }
-}
-
-pub async fn metrics(State(m): State<Arc<Manager>>) -> impl IntoResponse {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        m.metrics.render(&m),
-    )
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! restarts of itself and of the daemon, and no address is handed out twice
 //! (the table's primary key guarantees it).
 
-use super::store::{now, Store, StoreError};
+use crate::store::{now, Store, StoreError};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 use skiff_net::{NetError, Subnet};

@@ -183,3 +183,15 @@ pub fn busybox() -> Option<PathBuf> {
         .map(PathBuf::from)
         .find(|p| p.is_file())
 }
+
+/// Where one daemon keeps its state and its VMs' runtime files.
+pub struct DaemonPaths {
+    pub state_dir: PathBuf,
+    pub runtime_dir: PathBuf,
+}
+
+impl DaemonPaths {
+    pub fn vm_dir(&self, name: &str) -> PathBuf {
+        self.state_dir.join("vms").join(name)
+    }
+}

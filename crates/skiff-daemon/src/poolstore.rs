@@ -3,7 +3,7 @@
 //! or its time to live runs out. Taking is one UPDATE on a warm row, so two
 //! takers can never get the same sandbox.
 
-use super::store::{now, Store, StoreError};
+use crate::store::{now, Store, StoreError};
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 use skiff_spec::VmSpec;

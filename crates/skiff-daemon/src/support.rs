@@ -1,4 +1,17 @@
-//! Facts of the daemon's host that its VMs' plans depend on.
+//! Small things the daemon's modules share: facts of the host that VMs'
+//! plans depend on, and errors on one line.
+
+/// An error and its causes on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
 
 /// The user QEMU drops to once it has opened its devices, when the daemon
 /// runs as root: `$SKIFF_QEMU_USER` (empty: stay root), else `nobody`.

@@ -1,11 +1,11 @@
 //! The CLI's side of the daemon API: HTTP/1.1 over the Unix socket.
 
-use crate::daemon::api::VERSION_HEADER;
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use skiff_api::VERSION_HEADER;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use tokio::net::UnixStream;
@@ -157,7 +157,7 @@ impl Client {
         let mut req = Self::build(Method::POST, path, Some(&body))?;
         req.headers_mut().insert("connection", "upgrade".parse()?);
         req.headers_mut()
-            .insert("upgrade", crate::daemon::streams::EXEC_UPGRADE.parse()?);
+            .insert("upgrade", skiff_api::EXEC_UPGRADE.parse()?);
         let res = sender
             .send_request(req)
             .await

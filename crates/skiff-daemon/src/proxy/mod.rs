@@ -6,7 +6,7 @@
 mod routes;
 pub mod tls;
 
-use super::manager::Manager;
+use crate::manager::Manager;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
@@ -336,38 +336,6 @@ async fn forward(
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, body.boxed())
-}
-
-impl Manager {
-    /// What the proxy needs of a spec before it is created or applied: no
-    /// domain another VM serves, and a certificate that loads.
-    pub fn check_http(
-        &self,
-        spec: &skiff_spec::VmSpec,
-    ) -> Result<(), super::manager::ManagerError> {
-        use super::manager::ManagerError;
-        let Some(http) = &spec.http else {
-            return Ok(());
-        };
-        for other in self.store.list()? {
-            if other.name == spec.name {
-                continue;
-            }
-            let theirs = other.spec.http.iter().flat_map(|h| &h.domains);
-            if let Some(d) = theirs.into_iter().find(|d| http.domains.contains(d)) {
-                return Err(ManagerError::Conflict(format!(
-                    "vm.{}.http.domains: {d:?} is already served by VM {:?}; a domain routes to one VM",
-                    spec.name, other.name
-                )));
-            }
-        }
-        if let skiff_spec::TlsSpec::Files { cert, key } = &http.tls {
-            tls::load_pem(cert, key).map_err(|e| {
-                ManagerError::InvalidSpec(format!("vm.{}.http.tls: {e}", spec.name))
-            })?;
-        }
-        Ok(())
-    }
 }
 
 fn error_chain_mentions(e: &(dyn std::error::Error + 'static), text: &str) -> bool {

@@ -1,8 +1,8 @@
 //! Which VM serves a host name, read from the state database on each
 //! request, so routes follow VMs as they come and go and specs change.
 
-use super::super::manager::Manager;
-use super::super::store::VmState;
+use crate::manager::Manager;
+use crate::store::VmState;
 use skiff_spec::TlsSpec;
 use std::net::Ipv4Addr;
 

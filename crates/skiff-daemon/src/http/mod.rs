@@ -1,7 +1,18 @@
-//! The HTTP/JSON API. Handlers parse and validate, then call the manager.
+//! The HTTP/JSON API: the router and its handlers. Handlers parse and
+//! validate, then call the manager; nothing below imports this module.
 
-use super::manager::{Manager, ManagerError, DEFAULT_STOP_TIMEOUT};
-use super::store::VmRecord;
+mod background;
+mod commands;
+pub mod error;
+mod metrics;
+mod networks;
+mod pools;
+pub mod run;
+pub mod streams;
+mod volumes;
+
+use crate::manager::{Manager, ManagerError, DEFAULT_STOP_TIMEOUT};
+use crate::store::VmRecord;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -16,9 +27,9 @@ use std::time::Duration;
 /// version can say so instead of misreading answers.
 pub use skiff_api::{ErrorBody, RemoveQuery, SpecText, StopQuery};
 pub use skiff_api::{API_VERSION, VERSION_HEADER};
-pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
+pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
 
-pub use super::http_error::{api_error, ApiError};
+pub use error::{api_error, ApiError};
 
 type AppState = Arc<Manager>;
 
@@ -71,58 +82,67 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v1/vms/{name}/start", post(start))
         .route("/v1/vms/{name}/stop", post(stop))
         .route("/v1/vms/{name}/restart", post(restart))
-        .route("/v1/vms/{name}/logs", get(super::streams::logs))
-        .route("/v1/vms/{name}/exec", post(super::streams::exec))
+        .route("/v1/vms/{name}/logs", get(crate::http::streams::logs))
+        .route("/v1/vms/{name}/exec", post(crate::http::streams::exec))
         .route("/v1/apply", post(apply))
-        .route("/v1/run", post(super::run_api::run))
-        .route("/v1/vms/{name}/copy-in", post(super::streams::copy_in))
-        .route("/v1/vms/{name}/copy-out", post(super::streams::copy_out))
+        .route("/v1/run", post(crate::http::run::run))
+        .route(
+            "/v1/vms/{name}/copy-in",
+            post(crate::http::streams::copy_in),
+        )
+        .route(
+            "/v1/vms/{name}/copy-out",
+            post(crate::http::streams::copy_out),
+        )
         .route(
             "/v1/volumes",
-            get(super::volumes::list).post(super::volumes::create),
+            get(crate::http::volumes::list).post(crate::http::volumes::create),
         )
         .route(
             "/v1/volumes/{name}",
-            axum::routing::delete(super::volumes::remove),
+            axum::routing::delete(crate::http::volumes::remove),
         )
         .route(
             "/v1/networks",
-            get(super::networks::list).post(super::networks::create),
+            get(crate::http::networks::list).post(crate::http::networks::create),
         )
         .route(
             "/v1/networks/prune",
-            axum::routing::post(super::networks::prune),
+            axum::routing::post(crate::http::networks::prune),
         )
         .route(
             "/v1/networks/{name}",
-            axum::routing::delete(super::networks::remove),
+            axum::routing::delete(crate::http::networks::remove),
         )
         .route(
             "/v1/pools",
-            get(super::pools::list).post(super::pools::create),
+            get(crate::http::pools::list).post(crate::http::pools::create),
         )
         .route(
             "/v1/pools/{name}",
-            axum::routing::delete(super::pools::remove),
+            axum::routing::delete(crate::http::pools::remove),
         )
         .route(
             "/v1/pools/{name}/resize",
-            axum::routing::post(super::pools::resize),
+            axum::routing::post(crate::http::pools::resize),
         )
         .route(
             "/v1/pools/{name}/take",
-            axum::routing::post(super::pools::take),
+            axum::routing::post(crate::http::pools::take),
         )
-        .route("/v1/vms/{name}/ttl", axum::routing::post(super::pools::ttl))
+        .route(
+            "/v1/vms/{name}/ttl",
+            axum::routing::post(crate::http::pools::ttl),
+        )
         .route(
             "/v1/vms/{name}/commands",
-            axum::routing::post(super::commands::run),
+            axum::routing::post(crate::http::commands::run),
         )
         .route(
             "/v1/vms/{name}/commands/{id}",
-            get(super::background::get).delete(super::background::kill),
+            get(crate::http::background::get).delete(crate::http::background::kill),
         )
-        .route("/metrics", get(super::metrics::metrics))
+        .route("/metrics", get(crate::http::metrics::metrics))
         .fallback(not_found)
         .layer(axum::middleware::map_response(add_version_header))
         .with_state(manager)
@@ -247,7 +267,7 @@ async fn create(
 async fn apply(
     State(m): State<AppState>,
     body: Result<Json<SpecText>, axum::extract::rejection::JsonRejection>,
-) -> ApiResult<Vec<super::manager::ApplyChange>> {
+) -> ApiResult<Vec<crate::manager::ApplyChange>> {
     let Json(body) = body.map_err(bad_json)?;
     let specs = parse_specs(&body.spec)?;
     Ok(Json(m.apply(specs).await?))

@@ -1,18 +1,13 @@
-//! Warm pools of sandboxes: `GET/POST /v1/pools`, `DELETE /v1/pools/{name}`,
-//! `POST /v1/pools/{name}/resize`, `POST /v1/pools/{name}/take`,
-//! `POST /v1/vms/{name}/ttl`. A background task keeps each pool at its
-//! size (booting replacements, removing dead or surplus warm VMs) and
-//! destroys taken sandboxes whose time to live has run out.
+//! Warm pools of sandboxes: creating, resizing, taking. A background task
+//! keeps each pool at its size (booting replacements, removing dead or
+//! surplus warm VMs) and destroys taken sandboxes whose time to live has
+//! run out. (The HTTP side is in the http module.)
 
-use super::http_error::ApiError;
-use super::manager::{Manager, ManagerError};
-use super::poolstore::{PoolRecord, SandboxRecord};
-use super::store::{now, VmState};
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::Json;
+use crate::manager::{Manager, ManagerError};
+use crate::poolstore::{PoolRecord, SandboxRecord};
+use crate::store::{now, VmState};
 use serde::Serialize;
-pub use skiff_api::{CreatePool, ResizeBody, TakeBody, TtlBody};
+use skiff_api::CreatePool;
 use skiff_spec::{NetMode, NetworkSpec, VmSpec};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -118,7 +113,7 @@ impl Manager {
             created_at: now(),
         };
         self.store.insert_pool(&pool).map_err(|e| match e {
-            super::store::StoreError::Exists(_) => {
+            crate::store::StoreError::Exists(_) => {
                 ManagerError::Conflict(format!("a pool named {:?} already exists", pool.name))
             }
             other => other.into(),
@@ -307,50 +302,4 @@ impl Manager {
         }
         Ok(())
     }
-}
-
-pub async fn list(State(m): State<Arc<Manager>>) -> Result<Json<Vec<PoolInfo>>, ApiError> {
-    Ok(Json(m.pool_infos()?))
-}
-
-pub async fn create(
-    State(m): State<Arc<Manager>>,
-    Json(body): Json<CreatePool>,
-) -> Result<(StatusCode, Json<PoolRecord>), ApiError> {
-    Ok((StatusCode::CREATED, Json(m.create_pool(&body)?)))
-}
-
-pub async fn remove(
-    State(m): State<Arc<Manager>>,
-    Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    m.remove_pool(&name).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-pub async fn resize(
-    State(m): State<Arc<Manager>>,
-    Path(name): Path<String>,
-    Json(body): Json<ResizeBody>,
-) -> Result<StatusCode, ApiError> {
-    m.resize_pool(&name, body.size)?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-pub async fn take(
-    State(m): State<Arc<Manager>>,
-    Path(name): Path<String>,
-    body: Option<Json<TakeBody>>,
-) -> Result<Json<Sandbox>, ApiError> {
-    let body = body.map(|Json(b)| b).unwrap_or_default();
-    let wait = Duration::from_secs(body.wait_secs.unwrap_or(60).min(600));
-    Ok(Json(m.take(&name, body.ttl_secs, wait).await?))
-}
-
-pub async fn ttl(
-    State(m): State<Arc<Manager>>,
-    Path(name): Path<String>,
-    Json(body): Json<TtlBody>,
-) -> Result<Json<Sandbox>, ApiError> {
-    Ok(Json(m.extend_ttl(&name, body.seconds)?))
 }

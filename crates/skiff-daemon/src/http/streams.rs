@@ -1,9 +1,9 @@
 //! Streaming endpoints: the console log, and exec over an upgraded
 //! connection that carries skiff-proto frames both ways.
 
-use super::http_error::{api_error, ApiError};
-use super::manager::{Manager, ManagerError};
 use crate::frames::{self, FrameReader};
+use crate::http::error::{api_error, ApiError};
+use crate::manager::{Manager, ManagerError};
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};

@@ -3,8 +3,8 @@
 //! is unhealthy (the proxy answers 503) and, unless its restart policy is
 //! "no", restarted. One success makes it healthy again.
 
-use super::manager::Manager;
-use super::store::VmState;
+use crate::manager::Manager;
+use crate::store::VmState;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
 use std::net::SocketAddr;

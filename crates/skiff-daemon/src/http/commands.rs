@@ -8,8 +8,8 @@
 //! last `{"type":"exit","exit_code":N,"signal":S|null,"timed_out":bool}` or
 //! `{"type":"error","message":"..."}`.
 
-use super::http_error::{api_error, ApiError};
-use super::manager::{error_chain, Manager, ManagerError};
+use crate::http::error::{api_error, ApiError};
+use crate::manager::{error_chain, Manager, ManagerError};
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -96,7 +96,7 @@ pub async fn run(
         .map_err(agent_err)?;
     m.metrics.exec_started(&name);
     if body.background {
-        let id = super::background::spawn(&m, &name, conn, timeout);
+        let id = crate::background::spawn(&m.background, &name, conn, timeout);
         return Ok((StatusCode::CREATED, Json(json!({ "id": id, "vm": name }))).into_response());
     }
 

@@ -1,8 +1,8 @@
 //! Watching a VM's QEMU: keep its console log bounded, clean up when it
 //! ends, and apply the restart policy.
 
-use super::manager::{kill_processes, BoxFuture, Manager, ManagerError};
-use super::store::{Event, VmState};
+use crate::manager::{kill_processes, BoxFuture, Manager, ManagerError};
+use crate::store::{Event, VmState};
 use skiff_spec::RestartPolicy;
 use skiff_vmm::plan::GuestExit;
 use skiff_vmm::ProcessRef;

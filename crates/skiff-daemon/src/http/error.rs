@@ -2,7 +2,7 @@
 //! was wrong. Its own module, below the handlers and the router, so that
 //! handler modules do not import the router's module back.
 
-use super::manager::ManagerError;
+use crate::manager::ManagerError;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;

@@ -1,15 +1,27 @@
-//! The daemon's core: VM lifecycle on top of the store and the backend.
-//! HTTP handlers only parse requests and call these methods.
+//! The daemon's core: VM lifecycle on top of the store, the backend and the
+//! host operations. Its parts are the submodules (boot, monitor, networks,
+//! pools, forwards, limits, health checks); it depends only on the layers
+//! below it (store, hostops, drives, resolve, metrics, background), and
+//! HTTP handlers (the http module) only parse requests and call it.
 
-use super::store::{Event, Store, StoreError, VmRecord, VmState};
+mod boot;
+mod forward;
+mod health;
+mod http_check;
+mod limits;
+mod monitor;
+pub mod networks;
+pub mod pools;
+
 use crate::paths;
+use crate::store::{Event, Store, StoreError, VmRecord, VmState};
 pub use skiff_api::ApplyChange;
 use skiff_proto::Message;
 use skiff_spec::VmSpec;
 use skiff_vmm::{AgentConn, Backend, ProcessRef};
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -67,28 +79,9 @@ impl From<StoreError> for ManagerError {
     }
 }
 
-/// An error and its causes on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use crate::support::error_chain;
 
-pub struct DaemonPaths {
-    pub state_dir: PathBuf,
-    pub runtime_dir: PathBuf,
-}
-
-impl DaemonPaths {
-    pub fn vm_dir(&self, name: &str) -> PathBuf {
-        self.state_dir.join("vms").join(name)
-    }
-}
+pub use crate::paths::DaemonPaths;
 
 pub struct Manager {
     pub store: Store,
@@ -98,15 +91,15 @@ pub struct Manager {
     /// One lock per VM name: lifecycle operations on one VM never overlap.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Port forwards of running VMs on managed networks, by VM name.
-    pub(super) forwarders: Mutex<HashMap<String, super::forward::Forwarder>>,
+    pub(super) forwarders: Mutex<HashMap<String, crate::forward::Forwarder>>,
     /// Wakes the pool keeper (a sandbox was taken, a pool changed).
     pub(super) pool_wake: tokio::sync::Notify,
     /// Background commands, by id.
-    pub(super) background: super::background::Registry,
+    pub(super) background: crate::background::Registry,
     /// Links, rules, cgroups and images on the host.
-    pub(super) host: Arc<dyn super::hostops::HostOps>,
-    pub(super) metrics: super::metrics::Metrics,
-    pub(super) health: super::health::HealthMap,
+    pub(super) host: Arc<dyn crate::hostops::HostOps>,
+    pub(super) metrics: crate::metrics::Metrics,
+    pub(super) health: crate::manager::health::HealthMap,
 }
 
 pub(super) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -116,7 +109,7 @@ impl Manager {
         store: Store,
         paths: DaemonPaths,
         backend: Box<dyn Backend>,
-        host: Arc<dyn super::hostops::HostOps>,
+        host: Arc<dyn crate::hostops::HostOps>,
     ) -> Arc<Manager> {
         Arc::new(Manager {
             store,
@@ -125,10 +118,10 @@ impl Manager {
             locks: Mutex::new(HashMap::new()),
             forwarders: Mutex::new(HashMap::new()),
             pool_wake: tokio::sync::Notify::new(),
-            background: super::background::Registry::default(),
+            background: crate::background::Registry::default(),
             host,
-            metrics: super::metrics::Metrics::default(),
-            health: super::health::HealthMap::default(),
+            metrics: crate::metrics::Metrics::default(),
+            health: crate::manager::health::HealthMap::default(),
         })
     }
 
@@ -337,9 +330,9 @@ impl Manager {
         let _ = std::fs::remove_dir_all(self.paths.vm_dir(name));
         if volumes {
             for v in &rec.spec.volumes {
-                let _ = std::fs::remove_file(super::drives::volume_path(&self.paths, &v.name));
+                let _ = std::fs::remove_file(crate::drives::volume_path(&self.paths, &v.name));
             }
-            let _ = std::fs::remove_file(super::drives::data_path(&self.paths, name));
+            let _ = std::fs::remove_file(crate::drives::data_path(&self.paths, name));
         }
         Ok(())
     }
@@ -451,3 +444,7 @@ mod tests {
         assert_eq!(changed_fields(&a, &b), ["autostart", "memory_mib"]);
     }
 }
+
+#[cfg(test)]
+#[path = "hostops_tests.rs"]
+mod hostops_tests;

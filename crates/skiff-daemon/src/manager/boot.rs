@@ -4,11 +4,11 @@
 //! the agent, start the service. Every VM takes this road: spec files,
 //! pools and `skiff run`.
 
-use super::manager::{error_chain, kill_processes, Manager};
-use super::store::VmRecord;
 use crate::image::{self, KernelChoice};
+use crate::manager::{error_chain, kill_processes, Manager};
 use crate::paths;
 use crate::resolve::{resolve, Artifacts, Host};
+use crate::store::VmRecord;
 use skiff_proto::{ExecRequest, Message};
 use skiff_vmm::{HostKvm, LaunchOptions};
 use std::path::PathBuf;
@@ -35,9 +35,9 @@ impl Manager {
         let vm_dir = self.paths.vm_dir(&rec.name);
         std::fs::create_dir_all(&vm_dir)
             .map_err(|e| format!("cannot create {}: {e}", vm_dir.display()))?;
-        super::drives::check_sources(spec)?;
-        let image_root = super::drives::image_root(spec)?;
-        let boot_drives = super::drives::prepare(self.host.as_ref(), &self.paths, rec, &vm_dir)
+        crate::drives::check_sources(spec)?;
+        let image_root = crate::drives::image_root(spec)?;
+        let boot_drives = crate::drives::prepare(self.host.as_ref(), &self.paths, rec, &vm_dir)
             .map_err(|e| format!("{e:#}"))?;
         // The secrets image goes away as soon as this boot no longer needs
         // the file: QEMU keeps it open, so it lives exactly as long as the VM.
@@ -53,7 +53,7 @@ impl Manager {
                 &paths::new_vm_id()[..6]
             )),
             vm_dir.join("console.log"),
-            super::support::qemu_user(),
+            crate::support::qemu_user(),
         );
         let artifacts = Artifacts {
             drives: boot_drives.drives,

@@ -1,21 +1,16 @@
-//! Managed networks: `GET/POST /v1/networks`, `DELETE /v1/networks/{name}`,
-//! `POST /v1/networks/prune`, and the wiring of a VM's interface (lease,
-//! TAP on the bridge, nftables rules) when it is created, booted and removed.
+//! Managed networks: creating, removing and pruning them, and the wiring of
+//! a VM's interface (lease, TAP on the bridge, nftables rules) when it is
+//! created, booted and removed. (The HTTP side is in the http module.)
 
-use super::hostops::HostError;
-use super::http_error::ApiError;
-use super::manager::{error_chain, Manager, ManagerError};
-use super::netstore::{LeaseError, NetworkRecord};
-use super::store::VmRecord;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::Json;
-pub use skiff_api::{CreateNetwork, PruneReport};
+use crate::hostops::HostError;
+use crate::manager::{error_chain, Manager, ManagerError};
+use crate::netstore::{LeaseError, NetworkRecord};
+use crate::store::VmRecord;
+use skiff_api::PruneReport;
 use skiff_net::nft::{self, Egress, NetworkRules, VmRule};
 use skiff_net::{NetError, Subnet};
 use skiff_spec::{NetMode, VmSpec};
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 
 impl From<NetError> for ManagerError {
     fn from(e: NetError) -> Self {
@@ -338,30 +333,4 @@ impl Manager {
         let leases = self.store.leases().ok()?;
         leases.into_iter().find(|l| l.vm == name).map(|l| l.address)
     }
-}
-
-pub async fn list(State(m): State<Arc<Manager>>) -> Result<Json<Vec<NetworkRecord>>, ApiError> {
-    Ok(Json(m.store.networks().map_err(ManagerError::from)?))
-}
-
-pub async fn create(
-    State(m): State<Arc<Manager>>,
-    Json(body): Json<CreateNetwork>,
-) -> Result<(StatusCode, Json<NetworkRecord>), ApiError> {
-    let net = m
-        .create_network(&body.name, &body.subnet, body.dns.as_deref())
-        .await?;
-    Ok((StatusCode::CREATED, Json(net)))
-}
-
-pub async fn remove(
-    State(m): State<Arc<Manager>>,
-    Path(name): Path<String>,
-) -> Result<StatusCode, ApiError> {
-    m.remove_network(&name).await?;
-    Ok(StatusCode::NO_CONTENT)
-}
-
-pub async fn prune(State(m): State<Arc<Manager>>) -> Result<Json<PruneReport>, ApiError> {
-    Ok(Json(m.prune_networks().await?))
 }

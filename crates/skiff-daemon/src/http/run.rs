@@ -3,10 +3,10 @@
 //! road as every other; it lives for the length of the connection: when the
 //! command ends, or the client goes away, it is removed.
 
-use super::http_error::{api_error, ApiError};
-use super::manager::Manager;
-use super::streams::{switching_protocols, upgrade_request};
 use crate::frames::{self, FrameReader};
+use crate::http::error::{api_error, ApiError};
+use crate::http::streams::{switching_protocols, upgrade_request};
+use crate::manager::Manager;
 use crate::run::{self, IoEvent, RunIo};
 use crate::run_spec::{run_spec, RunBody};
 use axum::extract::{Request, State};

@@ -1,15 +1,15 @@
 //! Named volumes: `GET/POST /v1/volumes`, `DELETE /v1/volumes/{name}`.
 
-use super::drives::{ensure_image, volume_label, volume_path};
-use super::http_error::{api_error, ApiError};
-use super::manager::{Manager, ManagerError};
+use crate::drives::{ensure_image, volume_label, volume_path};
+use crate::http::error::{api_error, ApiError};
+use crate::manager::{Manager, ManagerError};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 pub use skiff_api::{CreateVolume, VolumeInfo};
 use std::sync::Arc;
 
-fn users(m: &Manager, name: &str) -> Result<Vec<super::store::VmRecord>, ApiError> {
+fn users(m: &Manager, name: &str) -> Result<Vec<crate::store::VmRecord>, ApiError> {
     Ok(m.list()?
         .into_iter()
         .filter(|r| r.spec.volumes.iter().any(|v| v.name == name))

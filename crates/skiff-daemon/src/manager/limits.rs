@@ -1,10 +1,10 @@
 //! Host-side limits of a VM: its QEMU and vsock helper in a cgroup of their
 //! own with a memory limit (guest memory plus QEMU's overhead) and a CPU
 //! quota (its vCPUs), created at boot and removed when they are gone. The
-//! cgroup itself is a host operation ([`super::hostops::HostOps`]).
+//! cgroup itself is a host operation ([`crate::hostops::HostOps`]).
 
-use super::manager::{error_chain, Manager};
-use super::store::VmRecord;
+use crate::manager::{error_chain, Manager};
+use crate::store::VmRecord;
 
 /// The cgroup of VM `id`.
 fn cgroup_name(id: &str) -> String {

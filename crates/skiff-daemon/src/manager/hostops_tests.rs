@@ -1,9 +1,10 @@
 //! Network, limit and drive setup and teardown, including after a failure
 //! half-way, against the recording host: which operations ran, in order,
 //! and what is left on the "host" and in the store.
-use super::*;
-use crate::manager::{DaemonPaths, Manager};
+use super::{DaemonPaths, Manager};
+use crate::hostops::{Op, RecordingHost};
 use crate::store::Store;
+use std::path::Path;
 use std::sync::Arc;
 
 fn manager(dir: &Path) -> (Arc<Manager>, Arc<RecordingHost>) {
