@@ -204,23 +204,29 @@ fn secrets_drive(
     result.map(Some)
 }
 
+/// A host directory a spec names that is not there.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {} is not an existing directory", path.display())]
+pub struct MissingSource {
+    pub what: &'static str,
+    pub path: PathBuf,
+}
+
 /// Check that the host directories a spec names exist (its shares and its
 /// root), so that a missing one is reported by name before anything starts.
-pub fn check_sources(spec: &skiff_spec::VmSpec) -> Result<(), String> {
+pub fn check_sources(spec: &skiff_spec::VmSpec) -> Result<(), MissingSource> {
+    let missing = |what, path: &Path| MissingSource {
+        what,
+        path: path.to_owned(),
+    };
     for s in &spec.shares {
         if !s.source.is_dir() {
-            return Err(format!(
-                "share source {} is not an existing directory",
-                s.source.display()
-            ));
+            return Err(missing("share source", &s.source));
         }
     }
     if let Some(r) = &spec.rootfs {
         if !r.path.is_dir() {
-            return Err(format!(
-                "rootfs {} is not an existing directory",
-                r.path.display()
-            ));
+            return Err(missing("rootfs", &r.path));
         }
     }
     Ok(())
@@ -271,15 +277,17 @@ fn config_drive(host: &dyn HostOps, rec: &VmRecord, vm_dir: &Path) -> Result<Dri
     })
 }
 
+/// The spec's `image` is not in the image cache.
+#[derive(Debug, thiserror::Error)]
+#[error("no image named {0:?}; build one with `skiff image build -f images/{0}.toml`")]
+pub struct NoImage(pub String);
+
 /// Where the spec's `image` is in the image cache (None: no image).
-pub fn image_root(spec: &skiff_spec::VmSpec) -> Result<Option<PathBuf>, String> {
+pub fn image_root(spec: &skiff_spec::VmSpec, cache: &Path) -> Result<Option<PathBuf>, NoImage> {
     let Some(name) = &spec.image else {
         return Ok(None);
     };
-    let cache = crate::paths::cache_dir().map_err(|e| format!("{e:#}"))?;
-    let info = skiff_image::find_image(&cache, name).ok_or_else(|| {
-        format!("no image named {name:?}; build one with `skiff image build -f images/{name}.toml`")
-    })?;
+    let info = skiff_image::find_image(cache, name).ok_or_else(|| NoImage(name.clone()))?;
     Ok(Some(info.root))
 }
 

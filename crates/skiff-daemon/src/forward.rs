@@ -4,6 +4,7 @@
 //! works for loopback addresses, and goes away with the VM.
 
 use skiff_spec::{PortForward, Protocol};
+pub use skiff_vmm::usernet::PortInUse;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -37,16 +38,15 @@ fn proto_name(p: Protocol) -> &'static str {
 
 /// Bind every host port now (a taken port is an error before the VM boots)
 /// and relay to `guest`. Must run inside the tokio runtime.
-pub fn start(forwards: &[PortForward], guest: Ipv4Addr) -> Result<Forwarder, String> {
+pub fn start(forwards: &[PortForward], guest: Ipv4Addr) -> Result<Forwarder, PortInUse> {
     let mut fw = Forwarder::default();
     for f in forwards {
         let host = SocketAddr::new(f.host_address, f.host_port);
         let target = SocketAddr::from((guest, f.guest_port));
-        let err = |e: std::io::Error| {
-            format!(
-                "cannot forward host port {host}/{} to the guest: {e}; choose another host port",
-                proto_name(f.protocol)
-            )
+        let err = |source| PortInUse {
+            addr: host,
+            proto: proto_name(f.protocol),
+            source,
         };
         let task = match f.protocol {
             Protocol::Tcp => {
@@ -200,6 +200,7 @@ mod tests {
 
         let taken = start(&[fwd(tcp_host, 80, Protocol::Tcp)], Ipv4Addr::LOCALHOST);
         let e = taken.err().expect("port in use");
+        let e = crate::support::error_chain(&e);
         assert!(
             e.contains(&format!(
                 "cannot forward host port 127.0.0.1:{tcp_host}/tcp"

@@ -96,7 +96,7 @@ pub async fn run_standalone<IO: RunIo>(body: RunBody, io: &mut IO) -> Result<Run
     }
     let plan = resolve(&spec, &vm_id, &host, Artifacts::default(), &Qemu)?;
     if let Some(net) = &plan.config.net {
-        net.check_host_ports().map_err(anyhow::Error::msg)?;
+        net.check_host_ports()?;
     }
 
     let launch_start = Instant::now();

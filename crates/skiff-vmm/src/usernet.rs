@@ -64,16 +64,20 @@ impl UserNet {
     /// Check that every host port can be bound now, for a clear error
     /// instead of QEMU's. (Another process may still take one before QEMU
     /// starts; QEMU's own error covers that.)
-    pub fn check_host_ports(&self) -> Result<(), String> {
+    pub fn check_host_ports(&self) -> Result<(), PortInUse> {
         for f in &self.forwards {
             let addr = std::net::SocketAddr::new(f.host_addr, f.host_port);
             let bound = match f.proto {
                 Proto::Tcp => std::net::TcpListener::bind(addr).map(drop),
                 Proto::Udp => std::net::UdpSocket::bind(addr).map(drop),
             };
-            if let Err(e) = bound {
+            if let Err(source) = bound {
                 let proto = if f.proto == Proto::Tcp { "tcp" } else { "udp" };
-                return Err(format!("cannot forward host port {addr}/{proto} to the guest: {e}; choose another host port"));
+                return Err(PortInUse {
+                    addr,
+                    proto,
+                    source,
+                });
             }
         }
         Ok(())
@@ -88,6 +92,16 @@ impl UserNet {
             format!("skiff.dns={DNS}"),
         ]
     }
+}
+
+/// A host port a forward needs cannot be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot forward host port {addr}/{proto} to the guest (choose another host port)")]
+pub struct PortInUse {
+    pub addr: std::net::SocketAddr,
+    pub proto: &'static str,
+    #[source]
+    pub source: std::io::Error,
 }
 
 /// A locally administered unicast MAC derived from a VM id, stable for the VM.
@@ -151,6 +165,7 @@ mod tests {
             no_egress: false,
         };
         let err = net.check_host_ports().expect_err("taken");
+        let err = format!("{err}: {}", err.source);
         assert!(
             err.contains(&format!("127.0.0.1:{port}/tcp")) && err.contains("in use"),
             "{err}"

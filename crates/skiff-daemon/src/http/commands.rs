@@ -68,7 +68,7 @@ pub async fn run(
     let agent_err = |e: skiff_vmm::AgentError| {
         ApiError::from(ManagerError::Agent {
             name: name.clone(),
-            reason: error_chain(&e),
+            source: e,
         })
     };
     let req = ExecRequest {

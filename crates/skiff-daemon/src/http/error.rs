@@ -24,7 +24,8 @@ impl From<ManagerError> for ApiError {
             }
             ManagerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError(status, e.to_string())
+        // The whole chain: what failed and each cause, on one line.
+        ApiError(status, crate::support::error_chain(&e))
     }
 }
 

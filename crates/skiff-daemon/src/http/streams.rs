@@ -145,12 +145,15 @@ pub async fn exec(
         }),
         user: body.user,
     };
-    conn.writer.send(&Message::Exec(exec)).await.map_err(|e| {
-        ApiError::from(ManagerError::Agent {
-            name: name.clone(),
-            reason: e.to_string(),
-        })
-    })?;
+    conn.writer
+        .send(&Message::Exec(exec))
+        .await
+        .map_err(|source| {
+            ApiError::from(ManagerError::Agent {
+                name: name.clone(),
+                source,
+            })
+        })?;
     m.metrics.exec_started(&name);
     tokio::spawn(proxy(on_upgrade, conn, Direction::EXEC));
     Ok(switching_protocols())
@@ -262,10 +265,10 @@ async fn copy(
     } else {
         (Message::CopyOut(body.path), Direction::COPY_OUT)
     };
-    conn.writer.send(&msg).await.map_err(|e| {
+    conn.writer.send(&msg).await.map_err(|source| {
         ApiError::from(ManagerError::Agent {
             name: name.clone(),
-            reason: e.to_string(),
+            source,
         })
     })?;
     tokio::spawn(proxy(on_upgrade, conn, dir));

@@ -5,7 +5,7 @@
 //! pools and `skiff run`.
 
 use crate::image::{self, KernelChoice};
-use crate::manager::{error_chain, kill_processes, Manager};
+use crate::manager::{kill_processes, Manager};
 use crate::paths;
 use crate::resolve::{resolve, Artifacts, Host};
 use crate::store::VmRecord;
@@ -15,12 +15,67 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a VM did not boot. Each step's error is the source; the messages
+/// name the step only, so that the chain reads once.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("cannot prepare the guest image")]
+    Image(#[source] Cause),
+    #[error("cannot create {}", path.display())]
+    VmDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Source(#[from] crate::drives::MissingSource),
+    #[error(transparent)]
+    NoImage(#[from] crate::drives::NoImage),
+    #[error("cannot find the image cache")]
+    Cache(#[source] Cause),
+    #[error("cannot prepare the drives")]
+    Drives(#[source] Cause),
+    #[error(transparent)]
+    Tap(#[from] super::networks::TapError),
+    #[error(transparent)]
+    Plan(#[from] crate::resolve::ResolveError),
+    #[error(transparent)]
+    Port(#[from] skiff_vmm::usernet::PortInUse),
+    #[error(transparent)]
+    Forward(#[from] super::forward::ForwardError),
+    #[error(transparent)]
+    Launch(#[from] skiff_vmm::LaunchError),
+    #[error(transparent)]
+    Limits(#[from] crate::hostops::HostError),
+    #[error("cannot record the VM's processes")]
+    Store(#[from] crate::store::StoreError),
+    #[error("the VM did not come up (its whole console: `skiff logs {vm}`)")]
+    NotReady {
+        vm: String,
+        #[source]
+        source: skiff_vmm::LaunchError,
+    },
+    /// What the guest said it could not set up (its own words).
+    #[error("the guest could not be set up: {}", problems.join("; "))]
+    GuestSetup { problems: Vec<String> },
+    #[error("cannot send the service to the agent")]
+    Agent(#[from] skiff_vmm::AgentError),
+    #[error("the service could not start: {0}")]
+    ServiceRefused(String),
+    #[error("the service could not start (exit status {0})")]
+    ServiceExited(i32),
+    #[error("no answer from the agent when starting the service: {0}")]
+    ServiceSilent(String),
+}
+
 impl Manager {
     pub(super) async fn boot(
         self: &Arc<Self>,
         rec: &VmRecord,
         timeout: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), BootError> {
         let spec = &rec.spec;
         let choice = KernelChoice {
             kernel: spec.kernel.as_ref().and_then(|k| k.path.clone()),
@@ -28,17 +83,25 @@ impl Manager {
         };
         let guest = tokio::task::spawn_blocking(move || image::prepare(&choice, true))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| BootError::Image(e.into()))?
+            .map_err(|e| BootError::Image(e.into()))?;
         let decision =
             skiff_vmm::decide(crate::resolve::accel_choice(spec.accel), &HostKvm::probe());
         let vm_dir = self.paths.vm_dir(&rec.name);
-        std::fs::create_dir_all(&vm_dir)
-            .map_err(|e| format!("cannot create {}: {e}", vm_dir.display()))?;
+        std::fs::create_dir_all(&vm_dir).map_err(|source| BootError::VmDir {
+            path: vm_dir.clone(),
+            source,
+        })?;
         crate::drives::check_sources(spec)?;
-        let image_root = crate::drives::image_root(spec)?;
+        let image_root = match &spec.image {
+            None => None,
+            Some(_) => {
+                let cache = paths::cache_dir().map_err(|e| BootError::Cache(e.into()))?;
+                crate::drives::image_root(spec, &cache)?
+            }
+        };
         let boot_drives = crate::drives::prepare(self.host.as_ref(), &self.paths, rec, &vm_dir)
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| BootError::Drives(e.into()))?;
         // The secrets image goes away as soon as this boot no longer needs
         // the file: QEMU keeps it open, so it lives exactly as long as the VM.
         let _secrets = SecretsImage(boot_drives.secrets_image.clone());
@@ -60,8 +123,7 @@ impl Manager {
             tap: self.prepare_tap(rec).await?,
             image_root,
         };
-        let plan = resolve(spec, &rec.id, &host, artifacts, self.backend.as_ref())
-            .map_err(|e| error_chain(&e))?;
+        let plan = resolve(spec, &rec.id, &host, artifacts, self.backend.as_ref())?;
         if let Some(net) = &plan.config.net {
             net.check_host_ports()?;
         }
@@ -72,18 +134,16 @@ impl Manager {
             log_dir: vm_dir.clone(),
             tied: false,
         };
-        let mut vm = skiff_vmm::launch(&plan.launch, &opts)
-            .await
-            .map_err(|e| error_chain(&e))?;
+        let mut vm = skiff_vmm::launch(&plan.launch, &opts).await?;
         let (qemu, vsock) = (vm.qemu.process, vm.vsock.process);
         if let Err(e) = self.limit(rec, &plan.limits, &[qemu.pid, vsock.pid]) {
             vm.kill().await;
-            return Err(e);
+            return Err(e.into());
         }
         let run_dir = plan.launch.run_dir.to_string_lossy().into_owned();
         if let Err(e) = self.store.set_processes(&rec.name, qemu, vsock, &run_dir) {
             vm.kill().await;
-            return Err(error_chain(&e));
+            return Err(e.into());
         }
         self.spawn_monitor(
             rec.name.clone(),
@@ -95,21 +155,19 @@ impl Manager {
         );
         let mut conn = match vm.wait_ready(timeout).await {
             Ok(conn) => conn,
-            Err(e) => {
+            Err(source) => {
                 kill_processes(qemu, vsock);
-                return Err(format!(
-                    "{}\n(all of it: `skiff logs {}`)",
-                    error_chain(&e),
-                    rec.name
-                ));
+                return Err(BootError::NotReady {
+                    vm: rec.name.clone(),
+                    source,
+                });
             }
         };
         if !conn.hello.problems.is_empty() {
             kill_processes(qemu, vsock);
-            return Err(format!(
-                "the guest could not be set up: {}",
-                conn.hello.problems.join("; ")
-            ));
+            return Err(BootError::GuestSetup {
+                problems: conn.hello.problems.clone(),
+            });
         }
         let Some(argv) = &spec.command else {
             return Ok(());
@@ -127,18 +185,15 @@ impl Manager {
             tty: None,
             user: None,
         };
-        conn.writer
-            .send(&Message::Exec(req))
-            .await
-            .map_err(|e| error_chain(&e))?;
+        conn.writer.send(&Message::Exec(req)).await?;
         let failed = match tokio::time::timeout(Duration::from_secs(30), conn.reader.recv()).await {
             Ok(Ok(Some(Message::Started(_)))) => return Ok(()),
-            Ok(Ok(Some(Message::Error(m)))) => format!("the service could not start: {m}"),
-            Ok(Ok(Some(Message::Exited(s)))) => format!(
-                "the service could not start (exit status {})",
-                s.shell_code()
-            ),
-            other => format!("no answer from the agent when starting the service: {other:?}"),
+            Ok(Ok(Some(Message::Error(m)))) => BootError::ServiceRefused(m),
+            Ok(Ok(Some(Message::Exited(s)))) => BootError::ServiceExited(s.shell_code()),
+            Ok(Ok(Some(other))) => BootError::ServiceSilent(format!("a {} message", other.name())),
+            Ok(Ok(None)) => BootError::ServiceSilent("it closed the connection".into()),
+            Ok(Err(e)) => BootError::Agent(e),
+            Err(_) => BootError::ServiceSilent("nothing within 30 s".into()),
         };
         kill_processes(qemu, vsock);
         Err(failed)

@@ -71,6 +71,7 @@ async fn a_vm_on_a_network_gets_a_tap_that_goes_with_it_even_after_a_failure() {
     // The TAP cannot be made: the boot fails and nothing is left.
     host.fail_on("CreateTap");
     let err = m.prepare_tap(&rec).await.expect_err("injected");
+    let err = crate::support::error_chain(&err);
     assert!(err.contains("injected"), "{err}");
     assert_eq!(host.links(), ["skb-lan"]);
 

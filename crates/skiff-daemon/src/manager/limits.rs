@@ -3,7 +3,8 @@
 //! quota (its vCPUs), created at boot and removed when they are gone. The
 //! cgroup itself is a host operation ([`crate::hostops::HostOps`]).
 
-use crate::manager::{error_chain, Manager};
+use crate::hostops::HostError;
+use crate::manager::Manager;
 use crate::store::VmRecord;
 
 /// The cgroup of VM `id`.
@@ -18,10 +19,8 @@ impl Manager {
         rec: &VmRecord,
         limits: &skiff_vmm::cgroup::Limits,
         pids: &[i32],
-    ) -> Result<(), String> {
-        self.host
-            .create_cgroup(&cgroup_name(&rec.id), limits, pids)
-            .map_err(|e| error_chain(&e))
+    ) -> Result<(), HostError> {
+        self.host.create_cgroup(&cgroup_name(&rec.id), limits, pids)
     }
 
     /// Remove a VM's cgroup once its processes are gone.

@@ -4,7 +4,7 @@
 //! below it (store, hostops, drives, resolve, metrics, background), and
 //! HTTP handlers (the http module) only parse requests and call it.
 
-mod boot;
+pub mod boot;
 mod forward;
 mod health;
 mod http_check;
@@ -50,10 +50,18 @@ pub enum ManagerError {
         action: &'static str,
         state: &'static str,
     },
-    #[error("VM {name:?} failed to start: {reason}")]
-    StartFailed { name: String, reason: String },
-    #[error("cannot reach the agent of {name:?}: {reason}")]
-    Agent { name: String, reason: String },
+    #[error("VM {name:?} failed to start")]
+    StartFailed {
+        name: String,
+        #[source]
+        source: Box<boot::BootError>,
+    },
+    #[error("cannot reach the agent of {name:?}")]
+    Agent {
+        name: String,
+        #[source]
+        source: skiff_vmm::AgentError,
+    },
     /// The daemon lacks a privilege (a capability) for this.
     #[error("{0}")]
     Forbidden(String),
@@ -215,11 +223,12 @@ impl Manager {
                     tracing::info!(vm = %name, "running");
                     this.get(&name)
                 }
-                Err(reason) => {
+                Err(source) => {
                     this.stop_forwards(&name);
                     this.remove_tap(&rec.id).await;
                     this.remove_cgroup(&rec).await;
                     // The monitor may have seen QEMU end first (Ended).
+                    let reason = error_chain(&source);
                     tracing::warn!(vm = %name, %reason, "failed to start");
                     let note = format!("failed to start: {reason}");
                     if this
@@ -229,7 +238,10 @@ impl Manager {
                     {
                         this.store.set_note(&name, &note)?;
                     }
-                    Err(ManagerError::StartFailed { name, reason })
+                    Err(ManagerError::StartFailed {
+                        name,
+                        source: Box::new(source),
+                    })
                 }
             }
         })
@@ -350,9 +362,9 @@ impl Manager {
         let sock = Path::new(run_dir).join("vsock.sock");
         AgentConn::connect(&sock, skiff_proto::AGENT_PORT, Duration::from_secs(10))
             .await
-            .map_err(|e| ManagerError::Agent {
+            .map_err(|source| ManagerError::Agent {
                 name: name.to_owned(),
-                reason: error_chain(&e),
+                source,
             })
     }
 

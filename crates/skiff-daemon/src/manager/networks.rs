@@ -46,6 +46,19 @@ impl From<LeaseError> for ManagerError {
     }
 }
 
+/// Why a VM's interface on its network cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    #[error("network {0:?} no longer exists; create it again")]
+    NetworkGone(String),
+    #[error("VM {vm} has no address on {network}")]
+    NoLease { vm: String, network: String },
+    #[error("cannot make the VM's TAP device")]
+    Host(#[from] HostError),
+    #[error("cannot read the network")]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// The managed networks a spec joins, with the fixed address if any.
 fn bridge_nics(spec: &VmSpec) -> Vec<(&str, Option<Ipv4Addr>)> {
     spec.network
@@ -282,7 +295,7 @@ impl Manager {
     pub(super) async fn prepare_tap(
         &self,
         rec: &VmRecord,
-    ) -> Result<Option<skiff_vmm::TapNic>, String> {
+    ) -> Result<Option<skiff_vmm::TapNic>, TapError> {
         let Some((network, _)) = bridge_nics(&rec.spec).into_iter().next() else {
             return Ok(None);
         };
@@ -296,17 +309,19 @@ impl Manager {
         network: &str,
         vm: &str,
         vm_id: &str,
-    ) -> Result<skiff_vmm::TapNic, String> {
+    ) -> Result<skiff_vmm::TapNic, TapError> {
         let net = self
             .store
-            .network(network)
-            .map_err(|e| error_chain(&e))?
-            .ok_or_else(|| format!("network {network:?} no longer exists; create it again"))?;
+            .network(network)?
+            .ok_or_else(|| TapError::NetworkGone(network.to_owned()))?;
         let lease = net
             .leases
             .iter()
             .find(|l| l.vm == vm)
-            .ok_or_else(|| format!("VM {vm} has no address on {network}"))?;
+            .ok_or_else(|| TapError::NoLease {
+                vm: vm.to_owned(),
+                network: network.to_owned(),
+            })?;
         let tap = skiff_net::tap_name(vm_id);
         let wired = async {
             // A TAP of an earlier boot that nobody removed (daemon killed).
@@ -314,7 +329,7 @@ impl Manager {
             self.host.create_tap(&tap, &net.bridge).await
         }
         .await;
-        wired.map_err(|e| error_chain(&e))?;
+        wired?;
         Ok(skiff_vmm::TapNic {
             ifname: tap,
             address: format!("{}/{}", lease.address, net.subnet.prefix()),
