@@ -92,15 +92,6 @@ pub enum ResolveError {
     },
 }
 
-/// The accelerator choice a spec's `accel` stands for.
-pub fn accel_choice(accel: skiff_spec::Accel) -> skiff_vmm::AccelChoice {
-    match accel {
-        skiff_spec::Accel::Auto => skiff_vmm::AccelChoice::Auto,
-        skiff_spec::Accel::Kvm => skiff_vmm::AccelChoice::Kvm,
-        skiff_spec::Accel::Tcg => skiff_vmm::AccelChoice::Tcg,
-    }
-}
-
 /// Spec features skiff validates but cannot provide yet. Refusing them is
 /// better than running a VM that silently lacks its network.
 pub fn check_supported(spec: &VmSpec) -> Result<(), ResolveError> {

@@ -77,7 +77,7 @@ pub async fn run_standalone<IO: RunIo>(body: RunBody, io: &mut IO) -> Result<Run
     timings.image = started.elapsed();
     timings.image_built = guest.built;
 
-    let decision = skiff_vmm::decide(crate::resolve::accel_choice(body.accel), &HostKvm::probe());
+    let decision = skiff_vmm::decide(body.accel, &HostKvm::probe());
     if let (Some(notice), false) = (&decision.notice, body.quiet) {
         io.notice(notice).await;
     }

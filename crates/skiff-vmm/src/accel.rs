@@ -23,28 +23,8 @@ impl fmt::Display for Accel {
     }
 }
 
-/// What the user asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AccelChoice {
-    #[default]
-    Auto,
-    Kvm,
-    Tcg,
-}
-
-impl std::str::FromStr for AccelChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(AccelChoice::Auto),
-            "kvm" => Ok(AccelChoice::Kvm),
-            "tcg" => Ok(AccelChoice::Tcg),
-            other => Err(format!(
-                "unknown accelerator {other:?}; use auto, kvm or tcg"
-            )),
-        }
-    }
-}
+/// What the user asks for: the spec's `accel` (auto, kvm, tcg).
+pub use skiff_spec::Accel as AccelChoice;
 
 /// What the host offers.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -172,9 +172,7 @@ pub enum PlanError {
     TwoNics,
 }
 
-pub const MIN_MEMORY_MIB: u32 = 64;
-pub const MAX_MEMORY_MIB: u32 = 1024 * 1024;
-pub const MAX_CPUS: u32 = 255;
+pub use skiff_spec::{MAX_MEMORY_MIB, MAX_VCPUS as MAX_CPUS, MIN_MEMORY_MIB};
 
 /// Turn a config into the processes that run it.
 pub fn plan(cfg: &VmConfig) -> Result<LaunchPlan, PlanError> {

@@ -233,13 +233,6 @@ enum TimingsFormat {
     Json,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum AccelArg {
-    Auto,
-    Kvm,
-    Tcg,
-}
-
 #[derive(clap::Args)]
 struct RunArgs {
     /// Run in a ready sandbox taken from this pool (destroyed afterwards)
@@ -295,8 +288,8 @@ struct RunArgs {
     #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "human", value_name = "FORMAT")]
     timings: Option<TimingsFormat>,
     /// CPU accelerator: hardware KVM, TCG emulation, or auto-detect.
-    #[arg(long, value_enum, default_value = "auto")]
-    accel: AccelArg,
+    #[arg(long, default_value = "auto", value_parser = accel_parser())]
+    accel: skiff_spec::Accel,
     #[command(flatten)]
     kernel: KernelArgs,
     /// Seconds to wait for the guest to become ready.
@@ -309,6 +302,16 @@ struct RunArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+/// `--accel auto|kvm|tcg`, listed in `--help` and checked by clap.
+fn accel_parser() -> impl clap::builder::TypedValueParser<Value = skiff_spec::Accel> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["auto", "kvm", "tcg"]).map(|s| match s.as_str() {
+        "kvm" => skiff_spec::Accel::Kvm,
+        "tcg" => skiff_spec::Accel::Tcg,
+        _ => skiff_spec::Accel::Auto,
+    })
 }
 
 /// The request `skiff run`'s flags make, the same for the daemon and for
@@ -332,11 +335,7 @@ fn run_body(a: RunArgs, forward_stdin: bool) -> Result<run_spec::RunBody> {
         memory_mib: a.memory,
         env: a.env,
         workdir: a.workdir,
-        accel: match a.accel {
-            AccelArg::Auto => skiff_spec::Accel::Auto,
-            AccelArg::Kvm => skiff_spec::Accel::Kvm,
-            AccelArg::Tcg => skiff_spec::Accel::Tcg,
-        },
+        accel: a.accel,
         boot_timeout_secs: a.boot_timeout,
         quiet: a.quiet,
         stdin: forward_stdin,

@@ -66,7 +66,7 @@ where
     S: tokio::io::AsyncRead + AsyncWrite + Send + 'static,
 {
     if !body.quiet {
-        let accel = crate::resolve::accel_choice(body.accel);
+        let accel = body.accel;
         if let Some(notice) = skiff_vmm::decide(accel, &skiff_vmm::HostKvm::probe()).notice {
             io.notice(&notice).await;
         }

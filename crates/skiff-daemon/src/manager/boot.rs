@@ -85,8 +85,7 @@ impl Manager {
             .await
             .map_err(|e| BootError::Image(e.into()))?
             .map_err(|e| BootError::Image(e.into()))?;
-        let decision =
-            skiff_vmm::decide(crate::resolve::accel_choice(spec.accel), &HostKvm::probe());
+        let decision = skiff_vmm::decide(spec.accel, &HostKvm::probe());
         let vm_dir = self.paths.vm_dir(&rec.name);
         std::fs::create_dir_all(&vm_dir).map_err(|source| BootError::VmDir {
             path: vm_dir.clone(),

@@ -22,7 +22,11 @@ impl super::Manager {
         }
         if let skiff_spec::TlsSpec::Files { cert, key } = &http.tls {
             crate::certs::load_pem(cert, key).map_err(|e| {
-                ManagerError::InvalidSpec(format!("vm.{}.http.tls: {e}", spec.name))
+                ManagerError::InvalidSpec(format!(
+                    "vm.{}.http.tls: {}",
+                    spec.name,
+                    crate::support::error_chain(&e)
+                ))
             })?;
         }
         Ok(())

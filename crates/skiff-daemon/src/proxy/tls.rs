@@ -71,7 +71,8 @@ impl SniResolver {
                 Some(k)
             }
             Err(e) => {
-                tracing::warn!(%host, error = %e, "proxy: no certificate; keeping the last good one");
+                let error = crate::support::error_chain(&e);
+                tracing::warn!(%host, %error, "proxy: no certificate; keeping the last good one");
                 // Keep serving the last good one while the files are rewritten.
                 cache.get(&route.vm_id).map(|(_, _, k)| k.clone())
             }
