@@ -240,7 +240,8 @@ pub async fn exec_stream(
             _ = sighup.recv() => return Ok(128 + libc::SIGHUP),
             _ = winch.recv(), if follow_winch => {
                 if let Some(size) = crate::tty::window_size() {
-                    frames::send(&mut w, &Message::Resize(size)).await?;
+                    // As for stdin: the answer, not this write, says how it ended.
+                    let _ = frames::send(&mut w, &Message::Resize(size)).await;
                 }
             }
             msg = reader.recv() => match msg? {
@@ -254,8 +255,12 @@ pub async fn exec_stream(
             },
             chunk = rx.recv(), if stdin_open => {
                 let chunk = chunk.unwrap_or_default();
-                stdin_open = !chunk.is_empty();
-                frames::send(&mut w, &Message::Stdin(chunk)).await?;
+                // A command that ended already has its output and exit
+                // status on the way, and the daemon may have closed its
+                // side: a failed write ends stdin, never the session.
+                let eof = chunk.is_empty();
+                let sent = frames::send(&mut w, &Message::Stdin(chunk)).await.is_ok();
+                stdin_open = sent && !eof;
             }
         }
     }
