@@ -85,3 +85,53 @@ pub struct Vm {
     #[serde(default)]
     pub ephemeral: bool,
 }
+
+/// A VM's address on a managed network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    pub network: String,
+    pub address: std::net::Ipv4Addr,
+    pub vm: String,
+}
+
+/// A managed network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub name: String,
+    /// CIDR, like `10.88.0.0/24`.
+    pub subnet: String,
+    pub gateway: std::net::Ipv4Addr,
+    pub bridge: String,
+    pub dns: Option<std::net::Ipv4Addr>,
+    pub created_at: i64,
+    pub leases: Vec<Lease>,
+}
+
+/// A warm pool and how many of its sandboxes are in each state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pool {
+    pub name: String,
+    /// The spec of each sandbox (its name is replaced per VM).
+    pub template: skiff_spec::VmSpec,
+    pub size: u32,
+    /// Time to live of a taken sandbox.
+    pub ttl_secs: u64,
+    pub created_at: i64,
+    /// Booted and waiting to be taken.
+    pub ready: usize,
+    /// Being created or booted.
+    pub booting: usize,
+    pub taken: usize,
+}
+
+/// A sandbox of a pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sandbox {
+    pub vm: String,
+    pub pool: String,
+    pub taken: bool,
+    /// Unix seconds; only for taken sandboxes.
+    pub expires_at: Option<i64>,
+    /// The address on its managed network, if it has one.
+    pub address: Option<String>,
+}

@@ -28,6 +28,28 @@ pub struct Lease {
     pub vm: String,
 }
 
+impl From<NetworkRecord> for skiff_api::Network {
+    fn from(n: NetworkRecord) -> skiff_api::Network {
+        skiff_api::Network {
+            subnet: n.subnet.to_string(),
+            name: n.name,
+            gateway: n.gateway,
+            bridge: n.bridge,
+            dns: n.dns,
+            created_at: n.created_at,
+            leases: n
+                .leases
+                .into_iter()
+                .map(|l| skiff_api::Lease {
+                    network: l.network,
+                    address: l.address,
+                    vm: l.vm,
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     #[error(

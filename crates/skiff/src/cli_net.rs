@@ -4,7 +4,6 @@ use crate::client::Client;
 use anyhow::Result;
 use clap::Subcommand;
 use hyper::Method;
-use serde_json::{json, Value};
 
 #[derive(Subcommand)]
 pub enum NetworkCommand {
@@ -43,48 +42,43 @@ pub async fn network(c: &Client, cmd: NetworkCommand) -> Result<i32> {
                 .call(
                     Method::POST,
                     "/v1/networks",
-                    Some(json!({ "name": name, "subnet": subnet, "dns": dns })),
+                    Some(serde_json::to_value(skiff_api::CreateNetwork {
+                        name: name.clone(),
+                        subnet,
+                        dns,
+                    })?),
                 )
                 .await?;
-            let v: Value = serde_json::from_slice(&body)?;
+            let net: skiff_api::Network = crate::cli_vm::typed(&body)?;
             println!(
                 "created network {name}: {} on bridge {}, gateway {}",
-                v["subnet"].as_str().unwrap_or("?"),
-                v["bridge"].as_str().unwrap_or("?"),
-                v["gateway"].as_str().unwrap_or("?")
+                net.subnet, net.bridge, net.gateway
             );
             Ok(0)
         }
         NetworkCommand::Ls { json } => {
             let body = c.call(Method::GET, "/v1/networks", None).await?;
-            let v: Value = serde_json::from_slice(&body)?;
+            let networks: Vec<skiff_api::Network> = crate::cli_vm::typed(&body)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                println!("{}", serde_json::to_string_pretty(&networks)?);
                 return Ok(0);
             }
             println!(
                 "{:<12} {:<18} {:<15} {:<15} VMS",
                 "NAME", "SUBNET", "GATEWAY", "BRIDGE"
             );
-            for n in v.as_array().into_iter().flatten() {
-                let vms: Vec<String> = n["leases"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|l| {
-                        format!(
-                            "{} ({})",
-                            l["vm"].as_str().unwrap_or("?"),
-                            l["address"].as_str().unwrap_or("?")
-                        )
-                    })
+            for n in networks {
+                let vms: Vec<String> = n
+                    .leases
+                    .iter()
+                    .map(|l| format!("{} ({})", l.vm, l.address))
                     .collect();
                 println!(
                     "{:<12} {:<18} {:<15} {:<15} {}",
-                    n["name"].as_str().unwrap_or("?"),
-                    n["subnet"].as_str().unwrap_or("?"),
-                    n["gateway"].as_str().unwrap_or("?"),
-                    n["bridge"].as_str().unwrap_or("?"),
+                    n.name,
+                    n.subnet,
+                    n.gateway.to_string(),
+                    n.bridge,
                     vms.join(", ")
                 );
             }

@@ -1,11 +1,12 @@
 //! `skiff pool create/ls/rm/resize` and `skiff run --pool`, through the
 //! daemon's API.
 
+use crate::cli_vm::typed;
 use crate::client::Client;
 use anyhow::Result;
 use clap::Subcommand;
 use hyper::Method;
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[derive(Subcommand)]
 pub enum PoolCommand {
@@ -65,33 +66,35 @@ pub async fn pool(c: &Client, cmd: PoolCommand) -> Result<i32> {
             net,
             ttl,
         } => {
-            let body = json!({ "name": name, "size": size, "image": image, "cpus": cpus,
-                "memory_mib": memory, "net": net, "ttl_secs": ttl });
-            c.call(Method::POST, "/v1/pools", Some(body)).await?;
+            let body = skiff_api::CreatePool {
+                name: name.clone(),
+                size,
+                image,
+                cpus,
+                memory_mib: memory,
+                net,
+                ttl_secs: ttl,
+            };
+            c.call(Method::POST, "/v1/pools", Some(serde_json::to_value(body)?))
+                .await?;
             println!("created pool {name} ({size} ready sandboxes)");
             Ok(0)
         }
         PoolCommand::Ls { json } => {
             let body = c.call(Method::GET, "/v1/pools", None).await?;
-            let v: Value = serde_json::from_slice(&body)?;
+            let pools: Vec<skiff_api::Pool> = typed(&body)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                println!("{}", serde_json::to_string_pretty(&pools)?);
                 return Ok(0);
             }
             println!(
                 "{:<20} {:>5} {:>6} {:>8} {:>6} {:>8}",
                 "NAME", "SIZE", "READY", "BOOTING", "TAKEN", "TTL"
             );
-            for p in v.as_array().into_iter().flatten() {
-                let n = |k: &str| p[k].as_u64().unwrap_or(0);
+            for p in pools {
                 println!(
                     "{:<20} {:>5} {:>6} {:>8} {:>6} {:>7}s",
-                    p["name"].as_str().unwrap_or("?"),
-                    n("size"),
-                    n("ready"),
-                    n("booting"),
-                    n("taken"),
-                    n("ttl_secs")
+                    p.name, p.size, p.ready, p.booting, p.taken, p.ttl_secs
                 );
             }
             Ok(0)
@@ -117,11 +120,11 @@ pub async fn pool(c: &Client, cmd: PoolCommand) -> Result<i32> {
                     Some(json!({ "ttl_secs": ttl })),
                 )
                 .await?;
-            let v: Value = serde_json::from_slice(&body)?;
+            let sandbox: skiff_api::Sandbox = typed(&body)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                println!("{}", serde_json::to_string_pretty(&sandbox)?);
             } else {
-                println!("{}", v["vm"].as_str().unwrap_or("?"));
+                println!("{}", sandbox.vm);
             }
             Ok(0)
         }
@@ -145,11 +148,7 @@ pub async fn run_in_pool(
             Some(json!({})),
         )
         .await?;
-    let v: Value = serde_json::from_slice(&body)?;
-    let vm = v["vm"]
-        .as_str()
-        .ok_or_else(|| anyhow::anyhow!("the daemon answered without a sandbox name"))?
-        .to_owned();
+    let vm = typed::<skiff_api::Sandbox>(&body)?.vm;
     let result = crate::cli_vm::exec(c, &vm, argv, env, workdir, interactive, None).await;
     // Destroyed, never reused, whatever the command did.
     let removed = c

@@ -229,6 +229,55 @@ fn responses_match_the_api_types() {
         &component("Error"),
         &ErrorBody { error: "x".into() },
     );
+    check(
+        "Network",
+        &component("Network"),
+        &Network {
+            name: "lan".into(),
+            subnet: "10.88.0.0/24".into(),
+            gateway: "10.88.0.1".parse().expect("ip"),
+            bridge: "skb-lan".into(),
+            dns: Some("10.88.0.1".parse().expect("ip")),
+            created_at: 1,
+            leases: vec![],
+        },
+    );
+    let lease = serde_json::to_value(Lease {
+        network: "lan".into(),
+        address: "10.88.0.2".parse().expect("ip"),
+        vm: "web".into(),
+    })
+    .expect("lease");
+    assert_eq!(
+        keys(&component("Network")["properties"]["leases"]["items"]["properties"]),
+        keys(&lease),
+        "Lease"
+    );
+    check(
+        "Pool",
+        &component("Pool"),
+        &Pool {
+            name: "p".into(),
+            template: skiff_spec::VmSpec::with_defaults("p"),
+            size: 2,
+            ttl_secs: 60,
+            created_at: 1,
+            ready: 1,
+            booting: 1,
+            taken: 0,
+        },
+    );
+    check(
+        "Sandbox",
+        &component("Sandbox"),
+        &Sandbox {
+            vm: "p-abc".into(),
+            pool: "p".into(),
+            taken: true,
+            expires_at: Some(5),
+            address: Some("10.88.0.3".into()),
+        },
+    );
     // The states the document lists are the lifecycle's.
     let states: Vec<String> = component("Vm")["properties"]["state"]["enum"]
         .as_array()

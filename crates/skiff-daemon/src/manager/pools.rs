@@ -6,7 +6,6 @@
 use crate::manager::{Manager, ManagerError};
 use crate::poolstore::{PoolRecord, SandboxRecord};
 use crate::store::{now, VmState};
-use serde::Serialize;
 use skiff_api::CreatePool;
 use skiff_spec::{NetMode, NetworkSpec, VmSpec};
 use std::sync::Arc;
@@ -17,24 +16,7 @@ pub const MAX_POOL_SIZE: u32 = 256;
 /// Pool names leave room for the `-XXXXXX` of their VMs' names.
 const MAX_POOL_NAME: usize = skiff_spec::MAX_NAME_LEN - 7;
 
-#[derive(Debug, Serialize)]
-pub struct PoolInfo {
-    #[serde(flatten)]
-    pub pool: PoolRecord,
-    /// Booted and waiting to be taken.
-    pub ready: usize,
-    /// Being created or booted.
-    pub booting: usize,
-    pub taken: usize,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Sandbox {
-    #[serde(flatten)]
-    pub sandbox: SandboxRecord,
-    /// The address on its managed network, if it has one.
-    pub address: Option<String>,
-}
+pub use skiff_api::{Pool as PoolInfo, Sandbox};
 
 fn invalid(msg: String) -> ManagerError {
     ManagerError::InvalidSpec(msg)
@@ -142,7 +124,11 @@ impl Manager {
                     booting: warm.count() - ready,
                     ready,
                     taken: members.iter().filter(|s| s.taken).count(),
-                    pool,
+                    name: pool.name,
+                    template: pool.template,
+                    size: pool.size,
+                    ttl_secs: pool.ttl_secs,
+                    created_at: pool.created_at,
                 }
             })
             .collect())
@@ -215,7 +201,10 @@ impl Manager {
             .ok_or_else(|| ManagerError::Missing(format!("no sandbox named {vm:?}")))?;
         Ok(Sandbox {
             address: self.bridge_address(vm).map(|a| a.to_string()),
-            sandbox,
+            vm: sandbox.vm,
+            pool: sandbox.pool,
+            taken: sandbox.taken,
+            expires_at: sandbox.expires_at,
         })
     }
 
