@@ -52,6 +52,16 @@ pub struct IllegalTransition {
 }
 
 impl VmState {
+    /// Every state, in the order of a VM's life.
+    pub const ALL: [VmState; 6] = [
+        VmState::Created,
+        VmState::Starting,
+        VmState::Running,
+        VmState::Stopping,
+        VmState::Stopped,
+        VmState::Exited,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             VmState::Created => "created",
@@ -108,14 +118,7 @@ impl VmState {
 mod tests {
     use super::*;
 
-    const ALL: [VmState; 6] = [
-        VmState::Created,
-        VmState::Starting,
-        VmState::Running,
-        VmState::Stopping,
-        VmState::Stopped,
-        VmState::Exited,
-    ];
+    const ALL: [VmState; 6] = VmState::ALL;
 
     #[test]
     fn the_whole_table() {

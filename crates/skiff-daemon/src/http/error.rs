@@ -22,7 +22,7 @@ impl From<ManagerError> for ApiError {
             ManagerError::StartFailed { .. } | ManagerError::Agent { .. } => {
                 StatusCode::BAD_GATEWAY
             }
-            ManagerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ManagerError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };
         // The whole chain: what failed and each cause, on one line.
         ApiError(status, crate::support::error_chain(&e))

@@ -285,17 +285,10 @@ fn responses_match_the_api_types() {
         .flatten()
         .filter_map(|v| v.as_str().map(str::to_owned))
         .collect();
-    let all = [
-        VmState::Created,
-        VmState::Starting,
-        VmState::Running,
-        VmState::Stopping,
-        VmState::Stopped,
-        VmState::Exited,
-    ];
     assert_eq!(
         states,
-        all.iter()
+        VmState::ALL
+            .iter()
             .map(|s| s.as_str().to_owned())
             .collect::<Vec<_>>()
     );

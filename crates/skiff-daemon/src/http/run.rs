@@ -38,7 +38,7 @@ pub async fn run(State(m): State<Arc<Manager>>, req: Request) -> Result<Response
         // before the client hears the end, so what it does next sees them
         // released.
         if let Err(e) = m.remove(&name, true, false).await {
-            tracing::error!(vm = %name, error = %e, "cannot remove the run's VM");
+            tracing::error!(vm = %name, error = %crate::support::error_chain(&e), "cannot remove the run's VM");
         }
         match result {
             Ok(code) if !io.is_gone() => {

@@ -75,7 +75,7 @@ pub async fn create(
         ));
     }
     ensure_image(m.host.as_ref(), &path, &volume_label(&body.name), size_mib)
-        .map_err(|e| ApiError::from(ManagerError::Internal(format!("{e:#}"))))?;
+        .map_err(|e| ApiError::from(ManagerError::internal("create the volume", e)))?;
     Ok((
         StatusCode::CREATED,
         Json(VolumeInfo {
@@ -107,10 +107,10 @@ pub async fn remove(
         ));
     }
     std::fs::remove_file(&path).map_err(|e| {
-        ApiError::from(ManagerError::Internal(format!(
-            "cannot remove {}: {e}",
-            path.display()
-        )))
+        ApiError::from(ManagerError::internal(
+            format!("remove {}", path.display()),
+            e,
+        ))
     })?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -40,7 +40,8 @@ async fn a_network_that_fails_half_way_leaves_no_bridge_rules_or_record() {
         .create_network("lan", "10.88.0.0/24", Some("10.88.0.1"))
         .await
         .expect_err("the rules fail");
-    assert!(err.to_string().contains("injected"), "{err}");
+    let err = crate::support::error_chain(&err);
+    assert!(err.contains("injected"), "{err}");
     assert_eq!(
         host.ops(),
         [

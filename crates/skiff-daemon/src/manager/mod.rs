@@ -63,13 +63,19 @@ pub enum ManagerError {
         source: skiff_vmm::AgentError,
     },
     /// The daemon lacks a privilege (a capability) for this.
-    #[error("{0}")]
-    Forbidden(String),
+    #[error(transparent)]
+    Forbidden(skiff_net::NetError),
     /// Conflicts with what exists (a taken address, an overlapping subnet).
     #[error("{0}")]
     Conflict(String),
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// Something on the host failed (a file, the database, an image);
+    /// `what` says what was being done, the source why.
+    #[error("internal error: cannot {what}")]
+    Internal {
+        what: String,
+        #[source]
+        source: Cause,
+    },
 }
 
 impl From<StoreError> for ManagerError {
@@ -82,7 +88,19 @@ impl From<StoreError> for ManagerError {
                 action: "change",
                 state: source.state.as_str(),
             },
-            other => ManagerError::Internal(error_chain(&other)),
+            other => ManagerError::internal("use the state database", other),
+        }
+    }
+}
+
+type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+impl ManagerError {
+    /// An internal error: `what` was being done when `source` happened.
+    pub fn internal(what: impl Into<String>, source: impl Into<Cause>) -> ManagerError {
+        ManagerError::Internal {
+            what: what.into(),
+            source: source.into(),
         }
     }
 }
@@ -177,10 +195,10 @@ impl Manager {
         let rec = self.store.insert(&paths::new_vm_id(), spec, ephemeral)?;
         if let Err(e) = std::fs::create_dir_all(&vm_dir) {
             let _ = self.store.delete(&spec.name);
-            return Err(ManagerError::Internal(format!(
-                "cannot create {}: {e}",
-                vm_dir.display()
-            )));
+            return Err(ManagerError::internal(
+                format!("create {}", vm_dir.display()),
+                e,
+            ));
         }
         if let Err(e) = self.sync_leases(spec) {
             let _ = self.release_vm(&spec.name);

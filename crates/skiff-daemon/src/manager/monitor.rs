@@ -18,7 +18,7 @@ impl Manager {
             if rec.ephemeral {
                 // A `skiff run` VM: its client went away with the old daemon.
                 if let Err(e) = self.remove(&rec.name, true, false).await {
-                    tracing::error!(vm = %rec.name, error = %e, "cannot remove the VM of an earlier run");
+                    tracing::error!(vm = %rec.name, error = %crate::support::error_chain(&e), "cannot remove the VM of an earlier run");
                 }
                 continue;
             }
@@ -27,7 +27,7 @@ impl Manager {
                 match (rec.qemu, rec.vsock, &rec.run_dir) {
                     (Some(q), Some(v), Some(run_dir)) if q.is_alive() => {
                         if let Err(e) = self.start_forwards(&rec) {
-                            tracing::warn!(vm = %rec.name, error = %e, "port forwards not restored");
+                            tracing::warn!(vm = %rec.name, error = %crate::support::error_chain(&e), "port forwards not restored");
                         }
                         tracing::info!(vm = %rec.name, qemu = q.pid, "adopted");
                         self.store.transition(

@@ -3,7 +3,7 @@
 //! created, booted and removed. (The HTTP side is in the http module.)
 
 use crate::hostops::HostError;
-use crate::manager::{error_chain, Manager, ManagerError};
+use crate::manager::{Manager, ManagerError};
 use crate::netstore::{LeaseError, NetworkRecord};
 use crate::store::VmRecord;
 use skiff_api::PruneReport;
@@ -15,13 +15,13 @@ use std::net::Ipv4Addr;
 impl From<NetError> for ManagerError {
     fn from(e: NetError) -> Self {
         match e {
-            NetError::Permission { .. } => ManagerError::Forbidden(e.to_string()),
+            NetError::Permission { .. } => ManagerError::Forbidden(e),
             NetError::BadSubnet { .. }
             | NetError::BadName { .. }
             | NetError::AddressOutside { .. }
             | NetError::AddressReserved { .. } => ManagerError::InvalidSpec(e.to_string()),
             NetError::PoolExhausted { .. } => ManagerError::Conflict(e.to_string()),
-            other => ManagerError::Internal(error_chain(&other)),
+            other => ManagerError::internal("set up the network", other),
         }
     }
 }
@@ -30,7 +30,7 @@ impl From<HostError> for ManagerError {
     fn from(e: HostError) -> Self {
         match e {
             HostError::Net(n) => n.into(),
-            other => ManagerError::Internal(error_chain(&other)),
+            other => ManagerError::internal("change the host", other),
         }
     }
 }
@@ -153,9 +153,12 @@ impl Manager {
             let _ = self.store.delete_network(name);
             return Err(e);
         }
-        self.store
-            .network(name)?
-            .ok_or_else(|| ManagerError::Internal(format!("network {name} vanished")))
+        self.store.network(name)?.ok_or_else(|| {
+            ManagerError::internal(
+                format!("read network {name} back"),
+                "it vanished from the state database",
+            )
+        })
     }
 
     pub async fn remove_network(&self, name: &str) -> Result<(), ManagerError> {

@@ -44,8 +44,8 @@ impl Manager {
             spec.memory_mib = m;
         }
         if let Some(image) = &body.image {
-            let cache =
-                crate::paths::cache_dir().map_err(|e| ManagerError::Internal(format!("{e:#}")))?;
+            let cache = crate::paths::cache_dir()
+                .map_err(|e| ManagerError::internal("find the image cache", e))?;
             if skiff_image::find_image(&cache, image).is_none() {
                 return Err(invalid(format!("no image named {image:?}; build one with `skiff image build -f images/{image}.toml`")));
             }
@@ -269,7 +269,7 @@ impl Manager {
             if warm.len() < size {
                 // One at a time: the loop comes back at once for the next.
                 if let Err(e) = self.add_to_pool(&pool).await {
-                    tracing::warn!(pool = %pool.name, error = %e, "cannot add a sandbox");
+                    tracing::warn!(pool = %pool.name, error = %crate::support::error_chain(&e), "cannot add a sandbox");
                     tokio::time::sleep(Duration::from_secs(2)).await;
                 } else {
                     self.pool_wake.notify_one();
