@@ -8,11 +8,13 @@ pub mod lifecycle;
 mod requests;
 mod responses;
 mod run;
+pub mod schema;
 
 pub use lifecycle::{Event, IllegalTransition, VmState};
 pub use requests::*;
 pub use responses::*;
 pub use run::{RunBody, RunRootFs, RunShare};
+pub use schema::Version;
 
 /// The API's version, the first segment of every path.
 pub const API_VERSION: &str = "v1";

@@ -3,10 +3,11 @@
 //! happen in which state. The daemon's store applies a transition only
 //! through it. The table is in docs/architecture.md.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Where a VM is in its life. Stored as its lowercase name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum VmState {
     /// Defined, never started.

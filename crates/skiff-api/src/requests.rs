@@ -1,24 +1,25 @@
 //! Request bodies and query strings, each `deny_unknown_fields`: a
 //! misspelt field is an error that names it, never silently ignored.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/vms`, `POST /v1/apply`: a spec file's text.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SpecText {
     pub spec: String,
 }
 
 /// `POST /v1/vms/{name}/stop?timeout=SECS`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StopQuery {
     pub timeout: Option<u64>,
 }
 
 /// `DELETE /v1/vms/{name}?force=&volumes=`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RemoveQuery {
     #[serde(default)]
@@ -28,7 +29,7 @@ pub struct RemoveQuery {
 }
 
 /// `GET /v1/vms/{name}/logs?follow=`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     #[serde(default)]
@@ -36,7 +37,7 @@ pub struct LogsQuery {
 }
 
 /// A terminal's size, for commands on a pseudo-terminal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TtySize {
     pub rows: u16,
@@ -45,9 +46,10 @@ pub struct TtySize {
 
 /// `POST /v1/vms/{name}/exec` (upgraded to frames): a command whose
 /// streams travel as frames both ways.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecBody {
+    #[schemars(length(min = 1))]
     pub argv: Vec<String>,
     #[serde(default)]
     pub env: Vec<(String, String)>,
@@ -65,9 +67,10 @@ pub struct ExecBody {
 
 /// `POST /v1/vms/{name}/commands`: a command answered with NDJSON events,
 /// or with a handle when `background`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandBody {
+    #[schemars(length(min = 1))]
     pub argv: Vec<String>,
     #[serde(default)]
     pub env: Vec<(String, String)>,
@@ -89,14 +92,14 @@ pub struct CommandBody {
 }
 
 /// `GET /v1/vms/{name}/commands/{id}?wait=SECS`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct WaitQuery {
     #[serde(default)]
     pub wait: Option<f64>,
 }
 
 /// `POST /v1/vms/{name}/copy-in`, `copy-out` (upgraded to frames).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CopyBody {
     /// Absolute path in the guest.
@@ -104,7 +107,7 @@ pub struct CopyBody {
 }
 
 /// `POST /v1/volumes`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVolume {
     pub name: String,
@@ -114,7 +117,7 @@ pub struct CreateVolume {
 }
 
 /// `POST /v1/networks`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateNetwork {
     pub name: String,
@@ -124,7 +127,7 @@ pub struct CreateNetwork {
 }
 
 /// `POST /v1/pools`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePool {
     pub name: String,
@@ -147,14 +150,14 @@ fn one() -> u32 {
 }
 
 /// `POST /v1/pools/{name}/resize`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResizeBody {
     pub size: u32,
 }
 
 /// `POST /v1/pools/{name}/take`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TakeBody {
     #[serde(default)]
@@ -164,7 +167,7 @@ pub struct TakeBody {
 }
 
 /// `POST /v1/vms/{name}/ttl`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TtlBody {
     pub seconds: u64,

@@ -1,15 +1,17 @@
 //! Response bodies that are plain values (the CLI reads them back typed).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Every error: a sentence saying what was wrong and how to fix it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "Error")]
 pub struct ErrorBody {
     pub error: String,
 }
 
 /// What `apply` did to one VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ApplyChange {
     pub name: String,
     /// created, updated, restarted, unchanged
@@ -19,7 +21,7 @@ pub struct ApplyChange {
 }
 
 /// One volume and the VMs whose specs use it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct VolumeInfo {
     pub name: String,
     pub size_mib: u64,
@@ -27,7 +29,7 @@ pub struct VolumeInfo {
 }
 
 /// What `network prune` removed.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 pub struct PruneReport {
     pub links: Vec<String>,
     pub tables: Vec<String>,
@@ -35,7 +37,7 @@ pub struct PruneReport {
 }
 
 /// How a background command ended.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CommandEnd {
     pub exit_code: i32,
     pub signal: Option<i32>,
@@ -45,7 +47,7 @@ pub struct CommandEnd {
 }
 
 /// A background command: its output so far and, once it ended, how.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct CommandState {
     pub id: String,
     pub running: bool,
@@ -58,14 +60,14 @@ pub struct CommandState {
 
 /// A process of a VM, as the daemon recorded it (pid and kernel start time,
 /// so that a reused pid is never mistaken for it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ProcessInfo {
     pub pid: i32,
     pub start_time: u64,
 }
 
 /// One VM: its spec, where it is in its life, and its processes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Vm {
     pub name: String,
     pub id: String,
@@ -87,7 +89,7 @@ pub struct Vm {
 }
 
 /// A VM's address on a managed network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Lease {
     pub network: String,
     pub address: std::net::Ipv4Addr,
@@ -95,7 +97,7 @@ pub struct Lease {
 }
 
 /// A managed network.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Network {
     pub name: String,
     /// CIDR, like `10.88.0.0/24`.
@@ -108,7 +110,7 @@ pub struct Network {
 }
 
 /// A warm pool and how many of its sandboxes are in each state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Pool {
     pub name: String,
     /// The spec of each sandbox (its name is replaced per VM).
@@ -125,7 +127,7 @@ pub struct Pool {
 }
 
 /// A sandbox of a pool.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Sandbox {
     pub vm: String,
     pub pool: String,

@@ -2,14 +2,18 @@
 //! daemon turns it into the spec of an ephemeral VM; `--standalone` boots
 //! the same spec in-process.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunBody {
+    #[schemars(length(min = 1))]
     pub argv: Vec<String>,
+    #[schemars(range(min = 1, max = 255))]
     pub cpus: u32,
+    #[schemars(range(min = 64))]
     pub memory_mib: u32,
     #[serde(default)]
     pub env: Vec<(String, String)>,
@@ -21,6 +25,7 @@ pub struct RunBody {
     pub kernel: Option<PathBuf>,
     #[serde(default)]
     pub modules: Option<PathBuf>,
+    #[schemars(range(min = 1, max = 3600))]
     pub boot_timeout_secs: u64,
     #[serde(default)]
     pub quiet: bool,
@@ -41,7 +46,7 @@ pub struct RunBody {
 }
 
 /// `-v HOST_DIR:GUEST_PATH[:ro]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunShare {
     pub source: PathBuf,
@@ -51,7 +56,7 @@ pub struct RunShare {
 }
 
 /// `--rootfs DIR [--rootfs-rw]`, or the directory of `--image NAME`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunRootFs {
     pub source: PathBuf,

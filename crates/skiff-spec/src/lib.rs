@@ -32,7 +32,7 @@ pub const MAX_VCPUS: u32 = 255;
 pub const MAX_NAME_LEN: usize = 63;
 
 /// One VM, validated and with every default filled in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmSpec {
     pub name: String,
@@ -67,7 +67,7 @@ pub struct VmSpec {
 }
 
 /// The `http` section: what the daemon's reverse proxy routes to the VM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSpec {
     pub domains: Vec<String>,
@@ -77,7 +77,7 @@ pub struct HttpSpec {
     pub health: Option<HealthCheck>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum TlsSpec {
     /// Plain HTTP only.
@@ -88,7 +88,7 @@ pub enum TlsSpec {
     Files { cert: PathBuf, key: PathBuf },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     pub path: String,
@@ -135,7 +135,7 @@ impl VmSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KernelSpec {
     pub path: Option<PathBuf>,
@@ -144,7 +144,7 @@ pub struct KernelSpec {
     pub params: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Hypervisor {
     Qemu,
@@ -152,7 +152,9 @@ pub enum Hypervisor {
 
 /// How the guest CPU should run: hardware KVM, QEMU's emulation (TCG), or
 /// whichever the host can do (auto).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Accel {
     #[default]
@@ -175,7 +177,7 @@ impl std::str::FromStr for Accel {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
     pub mode: NetMode,
@@ -186,7 +188,7 @@ pub struct NetworkSpec {
     pub egress: Egress,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum NetMode {
     None,
@@ -194,7 +196,7 @@ pub enum NetMode {
     Bridge,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Egress {
     All,
@@ -203,14 +205,14 @@ pub enum Egress {
     Cidrs(Vec<String>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Protocol {
     Tcp,
     Udp,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortForward {
     pub host_address: IpAddr,
@@ -219,7 +221,7 @@ pub struct PortForward {
     pub protocol: Protocol,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Share {
     /// Host directory (absolute).
@@ -232,7 +234,7 @@ pub struct Share {
 
 /// A VM's data drive: kept across stop, restart, `rm` and re-create of a VM
 /// of the same name; deleted by `rm --volumes`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataDrive {
     /// Mount point in the guest (absolute).
@@ -242,7 +244,7 @@ pub struct DataDrive {
 
 /// A host directory as the root filesystem: read-only under an overlay
 /// in guest memory, or written directly when `writable`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RootFsSpec {
     pub path: PathBuf,
@@ -250,7 +252,7 @@ pub struct RootFsSpec {
 }
 
 /// Where a secret's value comes from when the VM boots.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SecretSource {
     /// A host file (absolute path), read by the daemon.
@@ -259,7 +261,7 @@ pub enum SecretSource {
     Env(String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Volume {
     /// A named volume (persistent, survives `rm` and re-create).
@@ -270,7 +272,7 @@ pub struct Volume {
     pub readonly: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub enum RestartPolicy {
     No,

@@ -19,7 +19,6 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -163,16 +162,10 @@ async fn not_found(req: Request) -> ApiError {
     )
 }
 
-#[derive(Serialize)]
-struct Version {
-    version: &'static str,
-    api: &'static str,
-}
-
-async fn version() -> Json<Version> {
-    Json(Version {
-        version: env!("CARGO_PKG_VERSION"),
-        api: API_VERSION,
+async fn version() -> Json<skiff_api::Version> {
+    Json(skiff_api::Version {
+        version: env!("CARGO_PKG_VERSION").into(),
+        api: API_VERSION.into(),
     })
 }
 
