@@ -175,3 +175,32 @@ fn pools_keep_fake_sandboxes_ready_hand_each_out_once_and_refill() {
         d.fake_guests().is_empty()
     });
 }
+
+#[test]
+fn apply_creates_then_restarts_exactly_what_changed() {
+    let d = Daemon::start_fake();
+    let file = d.write_spec("two.toml", "[vm.a]\nautostart = true\n[vm.b]\n");
+    let file = file.to_str().expect("utf8");
+    assert_eq!(d.ok(&["apply", "-f", file]), "a created\nb created\n");
+    assert_eq!(d.inspect("a")["state"], "running", "autostart boots it");
+    assert_eq!(d.inspect("b")["state"], "created");
+    assert_eq!(d.ok(&["apply", "-f", file]), "a unchanged\nb unchanged\n");
+
+    d.write_spec(
+        "two.toml",
+        "[vm.a]\nautostart = true\nmemory = \"512M\"\n[vm.b]\n",
+    );
+    assert_eq!(
+        d.ok(&["apply", "-f", file]),
+        "a restarted (memory_mib)\nb unchanged\n"
+    );
+    let a = d.inspect("a");
+    assert_eq!(a["state"], "running");
+    assert_eq!(a["boots"], 2);
+    assert_eq!(a["spec"]["memory_mib"], 512);
+    // A spec the daemon refuses changes nothing.
+    d.write_spec("two.toml", "[vm.a]\nmemory = \"1K\"\n");
+    let out = d.cli(&["apply", "-f", file]);
+    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(d.inspect("a")["spec"]["memory_mib"], 512);
+}
