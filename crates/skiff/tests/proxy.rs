@@ -416,7 +416,9 @@ fn certificates_come_from_files_reload_when_they_change_and_must_match() {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     };
     assert_eq!(serial(), "serial=1111");
-    let (page, err) = {
+    // `start` returns once the service started; httpd may need a moment
+    // to listen (the proxy answers 502 until then).
+    let fetch = || {
         let out = host
             .command("curl")
             .args(["-sS", "-m", "10", "--cacert"])
@@ -433,6 +435,13 @@ fn certificates_come_from_files_reload_when_they_change_and_must_match() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let mut fetched = fetch();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fetched.0.contains("502 Bad Gateway") && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        fetched = fetch();
+    }
+    let (page, err) = fetched;
     assert_eq!(
         page, "files\n",
         "verified against the file's certificate: {err}"
