@@ -41,7 +41,14 @@ pub fn prepare_system() {
             ));
         }
     }
-    crate::rootfs::switch_from_cmdline(&cmdline);
+    match crate::rootdisk::wanted(&cmdline) {
+        Some(serial) => {
+            crate::rootdisk::switch(serial);
+        }
+        None => {
+            crate::rootfs::switch_from_cmdline(&cmdline);
+        }
+    }
     if let Some(net) = crate::net::parse_cmdline(&cmdline) {
         crate::net::configure(&net);
     }

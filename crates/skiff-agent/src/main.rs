@@ -10,9 +10,11 @@ mod init;
 mod net;
 mod pty;
 mod reaper;
+mod rootdisk;
 mod rootfs;
 mod server;
 mod service;
+mod sysinit;
 mod users;
 
 use skiff_proto::BootTimes;
@@ -23,6 +25,19 @@ fn main() {
     let is_init = std::process::id() == 1;
     if is_init {
         init::prepare_system();
+    }
+    // After prepare_system: /proc is mounted only then.
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if is_init {
+        let set_up = PROBLEMS.lock().map(|p| p.is_empty()).unwrap_or(false);
+        if sysinit::wanted(&cmdline) && set_up {
+            // Returns only if the guest's init cannot run (a problem for
+            // the host's hello); otherwise the agent comes back as its
+            // service.
+            sysinit::hand_over();
+        }
+    } else if sysinit::wanted(&cmdline) {
+        sysinit::wait_for_target(&sysinit::target(&cmdline));
     }
     let reaper = reaper::Reaper::start();
     let init_done_ms = init::uptime_ms();

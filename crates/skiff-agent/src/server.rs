@@ -232,9 +232,15 @@ fn signal_group(pgid: i32, sig: i32) {
     let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), signal);
 }
 
-/// Flush filesystems and power off. Only PID 1 may do this.
+/// Flush filesystems and power off: directly as PID 1, through the
+/// guest's init as its service.
 fn shutdown() {
     if std::process::id() != 1 {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        if crate::sysinit::wanted(&cmdline) {
+            crate::sysinit::power_off();
+            return;
+        }
         log(format_args!(
             "shutdown requested but not running as init; ignoring"
         ));

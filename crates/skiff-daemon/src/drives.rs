@@ -5,7 +5,6 @@
 use crate::hostops::HostOps;
 use crate::paths::DaemonPaths;
 use crate::store::VmRecord;
-use anyhow::{Context, Result};
 use skiff_proto::guest::{
     MountArg, CONFIG_LABEL, CONFIG_MOUNT, DATA_LABEL, SECRETS_LABEL, SECRETS_MOUNT,
 };
@@ -18,6 +17,56 @@ use std::path::{Path, PathBuf};
 /// Size of a volume created without a size in the spec.
 const DEFAULT_VOLUME_MIB: u32 = 1024;
 
+/// Why a drive could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create {}", path.display())]
+    Image {
+        path: PathBuf,
+        #[source]
+        source: crate::hostops::HostError,
+    },
+    #[error("cannot create volume {name:?}")]
+    Volume {
+        name: String,
+        #[source]
+        source: Box<DriveError>,
+    },
+    #[error("cannot create the data drive")]
+    Data(#[source] Box<DriveError>),
+    #[error("secret {name:?}: cannot read {}", path.display())]
+    SecretFile {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("secret {name:?}: the daemon's environment has no {var}")]
+    SecretEnv { name: String, var: String },
+    #[error("cannot build the {what} drive")]
+    Build {
+        what: &'static str,
+        #[source]
+        source: crate::hostops::HostError,
+    },
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DriveError {
+    let path = path.to_owned();
+    move |source| DriveError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
 pub fn volume_path(paths: &DaemonPaths, name: &str) -> PathBuf {
     paths.state_dir.join("volumes").join(format!("{name}.ext4"))
 }
@@ -28,14 +77,23 @@ pub fn data_path(paths: &DaemonPaths, vm: &str) -> PathBuf {
 }
 
 /// Create an empty ext4 image at `path` unless it exists.
-pub fn ensure_image(host: &dyn HostOps, path: &Path, label: &str, size_mib: u32) -> Result<()> {
+pub fn ensure_image(
+    host: &dyn HostOps,
+    path: &Path,
+    label: &str,
+    size_mib: u32,
+) -> Result<(), DriveError> {
     if path.exists() {
         return Ok(());
     }
-    let dir = path.parent().context("image path has no parent")?;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    }
     host.make_ext4(label, None, path, size_mib, true)
-        .with_context(|| format!("cannot create {}", path.display()))
+        .map_err(|source| DriveError::Image {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// A volume's ext4 label: short (ext4 allows 16 bytes) and derived from
@@ -75,7 +133,7 @@ pub fn prepare(
     paths: &DaemonPaths,
     rec: &VmRecord,
     vm_dir: &Path,
-) -> Result<BootDrives> {
+) -> Result<BootDrives, DriveError> {
     // A `skiff run` VM lives for one command and has no metadata worth a
     // drive: skipping it keeps mkfs off the run's boot path.
     let mut drives = Vec::new();
@@ -92,7 +150,7 @@ pub fn prepare(
     if let Some(data) = &rec.spec.data {
         let path = data_path(paths, &rec.name);
         ensure_image(host, &path, DATA_LABEL, data.size_mib)
-            .context("cannot create the data drive")?;
+            .map_err(|e| DriveError::Data(Box::new(e)))?;
         drives.push(Drive {
             path,
             mount: MountArg {
@@ -113,7 +171,10 @@ pub fn prepare(
             &volume_label(&v.name),
             v.size_mib.unwrap_or(DEFAULT_VOLUME_MIB),
         )
-        .with_context(|| format!("cannot create volume {:?}", v.name))?;
+        .map_err(|e| DriveError::Volume {
+            name: v.name.clone(),
+            source: Box::new(e),
+        })?;
         drives.push(Drive {
             path,
             mount: MountArg {
@@ -139,7 +200,7 @@ fn secrets_drive(
     host: &dyn HostOps,
     rec: &VmRecord,
     base: &Path,
-) -> Result<Option<(Drive, PathBuf)>> {
+) -> Result<Option<(Drive, PathBuf)>, DriveError> {
     if rec.spec.secrets.is_empty() {
         return Ok(None);
     }
@@ -152,26 +213,34 @@ fn secrets_drive(
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(&staging)
-        .with_context(|| format!("cannot create {}", staging.display()))?;
-    let result = (|| -> Result<(Drive, PathBuf)> {
+        .map_err(io("create", &staging))?;
+    let result = (|| -> Result<(Drive, PathBuf), DriveError> {
         let mut total = 0u64;
         for (name, source) in &rec.spec.secrets {
             let value = match source {
-                SecretSource::File(p) => std::fs::read(p)
-                    .with_context(|| format!("secret {name:?}: cannot read {}", p.display()))?,
+                SecretSource::File(p) => {
+                    std::fs::read(p).map_err(|source| DriveError::SecretFile {
+                        name: name.clone(),
+                        path: p.clone(),
+                        source,
+                    })?
+                }
                 SecretSource::Env(var) => std::env::var(var)
-                    .with_context(|| {
-                        format!("secret {name:?}: the daemon's environment has no {var}")
+                    .map_err(|_| DriveError::SecretEnv {
+                        name: name.clone(),
+                        var: var.clone(),
                     })?
                     .into_bytes(),
             };
             total += value.len() as u64;
+            let file = staging.join(name);
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o400)
-                .open(staging.join(name))?;
-            f.write_all(&value)?;
+                .open(&file)
+                .map_err(io("create", &file))?;
+            f.write_all(&value).map_err(io("write", &file))?;
         }
         let image = base.join(format!("{tag}.ext4"));
         // Create the file private first: mkfs.ext4 keeps the mode of an
@@ -180,10 +249,14 @@ fn secrets_drive(
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&image)?;
+            .open(&image)
+            .map_err(io("create", &image))?;
         let size_mib = (total / (1024 * 1024) * 2 + 4).min(u64::from(u32::MAX)) as u32;
         host.make_ext4(SECRETS_LABEL, Some(&staging), &image, size_mib, false)
-            .context("cannot build the secrets drive")?;
+            .map_err(|source| DriveError::Build {
+                what: "secrets",
+                source,
+            })?;
         let mount = MountArg {
             label: SECRETS_LABEL.into(),
             target: SECRETS_MOUNT.into(),
@@ -234,11 +307,10 @@ pub fn check_sources(spec: &skiff_spec::VmSpec) -> Result<(), MissingSource> {
 
 /// The read-only config drive: `instance.json` with what the guest may want
 /// to know about itself.
-fn config_drive(host: &dyn HostOps, rec: &VmRecord, vm_dir: &Path) -> Result<Drive> {
+fn config_drive(host: &dyn HostOps, rec: &VmRecord, vm_dir: &Path) -> Result<Drive, DriveError> {
     let staging = vm_dir.join("config");
     let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging)
-        .with_context(|| format!("cannot create {}", staging.display()))?;
+    std::fs::create_dir_all(&staging).map_err(io("create", &staging))?;
     let addresses: Vec<&str> = if rec
         .spec
         .network
@@ -255,14 +327,16 @@ fn config_drive(host: &dyn HostOps, rec: &VmRecord, vm_dir: &Path) -> Result<Dri
         "spec_hash": rec.spec_hash,
         "addresses": addresses,
     });
-    std::fs::write(
-        staging.join("instance.json"),
-        serde_json::to_vec_pretty(&instance)?,
-    )
-    .context("cannot write instance.json")?;
+    let file = staging.join("instance.json");
+    let json = serde_json::to_vec_pretty(&instance).map_err(std::io::Error::from);
+    json.and_then(|bytes| std::fs::write(&file, bytes))
+        .map_err(io("write", &file))?;
     let image = vm_dir.join("config.ext4");
     host.make_ext4(CONFIG_LABEL, Some(&staging), &image, 4, false)
-        .context("cannot build the config drive")?;
+        .map_err(|source| DriveError::Build {
+            what: "config",
+            source,
+        })?;
     let _ = std::fs::remove_dir_all(&staging);
     Ok(Drive {
         path: image,

@@ -1,9 +1,21 @@
 //! skiff-proto frames over any async byte stream (the daemon's upgraded
 //! exec connections, on both ends). Bounded by the protocol's frame limit.
 
-use anyhow::{bail, Result};
 use skiff_proto::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error(transparent)]
+    Decode(#[from] skiff_proto::DecodeError),
+    #[error(transparent)]
+    Encode(#[from] skiff_proto::FrameError),
+    #[error("the connection failed")]
+    Io(#[from] std::io::Error),
+    #[error("the connection closed in the middle of a frame")]
+    Truncated,
+}
 
 pub struct FrameReader<R> {
     inner: R,
@@ -19,7 +31,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// The next message; `None` at a clean end of stream. Cancel-safe.
-    pub async fn recv(&mut self) -> Result<Option<Message>> {
+    pub async fn recv(&mut self) -> Result<Option<Message>, FrameError> {
         loop {
             if let Some((msg, used)) = skiff_proto::decode(&self.buf)? {
                 self.buf.drain(..used);
@@ -31,14 +43,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 if self.buf.is_empty() {
                     return Ok(None);
                 }
-                bail!("the connection closed in the middle of a frame");
+                return Err(FrameError::Truncated);
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 }
 
-pub async fn send<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message) -> Result<()> {
+pub async fn send<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message) -> Result<(), FrameError> {
     let mut buf = Vec::new();
     skiff_proto::encode(msg, &mut buf)?;
     w.write_all(&buf).await?;

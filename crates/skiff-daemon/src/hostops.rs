@@ -27,6 +27,12 @@ pub enum HostError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot make the copy-on-write disk {}", path.display())]
+    Overlay {
+        path: PathBuf,
+        #[source]
+        source: skiff_image::Error,
+    },
     #[error("cannot make the ext4 image {}", path.display())]
     Mkfs {
         path: PathBuf,
@@ -71,6 +77,13 @@ pub trait HostOps: Send + Sync {
         image: &Path,
         size_mib: u32,
         journal: bool,
+    ) -> Result<(), HostError>;
+    /// A qcow2 file at `overlay` whose backing file is `base` (never written).
+    fn make_overlay(
+        &self,
+        base: &Path,
+        kind: skiff_image::DiskKind,
+        overlay: &Path,
     ) -> Result<(), HostError>;
 }
 
@@ -207,6 +220,18 @@ impl HostOps for LinuxHost {
             }
         })
     }
+
+    fn make_overlay(
+        &self,
+        base: &Path,
+        kind: skiff_image::DiskKind,
+        overlay: &Path,
+    ) -> Result<(), HostError> {
+        skiff_image::make_overlay(base, kind, overlay).map_err(|source| HostError::Overlay {
+            path: overlay.to_owned(),
+            source,
+        })
+    }
 }
 
 /// One operation as [`RecordingHost`] saw it.
@@ -224,6 +249,7 @@ pub enum Op {
     CreateCgroup { name: String, pids: Vec<i32> },
     RemoveCgroup(String),
     MakeExt4 { label: String, image: PathBuf },
+    MakeOverlay { base: PathBuf, overlay: PathBuf },
 }
 
 /// A host that records what it is asked and does nothing (but `make_ext4`,
@@ -368,6 +394,26 @@ impl HostOps for RecordingHost {
             source: skiff_image::Error::Io {
                 action: "create",
                 path: image.to_owned(),
+                source,
+            },
+        })
+    }
+
+    fn make_overlay(
+        &self,
+        base: &Path,
+        _kind: skiff_image::DiskKind,
+        overlay: &Path,
+    ) -> Result<(), HostError> {
+        self.record(Op::MakeOverlay {
+            base: base.to_owned(),
+            overlay: overlay.to_owned(),
+        })?;
+        std::fs::write(overlay, b"").map_err(|source| HostError::Overlay {
+            path: overlay.to_owned(),
+            source: skiff_image::Error::Io {
+                action: "create",
+                path: overlay.to_owned(),
                 source,
             },
         })

@@ -2,7 +2,6 @@
 
 use crate::paths;
 use crate::ui::StepProgress;
-use anyhow::{Context, Result};
 use skiff_image::{InitramfsSpec, Kernel, KernelSource};
 use std::path::PathBuf;
 
@@ -17,6 +16,19 @@ pub const GUEST_MODULE_GROUPS: &[(&str, &[&str])] = &[
     ("fs", &["virtiofs"]),
     ("rootfs", &["virtiofs", "overlay"]),
 ];
+
+/// Why the guest image could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(
+        "cannot get a guest kernel (to boot one you already have: --kernel PATH [--modules DIR])"
+    )]
+    Kernel(#[source] skiff_image::Error),
+    #[error("cannot build the guest initramfs")]
+    Initramfs(#[source] skiff_image::Error),
+    #[error(transparent)]
+    Paths(#[from] paths::PathError),
+}
 
 /// Where the kernel should come from, as the user said.
 #[derive(Debug, Clone, Default)]
@@ -47,12 +59,11 @@ pub struct GuestImage {
 }
 
 /// Make sure the default image exists (building it with progress if not).
-pub fn prepare(choice: &KernelChoice, quiet: bool) -> Result<GuestImage> {
+pub fn prepare(choice: &KernelChoice, quiet: bool) -> Result<GuestImage, ImageError> {
     let cache = paths::cache_dir()?;
     let progress = StepProgress::new(quiet);
-    let kernel = skiff_image::ensure_kernel(&choice.source(), &cache, &progress).context(
-        "cannot get a guest kernel (to boot one you already have: --kernel PATH [--modules DIR])",
-    )?;
+    let kernel = skiff_image::ensure_kernel(&choice.source(), &cache, &progress)
+        .map_err(ImageError::Kernel)?;
     let agent = paths::agent_binary()?;
     let busybox = paths::busybox();
     let modules: &[&str] = if kernel.modules_dir.is_some() {
@@ -71,8 +82,8 @@ pub fn prepare(choice: &KernelChoice, quiet: bool) -> Result<GuestImage> {
             &[]
         },
     };
-    let initramfs = skiff_image::ensure_initramfs(&spec, &cache, &progress)
-        .context("cannot build the guest initramfs")?;
+    let initramfs =
+        skiff_image::ensure_initramfs(&spec, &cache, &progress).map_err(ImageError::Initramfs)?;
     progress.finish();
     if busybox.is_none() && !quiet {
         eprintln!("skiff: warning: no static busybox found (install busybox-static); the guest has no shell or tools");

@@ -21,6 +21,7 @@ pub mod paths;
 pub mod poolstore;
 pub mod proxy;
 pub mod resolve;
+pub mod rootdisk;
 pub mod run;
 pub mod run_spec;
 pub mod store;

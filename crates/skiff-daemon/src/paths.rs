@@ -1,8 +1,16 @@
 //! Where skiff keeps things and finds its helpers.
 
-use anyhow::{bail, Result};
 use std::env;
 use std::path::{Path, PathBuf};
+
+/// Where something cannot be placed or found.
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    #[error("cannot choose a {0} directory: set SKIFF_{1}_DIR or HOME")]
+    NoHome(&'static str, &'static str),
+    #[error("no static guest agent (skiff-agent) was found; build it with scripts/build-agent.sh or set SKIFF_AGENT to its path (looked in: {})", looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    NoAgent { looked: Vec<PathBuf> },
+}
 
 fn home() -> Option<PathBuf> {
     env::var_os("HOME")
@@ -12,7 +20,7 @@ fn home() -> Option<PathBuf> {
 
 /// The cache of kernels and images: `$SKIFF_CACHE_DIR`, else
 /// `$XDG_CACHE_HOME/skiff`, else `~/.cache/skiff`.
-pub fn cache_dir() -> Result<PathBuf> {
+pub fn cache_dir() -> Result<PathBuf, PathError> {
     if let Some(d) = env::var_os("SKIFF_CACHE_DIR").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(d));
     }
@@ -21,7 +29,7 @@ pub fn cache_dir() -> Result<PathBuf> {
     }
     match home() {
         Some(h) => Ok(h.join(".cache/skiff")),
-        None => bail!("cannot choose a cache directory: set SKIFF_CACHE_DIR or HOME"),
+        None => Err(PathError::NoHome("cache", "CACHE")),
     }
 }
 
@@ -53,7 +61,7 @@ pub fn socket_path() -> PathBuf {
 /// The daemon's persistent state (database, VM directories):
 /// `$SKIFF_STATE_DIR`, else `/var/lib/skiff` for root, else
 /// `$XDG_DATA_HOME/skiff` or `~/.local/share/skiff`.
-pub fn state_dir() -> Result<PathBuf> {
+pub fn state_dir() -> Result<PathBuf, PathError> {
     if let Some(d) = env::var_os("SKIFF_STATE_DIR").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(d));
     }
@@ -65,7 +73,7 @@ pub fn state_dir() -> Result<PathBuf> {
     }
     match home() {
         Some(h) => Ok(h.join(".local/share/skiff")),
-        None => bail!("cannot choose a state directory: set SKIFF_STATE_DIR or HOME"),
+        None => Err(PathError::NoHome("state", "STATE")),
     }
 }
 
@@ -132,7 +140,7 @@ pub fn helper(name: &str, env_var: &str) -> PathBuf {
 /// The static guest agent: `$SKIFF_AGENT`, next to this executable, in the
 /// Cargo target directory this executable was built in, or installed under
 /// `/usr/local/lib/skiff`.
-pub fn agent_binary() -> Result<PathBuf> {
+pub fn agent_binary() -> Result<PathBuf, PathError> {
     if let Some(p) = env::var_os("SKIFF_AGENT").filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
     }
@@ -162,13 +170,7 @@ pub fn agent_binary() -> Result<PathBuf> {
     };
     match candidates.iter().find(|p| usable(p)) {
         Some(p) => Ok(p.clone()),
-        None => {
-            bail!(
-            "no static guest agent (skiff-agent) was found; build it with scripts/build-agent.sh \
-             or set SKIFF_AGENT to its path (looked in: {})",
-            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-        )
-        }
+        None => Err(PathError::NoAgent { looked: candidates }),
     }
 }
 

@@ -61,6 +61,8 @@ pub struct Artifacts {
     pub tap: Option<TapNic>,
     /// Where the spec's `image` was found in the image cache.
     pub image_root: Option<PathBuf>,
+    /// The VM's root disk (its writable layer over the shared base).
+    pub root_disk: Option<skiff_vmm::RootDisk>,
 }
 
 /// Every decision about one boot of one VM.
@@ -84,6 +86,8 @@ pub enum ResolveError {
     ImageNotPrepared { name: String, image: String },
     #[error("vm.{name}: a managed network needs its TAP device, which was not prepared")]
     TapNotPrepared { name: String },
+    #[error("vm.{name}: its root disk was not prepared")]
+    DiskNotPrepared { name: String },
     #[error("vm.{name} cannot be planned")]
     Plan {
         name: String,
@@ -196,6 +200,15 @@ pub fn resolve(
     if bridged && artifacts.tap.is_none() {
         return Err(ResolveError::TapNotPrepared { name: name() });
     }
+    if spec.disk.is_some() && artifacts.root_disk.is_none() {
+        return Err(ResolveError::DiskNotPrepared { name: name() });
+    }
+    let init = match &spec.init {
+        skiff_spec::InitSpec::Agent => skiff_vmm::GuestInit::Agent,
+        skiff_spec::InitSpec::System { target } => skiff_vmm::GuestInit::System {
+            target: target.clone(),
+        },
+    };
     let config = VmConfig {
         cpus: spec.vcpus,
         memory_mib: spec.memory_mib,
@@ -219,6 +232,8 @@ pub fn resolve(
         virtiofsd_binary: host.virtiofsd_binary.clone(),
         rootfs,
         run_as: host.run_as.clone(),
+        root_disk: artifacts.root_disk,
+        init,
     };
     let launch = backend.plan(&config).map_err(|source| ResolveError::Plan {
         name: name(),

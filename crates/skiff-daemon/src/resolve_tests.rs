@@ -105,6 +105,7 @@ fn shares_image_root_drives_and_tap_come_from_the_artifacts() {
         drives: vec![drive.clone()],
         tap: Some(tap.clone()),
         image_root: Some("/cache/images/py/root".into()),
+        root_disk: None,
     };
     let p = resolve(&s, "abc", &host(), artifacts, &Qemu).expect("plan");
     assert_eq!(p.config.tap, Some(tap));
@@ -184,4 +185,50 @@ fn a_run_request_is_planned_like_a_spec() {
         "{netdev}"
     );
     assert_eq!(arg_after(&p.launch.qemu.args, "-runas"), ["nobody"]);
+}
+
+#[test]
+fn a_full_os_vm_boots_its_root_disk_with_its_own_init() {
+    let mut s = spec("[vm.dev]\n");
+    s.disk = Some(skiff_spec::DiskSpec {
+        source: skiff_spec::DiskSource::Image("devbox".into()),
+        persistent: true,
+    });
+    s.init = skiff_spec::InitSpec::System {
+        target: "multi-user.target".into(),
+    };
+    let err = resolve(&s, "abc", &host(), Artifacts::default(), &Qemu).expect_err("no disk");
+    assert!(
+        err.to_string().contains("root disk was not prepared"),
+        "{err}"
+    );
+    let disk = skiff_vmm::RootDisk {
+        path: "/state/vms/dev/root.qcow2".into(),
+        format: skiff_vmm::DiskFormat::Qcow2,
+    };
+    let artifacts = Artifacts {
+        root_disk: Some(disk.clone()),
+        ..Artifacts::default()
+    };
+    let p = resolve(&s, "abc", &host(), artifacts, &Qemu).expect("plan");
+    assert_eq!(p.config.root_disk, Some(disk));
+    assert_eq!(p.config.rootfs, None);
+    assert_eq!(
+        p.config.init,
+        skiff_vmm::GuestInit::System {
+            target: "multi-user.target".into()
+        }
+    );
+    let append = p
+        .launch
+        .qemu
+        .args
+        .windows(2)
+        .find(|w| w[0] == "-append")
+        .map(|w| w[1].clone())
+        .expect("-append");
+    assert!(
+        append.contains("skiff.root=skiff-root skiff.init=system skiff.target=multi-user.target"),
+        "{append}"
+    );
 }

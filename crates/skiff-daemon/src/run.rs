@@ -50,7 +50,7 @@ pub enum IoEvent {
 /// plans it, launched tied to this process, torn down when the command ends.
 pub async fn run_standalone<IO: RunIo>(body: RunBody, io: &mut IO) -> Result<RunOutcome> {
     let vm_id = paths::new_vm_id();
-    let spec = run_spec(&format!("run-{vm_id}"), &body).map_err(anyhow::Error::msg)?;
+    let spec = run_spec(&format!("run-{vm_id}"), &body)?;
     if spec
         .network
         .iter()

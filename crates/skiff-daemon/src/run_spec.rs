@@ -7,31 +7,45 @@ use skiff_spec::{
     Egress, KernelSpec, NetMode, NetworkSpec, RootFsSpec, Share, VmSpec, MAX_MEMORY_MIB, MAX_VCPUS,
     MIN_MEMORY_MIB,
 };
+use std::path::PathBuf;
 
 pub use skiff_api::{RunBody, RunRootFs, RunShare};
 
-fn unknown_network(name: &str) -> String {
-    format!("unknown network {name:?}; use none, user, or the name of a network (skiff network ls)")
+/// What is wrong with a run request, and what to do instead.
+#[derive(Debug, thiserror::Error)]
+pub enum RunSpecError {
+    #[error("no command given; usage: skiff run [OPTIONS] -- COMMAND [ARGS...]")]
+    NoCommand,
+    #[error("cpus: {0} is out of range; allowed: 1 to {MAX_VCPUS}")]
+    Cpus(u32),
+    #[error("memory: {0} MiB is out of range; allowed: {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB}")]
+    Memory(u32),
+    #[error("{} is not an absolute path", .0.display())]
+    RelativeKernel(PathBuf),
+    #[error(transparent)]
+    Forward(#[from] skiff_spec::ForwardError),
+    #[error("port forwards need a network; use --net user or a network's name")]
+    ForwardWithoutNetwork,
+    #[error("unknown network {0:?}; use none, user, or the name of a network (skiff network ls)")]
+    UnknownNetwork(String),
+    #[error("share {} -> {target}: give an absolute host directory and an absolute guest path", path.display())]
+    RelativeShare { path: PathBuf, target: String },
+    #[error("rootfs {} is not an absolute path", .0.display())]
+    RelativeRootfs(PathBuf),
 }
 
 /// The VM a run boots, named `name`; every problem of the request is
 /// reported with what to do instead. Checks form only (absolute paths,
 /// ranges); whether directories exist is checked when the VM is prepared.
-pub fn run_spec(name: &str, body: &RunBody) -> Result<VmSpec, String> {
+pub fn run_spec(name: &str, body: &RunBody) -> Result<VmSpec, RunSpecError> {
     if body.argv.is_empty() {
-        return Err("no command given; usage: skiff run [OPTIONS] -- COMMAND [ARGS...]".into());
+        return Err(RunSpecError::NoCommand);
     }
     if body.cpus == 0 || body.cpus > MAX_VCPUS {
-        return Err(format!(
-            "cpus: {} is out of range; allowed: 1 to {MAX_VCPUS}",
-            body.cpus
-        ));
+        return Err(RunSpecError::Cpus(body.cpus));
     }
     if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&body.memory_mib) {
-        return Err(format!(
-            "memory: {} MiB is out of range; allowed: {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB}",
-            body.memory_mib
-        ));
+        return Err(RunSpecError::Memory(body.memory_mib));
     }
     let mut spec = VmSpec::with_defaults(name);
     spec.vcpus = body.cpus;
@@ -40,7 +54,7 @@ pub fn run_spec(name: &str, body: &RunBody) -> Result<VmSpec, String> {
     if body.kernel.is_some() || body.modules.is_some() {
         for p in [&body.kernel, &body.modules].into_iter().flatten() {
             if !p.is_absolute() {
-                return Err(format!("{} is not an absolute path", p.display()));
+                return Err(RunSpecError::RelativeKernel(p.clone()));
             }
         }
         spec.kernel = Some(KernelSpec {
@@ -64,21 +78,18 @@ pub fn run_spec(name: &str, body: &RunBody) -> Result<VmSpec, String> {
         None if spec.forward_ports.is_empty() => Vec::new(),
         None | Some("user") => vec![nic(NetMode::User, None)],
         Some("none") if spec.forward_ports.is_empty() => Vec::new(),
-        Some("none") => {
-            return Err("port forwards need a network; use --net user or a network's name".into())
-        }
+        Some("none") => return Err(RunSpecError::ForwardWithoutNetwork),
         Some(name) if skiff_net::check_network_name(name).is_ok() => {
             vec![nic(NetMode::Bridge, Some(name))]
         }
-        Some(name) => return Err(unknown_network(name)),
+        Some(name) => return Err(RunSpecError::UnknownNetwork(name.to_owned())),
     };
     for (i, s) in body.shares.iter().enumerate() {
         if !s.source.is_absolute() || !s.target.starts_with('/') {
-            return Err(format!(
-                "share {} -> {}: give an absolute host directory and an absolute guest path",
-                s.source.display(),
-                s.target
-            ));
+            return Err(RunSpecError::RelativeShare {
+                path: s.source.clone(),
+                target: s.target.clone(),
+            });
         }
         spec.shares.push(Share {
             source: s.source.clone(),
@@ -89,10 +100,7 @@ pub fn run_spec(name: &str, body: &RunBody) -> Result<VmSpec, String> {
     }
     if let Some(r) = &body.rootfs {
         if !r.source.is_absolute() {
-            return Err(format!(
-                "rootfs {} is not an absolute path",
-                r.source.display()
-            ));
+            return Err(RunSpecError::RelativeRootfs(r.source.clone()));
         }
         spec.rootfs = Some(RootFsSpec {
             path: r.source.clone(),
@@ -106,7 +114,6 @@ pub fn run_spec(name: &str, body: &RunBody) -> Result<VmSpec, String> {
 mod tests {
     use super::*;
     use skiff_spec::Accel;
-    use std::path::PathBuf;
 
     fn body() -> RunBody {
         RunBody {
@@ -224,7 +231,7 @@ mod tests {
             ),
         ];
         for (b, want) in cases {
-            let err = run_spec("run-x", &b).expect_err(want);
+            let err = run_spec("run-x", &b).expect_err(want).to_string();
             assert!(err.contains(want), "{err:?} should say {want:?}");
         }
     }

@@ -2,6 +2,7 @@
 //! cached by content. Nothing here launches a VM.
 
 mod cpio;
+mod disk;
 mod drive;
 mod elf;
 mod initramfs;
@@ -9,6 +10,9 @@ mod kernel;
 mod recipe;
 
 pub use cpio::CpioWriter;
+pub use disk::{
+    disk_kind, ensure_image_disk, image_disk_path, make_overlay, overlay_args, DiskKind, ROOT_LABEL,
+};
 pub use drive::make_ext4;
 pub use elf::is_static;
 pub use initramfs::{
@@ -16,7 +20,7 @@ pub use initramfs::{
 };
 pub use kernel::{ensure_kernel, parse_meta_depends, Kernel, KernelSource, DEFAULT_KERNEL_PACKAGE};
 pub use recipe::{
-    build_image, find_image, list_images, remove_image, ImageInfo, Recipe, RecipeFile,
+    build_image, find_image, list_images, remove_image, ImageInfo, Recipe, RecipeError, RecipeFile,
 };
 
 use std::path::{Path, PathBuf};
@@ -68,6 +72,8 @@ pub enum Error {
         path: PathBuf,
         fix: &'static str,
     },
+    #[error("{} is not a disk image: {why}", path.display())]
+    NotADisk { path: PathBuf, why: &'static str },
     #[error("{what} at {} is not an ELF executable", path.display())]
     NotElf { what: &'static str, path: PathBuf },
 }

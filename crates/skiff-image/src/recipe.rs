@@ -50,20 +50,34 @@ fn default_mode() -> u32 {
     0o644
 }
 
+/// What is wrong with a recipe, and where.
+#[derive(Debug, thiserror::Error)]
+pub enum RecipeError {
+    #[error("{}", .0.message().trim())]
+    Toml(#[from] toml::de::Error),
+    #[error("name {0:?}: use 1 to 63 lowercase letters, digits and '-'")]
+    Name(String),
+    #[error("suite {0:?} is not a Debian suite name")]
+    Suite(String),
+    #[error("package {0:?} is not a Debian package name")]
+    Package(String),
+    #[error("mirror {0:?} must be an http(s) URL")]
+    Mirror(String),
+    #[error("file path {0:?} must be absolute without '..'")]
+    FilePath(String),
+}
+
 impl Recipe {
     /// Parse and check a recipe; the error says what is wrong and where.
-    pub fn parse(text: &str) -> Result<Recipe, String> {
-        let r: Recipe = toml::from_str(text).map_err(|e| e.message().trim().to_owned())?;
+    pub fn parse(text: &str) -> Result<Recipe, RecipeError> {
+        let r: Recipe = toml::from_str(text)?;
         let name_ok = !r.name.is_empty()
             && r.name.len() <= 63
             && r.name
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !name_ok {
-            return Err(format!(
-                "name {:?}: use 1 to 63 lowercase letters, digits and '-'",
-                r.name
-            ));
+            return Err(RecipeError::Name(r.name));
         }
         let word = |s: &str| {
             !s.is_empty()
@@ -71,20 +85,17 @@ impl Recipe {
                     .all(|b| b.is_ascii_alphanumeric() || b"+-.:~_".contains(&b))
         };
         if !word(&r.suite) {
-            return Err(format!("suite {:?} is not a Debian suite name", r.suite));
+            return Err(RecipeError::Suite(r.suite));
         }
         if let Some(p) = r.packages.iter().find(|p| !word(p)) {
-            return Err(format!("package {p:?} is not a Debian package name"));
+            return Err(RecipeError::Package(p.clone()));
         }
         if !(r.mirror.starts_with("http://") || r.mirror.starts_with("https://")) {
-            return Err(format!("mirror {:?} must be an http(s) URL", r.mirror));
+            return Err(RecipeError::Mirror(r.mirror));
         }
         for f in &r.files {
             if !f.path.starts_with('/') || f.path.split('/').any(|c| c == "..") {
-                return Err(format!(
-                    "file path {:?} must be absolute without '..'",
-                    f.path
-                ));
+                return Err(RecipeError::FilePath(f.path.clone()));
             }
         }
         Ok(r)
@@ -315,7 +326,7 @@ mod tests {
             ),
             ("name = \"p\"\nextra = 1\n", "unknown field"),
         ] {
-            let err = Recipe::parse(text).expect_err(text);
+            let err = Recipe::parse(text).expect_err(text).to_string();
             assert!(err.contains(want), "{text}: {err}");
         }
     }

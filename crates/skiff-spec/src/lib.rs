@@ -17,8 +17,10 @@
 mod parse;
 mod units;
 
-pub use parse::{check_domain, parse_file, parse_forward, parse_vm_table};
-pub use units::{parse_duration_ms, parse_size_mib};
+pub use parse::{
+    check_domain, parse_file, parse_forward, parse_vm_table, DomainError, ForwardError,
+};
+pub use units::{parse_duration_ms, parse_size_mib, UnitError};
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -50,6 +52,13 @@ pub struct VmSpec {
     pub data: Option<DataDrive>,
     /// Boot into this host directory instead of the default image.
     pub rootfs: Option<RootFsSpec>,
+    /// The root filesystem on a block device: a disk image shared read-only
+    /// by every VM that uses it, with a copy-on-write layer per VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskSpec>,
+    /// Who is PID 1: skiff's agent, or the guest's own init (systemd).
+    #[serde(default, skip_serializing_if = "InitSpec::is_agent")]
+    pub init: InitSpec,
     pub env: BTreeMap<String, String>,
     /// Files of the secrets drive, by name, and where the daemon reads them
     /// at each boot (never stored).
@@ -65,6 +74,48 @@ pub struct VmSpec {
     #[serde(default)]
     pub http: Option<HttpSpec>,
 }
+
+/// A root filesystem on a block device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    pub source: DiskSource,
+    /// Keep the VM's writes to its root across stop/start and daemon
+    /// restarts (a dev box); otherwise every boot starts from the base.
+    pub persistent: bool,
+}
+
+/// Where a root disk's read-only base comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DiskSource {
+    /// An image built from a recipe (`skiff image build`), as ext4.
+    Image(String),
+    /// A raw or qcow2 disk image file of the user's, never written to.
+    File(PathBuf),
+}
+
+/// The guest's PID 1.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum InitSpec {
+    /// skiff's agent (fastest; one service per VM).
+    #[default]
+    Agent,
+    /// The guest's own init (`/sbin/init`, systemd) from its root disk;
+    /// skiff's agent runs as a service inside it. The VM is ready when
+    /// `target` is active.
+    System { target: String },
+}
+
+impl InitSpec {
+    pub fn is_agent(&self) -> bool {
+        *self == InitSpec::Agent
+    }
+}
+
+/// The unit a guest with its own init is ready at, unless the spec names one.
+pub const DEFAULT_TARGET: &str = "multi-user.target";
 
 /// The `http` section: what the daemon's reverse proxy routes to the VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -116,6 +167,8 @@ impl VmSpec {
             volumes: Vec::new(),
             data: None,
             rootfs: None,
+            disk: None,
+            init: InitSpec::Agent,
             env: BTreeMap::new(),
             secrets: BTreeMap::new(),
             command: None,
@@ -323,18 +376,28 @@ impl fmt::Display for SpecErrors {
     }
 }
 
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("the name is empty")]
+    Empty,
+    #[error("{name:?} is {len} characters long; at most {MAX_NAME_LEN} are allowed")]
+    TooLong { name: String, len: usize },
+    #[error("{0:?} is not a valid name; use lowercase letters, digits and '-', starting and ending with a letter or digit")]
+    BadCharacters(String),
+}
+
 /// Check a VM name: 1 to 63 characters, lowercase letters, digits and
 /// hyphens, starting with a letter or digit (usable as a host name).
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
-        return Err("the name is empty".into());
+        return Err(NameError::Empty);
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(format!(
-            "{:?} is {} characters long; at most {MAX_NAME_LEN} are allowed",
-            name,
-            name.len()
-        ));
+        return Err(NameError::TooLong {
+            name: name.to_owned(),
+            len: name.len(),
+        });
     }
     let ok_chars = name
         .bytes()
@@ -344,9 +407,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
         .next()
         .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
     if !ok_chars || !ok_start || name.ends_with('-') {
-        return Err(format!(
-            "{name:?} is not a valid name; use lowercase letters, digits and '-', starting and ending with a letter or digit"
-        ));
+        return Err(NameError::BadCharacters(name.to_owned()));
     }
     Ok(())
 }

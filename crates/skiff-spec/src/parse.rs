@@ -3,12 +3,13 @@
 //! The TOML is walked by hand rather than deserialized with serde, because
 //! serde stops at the first problem and a user fixing a spec wants them all.
 
+mod boot;
 mod http;
-pub use http::check_domain;
+pub use http::{check_domain, DomainError};
 mod net;
 mod restart;
 mod storage;
-pub use net::parse_forward;
+pub use net::{parse_forward, ForwardError};
 
 use crate::*;
 use std::collections::BTreeSet;
@@ -18,10 +19,10 @@ use toml::{Table, Value};
 struct Errs(Vec<SpecError>);
 
 impl Errs {
-    fn push(&mut self, path: &str, message: impl Into<String>) {
+    fn push(&mut self, path: &str, message: impl std::fmt::Display) {
         self.0.push(SpecError {
             path: path.to_owned(),
-            message: message.into(),
+            message: message.to_string(),
         });
     }
 }
@@ -270,6 +271,9 @@ const VM_FIELDS: &[&str] = &[
     "volumes",
     "data",
     "rootfs",
+    "disk",
+    "init",
+    "target",
     "env",
     "secrets",
     "command",
@@ -308,7 +312,7 @@ fn vm_table(name: &str, body: &Table, path: &str, errs: &mut Errs) -> Option<VmS
         let p = f.sub("memory");
         let mib = match v {
             Value::Integer(n) => u64::try_from(*n).map_err(|_| format!("{n} MiB is negative")),
-            Value::String(s) => parse_size_mib(s),
+            Value::String(s) => parse_size_mib(s).map_err(|e| e.to_string()),
             other => Err(format!(
                 "expected MiB as an integer or a string like \"512M\", found {}",
                 type_name(other)
@@ -374,6 +378,18 @@ fn vm_table(name: &str, body: &Table, path: &str, errs: &mut Errs) -> Option<VmS
     if let Some(v) = f.get("rootfs") {
         spec.rootfs = storage::rootfs(v, &f.sub("rootfs"), errs);
     }
+    if let Some(v) = f.get("disk") {
+        spec.disk = boot::disk(v, &f.sub("disk"), errs);
+    }
+    let init = f.get("init").cloned();
+    let target = f.get("target").cloned();
+    spec.init = boot::init(
+        init.as_ref(),
+        target.as_ref(),
+        &f.sub("init"),
+        &f.sub("target"),
+        errs,
+    );
     if let Some(v) = f.get("data") {
         spec.data = storage::data(v, &f.sub("data"), errs);
     }
@@ -435,6 +451,7 @@ fn vm_table(name: &str, body: &Table, path: &str, errs: &mut Errs) -> Option<VmS
         }
     }
     f.finish(VM_FIELDS, errs);
+    boot::check_root(&spec, path, errs);
     let has_nic = spec.network.iter().any(|n| n.mode != NetMode::None);
     if !spec.forward_ports.is_empty() && !has_nic {
         let p = if path.is_empty() {

@@ -1,59 +1,81 @@
 //! Sizes ("512M", "2G", 512) and durations ("5s", "250ms", "1m").
 
+/// Why a size or a duration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnitError {
+    #[error("{0:?} is not a size; write a number of MiB or a string like \"512M\" or \"2G\"")]
+    NotASize(String),
+    #[error("{0:?} is too large a size")]
+    SizeTooLarge(String),
+    #[error("{text:?} has an unknown unit {unit:?}; use K, M, G or T")]
+    UnknownSizeUnit { text: String, unit: String },
+    #[error("{0:?} is not a whole number of MiB")]
+    NotWholeMib(String),
+    #[error("{0:?} is not a duration; write it like \"500ms\", \"5s\" or \"2m\"")]
+    NotADuration(String),
+    #[error("{0:?} has no unit; write it like \"500ms\", \"5s\" or \"2m\"")]
+    NoDurationUnit(String),
+    #[error("{text:?} has an unknown unit {unit:?}; use ms, s, m or h")]
+    UnknownDurationUnit { text: String, unit: String },
+    #[error("{0:?} is too long")]
+    DurationTooLong(String),
+}
+
 /// A size in MiB: an integer is MiB; a string takes a K/M/G/T suffix
 /// (optionally "iB" or "B", powers of 1024). Sizes must be whole MiB.
-pub fn parse_size_mib(text: &str) -> Result<u64, String> {
+pub fn parse_size_mib(text: &str) -> Result<u64, UnitError> {
     let t = text.trim();
     let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(digits_end);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("{text:?} is not a size; write a number of MiB or a string like \"512M\" or \"2G\"")
-    })?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| UnitError::NotASize(text.to_owned()))?;
     let unit = unit.trim().to_ascii_uppercase();
     let unit = unit.trim_end_matches("IB").trim_end_matches('B');
-    let kib = match unit {
-        "K" => n,
-        "" | "M" => n.checked_mul(1024).ok_or("size too large")?,
-        "G" => n.checked_mul(1024 * 1024).ok_or("size too large")?,
-        "T" => n.checked_mul(1024 * 1024 * 1024).ok_or("size too large")?,
+    let factor: u64 = match unit {
+        "K" => 1,
+        "" | "M" => 1024,
+        "G" => 1024 * 1024,
+        "T" => 1024 * 1024 * 1024,
         other => {
-            return Err(format!(
-                "{text:?} has an unknown unit {other:?}; use K, M, G or T"
-            ))
+            return Err(UnitError::UnknownSizeUnit {
+                text: text.to_owned(),
+                unit: other.to_owned(),
+            })
         }
     };
+    let kib = n
+        .checked_mul(factor)
+        .ok_or_else(|| UnitError::SizeTooLarge(text.to_owned()))?;
     if kib % 1024 != 0 {
-        return Err(format!("{text:?} is not a whole number of MiB"));
+        return Err(UnitError::NotWholeMib(text.to_owned()));
     }
     Ok(kib / 1024)
 }
 
 /// A duration in milliseconds from "250ms", "5s", "2m", "1h".
-pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+pub fn parse_duration_ms(text: &str) -> Result<u64, UnitError> {
     let t = text.trim();
     let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(digits_end);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("{text:?} is not a duration; write it like \"500ms\", \"5s\" or \"2m\"")
-    })?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| UnitError::NotADuration(text.to_owned()))?;
     let factor = match unit.trim() {
         "ms" => 1,
         "s" => 1000,
         "m" => 60_000,
         "h" => 3_600_000,
-        "" => {
-            return Err(format!(
-                "{text:?} has no unit; write it like \"500ms\", \"5s\" or \"2m\""
-            ))
-        }
+        "" => return Err(UnitError::NoDurationUnit(text.to_owned())),
         other => {
-            return Err(format!(
-                "{text:?} has an unknown unit {other:?}; use ms, s, m or h"
-            ))
+            return Err(UnitError::UnknownDurationUnit {
+                text: text.to_owned(),
+                unit: other.to_owned(),
+            })
         }
     };
     n.checked_mul(factor)
-        .ok_or_else(|| format!("{text:?} is too long"))
+        .ok_or_else(|| UnitError::DurationTooLong(text.to_owned()))
 }
 
 #[cfg(test)]
@@ -69,7 +91,14 @@ mod tests {
         assert_eq!(parse_size_mib("2048K"), Ok(2));
         assert!(parse_size_mib("1K").is_err());
         assert!(parse_size_mib("lots").is_err());
-        assert!(parse_size_mib("5X").unwrap_err().contains("unknown unit"));
+        assert!(matches!(
+            parse_size_mib("5X"),
+            Err(UnitError::UnknownSizeUnit { .. })
+        ));
+        assert!(parse_size_mib("5X")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown unit"));
     }
 
     #[test]
@@ -77,9 +106,16 @@ mod tests {
         assert_eq!(parse_duration_ms("250ms"), Ok(250));
         assert_eq!(parse_duration_ms("5s"), Ok(5000));
         assert_eq!(parse_duration_ms("2m"), Ok(120_000));
-        assert!(parse_duration_ms("5").unwrap_err().contains("no unit"));
-        assert!(parse_duration_ms("5d")
+        assert!(parse_duration_ms("5")
             .unwrap_err()
-            .contains("unknown unit"));
+            .to_string()
+            .contains("no unit"));
+        assert_eq!(
+            parse_duration_ms("5d"),
+            Err(UnitError::UnknownDurationUnit {
+                text: "5d".into(),
+                unit: "d".into()
+            })
+        );
     }
 }

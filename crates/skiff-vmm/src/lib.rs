@@ -18,7 +18,10 @@ pub use accel::{decide, Accel, AccelChoice, AccelDecision, HostKvm};
 pub use agent::{AgentConn, AgentError, AgentReader, AgentWriter};
 pub use backend::{Backend, BackendKind};
 pub use launch::{launch, Helper, LaunchError, LaunchOptions, Launched};
-pub use plan::{plan, Drive, LaunchPlan, PlanError, RootFs, ShareDir, VmConfig};
+pub use plan::{
+    plan, DiskFormat, Drive, GuestInit, LaunchPlan, PlanError, RootDisk, RootFs, ShareDir,
+    VmConfig, ROOT_DISK_SERIAL,
+};
 pub use process::ProcessRef;
 pub use running::RunningVm;
 pub use tap::TapNic;

@@ -74,6 +74,48 @@ pub struct VmConfig {
     /// Drop QEMU's privileges to this user once it has opened its devices
     /// (for a daemon that runs as root).
     pub run_as: Option<String>,
+    /// The root filesystem on a block device (not together with `rootfs`).
+    pub root_disk: Option<RootDisk>,
+    /// Who is PID 1 once the root is mounted.
+    pub init: GuestInit,
+}
+
+/// A root filesystem on a virtio block device: the VM's own writable
+/// layer, whose backing file (if any) is the shared read-only base.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootDisk {
+    pub path: PathBuf,
+    pub format: DiskFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    Raw,
+    Qcow2,
+}
+
+impl DiskFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// The virtio serial number of the root disk, by which the agent finds it
+/// (device order is not an interface).
+pub const ROOT_DISK_SERIAL: &str = "skiff-root";
+
+/// The guest's PID 1 after the initramfs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum GuestInit {
+    /// skiff's agent stays PID 1.
+    #[default]
+    Agent,
+    /// The guest's own init (`/sbin/init`); the agent runs as its service
+    /// and reports ready when `target` is active.
+    System { target: String },
 }
 
 /// The `-sandbox` options QEMU runs with.
@@ -170,6 +212,10 @@ pub enum PlanError {
     BadKernelArg { arg: String },
     #[error("a VM has one network interface: user mode or a managed network, not both")]
     TwoNics,
+    #[error("a VM has one root: a disk or a shared directory, not both")]
+    TwoRoots,
+    #[error("the guest's own init needs a root disk to boot from")]
+    InitWithoutRoot,
 }
 
 pub use skiff_spec::{MAX_MEMORY_MIB, MAX_VCPUS as MAX_CPUS, MIN_MEMORY_MIB};
@@ -178,6 +224,12 @@ pub use skiff_spec::{MAX_MEMORY_MIB, MAX_VCPUS as MAX_CPUS, MIN_MEMORY_MIB};
 pub fn plan(cfg: &VmConfig) -> Result<LaunchPlan, PlanError> {
     if cfg.net.is_some() && cfg.tap.is_some() {
         return Err(PlanError::TwoNics);
+    }
+    if cfg.root_disk.is_some() && cfg.rootfs.is_some() {
+        return Err(PlanError::TwoRoots);
+    }
+    if cfg.root_disk.is_none() && matches!(cfg.init, GuestInit::System { .. }) {
+        return Err(PlanError::InitWithoutRoot);
     }
     if cfg.cpus == 0 || cfg.cpus > MAX_CPUS {
         return Err(PlanError::OutOfRange {
@@ -289,10 +341,17 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> String {
     if let Some(tap) = &cfg.tap {
         args.extend(tap.kernel_args());
     }
-    if !cfg.drives.is_empty() {
+    if !cfg.drives.is_empty() || cfg.root_disk.is_some() {
         args.push("skiff.load=blk".into());
-        args.extend(cfg.drives.iter().map(|d| d.mount.to_arg()));
     }
+    if cfg.root_disk.is_some() {
+        args.push(format!("skiff.root={ROOT_DISK_SERIAL}"));
+    }
+    if let GuestInit::System { target } = &cfg.init {
+        args.push("skiff.init=system".into());
+        args.push(format!("skiff.target={target}"));
+    }
+    args.extend(cfg.drives.iter().map(|d| d.mount.to_arg()));
     if let Some(root) = &cfg.rootfs {
         args.push("skiff.load=rootfs".into());
         let mode = if root.writable { "rw" } else { "overlay" };
@@ -387,6 +446,20 @@ fn qemu_args(
         a.push(format!(
             "vhost-user-fs-device,chardev=fs{i},tag={}",
             share.mount.label
+        ));
+    }
+    // The root disk first, so that it is the first virtio block device
+    // (/dev/vda, where images written for other VMMs expect it).
+    if let Some(root) = &cfg.root_disk {
+        let file = path_arg(&root.path).replace(',', ",,");
+        a.push("-drive".into());
+        a.push(format!(
+            "file={file},if=none,id=root,format={},readonly=off",
+            root.format.as_str()
+        ));
+        a.push("-device".into());
+        a.push(format!(
+            "virtio-blk-device,drive=root,serial={ROOT_DISK_SERIAL}"
         ));
     }
     for (i, d) in cfg.drives.iter().enumerate() {

@@ -21,6 +21,8 @@ pub(crate) fn cfg() -> VmConfig {
         virtiofsd_binary: "virtiofsd".into(),
         rootfs: None,
         run_as: None,
+        root_disk: None,
+        init: GuestInit::Agent,
     }
 }
 
@@ -306,4 +308,83 @@ fn qemu_runs_under_seccomp_and_drops_root_when_asked() {
     assert_eq!(value_after(&p.qemu.args, "-runas"), ["nobody"]);
     assert_eq!(value_after(&p.qemu.args, "-sandbox"), [QEMU_SECCOMP_RUNAS]);
     assert!(QEMU_SECCOMP_RUNAS.contains("spawn=deny"));
+}
+
+#[test]
+fn a_root_disk_is_the_first_block_device_found_by_its_serial() {
+    let c = VmConfig {
+        root_disk: Some(RootDisk {
+            path: "/var/lib/skiff/vms/dev/root.qcow2".into(),
+            format: DiskFormat::Qcow2,
+        }),
+        init: GuestInit::System {
+            target: "multi-user.target".into(),
+        },
+        drives: vec![Drive {
+            path: "/v/data.ext4".into(),
+            mount: skiff_proto::guest::MountArg {
+                label: "skiff-data".into(),
+                target: "/data".into(),
+                readonly: false,
+                noexec: false,
+                nosuid: false,
+                nodev: true,
+            },
+        }],
+        ..cfg()
+    };
+    let p = plan(&c).expect("plan");
+    let drives = value_after(&p.qemu.args, "-drive");
+    assert_eq!(
+        drives[0],
+        "file=/var/lib/skiff/vms/dev/root.qcow2,if=none,id=root,format=qcow2,readonly=off"
+    );
+    assert!(drives[1].starts_with("file=/v/data.ext4,"), "{drives:?}");
+    assert_eq!(
+        value_after(&p.qemu.args, "-device")
+            .into_iter()
+            .find(|d| d.starts_with("virtio-blk-device"))
+            .expect("a block device"),
+        "virtio-blk-device,drive=root,serial=skiff-root"
+    );
+    let cmdline = kernel_cmdline(&c);
+    let words: Vec<&str> = cmdline.split(' ').collect();
+    assert_eq!(
+        words.iter().filter(|w| **w == "skiff.load=blk").count(),
+        1,
+        "{cmdline}"
+    );
+    for want in [
+        "skiff.root=skiff-root",
+        "skiff.init=system",
+        "skiff.target=multi-user.target",
+    ] {
+        assert!(words.contains(&want), "{want} missing: {cmdline}");
+    }
+}
+
+#[test]
+fn roots_and_inits_that_cannot_go_together_are_refused() {
+    let disk = RootDisk {
+        path: "/r.qcow2".into(),
+        format: DiskFormat::Qcow2,
+    };
+    let both = VmConfig {
+        root_disk: Some(disk),
+        rootfs: Some(RootFs {
+            source: "/dir".into(),
+            writable: false,
+        }),
+        ..cfg()
+    };
+    assert_eq!(plan(&both), Err(PlanError::TwoRoots));
+    let no_root = VmConfig {
+        init: GuestInit::System {
+            target: "multi-user.target".into(),
+        },
+        ..cfg()
+    };
+    assert_eq!(plan(&no_root), Err(PlanError::InitWithoutRoot));
+    assert!(!kernel_cmdline(&cfg()).contains("skiff.root"));
+    assert!(!kernel_cmdline(&cfg()).contains("skiff.init"));
 }

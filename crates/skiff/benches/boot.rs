@@ -132,6 +132,8 @@ fn bare_qemu_args(kernel: &Path, initrd: &Path, work: &Path) -> Vec<String> {
         virtiofsd_binary: "virtiofsd".into(),
         rootfs: None,
         run_as: None,
+        root_disk: None,
+        init: skiff_vmm::GuestInit::Agent,
     };
     let plan = skiff_vmm::plan(&cfg).expect("plan");
     let mut args = Vec::new();

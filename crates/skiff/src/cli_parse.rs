@@ -30,7 +30,9 @@ pub fn parse_share(s: &str) -> Result<run_spec::RunShare, String> {
 }
 
 pub fn parse_publish(s: &str) -> Result<String, String> {
-    skiff_spec::parse_forward(s).map(|_| s.to_owned())
+    skiff_spec::parse_forward(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 pub fn parse_env(s: &str) -> Result<(String, String), String> {

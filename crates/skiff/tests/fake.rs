@@ -2,12 +2,14 @@
 //! process supervision and cgroups) on the fake backend, whose VMs are
 //! `skiff-fake-vm` processes that speak the agent protocol. Lifecycle,
 //! restart policies, adoption after `kill -9` and `skiff run` through the
-//! daemon, in seconds, without booting anything. The same behaviours on real
-//! VMs are in daemon.rs, run.rs and pools.rs.
+//! daemon, pools, the reverse proxy and health checks, in seconds, without
+//! booting anything. The same behaviours on real VMs are in daemon.rs,
+//! run.rs, pools.rs and proxy.rs.
 
 mod common;
 
 use common::daemon::Daemon;
+use common::netns::NetNs;
 use common::{stderr, stdout};
 use std::time::Duration;
 
@@ -203,4 +205,81 @@ fn apply_creates_then_restarts_exactly_what_changed() {
     let out = d.cli(&["apply", "-f", file]);
     assert_eq!(out.status.code(), Some(125));
     assert_eq!(d.inspect("a")["spec"]["memory_mib"], 512);
+}
+
+/// The proxy's answer for app.test over plain HTTP in `ns`: status and body.
+fn proxied(ns: &NetNs, host: &str) -> (String, String) {
+    let out = ns
+        .command("curl")
+        .args(["-sS", "-m", "5", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("Host: {host}"))
+        .arg("http://127.0.0.1:18091/healthz")
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    match text.rsplit_once('\n') {
+        Some((body, code)) => (code.to_owned(), body.to_owned()),
+        None => (text, String::new()),
+    }
+}
+
+/// Health checks (root: a managed network in a namespace of the test's).
+/// A VM that fails its check is marked unhealthy, the proxy answers 503
+/// for it, and its restart policy decides: "always" restarts it (healthy
+/// again), "no" leaves it unhealthy.
+#[test]
+fn failing_health_checks_give_503_and_restart_by_policy() {
+    let ns = NetNs::new("f");
+    let flags: Vec<String> = ["--http-listen", "127.0.0.1:18091"]
+        .map(String::from)
+        .to_vec();
+    let d = Daemon::start_fake_wrapped(&flags, &ns.exec_prefix());
+    d.ok(&["network", "create", "web", "--subnet", "10.97.0.0/24"]);
+    for (name, policy) in [("healed", "always"), ("steady", "no")] {
+        d.boot(
+            name,
+            &format!(
+                "[vm.{name}]\nnetwork = {{ mode = \"bridge\", network = \"web\" }}\ncommand = [\"http\", \"8080\"]\nrestart = \"{policy}\"\n[vm.{name}.http]\ndomains = [\"{name}.test\"]\nport = 8080\nhealth = {{ path = \"/healthz\", interval = \"200ms\", unhealthy_after = 2 }}\n"
+            ),
+        );
+    }
+    for name in ["healed", "steady"] {
+        let host = format!("{name}.test");
+        d.wait_for(
+            "the fake service behind the proxy",
+            Duration::from_secs(10),
+            || proxied(&ns, &host).0 == "200",
+        );
+        let (_, body) = proxied(&ns, &host);
+        assert!(body.starts_with("fake service on 10.97.0."), "{body}");
+    }
+
+    for name in ["healed", "steady"] {
+        d.ok(&["exec", name, "--", "unhealthy"]);
+    }
+    // "no": unhealthy for good, the proxy says so, nothing restarts it.
+    d.wait_for(
+        "steady to be marked unhealthy",
+        Duration::from_secs(10),
+        || proxied(&ns, "steady.test").0 == "503",
+    );
+    let (_, page) = proxied(&ns, "steady.test");
+    assert!(
+        page.contains("VM steady is failing its health check"),
+        "{page}"
+    );
+    // "always": restarted (a new guest, healthy), then served again.
+    d.wait_for("healed to be restarted", Duration::from_secs(10), || {
+        d.inspect("healed")["restarts"].as_i64().unwrap_or(0) >= 1
+    });
+    d.wait_for("healed to be served again", Duration::from_secs(10), || {
+        proxied(&ns, "healed.test").0 == "200"
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(proxied(&ns, "steady.test").0, "503");
+    assert_eq!(d.inspect("steady")["restarts"], 0);
+    assert_eq!(d.inspect("steady")["state"], "running");
+    assert!(d.log().contains("unhealthy"), "{}", d.log());
+    d.ok(&["rm", "--force", "healed", "steady"]);
+    d.ok(&["network", "rm", "web"]);
 }

@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, watch};
 pub async fn run(State(m): State<Arc<Manager>>, req: Request) -> Result<Response, ApiError> {
     let (on_upgrade, body): (_, RunBody) = upgrade_request(req, "run").await?;
     let name = format!("run-{}", crate::paths::new_vm_id());
-    let spec = run_spec(&name, &body).map_err(|e| api_error(StatusCode::BAD_REQUEST, e))?;
+    let spec =
+        run_spec(&name, &body).map_err(|e| api_error(StatusCode::BAD_REQUEST, e.to_string()))?;
     // The run's VM is a VM of the manager like any other (store record,
     // cgroup, -runas, monitor), marked ephemeral; a bad request fails here,
     // before the upgrade, with nothing created.

@@ -15,14 +15,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-type Cause = Box<dyn std::error::Error + Send + Sync>;
-
 /// Why a VM did not boot. Each step's error is the source; the messages
 /// name the step only, so that the chain reads once.
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
     #[error("cannot prepare the guest image")]
-    Image(#[source] Cause),
+    Image(#[from] crate::image::ImageError),
+    #[error("the image preparation task failed")]
+    ImageTask(#[source] tokio::task::JoinError),
     #[error("cannot create {}", path.display())]
     VmDir {
         path: PathBuf,
@@ -34,9 +34,11 @@ pub enum BootError {
     #[error(transparent)]
     NoImage(#[from] crate::drives::NoImage),
     #[error("cannot find the image cache")]
-    Cache(#[source] Cause),
+    Cache(#[source] crate::paths::PathError),
     #[error("cannot prepare the drives")]
-    Drives(#[source] Cause),
+    Drives(#[source] crate::drives::DriveError),
+    #[error("cannot prepare the root disk")]
+    RootDisk(#[from] crate::rootdisk::RootDiskError),
     #[error(transparent)]
     Tap(#[from] super::networks::TapError),
     #[error(transparent)]
@@ -83,8 +85,7 @@ impl Manager {
         };
         let guest = tokio::task::spawn_blocking(move || image::prepare(&choice, true))
             .await
-            .map_err(|e| BootError::Image(e.into()))?
-            .map_err(|e| BootError::Image(e.into()))?;
+            .map_err(BootError::ImageTask)??;
         let decision = skiff_vmm::decide(spec.accel, &HostKvm::probe());
         let vm_dir = self.paths.vm_dir(&rec.name);
         std::fs::create_dir_all(&vm_dir).map_err(|source| BootError::VmDir {
@@ -95,12 +96,27 @@ impl Manager {
         let image_root = match &spec.image {
             None => None,
             Some(_) => {
-                let cache = paths::cache_dir().map_err(|e| BootError::Cache(e.into()))?;
+                let cache = paths::cache_dir().map_err(BootError::Cache)?;
                 crate::drives::image_root(spec, &cache)?
             }
         };
+        let root_disk = match &spec.disk {
+            None => None,
+            Some(disk) => {
+                let cache = paths::cache_dir().map_err(BootError::Cache)?;
+                let (disk, host, dir) = (disk.clone(), self.host.clone(), vm_dir.clone());
+                // Building an image's disk the first time takes a while.
+                let prepared = tokio::task::spawn_blocking(move || {
+                    let (base, kind) = crate::rootdisk::base(&disk, &cache)?;
+                    crate::rootdisk::prepare(host.as_ref(), &disk, &base, kind, &dir)
+                })
+                .await
+                .map_err(BootError::ImageTask)??;
+                Some(prepared)
+            }
+        };
         let boot_drives = crate::drives::prepare(self.host.as_ref(), &self.paths, rec, &vm_dir)
-            .map_err(|e| BootError::Drives(e.into()))?;
+            .map_err(BootError::Drives)?;
         // The secrets image goes away as soon as this boot no longer needs
         // the file: QEMU keeps it open, so it lives exactly as long as the VM.
         let _secrets = SecretsImage(boot_drives.secrets_image.clone());
@@ -121,6 +137,7 @@ impl Manager {
             drives: boot_drives.drives,
             tap: self.prepare_tap(rec).await?,
             image_root,
+            root_disk,
         };
         let plan = resolve(spec, &rec.id, &host, artifacts, self.backend.as_ref())?;
         if let Some(net) = &plan.config.net {

@@ -21,30 +21,52 @@ pub struct HealthState {
 
 pub type HealthMap = std::sync::Mutex<HashMap<String, HealthState>>;
 
+/// Why a health check failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot connect")]
+    Connect(#[source] std::io::Error),
+    #[error("the HTTP exchange failed")]
+    Http(#[source] hyper::Error),
+    #[error("the request is invalid")]
+    Request(#[source] hyper::http::Error),
+    #[error("status {0}")]
+    Status(hyper::StatusCode),
+    #[error("no answer in {0:?}")]
+    Timeout(Duration),
+}
+
 /// One GET; Ok if the answer is 2xx or 3xx.
-async fn probe(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> Result<(), String> {
+async fn probe(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
     let attempt = async {
-        let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(ProbeError::Connect)?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ProbeError::Http)?;
         tokio::spawn(conn);
         let req = hyper::Request::get(path)
             .header(hyper::header::HOST, host)
             .header(hyper::header::USER_AGENT, "skiff-health-check")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+            .map_err(ProbeError::Request)?;
+        let resp = sender.send_request(req).await.map_err(ProbeError::Http)?;
         let s = resp.status();
         if s.is_success() || s.is_redirection() {
             Ok(())
         } else {
-            Err(format!("status {s}"))
+            Err(ProbeError::Status(s))
         }
     };
     tokio::time::timeout(timeout, attempt)
         .await
-        .map_err(|_| "no answer in time".to_owned())?
+        .map_err(|_| ProbeError::Timeout(timeout))?
 }
 
 impl Manager {
@@ -127,7 +149,10 @@ impl Manager {
                     }
                 };
                 if became_unhealthy {
-                    let why = result.err().unwrap_or_default();
+                    let why = result
+                        .err()
+                        .map(|e| crate::support::error_chain(&e))
+                        .unwrap_or_default();
                     tracing::warn!(
                         vm = %name,
                         path = %check.path,

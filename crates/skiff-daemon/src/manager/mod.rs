@@ -14,7 +14,7 @@ pub mod networks;
 pub mod pools;
 
 use crate::paths;
-use crate::store::{Event, Store, StoreError, VmRecord, VmState};
+use crate::store::{Event, Store, VmRecord, VmState};
 pub use skiff_api::ApplyChange;
 use skiff_proto::Message;
 use skiff_spec::VmSpec;
@@ -31,79 +31,8 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long `stop` waits for a clean power-off before killing.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// What went wrong, typed so that the API can pick a status code.
-#[derive(Debug, thiserror::Error)]
-pub enum ManagerError {
-    #[error("no VM named {0:?}")]
-    NotFound(String),
-    /// Something else that does not exist (a pool, a network); the text
-    /// says what.
-    #[error("{0}")]
-    Missing(String),
-    #[error("a VM named {0:?} already exists")]
-    Exists(String),
-    #[error("{0}")]
-    InvalidSpec(String),
-    #[error("cannot {action} {name:?}: it is {state}")]
-    WrongState {
-        name: String,
-        action: &'static str,
-        state: &'static str,
-    },
-    #[error("VM {name:?} failed to start")]
-    StartFailed {
-        name: String,
-        #[source]
-        source: Box<boot::BootError>,
-    },
-    #[error("cannot reach the agent of {name:?}")]
-    Agent {
-        name: String,
-        #[source]
-        source: skiff_vmm::AgentError,
-    },
-    /// The daemon lacks a privilege (a capability) for this.
-    #[error(transparent)]
-    Forbidden(skiff_net::NetError),
-    /// Conflicts with what exists (a taken address, an overlapping subnet).
-    #[error("{0}")]
-    Conflict(String),
-    /// Something on the host failed (a file, the database, an image);
-    /// `what` says what was being done, the source why.
-    #[error("internal error: cannot {what}")]
-    Internal {
-        what: String,
-        #[source]
-        source: Cause,
-    },
-}
-
-impl From<StoreError> for ManagerError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Exists(n) => ManagerError::Exists(n),
-            StoreError::NotFound(n) => ManagerError::NotFound(n),
-            StoreError::Illegal { name, source } => ManagerError::WrongState {
-                name,
-                action: "change",
-                state: source.state.as_str(),
-            },
-            other => ManagerError::internal("use the state database", other),
-        }
-    }
-}
-
-type Cause = Box<dyn std::error::Error + Send + Sync>;
-
-impl ManagerError {
-    /// An internal error: `what` was being done when `source` happened.
-    pub fn internal(what: impl Into<String>, source: impl Into<Cause>) -> ManagerError {
-        ManagerError::Internal {
-            what: what.into(),
-            source: source.into(),
-        }
-    }
-}
+mod errors;
+pub use errors::{Cause, Conflict, Invalid, ManagerError, Missing};
 
 pub use crate::support::error_chain;
 
@@ -186,10 +115,11 @@ impl Manager {
         spec: &VmSpec,
         ephemeral: bool,
     ) -> Result<VmRecord, ManagerError> {
-        skiff_spec::check_name(&spec.name)
-            .map_err(|e| ManagerError::InvalidSpec(format!("name: {e}")))?;
-        crate::resolve::check_supported(spec)
-            .map_err(|e| ManagerError::InvalidSpec(e.to_string()))?;
+        skiff_spec::check_name(&spec.name).map_err(|source| Invalid::Name {
+            field: "name",
+            source,
+        })?;
+        crate::resolve::check_supported(spec).map_err(Invalid::Unsupported)?;
         self.check_http(spec)?;
         let vm_dir = self.paths.vm_dir(&spec.name);
         let rec = self.store.insert(&paths::new_vm_id(), spec, ephemeral)?;
@@ -407,8 +337,7 @@ impl Manager {
                 });
                 continue;
             };
-            crate::resolve::check_supported(&spec)
-                .map_err(|e| ManagerError::InvalidSpec(e.to_string()))?;
+            crate::resolve::check_supported(&spec).map_err(Invalid::Unsupported)?;
             self.check_http(&spec)?;
             let changed = changed_fields(&rec.spec, &spec);
             if changed.is_empty() {

@@ -3,7 +3,7 @@
 //! created, booted and removed. (The HTTP side is in the http module.)
 
 use crate::hostops::HostError;
-use crate::manager::{Manager, ManagerError};
+use crate::manager::{Conflict, Invalid, Manager, ManagerError, Missing};
 use crate::netstore::{LeaseError, NetworkRecord};
 use crate::store::VmRecord;
 use skiff_api::PruneReport;
@@ -19,8 +19,8 @@ impl From<NetError> for ManagerError {
             NetError::BadSubnet { .. }
             | NetError::BadName { .. }
             | NetError::AddressOutside { .. }
-            | NetError::AddressReserved { .. } => ManagerError::InvalidSpec(e.to_string()),
-            NetError::PoolExhausted { .. } => ManagerError::Conflict(e.to_string()),
+            | NetError::AddressReserved { .. } => Invalid::Network(e).into(),
+            NetError::PoolExhausted { .. } => Conflict::Network(e).into(),
             other => ManagerError::internal("set up the network", other),
         }
     }
@@ -38,8 +38,8 @@ impl From<HostError> for ManagerError {
 impl From<LeaseError> for ManagerError {
     fn from(e: LeaseError) -> Self {
         match e {
-            LeaseError::NoNetwork(_) => ManagerError::InvalidSpec(e.to_string()),
-            LeaseError::Taken { .. } => ManagerError::Conflict(e.to_string()),
+            LeaseError::NoNetwork(n) => Invalid::NoNetwork(n).into(),
+            LeaseError::Taken { .. } => Conflict::Address(e).into(),
             LeaseError::Net(n) => n.into(),
             LeaseError::Store(s) => s.into(),
         }
@@ -100,22 +100,23 @@ impl Manager {
         skiff_net::check_network_name(name)?;
         let subnet: Subnet = subnet.parse()?;
         let dns = match dns {
-            Some(d) => Some(d.parse::<Ipv4Addr>().map_err(|_| {
-                ManagerError::InvalidSpec(format!("dns: {d:?} is not an IPv4 address"))
-            })?),
+            Some(d) => Some(
+                d.parse::<Ipv4Addr>()
+                    .map_err(|_| Invalid::Dns(d.to_owned()))?,
+            ),
             None => host_dns(),
         };
         let existing = self.store.networks()?;
         if existing.iter().any(|n| n.name == name) {
-            return Err(ManagerError::Conflict(format!(
-                "a network named {name:?} already exists"
-            )));
+            return Err(Conflict::NetworkExists(name.to_owned()).into());
         }
         if let Some(other) = existing.iter().find(|n| n.subnet.overlaps(&subnet)) {
-            return Err(ManagerError::Conflict(format!(
-                "{subnet} overlaps network {:?} ({}); choose a subnet that does not",
-                other.name, other.subnet
-            )));
+            return Err(Conflict::SubnetOverlap {
+                subnet,
+                network: other.name.clone(),
+                theirs: other.subnet,
+            }
+            .into());
         }
         self.host
             .require_net_admin(&format!("creating network {name}"))?;
@@ -163,14 +164,14 @@ impl Manager {
 
     pub async fn remove_network(&self, name: &str) -> Result<(), ManagerError> {
         let Some(net) = self.store.network(name)? else {
-            return Err(ManagerError::Missing(format!("no network named {name:?}")));
+            return Err(Missing::Network(name.to_owned()).into());
         };
         if !net.leases.is_empty() {
-            let vms: Vec<&str> = net.leases.iter().map(|l| l.vm.as_str()).collect();
-            return Err(ManagerError::Conflict(format!(
-                "network {name:?} is used by {}; remove them first (skiff rm NAME)",
-                vms.join(", ")
-            )));
+            return Err(Conflict::NetworkInUse {
+                network: name.to_owned(),
+                vms: net.leases.iter().map(|l| l.vm.clone()).collect(),
+            }
+            .into());
         }
         self.host
             .require_net_admin(&format!("removing network {name}"))?;

@@ -3,7 +3,7 @@
 //! surplus warm VMs) and destroys taken sandboxes whose time to live has
 //! run out. (The HTTP side is in the http module.)
 
-use crate::manager::{Manager, ManagerError};
+use crate::manager::{Conflict, Invalid, Manager, ManagerError, Missing};
 use crate::poolstore::{PoolRecord, SandboxRecord};
 use crate::store::{now, VmState};
 use skiff_api::CreatePool;
@@ -18,8 +18,13 @@ const MAX_POOL_NAME: usize = skiff_spec::MAX_NAME_LEN - 7;
 
 pub use skiff_api::{Pool as PoolInfo, Sandbox};
 
-fn invalid(msg: String) -> ManagerError {
-    ManagerError::InvalidSpec(msg)
+fn out_of_range(field: &'static str, value: impl ToString, allowed: String) -> ManagerError {
+    Invalid::OutOfRange {
+        field,
+        value: value.to_string(),
+        allowed,
+    }
+    .into()
 }
 
 impl Manager {
@@ -27,19 +32,25 @@ impl Manager {
         let mut spec = VmSpec::with_defaults(&body.name);
         if let Some(c) = body.cpus {
             if c == 0 || c > skiff_spec::MAX_VCPUS {
-                return Err(invalid(format!(
-                    "cpus: {c} is out of range; allowed: 1 to {}",
-                    skiff_spec::MAX_VCPUS
-                )));
+                return Err(out_of_range(
+                    "cpus",
+                    c,
+                    format!("1 to {}", skiff_spec::MAX_VCPUS),
+                ));
             }
             spec.vcpus = c;
         }
         if let Some(m) = body.memory_mib {
             if !(skiff_spec::MIN_MEMORY_MIB..=skiff_spec::MAX_MEMORY_MIB).contains(&m) {
-                return Err(invalid(format!(
-                    "memory: {m} MiB is out of range; at least {} MiB",
-                    skiff_spec::MIN_MEMORY_MIB
-                )));
+                return Err(out_of_range(
+                    "memory",
+                    format!("{m} MiB"),
+                    format!(
+                        "{} to {} MiB",
+                        skiff_spec::MIN_MEMORY_MIB,
+                        skiff_spec::MAX_MEMORY_MIB
+                    ),
+                ));
             }
             spec.memory_mib = m;
         }
@@ -47,7 +58,7 @@ impl Manager {
             let cache = crate::paths::cache_dir()
                 .map_err(|e| ManagerError::internal("find the image cache", e))?;
             if skiff_image::find_image(&cache, image).is_none() {
-                return Err(invalid(format!("no image named {image:?}; build one with `skiff image build -f images/{image}.toml`")));
+                return Err(Invalid::NoImage(image.clone()).into());
             }
             spec.image = Some(image.clone());
         }
@@ -62,7 +73,7 @@ impl Manager {
             Some("user") => spec.network = vec![nic(NetMode::User, None)],
             Some(name) => {
                 if self.store.network(name)?.is_none() {
-                    return Err(invalid(format!("no network named {name:?}; create it with `skiff network create {name} --subnet 10.88.0.0/24`")));
+                    return Err(Invalid::NoNetwork(name.to_owned()).into());
                 }
                 spec.network = vec![nic(NetMode::Bridge, Some(name.to_owned()))];
             }
@@ -71,21 +82,28 @@ impl Manager {
     }
 
     pub fn create_pool(&self, body: &CreatePool) -> Result<PoolRecord, ManagerError> {
-        skiff_spec::check_name(&body.name).map_err(|e| invalid(format!("pool name: {e}")))?;
+        skiff_spec::check_name(&body.name).map_err(|source| Invalid::Name {
+            field: "pool name",
+            source,
+        })?;
         if body.name.len() > MAX_POOL_NAME {
-            return Err(invalid(format!(
-                "pool name: at most {MAX_POOL_NAME} characters (its VMs add 7)"
-            )));
+            return Err(Invalid::NameTooLong {
+                field: "pool name",
+                max: MAX_POOL_NAME,
+                why: "its VMs add 7",
+            }
+            .into());
         }
         if body.size > MAX_POOL_SIZE {
-            return Err(invalid(format!(
-                "size: {} is out of range; allowed: 0 to {MAX_POOL_SIZE}",
-                body.size
-            )));
+            return Err(out_of_range(
+                "size",
+                body.size,
+                format!("0 to {MAX_POOL_SIZE}"),
+            ));
         }
         let ttl_secs = body.ttl_secs.unwrap_or(DEFAULT_TTL_SECS);
         if ttl_secs == 0 {
-            return Err(invalid("ttl_secs: must be at least 1".into()));
+            return Err(out_of_range("ttl_secs", 0, "at least 1".into()));
         }
         let pool = PoolRecord {
             name: body.name.clone(),
@@ -96,7 +114,7 @@ impl Manager {
         };
         self.store.insert_pool(&pool).map_err(|e| match e {
             crate::store::StoreError::Exists(_) => {
-                ManagerError::Conflict(format!("a pool named {:?} already exists", pool.name))
+                ManagerError::from(Conflict::PoolExists(pool.name.clone()))
             }
             other => other.into(),
         })?;
@@ -136,9 +154,7 @@ impl Manager {
 
     pub async fn remove_pool(self: &Arc<Self>, name: &str) -> Result<(), ManagerError> {
         if self.store.pool(name)?.is_none() {
-            return Err(ManagerError::Missing(format!(
-                "no pool named {name:?}; see `skiff pool ls`"
-            )));
+            return Err(Missing::Pool(name.to_owned()).into());
         }
         self.store.delete_pool(name)?;
         // Warm VMs go now; taken sandboxes live out their time to live.
@@ -152,14 +168,10 @@ impl Manager {
 
     pub fn resize_pool(&self, name: &str, size: u32) -> Result<(), ManagerError> {
         if size > MAX_POOL_SIZE {
-            return Err(invalid(format!(
-                "size: {size} is out of range; allowed: 0 to {MAX_POOL_SIZE}"
-            )));
+            return Err(out_of_range("size", size, format!("0 to {MAX_POOL_SIZE}")));
         }
         if !self.store.resize_pool(name, size)? {
-            return Err(ManagerError::Missing(format!(
-                "no pool named {name:?}; see `skiff pool ls`"
-            )));
+            return Err(Missing::Pool(name.to_owned()).into());
         }
         self.pool_wake.notify_one();
         Ok(())
@@ -173,9 +185,7 @@ impl Manager {
         wait: Duration,
     ) -> Result<Sandbox, ManagerError> {
         let Some(p) = self.store.pool(pool)? else {
-            return Err(ManagerError::Missing(format!(
-                "no pool named {pool:?}; see `skiff pool ls`"
-            )));
+            return Err(Missing::Pool(pool.to_owned()).into());
         };
         let ttl = ttl_secs.unwrap_or(p.ttl_secs).max(1);
         let deadline = Instant::now() + wait;
@@ -185,10 +195,11 @@ impl Manager {
                 return self.sandbox_info(&vm);
             }
             if Instant::now() >= deadline {
-                return Err(ManagerError::Conflict(format!(
-                    "pool {pool:?} has no ready sandbox (size {}); wait for it to refill, or resize it",
-                    p.size
-                )));
+                return Err(Conflict::PoolEmpty {
+                    pool: pool.to_owned(),
+                    size: p.size,
+                }
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -198,7 +209,7 @@ impl Manager {
         let sandbox = self
             .store
             .sandbox(vm)?
-            .ok_or_else(|| ManagerError::Missing(format!("no sandbox named {vm:?}")))?;
+            .ok_or_else(|| Missing::Sandbox(vm.to_owned()))?;
         Ok(Sandbox {
             address: self.bridge_address(vm).map(|a| a.to_string()),
             vm: sandbox.vm,
@@ -211,7 +222,7 @@ impl Manager {
     /// Give a taken sandbox `secs` more to live, from now.
     pub fn extend_ttl(&self, vm: &str, secs: u64) -> Result<Sandbox, ManagerError> {
         if !self.store.extend_sandbox(vm, secs.max(1))? {
-            return Err(ManagerError::Missing(format!("no taken sandbox named {vm:?} (only sandboxes taken from a pool have a time to live)")));
+            return Err(Missing::TakenSandbox(vm.to_owned()).into());
         }
         self.sandbox_info(vm)
     }

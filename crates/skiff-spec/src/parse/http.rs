@@ -10,7 +10,11 @@ const FIELDS: &[&str] = &["domains", "port", "tls", "health"];
 
 /// A DNS name: labels of a-z, 0-9 and '-' (not first or last), dots
 /// between them, at most 253 bytes.
-pub fn check_domain(d: &str) -> Result<(), String> {
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a domain name; use lower-case labels of a-z, 0-9 and '-' separated by dots, like \"app.example.test\"")]
+pub struct DomainError(String);
+
+pub fn check_domain(d: &str) -> Result<(), DomainError> {
     let ok_label = |l: &str| {
         !l.is_empty()
             && l.len() <= 63
@@ -20,9 +24,7 @@ pub fn check_domain(d: &str) -> Result<(), String> {
             && !l.ends_with('-')
     };
     if d.is_empty() || d.len() > 253 || !d.split('.').all(ok_label) {
-        return Err(format!(
-            "{d:?} is not a domain name; use lower-case labels of a-z, 0-9 and '-' separated by dots, like \"app.example.test\""
-        ));
+        return Err(DomainError(d.to_owned()));
     }
     Ok(())
 }

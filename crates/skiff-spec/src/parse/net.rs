@@ -139,9 +139,24 @@ fn describe(v: &Value) -> String {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is not an IPv4 CIDR like \"10.0.0.0/8\"")]
+pub(super) struct CidrError(String);
+
+/// Why a port forward was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    #[error("{0:?} is not a port forward; write \"HOST_PORT:GUEST_PORT\", optionally with an address in front and /udp after (\"127.0.0.1:8080:80/tcp\")")]
+    Usage(String),
+    #[error("{port:?} in {forward:?} is not a port; allowed: 1 to 65535")]
+    Port { port: String, forward: String },
+    #[error("{address:?} in {forward:?} is not an IP address")]
+    Address { address: String, forward: String },
+}
+
 /// `a.b.c.d/n` with n from 0 to 32.
-pub(super) fn check_cidr(s: &str) -> Result<(), String> {
-    let bad = || format!("{s:?} is not an IPv4 CIDR like \"10.0.0.0/8\"");
+pub(super) fn check_cidr(s: &str) -> Result<(), CidrError> {
+    let bad = || CidrError(s.to_owned());
     let (addr, len) = s.split_once('/').ok_or_else(bad)?;
     addr.parse::<Ipv4Addr>().map_err(|_| bad())?;
     match len.parse::<u8>() {
@@ -197,10 +212,8 @@ pub(super) fn forwards(v: &Value, p: &str, errs: &mut Errs) -> Vec<PortForward> 
 }
 
 /// `[ADDR:]HOST:GUEST[/tcp|/udp]`.
-pub fn parse_forward(s: &str) -> Result<PortForward, String> {
-    let usage = || {
-        format!("{s:?} is not a port forward; write \"HOST_PORT:GUEST_PORT\", optionally with an address in front and /udp after (\"127.0.0.1:8080:80/tcp\")")
-    };
+pub fn parse_forward(s: &str) -> Result<PortForward, ForwardError> {
+    let usage = || ForwardError::Usage(s.to_owned());
     let (ports, protocol) = match s.rsplit_once('/') {
         Some((ports, "tcp")) => (ports, Protocol::Tcp),
         Some((ports, "udp")) => (ports, Protocol::Udp),
@@ -214,7 +227,10 @@ pub fn parse_forward(s: &str) -> Result<PortForward, String> {
         _ => return Err(usage()),
     };
     let port = |t: &str| match t.parse::<u16>() {
-        Ok(0) | Err(_) => Err(format!("{t:?} in {s:?} is not a port; allowed: 1 to 65535")),
+        Ok(0) | Err(_) => Err(ForwardError::Port {
+            port: t.to_owned(),
+            forward: s.to_owned(),
+        }),
         Ok(n) => Ok(n),
     };
     let host_address = match addr {
@@ -222,7 +238,10 @@ pub fn parse_forward(s: &str) -> Result<PortForward, String> {
         Some(a) => a
             .trim_matches(['[', ']'])
             .parse()
-            .map_err(|_| format!("{a:?} in {s:?} is not an IP address"))?,
+            .map_err(|_| ForwardError::Address {
+                address: a.to_owned(),
+                forward: s.to_owned(),
+            })?,
     };
     Ok(PortForward {
         host_address,

@@ -15,7 +15,12 @@
 //!   * `Exec` of a command: `echo ARGS` prints them, `exit N` exits with N,
 //!     `sleep N` takes N seconds, anything else prints its argv; `Exited`
 //!     follows;
-//!   * `Shutdown`: the guest powers off (exit 0).
+//!   * `Shutdown`: the guest powers off (exit 0);
+//!   * the service `http PORT` answers HTTP on the guest's address from
+//!     `skiff.ip=` in `--cmdline` (added to `lo`, so this needs root in a
+//!     network namespace of the test's), 200 until the command `unhealthy`
+//!     makes it answer 500: the proxy and health checks talk to it as they
+//!     would to a real guest's web server.
 //!
 //! `--console` receives a line per event, as a serial console would.
 
@@ -24,11 +29,31 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::process::exit;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+
+/// The guest's address on its managed network (`skiff.ip=` of the kernel
+/// command line the plan gave), if it has one.
+static GUEST_IP: OnceLock<std::net::Ipv4Addr> = OnceLock::new();
+/// Whether the `http` service answers 500 (after the command `unhealthy`).
+static UNHEALTHY: AtomicBool = AtomicBool::new(false);
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let cmdline = args
+        .windows(2)
+        .find(|w| w[0] == "--cmdline")
+        .map(|w| w[1].clone())
+        .unwrap_or_default();
+    if let Some(ip) = cmdline
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("skiff.ip="))
+        .and_then(|cidr| cidr.split('/').next())
+        .and_then(|a| a.parse().ok())
+    {
+        let _ = GUEST_IP.set(ip);
+    }
     let flag = |name: &str| {
         args.windows(2)
             .find(|w| w[0] == name)
@@ -168,6 +193,12 @@ fn serve(mut stream: UnixStream, console: &Console) {
 /// A service ends the fake VM the way QEMU's isa-debug-exit ends a real
 /// one: `exit 0` → 1 (success), `exit N` → 3 (failure).
 fn service(argv: &[String], console: &Console) {
+    if let [cmd, port] = argv {
+        if cmd == "http" {
+            http_service(port, console);
+            return;
+        }
+    }
     if let [cmd, code] = argv {
         if cmd == "exit" {
             let failed = code != "0";
@@ -188,7 +219,63 @@ fn service(argv: &[String], console: &Console) {
     }
 }
 
+/// Serve HTTP on the guest's address: a page naming it, or 500 when
+/// unhealthy. The address goes on `lo` so that the host reaches it.
+fn http_service(port: &str, console: &Console) {
+    let (Some(ip), Ok(port)) = (GUEST_IP.get().copied(), port.parse::<u16>()) else {
+        say(console, "http: no guest address or port; service failed");
+        exit(3)
+    };
+    // "exists" on a restart is fine.
+    let _ = std::process::Command::new("ip")
+        .args(["addr", "add", &format!("{ip}/32"), "dev", "lo"])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let listener = match std::net::TcpListener::bind((ip, port)) {
+        Ok(l) => l,
+        Err(e) => {
+            say(console, &format!("http: cannot listen on {ip}:{port}: {e}"));
+            exit(3)
+        }
+    };
+    say(console, &format!("http: listening on {ip}:{port}"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || answer_http(stream, ip));
+        }
+    });
+}
+
+fn answer_http(mut stream: std::net::TcpStream, ip: std::net::Ipv4Addr) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    // The request line and headers, up to the blank line.
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) if line == "\r\n" || line == "\n" => break,
+            Ok(_) => {}
+        }
+    }
+    let (status, body) = if UNHEALTHY.load(Ordering::SeqCst) {
+        ("500 Internal Server Error", "unhealthy\n".to_owned())
+    } else {
+        ("200 OK", format!("fake service on {ip}\n"))
+    };
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
 fn command(argv: &[String]) -> Vec<Message> {
+    if argv == ["unhealthy"] {
+        UNHEALTHY.store(true, Ordering::SeqCst);
+        return vec![Message::Exited(ExitStatus::Code(0))];
+    }
     let (out, code) = match argv {
         [cmd, rest @ ..] if cmd == "echo" => (format!("{}\n", rest.join(" ")), 0),
         [cmd, code] if cmd == "exit" => (String::new(), code.parse().unwrap_or(1)),

@@ -35,10 +35,16 @@ impl Daemon {
     /// A daemon on the fake backend: its VMs are `skiff-fake-vm`
     /// processes that speak the agent protocol (the fast test tier).
     pub fn start_fake() -> Daemon {
+        Daemon::start_fake_wrapped(&[], &[])
+    }
+
+    /// A fake-backend daemon with extra arguments, through `wrapper`.
+    #[allow(dead_code)]
+    pub fn start_fake_wrapped(extra_args: &[String], wrapper: &[String]) -> Daemon {
         let fake = env!("CARGO_BIN_EXE_skiff-fake-vm").to_owned();
         Daemon::start_full(
-            &[],
-            &[],
+            extra_args,
+            wrapper,
             vec![("SKIFF_BACKEND", "fake".into()), ("SKIFF_FAKE_VM", fake)],
         )
     }

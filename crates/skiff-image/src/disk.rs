@@ -1,0 +1,193 @@
+//! Root disks: an image's root directory as an ext4 disk (built once,
+//! beside the directory in the cache, shared read-only by every VM), and
+//! the per-VM copy-on-write layer over a base disk (a qcow2 file whose
+//! backing file is the base, made with `qemu-img`).
+
+use crate::{make_ext4, Error, ImageInfo, Progress};
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The label of a root disk skiff builds.
+pub const ROOT_LABEL: &str = "skiff-root";
+
+/// How a disk image file is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskKind {
+    Raw,
+    Qcow2,
+}
+
+impl DiskKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskKind::Raw => "raw",
+            DiskKind::Qcow2 => "qcow2",
+        }
+    }
+}
+
+/// Tell a qcow2 file (by its magic, `QFI\xfb`) from a raw one.
+pub fn disk_kind(path: &Path) -> Result<DiskKind, Error> {
+    let meta = fs::metadata(path).map_err(|e| Error::io("read", path, e))?;
+    if !meta.is_file() {
+        return Err(Error::NotADisk {
+            path: path.to_owned(),
+            why: "not a regular file",
+        });
+    }
+    let mut magic = [0u8; 4];
+    let mut f = fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let n = f.read(&mut magic).map_err(|e| Error::io("read", path, e))?;
+    if n == 4 && magic == *b"QFI\xfb" {
+        return Ok(DiskKind::Qcow2);
+    }
+    if meta.len() < 1024 * 1024 {
+        return Err(Error::NotADisk {
+            path: path.to_owned(),
+            why: "smaller than 1 MiB, so no filesystem fits",
+        });
+    }
+    Ok(DiskKind::Raw)
+}
+
+/// Where an image's root disk lives in the cache.
+pub fn image_disk_path(info: &ImageInfo) -> PathBuf {
+    info.root.with_file_name("disk.ext4")
+}
+
+/// The image's root directory as an ext4 disk, built the first time it is
+/// asked for (sparse: free space costs nothing until the guest writes).
+pub fn ensure_image_disk(info: &ImageInfo, progress: &dyn Progress) -> Result<PathBuf, Error> {
+    let disk = image_disk_path(info);
+    if disk.is_file() {
+        return Ok(disk);
+    }
+    let used_mib = tree_size(&info.root) / (1024 * 1024);
+    // Room to work in: a dev box installs packages into its root.
+    let size_mib = (used_mib * 2).max(used_mib + 2048);
+    let size_mib = u32::try_from(size_mib).map_err(|_| Error::NotADisk {
+        path: info.root.clone(),
+        why: "too large for a root disk",
+    })?;
+    progress.step(&format!(
+        "root disk of image {} ({used_mib} MiB used, {size_mib} MiB)",
+        info.name
+    ));
+    let staging = disk.with_extension("ext4.partial");
+    let _ = fs::remove_file(&staging);
+    make_ext4(ROOT_LABEL, Some(&info.root), &staging, size_mib, true)?;
+    fs::rename(&staging, &disk).map_err(|e| Error::io("move into place", &disk, e))?;
+    Ok(disk)
+}
+
+/// Bytes of the regular files under `dir` (symlinks not followed).
+fn tree_size(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(e.path()),
+                Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
+/// The `qemu-img` arguments that make `overlay` a qcow2 whose backing file
+/// is `base` (which is only ever read).
+pub fn overlay_args(base: &Path, kind: DiskKind, overlay: &Path) -> Vec<String> {
+    vec![
+        "create".into(),
+        "-q".into(),
+        "-f".into(),
+        "qcow2".into(),
+        "-F".into(),
+        kind.as_str().into(),
+        "-b".into(),
+        base.to_string_lossy().into_owned(),
+        overlay.to_string_lossy().into_owned(),
+    ]
+}
+
+/// Make `overlay`, a copy-on-write layer over `base`.
+pub fn make_overlay(base: &Path, kind: DiskKind, overlay: &Path) -> Result<(), Error> {
+    let output = Command::new("qemu-img")
+        .args(overlay_args(base, kind, overlay))
+        .output()
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::ToolMissing {
+                tool: "qemu-img",
+                purpose: "make a VM's copy-on-write root disk (install qemu-utils)",
+            },
+            _ => Error::io("run qemu-img for", overlay, e),
+        })?;
+    if !output.status.success() {
+        let _ = fs::remove_file(overlay);
+        return Err(Error::ToolFailed {
+            tool: "qemu-img",
+            purpose: "make a VM's copy-on-write root disk",
+            output: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qcow2_is_told_from_raw_and_junk_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = dir.path().join("a.qcow2");
+        let mut bytes = b"QFI\xfb".to_vec();
+        bytes.resize(512, 0);
+        fs::write(&q, &bytes).expect("write");
+        assert_eq!(disk_kind(&q).expect("kind"), DiskKind::Qcow2);
+        let raw = dir.path().join("a.img");
+        fs::write(&raw, vec![0u8; 2 * 1024 * 1024]).expect("write");
+        assert_eq!(disk_kind(&raw).expect("kind"), DiskKind::Raw);
+        let tiny = dir.path().join("tiny");
+        fs::write(&tiny, b"not a disk").expect("write");
+        let err = disk_kind(&tiny).expect_err("tiny");
+        assert!(err.to_string().contains("smaller than 1 MiB"), "{err}");
+        let err = disk_kind(dir.path()).expect_err("a directory");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(disk_kind(&dir.path().join("gone")).is_err());
+    }
+
+    #[test]
+    fn the_overlay_names_its_base_and_its_format() {
+        let args = overlay_args(
+            Path::new("/cache/images/dev/abc/disk.ext4"),
+            DiskKind::Raw,
+            Path::new("/state/vms/dev/root.qcow2"),
+        );
+        assert_eq!(
+            args.join(" "),
+            "create -q -f qcow2 -F raw -b /cache/images/dev/abc/disk.ext4 /state/vms/dev/root.qcow2"
+        );
+    }
+
+    #[test]
+    fn an_overlay_over_a_missing_base_fails_and_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let overlay = dir.path().join("root.qcow2");
+        let err = make_overlay(&dir.path().join("gone.ext4"), DiskKind::Raw, &overlay)
+            .expect_err("no base");
+        assert!(err.to_string().contains("qemu-img failed"), "{err}");
+        assert!(!overlay.exists());
+        let base = dir.path().join("base.img");
+        fs::write(&base, vec![0u8; 4 * 1024 * 1024]).expect("write");
+        make_overlay(&base, DiskKind::Raw, &overlay).expect("overlay");
+        assert_eq!(disk_kind(&overlay).expect("kind"), DiskKind::Qcow2);
+    }
+}
