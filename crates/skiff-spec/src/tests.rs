@@ -133,3 +133,94 @@ fn the_documented_examples_are_valid_specs() {
     }
     assert!(n >= 3, "sandbox, service and dev box examples");
 }
+
+#[test]
+fn a_full_os_vm_names_its_disk_and_its_init() {
+    let spec = parse_file(
+        "[vm.dev]\ndisk = { image = \"devbox\", persistent = true }\ninit = \"system\"\ntarget = \"graphical.target\"\n",
+    )
+    .expect("valid")
+    .remove(0);
+    assert_eq!(
+        spec.disk,
+        Some(DiskSpec {
+            source: DiskSource::Image("devbox".into()),
+            persistent: true,
+        })
+    );
+    assert_eq!(
+        spec.init,
+        InitSpec::System {
+            target: "graphical.target".into()
+        }
+    );
+    let file = parse_file("[vm.sb]\ndisk = \"/srv/base.qcow2\"\ninit = \"system\"\n")
+        .expect("valid")
+        .remove(0);
+    assert_eq!(
+        file.disk,
+        Some(DiskSpec {
+            source: DiskSource::File("/srv/base.qcow2".into()),
+            persistent: false,
+        })
+    );
+    assert_eq!(
+        file.init,
+        InitSpec::System {
+            target: DEFAULT_TARGET.into()
+        }
+    );
+}
+
+#[test]
+fn a_spec_without_the_new_fields_keeps_its_hash_and_stored_form() {
+    // Specs stored before disks and inits existed must read back the same
+    // and not count as changed on the next apply.
+    let plain = VmSpec::with_defaults("old");
+    let json = serde_json::to_string(&plain).expect("json");
+    assert!(!json.contains("disk") && !json.contains("init"), "{json}");
+    let back: VmSpec = serde_json::from_str(&json).expect("read back");
+    assert_eq!(back.content_hash(), plain.content_hash());
+}
+
+#[test]
+fn roots_and_inits_that_cannot_go_together_are_refused_with_the_fix() {
+    let cases = [
+        (
+            "[vm.a]\ndisk = \"/d.img\"\nrootfs = \"/dir\"\n",
+            "vm.a.disk",
+            "a VM has one root",
+        ),
+        ("[vm.a]\ninit = \"system\"\n", "vm.a.init", "add disk ="),
+        (
+            "[vm.a]\ndisk = \"/d.img\"\ninit = \"system\"\ncommand = \"x\"\n",
+            "vm.a.command",
+            "units of that init",
+        ),
+        (
+            "[vm.a]\ntarget = \"multi-user.target\"\n",
+            "vm.a.target",
+            "add init = \"system\"",
+        ),
+        ("[vm.a]\ninit = \"systemd\"\n", "vm.a.init", "unknown init"),
+        (
+            "[vm.a]\ndisk = \"/d.img\"\ninit = \"system\"\ntarget = \"multi user\"\n",
+            "vm.a.target",
+            "not a systemd target",
+        ),
+        ("[vm.a]\ndisk = \"rel.img\"\n", "vm.a.disk", "absolute path"),
+        (
+            "[vm.a]\ndisk = { image = \"x\", file = \"/y\" }\n",
+            "vm.a.disk",
+            "not both",
+        ),
+        ("[vm.a]\ndisk = {}\n", "vm.a.disk", "missing the base"),
+    ];
+    for (text, path, want) in cases {
+        let errs = parse_file(text).expect_err(text).to_string();
+        assert!(
+            errs.contains(&format!("{path}: ")) && errs.contains(want),
+            "{text}: {errs}"
+        );
+    }
+}

@@ -11,7 +11,7 @@ pub mod run;
 pub mod streams;
 mod volumes;
 
-use crate::manager::{Manager, ManagerError, DEFAULT_STOP_TIMEOUT};
+use crate::manager::{Manager, ManagerError, MAX_STOP_TIMEOUT};
 use crate::store::VmRecord;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State};
@@ -275,10 +275,10 @@ async fn stop(
     Path(name): Path<String>,
     Query(q): Query<StopQuery>,
 ) -> ApiResult<skiff_api::Vm> {
+    // Bounded: a huge value must not overflow the deadline.
     let timeout = q
         .timeout
-        .map(Duration::from_secs)
-        .unwrap_or(DEFAULT_STOP_TIMEOUT);
+        .map(|secs| Duration::from_secs(secs.min(MAX_STOP_TIMEOUT.as_secs())));
     Ok(Json(vm(m.stop(&name, timeout).await?)))
 }
 

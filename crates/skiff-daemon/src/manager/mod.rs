@@ -30,6 +30,19 @@ use std::time::{Duration, Instant};
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long `stop` waits for a clean power-off before killing.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same for a guest with its own init, which stops all its units and
+/// unmounts its filesystems first (a few seconds under TCG).
+pub const SYSTEM_STOP_TIMEOUT: Duration = Duration::from_secs(60);
+/// The longest stop timeout a request may ask for.
+pub const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// How long a clean stop of `spec`'s VM may take by default.
+pub fn stop_timeout(spec: &VmSpec) -> Duration {
+    match spec.init {
+        skiff_spec::InitSpec::Agent => DEFAULT_STOP_TIMEOUT,
+        skiff_spec::InitSpec::System { .. } => SYSTEM_STOP_TIMEOUT,
+    }
+}
 
 mod errors;
 pub use errors::{Cause, Conflict, Invalid, ManagerError, Missing};
@@ -196,14 +209,17 @@ impl Manager {
     }
 
     /// Power a VM off through its agent, then kill what is left.
+    /// Stop a VM cleanly, killing it after `timeout` (None: the default
+    /// for its kind of guest).
     pub async fn stop(
         self: &Arc<Self>,
         name: &str,
-        timeout: Duration,
+        timeout: Option<Duration>,
     ) -> Result<VmRecord, ManagerError> {
         let lock = self.lock_for(name);
         let _guard = lock.lock().await;
         let rec = self.get(name)?;
+        let timeout = timeout.unwrap_or_else(|| stop_timeout(&rec.spec));
         if rec.state.after(Event::Stop).is_err() {
             return Err(ManagerError::WrongState {
                 name: name.to_owned(),
@@ -256,7 +272,7 @@ impl Manager {
     pub async fn restart(self: &Arc<Self>, name: &str) -> Result<VmRecord, ManagerError> {
         let rec = self.get(name)?;
         if rec.state.is_active() {
-            self.stop(name, DEFAULT_STOP_TIMEOUT).await?;
+            self.stop(name, None).await?;
         }
         self.start(name).await
     }
