@@ -54,6 +54,17 @@ fn lifecycle_exec_and_illegal_transitions() {
     // Started again: a second boot, same VM.
     d.ok(&["start", "box"]);
     assert_eq!(d.inspect("box")["boots"], 2);
+    // A stop timeout too large for a deadline is clamped, not a crash.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+        .arg("--unix-socket")
+        .arg(d.socket())
+        .arg("http://skiff/v1/vms/box/stop?timeout=18446744073709551615")
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+    assert_eq!(d.inspect("box")["state"], "stopped");
+    d.ok(&["start", "box"]);
     d.ok(&["rm", "--force", "box"]);
     assert!(d.fake_guests().is_empty());
     assert_eq!(d.ok(&["ls", "--json"]).trim(), "[]");
