@@ -22,6 +22,15 @@ Command = Union[str, Sequence[str]]
 OutputCallback = Callable[[bytes], None]
 
 
+def _gone(what: str, e: SkiffError) -> Optional[SandboxGoneError]:
+    """The SandboxGoneError `e` stands for, if any: the VM does not exist
+    (404), or it is no longer running (409: stopping or stopped, as at the
+    end of its time to live; a sandbox is never started again)."""
+    if isinstance(e, NotFoundError) or e.status == 409:
+        return SandboxGoneError(f"{what} is gone: {e.message}", e.status)
+    return None
+
+
 @dataclass
 class CommandResult:
     """What a finished command printed and how it ended."""
@@ -167,8 +176,11 @@ class Sandbox:
                     return self._judge(cmd, result, timeout, check)
                 elif kind == "error":
                     raise SkiffError(f"sandbox {self.name}: {ev.get('message')}")
-        except NotFoundError as e:
-            raise SandboxGoneError(f"sandbox {self.name} is gone: {e.message}", e.status) from e
+        except SkiffError as e:
+            gone = _gone(f"sandbox {self.name}", e)
+            if gone is None:
+                raise
+            raise gone from e
         raise SandboxGoneError(f"sandbox {self.name}: the command's stream ended without an exit status")
 
     @staticmethod
@@ -213,8 +225,11 @@ class Sandbox:
         body["background"] = True
         try:
             info = self.client.request("POST", Client.vm_path(self.name, "/commands"), body)
-        except NotFoundError as e:
-            raise SandboxGoneError(f"sandbox {self.name} is gone: {e.message}", e.status) from e
+        except SkiffError as e:
+            gone = _gone(f"sandbox {self.name}", e)
+            if gone is None:
+                raise
+            raise gone from e
         return CommandHandle(self, info["id"], cmd, timeout)
 
     def set_timeout(self, seconds: int) -> None:
@@ -222,8 +237,11 @@ class Sandbox:
         try:
             info = self.client.request("POST", Client.vm_path(self.name, "/ttl"),
                                        {"seconds": int(seconds)})
-        except NotFoundError as e:
-            raise SandboxGoneError(f"sandbox {self.name} is gone: {e.message}", e.status) from e
+        except SkiffError as e:
+            gone = _gone(f"sandbox {self.name}", e)
+            if gone is None:
+                raise
+            raise gone from e
         self.expires_at = info.get("expires_at")
 
     def kill(self) -> None:
@@ -261,9 +279,11 @@ class CommandHandle:
             path += f"?wait={float(wait)}"
         try:
             return self.sandbox.client.request("GET", path)
-        except NotFoundError as e:
-            raise SandboxGoneError(f"command {self.id} in sandbox {self.sandbox.name} is gone: {e.message}",
-                                   e.status) from e
+        except SkiffError as e:
+            gone = _gone(f"command {self.id} in sandbox {self.sandbox.name}", e)
+            if gone is None:
+                raise
+            raise gone from e
 
     @property
     def running(self) -> bool:

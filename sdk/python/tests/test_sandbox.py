@@ -89,6 +89,14 @@ def test_a_killed_or_expired_sandbox_is_gone(client, pool):
         sb.run("true")
     sb.kill()  # idempotent
 
+    # Stopped but not yet removed (as between the end of its time to live
+    # and its removal): gone as well, not a bare conflict.
+    sb = Sandbox.create(pool=pool, client=client)
+    client.request("POST", Client.vm_path(sb.name, "/stop"))
+    with pytest.raises(SandboxGoneError, match="is stopped"):
+        sb.run("true")
+    sb.kill()
+
     sb = Sandbox.create(pool=pool, client=client)
     sb.set_timeout(1)
     deadline = time.monotonic() + 30
