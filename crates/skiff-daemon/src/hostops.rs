@@ -389,13 +389,9 @@ impl HostOps for RecordingHost {
             label: label.to_owned(),
             image: image.to_owned(),
         })?;
-        std::fs::write(image, b"").map_err(|source| HostError::Mkfs {
+        empty_file(image).map_err(|source| HostError::Mkfs {
             path: image.to_owned(),
-            source: skiff_image::Error::Io {
-                action: "create",
-                path: image.to_owned(),
-                source,
-            },
+            source,
         })
     }
 
@@ -409,13 +405,19 @@ impl HostOps for RecordingHost {
             base: base.to_owned(),
             overlay: overlay.to_owned(),
         })?;
-        std::fs::write(overlay, b"").map_err(|source| HostError::Overlay {
+        empty_file(overlay).map_err(|source| HostError::Overlay {
             path: overlay.to_owned(),
-            source: skiff_image::Error::Io {
-                action: "create",
-                path: overlay.to_owned(),
-                source,
-            },
+            source,
         })
     }
+}
+
+/// Where the recording host "makes" an image: an empty file, so that code
+/// checking for the file finds it.
+fn empty_file(path: &Path) -> Result<(), skiff_image::Error> {
+    std::fs::write(path, b"").map_err(|source| skiff_image::Error::Io {
+        action: "create",
+        path: path.to_owned(),
+        source,
+    })
 }

@@ -3,6 +3,7 @@
 //! the per-VM copy-on-write layer over a base disk (a qcow2 file whose
 //! backing file is the base, made with `qemu-img`).
 
+use crate::tool::run_tool;
 use crate::{make_ext4, Error, ImageInfo, Progress};
 use std::fs;
 use std::io::Read;
@@ -75,11 +76,20 @@ pub fn ensure_image_disk(info: &ImageInfo, progress: &dyn Progress) -> Result<Pa
         "root disk of image {} ({used_mib} MiB used, {size_mib} MiB)",
         info.name
     ));
-    let staging = disk.with_extension("ext4.partial");
+    // Built under a name of its own, then linked into place only if no
+    // other boot got there first: VMs' layers refer to the base by path,
+    // so a base in use must never be replaced (two builds of one tree
+    // differ in UUIDs and timestamps).
+    let staging = disk.with_extension(format!("ext4.{}.partial", std::process::id()));
     let _ = fs::remove_file(&staging);
     make_ext4(ROOT_LABEL, Some(&info.root), &staging, size_mib, true)?;
-    fs::rename(&staging, &disk).map_err(|e| Error::io("move into place", &disk, e))?;
-    Ok(disk)
+    let linked = fs::hard_link(&staging, &disk);
+    let _ = fs::remove_file(&staging);
+    match linked {
+        Ok(()) => Ok(disk),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(disk),
+        Err(e) => Err(Error::io("move into place", &disk, e)),
+    }
 }
 
 /// Bytes of the regular files under `dir` (symlinks not followed).
@@ -119,23 +129,14 @@ pub fn overlay_args(base: &Path, kind: DiskKind, overlay: &Path) -> Vec<String> 
 
 /// Make `overlay`, a copy-on-write layer over `base`.
 pub fn make_overlay(base: &Path, kind: DiskKind, overlay: &Path) -> Result<(), Error> {
-    let output = Command::new("qemu-img")
-        .args(overlay_args(base, kind, overlay))
-        .output()
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::ToolMissing {
-                tool: "qemu-img",
-                purpose: "make a VM's copy-on-write root disk (install qemu-utils)",
-            },
-            _ => Error::io("run qemu-img for", overlay, e),
-        })?;
-    if !output.status.success() {
+    let made = run_tool(
+        Command::new("qemu-img").args(overlay_args(base, kind, overlay)),
+        "qemu-img",
+        "make a VM's copy-on-write root disk (install qemu-utils)",
+    );
+    if let Err(e) = made {
         let _ = fs::remove_file(overlay);
-        return Err(Error::ToolFailed {
-            tool: "qemu-img",
-            purpose: "make a VM's copy-on-write root disk",
-            output: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
+        return Err(e);
     }
     Ok(())
 }
@@ -162,6 +163,34 @@ mod tests {
         let err = disk_kind(dir.path()).expect_err("a directory");
         assert!(err.to_string().contains("not a regular file"), "{err}");
         assert!(disk_kind(&dir.path().join("gone")).is_err());
+    }
+
+    #[test]
+    fn an_image_disk_is_built_once_and_never_replaced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("img/abc/root");
+        fs::create_dir_all(root.join("etc")).expect("mkdir");
+        fs::write(root.join("etc/hostname"), b"guest\n").expect("write");
+        let info = ImageInfo {
+            name: "t".into(),
+            hash: "abc".into(),
+            root: root.clone(),
+            built_at: 0,
+            recipe: crate::Recipe::parse("name = \"t\"\n").expect("recipe"),
+        };
+        let disk = ensure_image_disk(&info, &crate::NoProgress).expect("built");
+        assert_eq!(disk, dir.path().join("img/abc/disk.ext4"));
+        assert_eq!(disk_kind(&disk).expect("kind"), DiskKind::Raw);
+        use std::os::unix::fs::MetadataExt;
+        let inode = fs::metadata(&disk).expect("meta").ino();
+        ensure_image_disk(&info, &crate::NoProgress).expect("found");
+        assert_eq!(fs::metadata(&disk).expect("meta").ino(), inode);
+        let left: Vec<_> = fs::read_dir(dir.path().join("img/abc"))
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left.len(), 2, "root and disk.ext4 only: {left:?}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! ext4 drive images (config, secrets, data volumes), made with mkfs.ext4
 //! so that no root privileges or loop mounts are needed.
 
+use crate::tool::run_tool;
 use crate::Error;
 use std::path::Path;
 use std::process::Command;
@@ -28,20 +29,13 @@ pub fn make_ext4(
         cmd.arg("-d").arg(dir);
     }
     cmd.arg(out).arg(format!("{size_mib}M"));
-    let output = cmd.output().map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::ToolMissing {
-            tool: "mkfs.ext4",
-            purpose: "make drive images (install e2fsprogs)",
-        },
-        _ => Error::io("run mkfs.ext4 for", out, e),
-    })?;
-    if !output.status.success() {
+    if let Err(e) = run_tool(
+        &mut cmd,
+        "mkfs.ext4",
+        "make a drive image (install e2fsprogs)",
+    ) {
         let _ = std::fs::remove_file(out);
-        return Err(Error::ToolFailed {
-            tool: "mkfs.ext4",
-            purpose: "make a drive image",
-            output: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
+        return Err(e);
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ mod elf;
 mod initramfs;
 mod kernel;
 mod recipe;
+mod tool;
 
 pub use cpio::CpioWriter;
 pub use disk::{
