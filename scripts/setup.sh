@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
 VIRTIOFSD_VERSION=1.14.0
 # libseccomp-dev and libcap-ng-dev are build dependencies of virtiofsd.
-PACKAGES=(qemu-system-x86 qemu-utils busybox-static cpio e2fsprogs kmod ca-certificates libseccomp-dev libcap-ng-dev debootstrap nftables iproute2 curl openssl)
+PACKAGES=(qemu-system-x86 qemu-utils openssh-client busybox-static cpio e2fsprogs kmod ca-certificates libseccomp-dev libcap-ng-dev debootstrap nftables iproute2 curl openssl)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -16,7 +16,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # 1. Debian packages: QEMU, a static busybox for the guest, cpio (tests),
 #    e2fsprogs (drive images), kmod (depmod indexes the guest kernel's modules),
 #    debootstrap (skiff image build), nftables (NAT and isolation of managed
-#    networks), qemu-utils (qemu-img: copy-on-write root disks), iproute2 and curl (the network tests build namespaces with
+#    networks), qemu-utils (qemu-img: copy-on-write root disks), openssh-client
+#    (the dev box test logs in with ssh), iproute2 and curl (the network tests build namespaces with
 #    `ip netns` and fetch from guests with curl).
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -54,6 +54,7 @@ pub fn prepare_system() {
     }
     crate::drives::mount_from_cmdline(&cmdline);
     crate::drives::mount_shares(&cmdline);
+    crate::identity::apply_from_config_drive();
 }
 
 pub fn mount_filesystems() {

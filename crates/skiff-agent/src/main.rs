@@ -6,6 +6,7 @@
 
 mod drives;
 mod exec;
+mod identity;
 mod init;
 mod net;
 mod pty;

@@ -331,6 +331,13 @@ fn config_drive(host: &dyn HostOps, rec: &VmRecord, vm_dir: &Path) -> Result<Dri
     let json = serde_json::to_vec_pretty(&instance).map_err(std::io::Error::from);
     json.and_then(|bytes| std::fs::write(&file, bytes))
         .map_err(io("write", &file))?;
+    let identity = identity(&rec.spec);
+    if identity != skiff_proto::guest::Identity::default() {
+        let file = staging.join(skiff_proto::guest::IDENTITY_FILE);
+        let json = serde_json::to_vec_pretty(&identity).map_err(std::io::Error::from);
+        json.and_then(|bytes| std::fs::write(&file, bytes))
+            .map_err(io("write", &file))?;
+    }
     let image = vm_dir.join("config.ext4");
     host.make_ext4(CONFIG_LABEL, Some(&staging), &image, 4, false)
         .map_err(|source| DriveError::Build {
@@ -349,6 +356,23 @@ fn config_drive(host: &dyn HostOps, rec: &VmRecord, vm_dir: &Path) -> Result<Dri
             nodev: true,
         },
     })
+}
+
+/// The guest's identity as the spec gives it (the agent applies it).
+pub fn identity(spec: &skiff_spec::VmSpec) -> skiff_proto::guest::Identity {
+    skiff_proto::guest::Identity {
+        hostname: spec.hostname.clone(),
+        timezone: spec.timezone.clone(),
+        users: spec
+            .users
+            .iter()
+            .map(|u| skiff_proto::guest::GuestUser {
+                name: u.name.clone(),
+                ssh_authorized_keys: u.ssh_authorized_keys.clone(),
+                sudo: u.sudo,
+            })
+            .collect(),
+    }
 }
 
 /// The spec's `image` is not in the image cache.

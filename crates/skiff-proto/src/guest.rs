@@ -12,6 +12,71 @@ pub const SECRETS_LABEL: &str = "skiff-secrets";
 /// Where the secrets drive is mounted in the guest.
 pub const SECRETS_MOUNT: &str = "/run/skiff/secrets";
 
+/// The file on the config drive that holds the guest's identity.
+pub const IDENTITY_FILE: &str = "identity.json";
+
+/// Who the guest is, as the spec says: applied by the agent at boot,
+/// before the guest's own init (if any) starts. The host checks every
+/// field's form; the agent checks again, as it trusts no file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// A zone of /usr/share/zoneinfo, such as "Europe/Berlin".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<GuestUser>,
+}
+
+/// A login user the agent creates if the guest lacks it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestUser {
+    pub name: String,
+    /// Lines of its `~/.ssh/authorized_keys`.
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
+    /// Member of the `sudo` group, with password-less sudo.
+    #[serde(default)]
+    pub sudo: bool,
+}
+
+/// A user name `useradd` takes and a shell can quote without surprise.
+pub fn valid_user_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    name.len() <= 32
+        && bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// One authorized_keys line: printable, one line, a known key type.
+pub fn valid_ssh_key(key: &str) -> bool {
+    let known = ["ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-sha2-"];
+    key.len() <= 16 * 1024
+        && known.iter().any(|p| key.starts_with(p))
+        && key.split_whitespace().count() >= 2
+        && !key.chars().any(|c| c.is_control())
+}
+
+/// A time zone name: letters, digits, `_+-` and `/` between parts, no `..`.
+pub fn valid_timezone(tz: &str) -> bool {
+    !tz.is_empty()
+        && tz.len() <= 64
+        && !tz.starts_with('/')
+        && tz.split('/').all(|part| {
+            !part.is_empty()
+                && part != ".."
+                && part != "."
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_+-".contains(&b))
+        })
+}
+
 /// One drive the agent mounts: `skiff.mount=LABEL@TARGET@FLAGS` on the
 /// kernel command line, FLAGS `rw` or `ro`, plus `.noexec`, `.nosuid`,
 /// `.nodev` as wanted (for example `ro.noexec.nosuid.nodev`).
@@ -80,6 +145,42 @@ pub fn ext4_label(superblock_area: &[u8]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_fields_are_checked_for_form() {
+        for good in ["me", "_svc", "dev-1"] {
+            assert!(valid_user_name(good), "{good}");
+        }
+        for bad in ["", "Me", "1me", "a b", "a;b", &"x".repeat(33)] {
+            assert!(!valid_user_name(bad), "{bad}");
+        }
+        assert!(valid_ssh_key("ssh-ed25519 AAAAC3Nza me@host"));
+        for bad in [
+            "",
+            "AAAA",
+            "ssh-ed25519",
+            "ssh-ed25519 AAAA\nssh-rsa BBBB",
+            "command=\"x\" ssh-rsa A",
+        ] {
+            assert!(!valid_ssh_key(bad), "{bad:?}");
+        }
+        assert!(valid_timezone("Europe/Berlin") && valid_timezone("UTC"));
+        for bad in ["", "/etc/passwd", "../../etc", "Europe/../x", "a b"] {
+            assert!(!valid_timezone(bad), "{bad:?}");
+        }
+        let id = Identity {
+            hostname: Some("dev".into()),
+            timezone: None,
+            users: vec![GuestUser {
+                name: "me".into(),
+                ssh_authorized_keys: vec!["ssh-ed25519 AAAA me".into()],
+                sudo: true,
+            }],
+        };
+        let json = serde_json::to_string(&id).expect("json");
+        assert_eq!(serde_json::from_str::<Identity>(&json).expect("back"), id);
+        assert!(serde_json::from_str::<Identity>("{\"root\": true}").is_err());
+    }
 
     #[test]
     fn mount_args_round_trip_and_reject_garbage() {

@@ -59,6 +59,15 @@ pub struct VmSpec {
     /// Who is PID 1: skiff's agent, or the guest's own init (systemd).
     #[serde(default, skip_serializing_if = "InitSpec::is_agent")]
     pub init: InitSpec,
+    /// The guest's host name (default: what the image says, else "skiff").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// A zone of the guest's /usr/share/zoneinfo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Login users created at boot, with their SSH keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserSpec>,
     pub env: BTreeMap<String, String>,
     /// Files of the secrets drive, by name, and where the daemon reads them
     /// at each boot (never stored).
@@ -93,6 +102,18 @@ pub enum DiskSource {
     Image(String),
     /// A raw or qcow2 disk image file of the user's, never written to.
     File(PathBuf),
+}
+
+/// A login user of the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserSpec {
+    pub name: String,
+    #[serde(default)]
+    pub ssh_authorized_keys: Vec<String>,
+    /// In the `sudo` group, with password-less sudo.
+    #[serde(default)]
+    pub sudo: bool,
 }
 
 /// The guest's PID 1.
@@ -169,6 +190,9 @@ impl VmSpec {
             rootfs: None,
             disk: None,
             init: InitSpec::Agent,
+            hostname: None,
+            timezone: None,
+            users: Vec::new(),
             env: BTreeMap::new(),
             secrets: BTreeMap::new(),
             command: None,

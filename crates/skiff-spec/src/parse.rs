@@ -5,6 +5,7 @@
 
 mod boot;
 mod http;
+mod identity;
 pub use http::{check_domain, DomainError};
 mod net;
 mod restart;
@@ -274,6 +275,9 @@ const VM_FIELDS: &[&str] = &[
     "disk",
     "init",
     "target",
+    "hostname",
+    "timezone",
+    "users",
     "env",
     "secrets",
     "command",
@@ -390,6 +394,15 @@ fn vm_table(name: &str, body: &Table, path: &str, errs: &mut Errs) -> Option<VmS
         &f.sub("target"),
         errs,
     );
+    if let Some(v) = f.get("hostname") {
+        spec.hostname = identity::hostname(v, &f.sub("hostname"), errs);
+    }
+    if let Some(v) = f.get("timezone") {
+        spec.timezone = identity::timezone(v, &f.sub("timezone"), errs);
+    }
+    if let Some(v) = f.get("users") {
+        spec.users = identity::users(v, &f.sub("users"), errs);
+    }
     if let Some(v) = f.get("data") {
         spec.data = storage::data(v, &f.sub("data"), errs);
     }

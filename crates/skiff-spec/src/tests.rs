@@ -224,3 +224,46 @@ fn roots_and_inits_that_cannot_go_together_are_refused_with_the_fix() {
         );
     }
 }
+
+#[test]
+fn identity_fields_parse_and_nonsense_is_refused() {
+    let spec = parse_file(
+        "[vm.dev]\nhostname = \"dev-1\"\ntimezone = \"Europe/Berlin\"\n[[vm.dev.users]]\nname = \"me\"\nssh_authorized_keys = [\"ssh-ed25519 AAAA me@host\"]\nsudo = true\n",
+    )
+    .expect("valid")
+    .remove(0);
+    assert_eq!(spec.hostname.as_deref(), Some("dev-1"));
+    assert_eq!(spec.timezone.as_deref(), Some("Europe/Berlin"));
+    assert_eq!(
+        spec.users,
+        vec![UserSpec {
+            name: "me".into(),
+            ssh_authorized_keys: vec!["ssh-ed25519 AAAA me@host".into()],
+            sudo: true,
+        }]
+    );
+    let cases = [
+        ("[vm.a]\nhostname = \"Bad Host\"\n", "vm.a.hostname", "not a valid name"),
+        ("[vm.a]\ntimezone = \"../../etc/passwd\"\n", "vm.a.timezone", "not a time zone"),
+        ("[vm.a]\n[[vm.a.users]]\nname = \"root\"\n", "vm.a.users[0].name", "root exists"),
+        ("[vm.a]\n[[vm.a.users]]\nname = \"x;rm\"\n", "vm.a.users[0].name", "not a user"),
+        ("[vm.a]\n[[vm.a.users]]\nsudo = true\n", "vm.a.users[0].name", "missing"),
+        (
+            "[vm.a]\n[[vm.a.users]]\nname = \"me\"\nssh_authorized_keys = [\"ssh-rsa AAAA\\nssh-rsa BBBB\"]\n",
+            "vm.a.users[0].ssh_authorized_keys[0]",
+            "not a public key line",
+        ),
+        (
+            "[vm.a]\n[[vm.a.users]]\nname = \"me\"\n[[vm.a.users]]\nname = \"me\"\n",
+            "vm.a.users[1].name",
+            "listed twice",
+        ),
+    ];
+    for (text, path, want) in cases {
+        let errs = parse_file(text).expect_err(text).to_string();
+        assert!(
+            errs.contains(&format!("{path}: ")) && errs.contains(want),
+            "{text}: {errs}"
+        );
+    }
+}

@@ -39,6 +39,11 @@ pub fn guest_exit(code: Option<i32>) -> GuestExit {
 /// boots; telling it the frequency avoids that (see docs/FACTS.md).
 const TCG_TSC_KHZ: &str = "tsc_early_khz=2000000";
 
+/// TCG with a bounded translation cache. QEMU's default (1 GiB on 64-bit
+/// hosts) grows with the code a guest runs: a systemd guest with sshd took
+/// QEMU past guest memory + 256 MiB and its cgroup killed it (docs/FACTS.md).
+pub const TCG_ACCEL: &str = "tcg,tb-size=128";
+
 /// What the caller wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmConfig {
@@ -406,7 +411,7 @@ fn qemu_args(
     ]);
     match cfg.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
+        Accel::Tcg => push(&["-accel", TCG_ACCEL, "-cpu", "max"]),
     }
     let mem = format!("{}M", cfg.memory_mib);
     a.extend([

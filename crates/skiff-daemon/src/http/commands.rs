@@ -72,8 +72,8 @@ pub async fn run(
         })
     };
     let req = ExecRequest {
+        env: m.exec_env(&name, body.env),
         argv: body.argv,
-        env: body.env,
         workdir: body.workdir,
         stdin: true,
         service: false,

@@ -134,8 +134,8 @@ pub async fn exec(
     }
     let mut conn = m.connect(&name).await?;
     let exec = ExecRequest {
+        env: m.exec_env(&name, body.env),
         argv: body.argv,
-        env: body.env,
         workdir: body.workdir,
         stdin: body.stdin,
         service: false,

@@ -103,6 +103,20 @@ impl Manager {
         locks.entry(name.to_owned()).or_default().clone()
     }
 
+    /// The environment of a command in `name`: its spec's `env`, then the
+    /// request's own (which wins on a clash: the agent applies them in order).
+    pub fn exec_env(&self, name: &str, request: Vec<(String, String)>) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .store
+            .get(name)
+            .ok()
+            .flatten()
+            .map(|rec| rec.spec.env.into_iter().collect())
+            .unwrap_or_default();
+        env.extend(request);
+        env
+    }
+
     fn get(&self, name: &str) -> Result<VmRecord, ManagerError> {
         self.store
             .get(name)?
