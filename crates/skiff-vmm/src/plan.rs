@@ -43,6 +43,8 @@ const TCG_TSC_KHZ: &str = "tsc_early_khz=2000000";
 /// hosts) grows with the code a guest runs: a systemd guest with sshd took
 /// QEMU past guest memory + 256 MiB and its cgroup killed it (docs/FACTS.md).
 pub const TCG_ACCEL: &str = "tcg,tb-size=128";
+// The cache must fit in the overhead the VM's cgroup allows over guest memory.
+const _: () = assert!(128 < crate::cgroup::OVERHEAD_MIB);
 
 /// What the caller wants.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -393,7 +393,6 @@ fn roots_and_inits_that_cannot_go_together_are_refused() {
 fn tcg_gets_a_bounded_translation_cache_that_fits_the_cgroup_overhead() {
     let p = plan(&cfg()).expect("plan");
     assert_eq!(value_after(&p.qemu.args, "-accel"), ["tcg,tb-size=128"]);
-    assert!(128 < crate::cgroup::OVERHEAD_MIB);
     let kvm = plan(&VmConfig {
         accel: Accel::Kvm,
         ..cfg()
