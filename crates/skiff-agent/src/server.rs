@@ -163,7 +163,7 @@ fn serve_connection(stream: VsockStream, mut boot: BootTimes, reaper: Reaper) {
             }
             Message::CopyIn(path) => {
                 copy_in = if path.starts_with('/') {
-                    match skiff_proto::copy::Extractor::new(std::path::Path::new(&path)) {
+                    match skiff_proto::copy::Extractor::new(std::path::Path::new(&path), None) {
                         Ok(x) => CopyIn::Writing(Box::new(x)),
                         Err(e) => fail_copy(&sink, e.to_string()),
                     }

@@ -46,7 +46,7 @@ pub enum DriveError {
         name: String,
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: SecretFileError,
     },
     #[error("secret {name:?}: the daemon's environment has no {var}")]
     SecretEnv { name: String, var: String },
@@ -105,6 +105,45 @@ pub fn volume_label(name: &str) -> String {
         h = h.wrapping_mul(0x0100_0193);
     }
     format!("skv-{h:08x}")
+}
+
+/// Largest secret file read, in bytes: secrets are keys and tokens, and a
+/// spec naming a huge file must not fill the daemon's memory.
+pub const MAX_SECRET_BYTES: u64 = 1024 * 1024;
+
+/// Why a secret's file was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretFileError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("it is not a regular file (a device, a FIFO or a directory); name a file")]
+    NotRegular,
+    #[error("it is larger than {MAX_SECRET_BYTES} bytes; a secret is a key or a token")]
+    TooLarge,
+}
+
+/// Read a secret's file: a regular file of at most [`MAX_SECRET_BYTES`].
+/// Opened non-blocking so that a FIFO cannot hang the daemon, checked on
+/// the open descriptor, and read with a bound in case it grows meanwhile.
+pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, SecretFileError> {
+    use std::io::Read;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(SecretFileError::NotRegular);
+    }
+    if meta.len() > MAX_SECRET_BYTES {
+        return Err(SecretFileError::TooLarge);
+    }
+    let mut value = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_SECRET_BYTES + 1).read_to_end(&mut value)?;
+    if value.len() as u64 > MAX_SECRET_BYTES {
+        return Err(SecretFileError::TooLarge);
+    }
+    Ok(value)
 }
 
 /// The drives of one boot. `secrets_image` is the in-memory secrets image,
@@ -219,7 +258,7 @@ fn secrets_drive(
         for (name, source) in &rec.spec.secrets {
             let value = match source {
                 SecretSource::File(p) => {
-                    std::fs::read(p).map_err(|source| DriveError::SecretFile {
+                    read_secret_file(p).map_err(|source| DriveError::SecretFile {
                         name: name.clone(),
                         path: p.clone(),
                         source,
@@ -391,7 +430,34 @@ pub fn image_root(spec: &skiff_spec::VmSpec, cache: &Path) -> Result<Option<Path
 
 #[cfg(test)]
 mod tests {
-    use super::volume_label;
+    use super::{read_secret_file, volume_label, SecretFileError, MAX_SECRET_BYTES};
+    use std::path::Path;
+
+    #[test]
+    fn secret_files_must_be_regular_and_small() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, b"s3cret").expect("write");
+        assert_eq!(read_secret_file(&token).expect("read"), b"s3cret");
+
+        // /dev/zero would be read forever; a FIFO with no writer would hang.
+        let r = read_secret_file(Path::new("/dev/zero"));
+        assert!(matches!(r, Err(SecretFileError::NotRegular)), "{r:?}");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let r = read_secret_file(&fifo);
+        assert!(matches!(r, Err(SecretFileError::NotRegular)), "{r:?}");
+        let r = read_secret_file(dir.path());
+        assert!(matches!(r, Err(SecretFileError::NotRegular)), "{r:?}");
+
+        let big = dir.path().join("big");
+        let f = std::fs::File::create(&big).expect("create");
+        f.set_len(MAX_SECRET_BYTES + 1).expect("grow");
+        let r = read_secret_file(&big);
+        assert!(matches!(r, Err(SecretFileError::TooLarge)), "{r:?}");
+        let msg = r.expect_err("too large").to_string();
+        assert!(msg.contains("larger than 1048576 bytes"), "{msg}");
+    }
 
     #[test]
     fn volume_labels_fit_ext4_and_differ_by_name() {

@@ -31,7 +31,7 @@ pub mod ui;
 
 use anyhow::{bail, Context, Result};
 use manager::{DaemonPaths, Manager};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -123,20 +123,43 @@ fn backend_from_env() -> Result<Box<dyn skiff_vmm::Backend>> {
 /// Group that may use the API socket when the daemon runs as root.
 const SOCKET_GROUP: &str = "skiff";
 
-fn private_dir(p: &Path) -> Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(p)
-        .with_context(|| format!("cannot create {}", p.display()))
+/// The group the API socket is shared with: `skiff`, when the daemon runs
+/// as root and the group exists.
+fn socket_group() -> Option<nix::unistd::Gid> {
+    if !nix::unistd::getuid().is_root() {
+        return None;
+    }
+    nix::unistd::Group::from_name(SOCKET_GROUP)
+        .ok()
+        .flatten()
+        .map(|g| g.gid)
+}
+
+/// Make the daemon's trees private before anything is written to them:
+/// files it creates are 0600 and directories 0700 (umask 077), the state
+/// and runtime directories are narrowed if they exist wider, and a
+/// directory another user owns is refused (a squatted `/tmp/skiff-UID`).
+fn secure_trees(cfg: &DaemonConfig) -> Result<()> {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let group = socket_group();
+    paths::private_dir(&cfg.state_dir, None, "SKIFF_STATE_DIR")?;
+    let socket_dir = cfg.socket.parent().filter(|p| !p.as_os_str().is_empty());
+    let runtime_group = group.filter(|_| socket_dir == Some(cfg.runtime_dir.as_path()));
+    paths::private_dir(&cfg.runtime_dir, runtime_group, "SKIFF_RUNTIME_DIR")?;
+    if let Some(dir) = socket_dir.filter(|d| *d != cfg.runtime_dir.as_path()) {
+        paths::private_dir(dir, group, "SKIFF_SOCKET")?;
+    }
+    let db = cfg.state_dir.join("state.db");
+    if db.exists() {
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict {}", db.display()))?;
+    }
+    Ok(())
 }
 
 /// Bind the API socket, refusing to steal it from a live daemon and
 /// removing a stale one left by a daemon that died.
 async fn bind_socket(path: &Path) -> Result<UnixListener> {
-    if let Some(parent) = path.parent() {
-        private_dir(parent)?;
-    }
     if path.exists() {
         if tokio::net::UnixStream::connect(path).await.is_ok() {
             bail!("a skiff daemon is already listening on {}", path.display());
@@ -149,19 +172,51 @@ async fn bind_socket(path: &Path) -> Result<UnixListener> {
     // Owner and group only; as root, the group is `skiff` when it exists.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("cannot set the mode of {}", path.display()))?;
-    if nix::unistd::getuid().is_root() {
-        if let Ok(Some(group)) = nix::unistd::Group::from_name(SOCKET_GROUP) {
-            nix::unistd::chown(path, None, Some(group.gid)).with_context(|| {
-                format!("cannot give {} to group {SOCKET_GROUP}", path.display())
-            })?;
-        }
+    if let Some(gid) = socket_group() {
+        nix::unistd::chown(path, None, Some(gid))
+            .with_context(|| format!("cannot give {} to group {SOCKET_GROUP}", path.display()))?;
     }
     Ok(listener)
 }
 
+/// Raise the soft limit on open files to the hard one: every proxied
+/// connection holds two descriptors and every VM several, and the usual
+/// soft limit of 1024 would let a thousand idle clients starve the API.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given, which lives here.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            tracing::warn!("cannot raise the open files limit");
+        }
+    }
+}
+
+/// The TCP listener's bearer token opens the whole API, which is root
+/// over this host (docs/daemon.md): it may only travel over loopback.
+pub fn check_tcp_listen(addr: std::net::SocketAddr) -> Result<()> {
+    if !addr.ip().to_canonical().is_loopback() {
+        bail!("--listen-tcp {addr}: the API's bearer token would cross the network in clear text, and the API is root on this host; listen on a loopback address (for example 127.0.0.1:{}) and reach it through an SSH tunnel or a TLS-terminating proxy", addr.port());
+    }
+    Ok(())
+}
+
 pub async fn serve(cfg: DaemonConfig) -> Result<()> {
-    private_dir(&cfg.state_dir)?;
-    private_dir(&cfg.runtime_dir)?;
+    secure_trees(&cfg)?;
+    raise_open_files_limit();
+    if let Some((addr, _)) = &cfg.tcp {
+        check_tcp_listen(*addr)?;
+    }
+    // Refuse to start rather than run every VM's QEMU as root by surprise.
+    support::qemu_user()?;
     let listener = bind_socket(&cfg.socket).await?;
     let store = store::Store::open(&cfg.state_dir.join("state.db"))?;
     let manager = Manager::new(
@@ -224,7 +279,18 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::token_matches;
+    use super::{check_tcp_listen, token_matches};
+
+    #[test]
+    fn the_tcp_listener_stays_on_loopback() {
+        for ok in ["127.0.0.1:7070", "[::1]:7070", "127.0.0.2:1"] {
+            assert!(check_tcp_listen(ok.parse().expect("addr")).is_ok(), "{ok}");
+        }
+        for bad in ["0.0.0.0:7070", "192.0.2.1:7070", "[::]:7070"] {
+            let err = check_tcp_listen(bad.parse().expect("addr")).expect_err(bad);
+            assert!(err.to_string().contains("in clear text"), "{err}");
+        }
+    }
 
     #[test]
     fn tokens_must_match_exactly() {

@@ -1,6 +1,7 @@
 //! Where skiff keeps things and finds its helpers.
 
 use std::env;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Where something cannot be placed or found.
@@ -8,6 +9,21 @@ use std::path::{Path, PathBuf};
 pub enum PathError {
     #[error("cannot choose a {0} directory: set SKIFF_{1}_DIR or HOME")]
     NoHome(&'static str, &'static str),
+    #[error("{} is owned by uid {owner}, not by this user (uid {me}): another local user may have made it to read skiff's files or catch its sockets; remove it, or set {var} to a directory of yours", path.display())]
+    NotOurs {
+        path: PathBuf,
+        owner: u32,
+        me: u32,
+        var: &'static str,
+    },
+    #[error("{} is not a directory; remove it or set {var} elsewhere", path.display())]
+    NotADirectory { path: PathBuf, var: &'static str },
+    #[error("cannot create or restrict {}", path.display())]
+    Private {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("no static guest agent (skiff-agent) was found; build it with scripts/build-agent.sh or set SKIFF_AGENT to its path (looked in: {})", looked.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
     NoAgent { looked: Vec<PathBuf> },
 }
@@ -75,6 +91,55 @@ pub fn state_dir() -> Result<PathBuf, PathError> {
         Some(h) => Ok(h.join(".local/share/skiff")),
         None => Err(PathError::NoHome("state", "STATE")),
     }
+}
+
+/// Make `dir` (and missing parents) a directory only its owner can use,
+/// and refuse one another user owns. `traverse_group` lets that group
+/// reach named entries inside (mode 0710; the API socket's directory when
+/// the socket is shared with a group); otherwise the mode is 0700. An
+/// existing directory with wider permissions is narrowed. `var` names the
+/// setting that moves the directory, for the error message.
+pub fn private_dir(
+    dir: &Path,
+    traverse_group: Option<nix::unistd::Gid>,
+    var: &'static str,
+) -> Result<(), PathError> {
+    let private = |source| PathError::Private {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(private)?;
+    let meta = std::fs::metadata(dir).map_err(private)?;
+    if !meta.is_dir() {
+        return Err(PathError::NotADirectory {
+            path: dir.to_owned(),
+            var,
+        });
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(PathError::NotOurs {
+            path: dir.to_owned(),
+            owner: meta.uid(),
+            me,
+            var,
+        });
+    }
+    let mode = match traverse_group {
+        Some(gid) => {
+            nix::unistd::chown(dir, None, Some(gid)).map_err(|e| private(e.into()))?;
+            0o710
+        }
+        None => 0o700,
+    };
+    if meta.permissions().mode() & 0o7777 != mode {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(private)?;
+    }
+    Ok(())
 }
 
 /// A short random identifier for a VM (12 hex digits).

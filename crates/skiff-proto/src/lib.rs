@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use std::io::{self, Read, Write};
 
 pub mod copy;
+mod extract;
 pub mod guest;
 mod message;
 pub use message::{BootTimes, ExecRequest, ExitStatus, Hello, Message, WindowSize};

@@ -175,6 +175,35 @@ fn absolute(path: &str, value: &str, errs: &mut Errs) -> bool {
     true
 }
 
+/// A guest path a drive or share is mounted on. It travels on the kernel
+/// command line (`skiff.mount=LABEL@TARGET@FLAGS`), so it must be one plain
+/// word there: absolute, without whitespace, quotes, `@` or control
+/// characters, and without `.` or `..` parts.
+fn mount_target(path: &str, value: &str, errs: &mut Errs) -> bool {
+    if !absolute(path, value, errs) {
+        return false;
+    }
+    let plain = value.len() <= 255
+        && !value
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\'' | '@' | '\\'))
+        && value[1..]
+            .split('/')
+            .all(|part| part != "." && part != "..")
+        && (value == "/" || !value[1..].split('/').any(str::is_empty));
+    if !plain {
+        errs.push(
+            path,
+            format!("{value:?} is not a plain guest path: write it without spaces, quotes, '@', '\\', '.' or '..' parts or repeated slashes (at most 255 bytes)"),
+        );
+    }
+    plain
+}
+
+/// Kernel parameters skiff sets itself: a spec overriding them would break
+/// the boot or the agent's contract (`skiff.*` carries mounts and roles).
+pub const RESERVED_PARAMS: &[&str] = &["init=", "rdinit=", "panic=", "skiff."];
+
 /// Parse a spec file: either `[vm.NAME]` tables (one or more VMs), or the
 /// fields of a single VM at the top level with a `name`.
 pub fn parse_file(text: &str) -> Result<Vec<VmSpec>, SpecErrors> {
@@ -517,6 +546,15 @@ fn kernel(v: &Value, p: &str, errs: &mut Errs) -> Option<KernelSpec> {
                             .any(|c| c.is_whitespace() || c.is_control() || c == '"')
                     {
                         errs.push(&format!("{pp}[{i}]"), format!("{param:?} must be one word without spaces, quotes or control characters"));
+                    } else if let Some(reserved) =
+                        RESERVED_PARAMS.iter().find(|r| param.starts_with(**r))
+                    {
+                        errs.push(
+                            &format!("{pp}[{i}]"),
+                            format!(
+                                "{param:?} sets {reserved}, which skiff sets itself; remove it"
+                            ),
+                        );
                     } else {
                         k.params.push(param);
                     }

@@ -215,7 +215,7 @@ pub enum PlanError {
         value: u64,
         allowed: &'static str,
     },
-    #[error("kernel argument {arg:?} contains a control character or a quote; it cannot be passed safely")]
+    #[error("kernel argument {arg:?} is empty or contains a space, a control character or a quote; it cannot be passed safely")]
     BadKernelArg { arg: String },
     #[error("a VM has one network interface: user mode or a managed network, not both")]
     TwoNics,
@@ -252,9 +252,20 @@ pub fn plan(cfg: &VmConfig) -> Result<LaunchPlan, PlanError> {
             allowed: "64 to 1048576",
         });
     }
-    for arg in &cfg.extra_cmdline {
-        if arg.chars().any(|c| c.is_control() || c == '"') {
-            return Err(PlanError::BadKernelArg { arg: arg.clone() });
+    // Every argument must stay one word on the command line: a space or a
+    // quote in a mount target or a parameter would add arguments of its own.
+    let mount_args = cfg
+        .drives
+        .iter()
+        .map(|d| d.mount.to_arg())
+        .chain(cfg.shares.iter().map(|s| s.mount.to_arg()));
+    for arg in cfg.extra_cmdline.iter().cloned().chain(mount_args) {
+        if arg.is_empty()
+            || arg
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace() || c == '"')
+        {
+            return Err(PlanError::BadKernelArg { arg });
         }
     }
     let run = &cfg.run_dir;

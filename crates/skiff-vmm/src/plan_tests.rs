@@ -263,6 +263,27 @@ fn out_of_range_sizes_are_rejected_with_the_allowed_range() {
     })
     .unwrap_err();
     assert!(matches!(e, PlanError::BadKernelArg { .. }));
+    // A mount target with a space would add a kernel argument of its own.
+    let mount = skiff_proto::guest::MountArg {
+        label: "vol".into(),
+        target: "/data skiff.rootfs=evil@rw".into(),
+        readonly: false,
+        noexec: false,
+        nosuid: false,
+        nodev: false,
+    };
+    let e = plan(&VmConfig {
+        drives: vec![Drive {
+            path: "/x.ext4".into(),
+            mount,
+        }],
+        ..cfg()
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&e, PlanError::BadKernelArg { arg } if arg.contains("/data skiff.rootfs")),
+        "{e}"
+    );
 }
 
 #[test]

@@ -5,7 +5,7 @@ use crate::client::Client;
 use crate::frames::{self, FrameReader};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
-use skiff_proto::copy::{send_tree, Extractor};
+use skiff_proto::copy::{item_name, send_tree, Extractor};
 use skiff_proto::{ExitStatus, Message};
 use std::path::Path;
 
@@ -79,9 +79,11 @@ async fn upload(c: &Client, local: &Path, name: &str, path: &str) -> Result<i32>
 
 async fn download(c: &Client, name: &str, path: &str, local: &Path) -> Result<i32> {
     check_guest_path(path)?;
-    // Check the destination before asking the guest for anything.
-    let mut extractor =
-        Extractor::new(local).with_context(|| format!("cannot copy into {}", local.display()))?;
+    // Check the destination before asking the guest for anything. The guest
+    // may send only the item asked for: entries named otherwise are refused.
+    let item = item_name(Path::new(path));
+    let mut extractor = Extractor::new(local, Some(&item))
+        .with_context(|| format!("cannot copy into {}", local.display()))?;
     let io = c
         .upgrade(&format!("/v1/vms/{name}/copy-out"), json!({ "path": path }))
         .await?;
@@ -91,8 +93,9 @@ async fn download(c: &Client, name: &str, path: &str, local: &Path) -> Result<i3
         match reader.recv().await? {
             Some(Message::Error(e)) => bail!("copy from {name}:{path} failed: {e}"),
             Some(m) => {
-                // The guest is untrusted: the extractor refuses escaping
-                // paths, writes through symlinks and wrong sizes.
+                // The guest is untrusted: the extractor refuses entries
+                // outside the item, writes through symlinks, setuid bits
+                // and wrong sizes.
                 if extractor
                     .accept(m)
                     .with_context(|| format!("refusing what {name} sent"))?

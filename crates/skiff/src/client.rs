@@ -6,6 +6,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use skiff_api::VERSION_HEADER;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use tokio::net::UnixStream;
@@ -28,18 +29,19 @@ impl Client {
     /// Make sure a daemon answers on the socket, starting one in the
     /// background (with this process's environment) if none does.
     pub async fn ensure_daemon(&self) -> Result<()> {
+        self.check_socket_owner()?;
         if UnixStream::connect(&self.socket).await.is_ok() {
             return Ok(());
         }
         let exe = std::env::current_exe()
             .context("cannot find the skiff executable to start a daemon")?;
         let state = crate::paths::state_dir()?;
-        std::fs::create_dir_all(&state)
-            .with_context(|| format!("cannot create {}", state.display()))?;
+        crate::paths::private_dir(&state, None, "SKIFF_STATE_DIR")?;
         let log_path = state.join("daemon.log");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&log_path)
             .with_context(|| format!("cannot open {}", log_path.display()))?;
         let mut child = std::process::Command::new(exe)
@@ -69,7 +71,25 @@ impl Client {
         }
     }
 
+    /// Refuse a socket that neither this user nor root owns: whoever made
+    /// it would see every request (and could answer them).
+    fn check_socket_owner(&self) -> Result<()> {
+        let Ok(meta) = std::fs::symlink_metadata(&self.socket) else {
+            return Ok(()); // nothing there yet: connecting says so
+        };
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != me && meta.uid() != 0 {
+            bail!(
+                "refusing to talk to {}: it is owned by uid {}, neither you (uid {me}) nor root, so another local user may be listening there; remove it, or set SKIFF_SOCKET to your daemon's socket",
+                self.socket.display(),
+                meta.uid()
+            );
+        }
+        Ok(())
+    }
+
     async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
+        self.check_socket_owner()?;
         let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
             let hint = if self.socket.exists() {
                 "the socket exists but nothing answers: the daemon is not running (a stale socket); start it with `skiff daemon`"

@@ -160,6 +160,22 @@ struct DaemonArgs {
     /// The proxy's HTTPS address (for example 0.0.0.0:443).
     #[arg(long, value_name = "ADDR")]
     https_listen: Option<std::net::SocketAddr>,
+    /// A proxy in front of skiff's whose X-Forwarded-For is kept (repeat
+    /// for several); from any other client the header is replaced.
+    #[arg(long = "proxy-trusted", value_name = "IP")]
+    proxy_trusted: Vec<std::net::IpAddr>,
+    /// Connections the proxy holds open at once, from everyone.
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    proxy_max_connections: u32,
+    /// Connections the proxy holds open at once from one address (an IPv6 /64).
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    proxy_max_per_ip: u32,
+    /// Seconds a client has to send a request head.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    proxy_header_timeout: u64,
+    /// Seconds a connection may sit idle between requests.
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    proxy_idle_timeout: u64,
 }
 
 #[derive(clap::Args)]
@@ -416,6 +432,14 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                 proxy: daemon::proxy::ProxyConfig {
                     http: a.http_listen,
                     https: a.https_listen,
+                    trusted_proxies: a.proxy_trusted.iter().map(|ip| ip.to_canonical()).collect(),
+                    limits: daemon::proxy::limits::Limits {
+                        header_read: std::time::Duration::from_secs(a.proxy_header_timeout),
+                        idle: std::time::Duration::from_secs(a.proxy_idle_timeout),
+                        max_connections: a.proxy_max_connections as usize,
+                        max_per_ip: a.proxy_max_per_ip as usize,
+                        ..Default::default()
+                    },
                 },
             };
             daemon::serve(cfg).await?;

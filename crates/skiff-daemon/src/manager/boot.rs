@@ -50,6 +50,8 @@ pub enum BootError {
     #[error(transparent)]
     Launch(#[from] skiff_vmm::LaunchError),
     #[error(transparent)]
+    QemuUser(#[from] crate::support::UnknownQemuUser),
+    #[error(transparent)]
     Limits(#[from] crate::hostops::HostError),
     #[error("cannot record the VM's processes")]
     Store(#[from] crate::store::StoreError),
@@ -131,7 +133,7 @@ impl Manager {
                 &paths::new_vm_id()[..6]
             )),
             vm_dir.join("console.log"),
-            crate::support::qemu_user(),
+            crate::support::qemu_user()?,
         );
         let artifacts = Artifacts {
             drives: boot_drives.drives,

@@ -3,6 +3,8 @@
 //! spec claims it, forwarding headers, redirects to HTTPS, gzip and zstd
 //! compression, WebSocket upgrades, and plain pages for what went wrong.
 
+pub mod limits;
+mod listen;
 mod routes;
 pub mod tls;
 
@@ -12,12 +14,13 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::net::SocketAddr;
+use hyper_util::rt::TokioIo;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
+pub use listen::start;
 pub use routes::host_name;
 
 /// Requests with a larger declared body are refused (413).
@@ -32,6 +35,10 @@ type Body = BoxBody<Bytes, hyper::Error>;
 pub struct ProxyConfig {
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
+    /// Proxies in front of this one whose `X-Forwarded-*` headers are
+    /// believed; from anyone else they are replaced.
+    pub trusted_proxies: Vec<IpAddr>,
+    pub limits: limits::Limits,
 }
 
 /// A page for a request the proxy answers itself.
@@ -91,11 +98,19 @@ fn is_websocket(h: &HeaderMap) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
-/// Set the forwarding headers on a request going to a VM.
-pub fn forwarding_headers(h: &mut HeaderMap, client: SocketAddr, proto: &str, host: &str) {
-    let ip = client.ip().to_string();
+/// Set the forwarding headers on a request going to a VM. A client's own
+/// `X-Forwarded-For` is kept (and extended) only when the client is a
+/// trusted proxy; from a stranger it would let them pose as any address.
+pub fn forwarding_headers(
+    h: &mut HeaderMap,
+    client: SocketAddr,
+    trusted: bool,
+    proto: &str,
+    host: &str,
+) {
+    let ip = client.ip().to_canonical().to_string();
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {ip}"),
+        Some(prev) if trusted && !prev.is_empty() => format!("{prev}, {ip}"),
         _ => ip.clone(),
     };
     for (k, v) in [
@@ -110,14 +125,23 @@ pub fn forwarding_headers(h: &mut HeaderMap, client: SocketAddr, proto: &str, ho
     }
 }
 
+/// One client connection's context.
 struct Ctx {
     m: Arc<Manager>,
     client: SocketAddr,
+    /// Whether `client` is a trusted proxy.
+    trusted: bool,
     tls: bool,
     https_port: Option<u16>,
+    limits: Arc<limits::Limits>,
+    activity: Arc<limits::Activity>,
+    /// The connection's place under the caps, also held by a WebSocket
+    /// tunnel that outlives the HTTP connection.
+    permit: Arc<limits::ConnPermit>,
 }
 
 async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Body>, hyper::Error> {
+    let _running = ctx.activity.request();
     let start = Instant::now();
     let host = req
         .uri()
@@ -261,6 +285,7 @@ async fn forward(
     forwarding_headers(
         &mut parts.headers,
         ctx.client,
+        ctx.trusted,
         if ctx.tls { "https" } else { "http" },
         host,
     );
@@ -319,11 +344,17 @@ async fn forward(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let (activity, permit) = (ctx.activity.clone(), ctx.permit.clone());
+            let idle = ctx.limits.tunnel_idle;
             tokio::spawn(async move {
+                let _permit = permit;
                 if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
-                    let _ =
-                        tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u))
-                            .await;
+                    let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut c, &mut u) => {}
+                        // The client side is the tracked stream underneath.
+                        () = activity.quiet_longer_than(idle) => {}
+                    }
                 }
             });
             let (parts, _) = resp.into_parts();
@@ -349,83 +380,6 @@ fn error_chain_mentions(e: &(dyn std::error::Error + 'static), text: &str) -> bo
     false
 }
 
-/// Serve one accepted connection (plain or TLS) with HTTP/1.1 and HTTP/2.
-async fn serve_conn<IO>(io: IO, ctx: Arc<Ctx>)
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let svc = tower::ServiceBuilder::new()
-        .layer(
-            tower_http::compression::CompressionLayer::new()
-                .gzip(true)
-                .zstd(true),
-        )
-        .service(tower::service_fn(move |req: Request<Incoming>| {
-            handle(ctx.clone(), req)
-        }));
-    let svc = hyper_util::service::TowerToHyperService::new(svc);
-    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .await;
-}
-
-/// Bind the listeners (an error names the address), then serve for ever.
-pub async fn start(m: Arc<Manager>, cfg: ProxyConfig) -> anyhow::Result<()> {
-    use anyhow::Context;
-    let bind = |a: SocketAddr| async move {
-        TcpListener::bind(a).await.with_context(|| {
-            format!("the proxy cannot listen on {a} (in use, or a port below 1024 without root)")
-        })
-    };
-    let https_port = cfg.https.map(|a| a.port());
-    if let Some(addr) = cfg.http {
-        let l = bind(addr).await?;
-        let m = m.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((s, client)) = l.accept().await else {
-                    continue;
-                };
-                let ctx = Arc::new(Ctx {
-                    m: m.clone(),
-                    client,
-                    tls: false,
-                    https_port,
-                });
-                tokio::spawn(serve_conn(s, ctx));
-            }
-        });
-        tracing::info!(%addr, "proxy listening on http");
-    }
-    if let Some(addr) = cfg.https {
-        let l = bind(addr).await?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(&m)));
-        tokio::spawn(async move {
-            loop {
-                let Ok((s, client)) = l.accept().await else {
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                let ctx = Arc::new(Ctx {
-                    m: m.clone(),
-                    client,
-                    tls: true,
-                    https_port,
-                });
-                tokio::spawn(async move {
-                    if let Ok(Ok(tls)) =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(s)).await
-                    {
-                        serve_conn(tls, ctx).await;
-                    }
-                });
-            }
-        });
-        tracing::info!(%addr, "proxy listening on https");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,6 +391,7 @@ mod tests {
         forwarding_headers(
             &mut h,
             "192.0.2.7:5555".parse().expect("addr"),
+            true,
             "https",
             "app.test",
         );
@@ -444,6 +399,24 @@ mod tests {
         assert_eq!(h["x-real-ip"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "app.test");
+    }
+
+    #[test]
+    fn a_stranger_cannot_choose_its_forwarded_address() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.insert("x-real-ip", HeaderValue::from_static("10.0.0.1"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        forwarding_headers(
+            &mut h,
+            "[::ffff:192.0.2.7]:5555".parse().expect("addr"),
+            false,
+            "http",
+            "app.test",
+        );
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-real-ip"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "http");
     }
 
     #[test]

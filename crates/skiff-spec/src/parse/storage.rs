@@ -1,6 +1,6 @@
 //! Shares and volumes in a spec.
 
-use super::{absolute, table_items, type_name, Errs, Fields};
+use super::{absolute, mount_target, table_items, type_name, Errs, Fields};
 use crate::{check_name, parse_size_mib, DataDrive, RootFsSpec, SecretSource, Share, Volume};
 use std::collections::BTreeMap;
 use toml::Value;
@@ -22,7 +22,7 @@ pub(super) fn shares(v: &Value, p: &str, errs: &mut Errs) -> Vec<Share> {
             continue;
         };
         if !absolute(&format!("{ip}.source"), &source, errs)
-            || !absolute(&format!("{ip}.target"), &target, errs)
+            || !mount_target(&format!("{ip}.target"), &target, errs)
         {
             continue;
         }
@@ -107,7 +107,7 @@ pub(super) fn volumes(v: &Value, p: &str, errs: &mut Errs) -> Vec<Volume> {
             errs.push(&format!("{ip}.name"), e);
             continue;
         }
-        if !absolute(&format!("{ip}.target"), &target, errs) {
+        if !mount_target(&format!("{ip}.target"), &target, errs) {
             continue;
         }
         if out.iter().any(|v| v.name == name) {
@@ -221,7 +221,7 @@ pub(super) fn data(v: &Value, p: &str, errs: &mut Errs) -> Option<DataDrive> {
         );
         return None;
     };
-    absolute(&format!("{p}.target"), &target, errs).then_some(DataDrive { target, size_mib })
+    mount_target(&format!("{p}.target"), &target, errs).then_some(DataDrive { target, size_mib })
 }
 
 /// `rootfs = "/dir"` or `rootfs = { path = "/dir", writable = true }`.
