@@ -7,8 +7,9 @@ use skiff_spec::{PortForward, Protocol};
 pub use skiff_vmm::usernet::PortInUse;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 
@@ -67,13 +68,27 @@ pub fn start(forwards: &[PortForward], guest: Ipv4Addr) -> Result<Forwarder, Por
     Ok(fw)
 }
 
+/// Connections one TCP forward holds at once, and from one address: each
+/// costs the daemon two descriptors.
+const TCP_MAX_CONNECTIONS: usize = 1024;
+const TCP_MAX_PER_IP: usize = 128;
+
 async fn relay_tcp(listener: TcpListener, target: SocketAddr) {
+    let limiter = crate::proxy::limits::ConnLimiter::new(&crate::proxy::limits::Limits {
+        max_connections: TCP_MAX_CONNECTIONS,
+        max_per_ip: TCP_MAX_PER_IP,
+        ..Default::default()
+    });
     loop {
-        let Ok((mut client, _)) = listener.accept().await else {
+        let Ok((mut client, from)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let Some(permit) = limiter.admit(from.ip()) else {
+            continue; // over a cap: dropped, the client sees it close
+        };
         tokio::spawn(async move {
+            let _permit = permit;
             let Ok(Ok(mut guest)) =
                 tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(target)).await
             else {
@@ -86,38 +101,105 @@ async fn relay_tcp(listener: TcpListener, target: SocketAddr) {
     }
 }
 
-async fn relay_udp(host: Arc<UdpSocket>, target: SocketAddr) {
-    let mut peers: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let Ok((n, peer)) = host.recv_from(&mut buf).await else {
-            continue;
-        };
-        peers.retain(|_, s| Arc::strong_count(s) > 1);
-        let upstream = match peers.get(&peer) {
-            Some(s) => s.clone(),
-            None => {
-                let Ok(s) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await else {
-                    continue;
-                };
-                if s.connect(target).await.is_err() {
-                    continue;
-                }
-                let s = Arc::new(s);
-                peers.insert(peer, s.clone());
-                tokio::spawn(udp_replies(s.clone(), host.clone(), peer));
-                s
-            }
-        };
-        let _ = upstream.send(&buf[..n]).await;
+/// UDP sources one forward relays for at once. Sources are easy to spoof,
+/// so the table is bounded: a new source past the bound takes the place of
+/// the one quiet the longest.
+const UDP_MAX_PEERS: usize = 256;
+
+/// One UDP source's relay socket and its reply task.
+struct Peer {
+    upstream: Arc<UdpSocket>,
+    /// Milliseconds after the relay's start when either side last sent.
+    last_ms: Arc<AtomicU64>,
+    replies: JoinHandle<()>,
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.replies.abort();
     }
 }
 
-/// Send the guest's answers back to `peer` until it has been idle a while.
-async fn udp_replies(upstream: Arc<UdpSocket>, host: Arc<UdpSocket>, peer: SocketAddr) {
+fn millis_since(base: Instant) -> u64 {
+    u64::try_from(base.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn relay_udp(host: Arc<UdpSocket>, target: SocketAddr) {
+    let base = Instant::now();
+    let mut peers: HashMap<SocketAddr, Peer> = HashMap::new();
     let mut buf = vec![0u8; 65536];
-    while let Ok(Ok(n)) = tokio::time::timeout(UDP_IDLE, upstream.recv(&mut buf)).await {
-        let _ = host.send_to(&buf[..n], peer).await;
+    loop {
+        let Ok((n, from)) = host.recv_from(&mut buf).await else {
+            continue;
+        };
+        if !peers.contains_key(&from) {
+            if peers.len() >= UDP_MAX_PEERS {
+                peers.retain(|_, p| !p.replies.is_finished());
+            }
+            if peers.len() >= UDP_MAX_PEERS {
+                let quietest = peers
+                    .iter()
+                    .min_by_key(|(_, p)| p.last_ms.load(Ordering::Relaxed))
+                    .map(|(addr, _)| *addr);
+                if let Some(addr) = quietest {
+                    peers.remove(&addr);
+                }
+            }
+            let Ok(upstream) = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await else {
+                continue;
+            };
+            if upstream.connect(target).await.is_err() {
+                continue;
+            }
+            let upstream = Arc::new(upstream);
+            let last_ms = Arc::new(AtomicU64::new(millis_since(base)));
+            let replies = tokio::spawn(udp_replies(
+                upstream.clone(),
+                host.clone(),
+                from,
+                base,
+                last_ms.clone(),
+            ));
+            peers.insert(
+                from,
+                Peer {
+                    upstream,
+                    last_ms,
+                    replies,
+                },
+            );
+        }
+        if let Some(peer) = peers.get(&from) {
+            peer.last_ms.store(millis_since(base), Ordering::Relaxed);
+            let _ = peer.upstream.send(&buf[..n]).await;
+        }
+    }
+}
+
+/// Send the guest's answers back to `peer` until neither side has sent for
+/// [`UDP_IDLE`].
+async fn udp_replies(
+    upstream: Arc<UdpSocket>,
+    host: Arc<UdpSocket>,
+    peer: SocketAddr,
+    base: Instant,
+    last_ms: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match tokio::time::timeout(UDP_IDLE, upstream.recv(&mut buf)).await {
+            Ok(Ok(n)) => {
+                last_ms.store(millis_since(base), Ordering::Relaxed);
+                let _ = host.send_to(&buf[..n], peer).await;
+            }
+            Ok(Err(_)) => return,
+            Err(_) => {
+                let quiet = millis_since(base).saturating_sub(last_ms.load(Ordering::Relaxed));
+                if quiet >= UDP_IDLE.as_millis() as u64 {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -213,5 +295,45 @@ mod tests {
             TcpStream::connect(("127.0.0.1", tcp_host)).await.is_err(),
             "stopped"
         );
+    }
+
+    fn open_fds() -> usize {
+        std::fs::read_dir("/proc/self/fd").expect("fds").count()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn spoofed_udp_sources_cannot_grow_the_relay_without_bound() {
+        let sink = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let sink_port = sink.local_addr().expect("addr").port();
+        let host_port = free_port();
+        let _fw = start(
+            &[fwd(host_port, sink_port, Protocol::Udp)],
+            Ipv4Addr::LOCALHOST,
+        )
+        .expect("forward");
+        // 400 sources (a spoofer's worth of addresses, on a small scale).
+        let mut sources = Vec::new();
+        for _ in 0..400 {
+            sources.push(UdpSocket::bind("127.0.0.1:0").await.expect("bind"));
+        }
+        let before = open_fds();
+        // Every source's datagram reaches the guest...
+        let mut b = [0u8; 8];
+        for s in &sources {
+            s.send_to(b"x", ("127.0.0.1", host_port))
+                .await
+                .expect("send");
+            tokio::time::timeout(Duration::from_secs(5), sink.recv_from(&mut b))
+                .await
+                .expect("relayed in time")
+                .expect("recv");
+        }
+        // ...but the relay holds one socket per source only up to its bound.
+        let grown = open_fds() - before;
+        assert!(
+            grown <= UDP_MAX_PEERS + 8,
+            "{grown} descriptors for 400 sources"
+        );
+        assert!(grown >= UDP_MAX_PEERS / 2, "relayed without peers? {grown}");
     }
 }

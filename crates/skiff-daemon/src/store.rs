@@ -152,6 +152,12 @@ impl Store {
         })
     }
 
+    /// A number that changes whenever a write changed a row: what was read
+    /// at one generation is still true while it is the same.
+    pub fn generation(&self) -> u64 {
+        self.conn().total_changes()
+    }
+
     pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }

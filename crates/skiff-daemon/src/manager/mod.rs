@@ -68,6 +68,8 @@ pub struct Manager {
     pub(super) host: Arc<dyn crate::hostops::HostOps>,
     pub(super) metrics: crate::metrics::Metrics,
     pub(super) health: crate::manager::health::HealthMap,
+    /// The proxy's routing table, rebuilt when the store has changed.
+    pub(super) routes: crate::proxy::RouteTable,
 }
 
 pub(super) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -90,6 +92,7 @@ impl Manager {
             host,
             metrics: crate::metrics::Metrics::default(),
             health: crate::manager::health::HealthMap::default(),
+            routes: crate::proxy::RouteTable::default(),
         })
     }
 

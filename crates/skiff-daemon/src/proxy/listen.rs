@@ -163,3 +163,7 @@ pub async fn start(m: Arc<Manager>, cfg: ProxyConfig) -> anyhow::Result<Bound> {
     }
     Ok(bound)
 }
+
+#[cfg(test)]
+#[path = "listen_tests.rs"]
+mod tests;

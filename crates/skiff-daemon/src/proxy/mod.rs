@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 
 pub use listen::start;
-pub use routes::host_name;
+pub use routes::{host_name, RouteTable};
 
 /// Requests with a larger declared body are refused (413).
 pub const MAX_BODY: u64 = 64 * 1024 * 1024;

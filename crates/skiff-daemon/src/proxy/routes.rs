@@ -1,10 +1,18 @@
-//! Which VM serves a host name, read from the state database on each
-//! request, so routes follow VMs as they come and go and specs change.
+//! Which VM serves a host name. The table is built from the state database
+//! and kept in memory until the database changes, so routes follow VMs as
+//! they come and go and specs change, without a scan of every VM on each
+//! request and each TLS handshake.
 
 use crate::manager::Manager;
 use crate::store::VmState;
 use skiff_spec::TlsSpec;
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
+use std::sync::{Arc, Mutex};
+
+/// Routes by domain, and the store generation they were read at.
+#[derive(Default)]
+pub struct RouteTable(Mutex<Option<(u64, Arc<HashMap<String, Route>>)>>);
 
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -32,29 +40,102 @@ pub fn host_name(host: &str) -> String {
 
 impl Manager {
     pub fn route_for(&self, host: &str) -> Option<Route> {
-        let vms = self.store.list().ok()?;
-        let rec = vms.into_iter().find(|r| {
-            r.spec
-                .http
-                .as_ref()
-                .is_some_and(|h| h.domains.iter().any(|d| d == host))
-        })?;
-        let http = rec.spec.http.clone()?;
-        Some(Route {
-            address: self.bridge_address(&rec.name),
-            running: rec.state == VmState::Running,
-            vm: rec.name,
-            vm_id: rec.id,
-            domains: http.domains,
-            port: http.port,
-            tls: http.tls,
-        })
+        self.routes().get(host).cloned()
+    }
+
+    /// The routing table, read again only if the store changed since.
+    fn routes(&self) -> Arc<HashMap<String, Route>> {
+        // Read before building: a write during the build shows as a newer
+        // generation next time, and the table is built again.
+        let generation = self.store.generation();
+        let mut table = self.routes.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, routes)) = table.as_ref() {
+            if *at == generation {
+                return routes.clone();
+            }
+        }
+        let routes = Arc::new(self.build_routes());
+        *table = Some((generation, routes.clone()));
+        routes
+    }
+
+    fn build_routes(&self) -> HashMap<String, Route> {
+        let (Ok(vms), leases) = (self.store.list(), self.store.leases().unwrap_or_default()) else {
+            return HashMap::new();
+        };
+        let mut routes = HashMap::new();
+        for rec in vms {
+            let Some(http) = rec.spec.http.clone() else {
+                continue;
+            };
+            let route = Route {
+                address: leases.iter().find(|l| l.vm == rec.name).map(|l| l.address),
+                running: rec.state == VmState::Running,
+                vm: rec.name,
+                vm_id: rec.id,
+                domains: http.domains.clone(),
+                port: http.port,
+                tls: http.tls,
+            };
+            for domain in http.domains {
+                // Domains are unique across VMs (the manager refuses a
+                // second claim); the first one read wins all the same.
+                routes.entry(domain).or_insert_with(|| route.clone());
+            }
+        }
+        routes
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec(domain: &str) -> skiff_spec::VmSpec {
+        let text = format!("[vm.web]\nnetwork = {{ mode = \"bridge\", network = \"lan\" }}\n[vm.web.http]\ndomains = [\"{domain}\"]\nport = 8080\n");
+        skiff_spec::parse_file(&text).expect("spec").remove(0)
+    }
+
+    #[test]
+    fn the_routing_table_follows_the_store() {
+        use skiff_api::lifecycle::Event;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(&dir.path().join("state.db")).expect("store");
+        let m = Manager::new(
+            store,
+            crate::manager::DaemonPaths {
+                state_dir: dir.path().join("state"),
+                runtime_dir: dir.path().join("run"),
+            },
+            Box::new(skiff_vmm::backend::Qemu),
+            Arc::new(crate::hostops::RecordingHost::default()),
+        );
+        assert!(m.route_for("a.test").is_none());
+        m.store
+            .insert("id1", &spec("a.test"), false)
+            .expect("insert");
+        let r = m.route_for("a.test").expect("a route once the VM exists");
+        assert_eq!((r.vm.as_str(), r.port, r.running), ("web", 8080, false));
+        m.store.transition("web", Event::Start, "").expect("start");
+        m.store
+            .transition("web", Event::Booted, "")
+            .expect("booted");
+        assert!(
+            m.route_for("a.test").expect("route").running,
+            "the new state is seen"
+        );
+        // Served from memory while nothing changes.
+        let first = m.routes();
+        assert!(
+            Arc::ptr_eq(&first, &m.routes()),
+            "read again without a change"
+        );
+        m.store.update_spec(&spec("b.test")).expect("update");
+        assert!(m.route_for("a.test").is_none(), "the old domain is gone");
+        assert!(m.route_for("b.test").is_some(), "the new one routes");
+        m.store.delete("web").expect("delete");
+        assert!(m.route_for("b.test").is_none());
+    }
 
     #[test]
     fn host_names_lose_their_port_and_case() {
