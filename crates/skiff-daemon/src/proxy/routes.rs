@@ -10,9 +10,12 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 
-/// Routes by domain, and the store generation they were read at.
+/// Routes by domain.
+type Routes = Arc<HashMap<String, Route>>;
+
+/// The routes, and the store generation they were read at.
 #[derive(Default)]
-pub struct RouteTable(Mutex<Option<(u64, Arc<HashMap<String, Route>>)>>);
+pub struct RouteTable(Mutex<Option<(u64, Routes)>>);
 
 #[derive(Debug, Clone)]
 pub struct Route {
