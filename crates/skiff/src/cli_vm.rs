@@ -245,7 +245,16 @@ pub async fn exec_stream(
                 }
             }
             msg = reader.recv() => match msg? {
-                Some(Message::Stdout(b)) => { let _ = stdout.write_all(&b).and_then(|_| stdout.flush()); }
+                Some(Message::Stdout(b)) => {
+                    // The reader went away (`skiff exec ... | head`): end as
+                    // a shell pipeline's writer does, with SIGPIPE's status;
+                    // closing the connection stops the command in the guest.
+                    if let Err(e) = stdout.write_all(&b).and_then(|_| stdout.flush()) {
+                        if e.kind() == std::io::ErrorKind::BrokenPipe {
+                            return Ok(128 + libc::SIGPIPE);
+                        }
+                    }
+                }
                 Some(Message::Stderr(b)) => { let _ = stderr.write_all(&b).and_then(|_| stderr.flush()); }
                 Some(Message::Exited(ExitStatus::Code(c))) => return Ok(c),
                 Some(Message::Exited(ExitStatus::Signal(s))) => return Ok(128 + s),

@@ -27,6 +27,18 @@ fn lifecycle_exec_and_illegal_transitions() {
         d.cli(&["exec", "box", "--", "exit", "9"]).status.code(),
         Some(9)
     );
+    // A reader that goes away ends an endless command as a pipeline's
+    // writer ends: with SIGPIPE's status, the guest's command stopped.
+    let pipeline = format!(
+        "{} timeout 20 {} exec box -- zeros | head -c 1000 | wc -c; echo ${{PIPESTATUS[0]}}",
+        d.shell_env(),
+        env!("CARGO_BIN_EXE_skiff")
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &pipeline])
+        .output()
+        .expect("bash");
+    assert_eq!(stdout(&out), "1000\n141\n", "{}", stderr(&out));
 
     // Each transition the lifecycle refuses is a clear error.
     let out = d.cli(&["start", "box"]);

@@ -169,6 +169,15 @@ fn serve(mut stream: UnixStream, console: &Console) {
                 service(&req.argv, console);
                 vec![Message::Started(1)]
             }
+            Message::Exec(req) if req.argv == ["zeros"] => {
+                // Output without end, like `cat /dev/zero`, until the host
+                // stops the command by closing the connection.
+                say(console, "exec zeros");
+                let chunk = Message::Stdout(vec![0u8; skiff_proto::MAX_CHUNK]);
+                while skiff_proto::write_message(&mut stream, &chunk).is_ok() {}
+                say(console, "zeros: the host closed the connection");
+                return;
+            }
             Message::Exec(req) => {
                 say(console, &format!("exec {:?}", req.argv));
                 command(&req.argv)

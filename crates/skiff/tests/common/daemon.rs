@@ -134,6 +134,18 @@ impl Daemon {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
 
+    /// The environment a CLI command needs to reach this daemon, as
+    /// `VAR=value` words for a shell.
+    #[allow(dead_code)]
+    pub fn shell_env(&self) -> String {
+        let mut cmd = Command::new("true");
+        self.env(&mut cmd);
+        cmd.get_envs()
+            .filter_map(|(k, v)| Some(format!("{}='{}'", k.to_str()?, v?.to_str()?)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// Run a CLI command against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.cli_with_input(args, None)
