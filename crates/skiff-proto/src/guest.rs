@@ -206,3 +206,41 @@ mod tests {
         }
     }
 }
+
+/// Text a guest sent that the host stores or prints (its problems at
+/// hello, the reason of an `Error`): control characters (terminal escapes,
+/// newlines that would forge log lines) become `\u{FFFD}`, and it is cut to
+/// `max` characters, marked with an ellipsis. The guest may send anything.
+pub fn guest_text(text: &str, max: usize) -> String {
+    let mut out: String = text
+        .chars()
+        .take(max)
+        .map(|c| if c.is_control() { '\u{FFFD}' } else { c })
+        .collect();
+    if text.chars().nth(max).is_some() {
+        out.push('\u{2026}');
+    }
+    out
+}
+
+/// Most problems a guest may report at hello, and characters of each.
+pub const MAX_PROBLEMS: usize = 16;
+pub const MAX_PROBLEM_CHARS: usize = 512;
+/// Characters of an `Error` message from a guest.
+pub const MAX_ERROR_CHARS: usize = 2048;
+
+#[cfg(test)]
+mod text_tests {
+    use super::guest_text;
+
+    #[test]
+    fn guest_text_loses_control_characters_and_length() {
+        assert_eq!(guest_text("disk full", 100), "disk full");
+        assert_eq!(
+            guest_text("ok\x1b]0;owned\x07\nfake: line", 100),
+            "ok\u{FFFD}]0;owned\u{FFFD}\u{FFFD}fake: line"
+        );
+        assert_eq!(guest_text(&"é".repeat(10), 4), "éééé\u{2026}");
+        assert_eq!(guest_text("abcd", 4), "abcd");
+    }
+}

@@ -137,7 +137,7 @@ impl AgentReader {
             // buffer never holds more than one maximal frame plus one chunk.
             if let Some((msg, used)) = skiff_proto::decode(&self.buf)? {
                 self.buf.drain(..used);
-                return Ok(Some(msg));
+                return Ok(Some(bounded_text(msg)));
             }
             let mut chunk = [0u8; READ_CHUNK];
             let n = self.stream.read(&mut chunk).await?;
@@ -152,6 +152,28 @@ impl AgentReader {
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+}
+
+/// The guest's words, made safe to store and print (see
+/// [`skiff_proto::guest::guest_text`]) before anything on the host sees them.
+fn bounded_text(msg: Message) -> Message {
+    use skiff_proto::guest::{guest_text, MAX_ERROR_CHARS, MAX_PROBLEMS, MAX_PROBLEM_CHARS};
+    match msg {
+        Message::Error(e) => Message::Error(guest_text(&e, MAX_ERROR_CHARS)),
+        Message::Hello(mut h) => {
+            let more = h.problems.len().saturating_sub(MAX_PROBLEMS);
+            h.problems.truncate(MAX_PROBLEMS);
+            for p in &mut h.problems {
+                *p = guest_text(p, MAX_PROBLEM_CHARS);
+            }
+            if more > 0 {
+                h.problems.push(format!("and {more} more problems"));
+            }
+            h.agent_version = guest_text(&h.agent_version, 64);
+            Message::Hello(h)
+        }
+        other => other,
     }
 }
 
@@ -224,6 +246,40 @@ mod tests {
             Some(Message::Exited(ExitStatus::Code(4)))
         );
         assert_eq!(conn.reader.recv().await.expect("recv"), None);
+    }
+
+    #[tokio::test]
+    async fn what_a_guest_says_is_bounded_and_loses_its_escapes() {
+        let (host, mut guest) = UnixStream::pair().expect("pair");
+        let problems: Vec<String> = (0..40).map(|i| format!("p{i}\x1b[2J")).collect();
+        let greeting = Message::Hello(Hello {
+            protocol: PROTOCOL_VERSION,
+            agent_version: "v\n".repeat(100),
+            boot: BootTimes::default(),
+            problems,
+        });
+        guest.write_all(&frame(&greeting)).await.expect("write");
+        let long = format!("\x1b]0;title\x07{}", "x".repeat(100_000));
+        guest
+            .write_all(&frame(&Message::Error(long)))
+            .await
+            .expect("write");
+        let mut conn = AgentConn::handshake(host, T).await.expect("handshake");
+        let p = &conn.hello.problems;
+        assert_eq!(p.len(), 17, "16 problems and a count of the rest");
+        assert_eq!(p[0], "p0\u{FFFD}[2J");
+        assert_eq!(p[16], "and 24 more problems");
+        assert!(!conn.hello.agent_version.contains('\n'));
+        assert!(conn.hello.agent_version.chars().count() <= 65);
+        let Some(Message::Error(e)) = conn.reader.recv().await.expect("recv") else {
+            panic!("an error message");
+        };
+        assert!(e.starts_with("\u{FFFD}]0;title\u{FFFD}xxx"), "{e:.40}");
+        assert!(
+            e.chars().count() <= 2049,
+            "{} characters",
+            e.chars().count()
+        );
     }
 
     #[tokio::test]
