@@ -40,6 +40,32 @@ fn lifecycle_exec_and_illegal_transitions() {
         .expect("bash");
     assert_eq!(stdout(&out), "1000\n141\n", "{}", stderr(&out));
 
+    // `skiff cp` out of a hostile guest: entries beside the item asked for
+    // are refused and nothing lands; an honest file loses its setuid bit.
+    let home = tempfile::tempdir().expect("tempdir");
+    let dest = home.path().to_str().expect("utf8");
+    let out = d.cli(&["cp", "box:/hostile/proj", dest]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("only \"proj\", the item asked for"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        !home.path().join(".bashrc").exists(),
+        "the guest wrote ~/.bashrc"
+    );
+    d.ok(&["cp", "box:/tmp/ok.txt", dest]);
+    let copied = home.path().join("ok.txt");
+    assert_eq!(std::fs::read(&copied).expect("copied"), b"fine\n");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&copied)
+        .expect("meta")
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o755, "setuid dropped");
+
     // Each transition the lifecycle refuses is a clear error.
     let out = d.cli(&["start", "box"]);
     assert_eq!(out.status.code(), Some(125));

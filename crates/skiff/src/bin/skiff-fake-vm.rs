@@ -16,6 +16,8 @@
 //!     `sleep N` takes N seconds, anything else prints its argv; `Exited`
 //!     follows;
 //!   * `Shutdown`: the guest powers off (exit 0);
+//!   * `CopyOut`: a hostile entry stream under `/hostile/`, else one small
+//!     setuid file (see `copy_out`);
 //!   * the service `http PORT` answers HTTP on the guest's address from
 //!     `skiff.ip=` in `--cmdline` (added to `lo`, so this needs root in a
 //!     network namespace of the test's), 200 until the command `unhealthy`
@@ -186,6 +188,7 @@ fn serve(mut stream: UnixStream, console: &Console) {
                 say(console, "power off");
                 exit(0)
             }
+            Message::CopyOut(path) => copy_out(&path),
             other => vec![Message::Error(format!(
                 "the fake guest does not do {}",
                 other.name()
@@ -278,6 +281,38 @@ fn answer_http(mut stream: std::net::TcpStream, ip: std::net::Ipv4Addr) {
         "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+}
+
+/// What the fake guest sends for `skiff cp VM:PATH ...`: under
+/// `/hostile/`, the stream a hostile guest would send (the item asked for,
+/// then a `.bashrc` beside it); anything else is a 5-byte file with the
+/// setuid bit, which the host must not keep.
+fn copy_out(path: &str) -> Vec<Message> {
+    use skiff_proto::copy::{item_name, Entry, EntryKind};
+    let name = item_name(std::path::Path::new(path));
+    let entry = |path: &str, kind, mode, size| {
+        Message::Entry(Entry {
+            path: path.to_owned(),
+            kind,
+            mode,
+            size,
+            target: None,
+        })
+    };
+    if path.starts_with("/hostile/") {
+        vec![
+            entry(&name, EntryKind::Dir, 0o755, 0),
+            entry(".bashrc", EntryKind::File, 0o644, 5),
+            Message::Data(b"owned".to_vec()),
+            Message::End,
+        ]
+    } else {
+        vec![
+            entry(&name, EntryKind::File, 0o4755, 5),
+            Message::Data(b"fine\n".to_vec()),
+            Message::End,
+        ]
+    }
 }
 
 fn command(argv: &[String]) -> Vec<Message> {
