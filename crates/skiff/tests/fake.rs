@@ -332,3 +332,84 @@ fn failing_health_checks_give_503_and_restart_by_policy() {
     d.ok(&["rm", "--force", "healed", "steady"]);
     d.ok(&["network", "rm", "web"]);
 }
+
+/// Raise this process's soft open-files limit (the test holds thousands
+/// of sockets); the daemon raises its own the same way.
+fn raise_open_files(want: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only touch the struct that lives here.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max.min(want);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Thousands of idle connections and a client sending its head a byte at
+/// a time: the proxy holds only its per-address cap of them and closes
+/// those at the header timeout, and meanwhile the API answers, a VM boots
+/// and another address gets its answer from the proxy.
+#[test]
+fn idle_proxy_connections_cannot_starve_the_daemon() {
+    use std::io::{Read, Write};
+    raise_open_files(8192);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port");
+    let flags: Vec<String> = [
+        "--http-listen".to_owned(),
+        format!("127.0.0.1:{port}"),
+        "--proxy-header-timeout".to_owned(),
+        "3".to_owned(),
+    ]
+    .to_vec();
+    let d = Daemon::start_fake_wrapped(&flags, &[]);
+    let mut idle = Vec::new();
+    for _ in 0..3000 {
+        if let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            idle.push(s);
+        }
+    }
+    assert!(
+        idle.len() >= 2900,
+        "only {} connections were made",
+        idle.len()
+    );
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: a").expect("write");
+
+    assert_eq!(d.ok(&["ls", "--json"]).trim(), "[]", "the API answers");
+    d.boot("box", "[vm.box]\n");
+    assert_eq!(d.ok(&["exec", "box", "--", "echo", "up"]), "up\n");
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-m", "5", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args(["--interface", "127.0.0.2", "-H", "Host: nowhere.test"])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .expect("curl");
+    assert_eq!(stdout(&out), "404", "{}", stderr(&out));
+
+    // The proxy kept at most its per-address cap (256) open, and closes
+    // those at the header timeout.
+    std::thread::sleep(Duration::from_secs(1));
+    let still_open = |s: &std::net::TcpStream| {
+        s.set_nonblocking(true).expect("nonblocking");
+        let mut b = [0u8; 1];
+        matches!((&*s).read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    };
+    let held = idle.iter().filter(|s| still_open(s)).count();
+    assert!((1..=256).contains(&held), "{held} idle connections held");
+    std::thread::sleep(Duration::from_secs(4));
+    let held = idle.iter().filter(|s| still_open(s)).count();
+    assert_eq!(held, 0, "idle connections held past the header timeout");
+    assert!(
+        !still_open(&slow),
+        "the slow head was held past the timeout"
+    );
+    d.ok(&["rm", "--force", "box"]);
+}
