@@ -3,8 +3,15 @@
 //!
 //! Per network there is an `ip` table (NAT for egress, isolation from other
 //! skiff networks, per-VM egress limits, no new connections from outside
-//! to VM addresses) and a `bridge` table (a VM without egress cannot reach
-//! its peers on the bridge either). Both are named `skiff-NAME`.
+//! to VM addresses) and a `bridge` table. The bridge table binds each VM's
+//! TAP to the VM's MAC and address before anything else sees a frame: a
+//! frame from a TAP must carry the VM's MAC as its source, an IPv4 packet
+//! its leased address, an ARP message both as its sender; anything else
+//! (IPv6 included, which skiff does not route or filter) is dropped. So
+//! the `ip saddr` rules below can trust the address: a guest cannot take a
+//! neighbour's address or a new one to get around its egress limit. A VM
+//! without egress cannot reach its peers on the bridge either. Both tables
+//! are named `skiff-NAME`.
 
 use crate::{NetError, Subnet};
 use std::io::Write;
@@ -28,6 +35,40 @@ pub enum Egress {
 pub struct VmRule {
     pub address: Ipv4Addr,
     pub egress: Egress,
+    /// The VM's TAP and MAC, when the VM exists: what its frames must come
+    /// from. (A lease without a VM has no TAP.)
+    pub port: Option<VmPort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmPort {
+    pub tap: String,
+    pub mac: String,
+}
+
+/// The bridge rules that hold each TAP to its VM's MAC and address.
+///
+/// What a TAP may send is accepted and the rest of it dropped per TAP:
+/// every network's bridge table sees every bridged frame (an accept in
+/// one table does not end another's chain), so a catch-all here would
+/// drop the frames of other networks' VMs.
+fn port_guard(vms: &[VmRule]) -> Vec<String> {
+    let mut rules = Vec::new();
+    for vm in vms {
+        let Some(VmPort { tap, mac }) = &vm.port else {
+            continue;
+        };
+        let a = vm.address;
+        rules.push(format!(
+            "iifname \"{tap}\" ether saddr {mac} ether type ip ip saddr {a} accept"
+        ));
+        // 0.0.0.0 as sender: an address probe (RFC 5227), harmless.
+        rules.push(format!(
+            "iifname \"{tap}\" ether saddr {mac} ether type arp arp saddr ether {mac} arp saddr ip {{ {a}, 0.0.0.0 }} accept"
+        ));
+        rules.push(format!("iifname \"{tap}\" drop"));
+    }
+    rules
 }
 
 /// Everything the rules of one network depend on.
@@ -119,6 +160,11 @@ pub fn ruleset(n: &NetworkRules) -> String {
     out.push_str("}\n");
     out.push_str(&format!(
         "table bridge {table} {{}}\ndelete table bridge {table}\ntable bridge {table} {{\n"
+    ));
+    out.push_str(&chain(
+        "guard_ports",
+        "type filter hook prerouting priority filter; policy accept;",
+        &port_guard(&n.vms),
     ));
     out.push_str(&chain(
         "filter_forward",
@@ -243,10 +289,15 @@ mod tests {
                 VmRule {
                     address: "10.88.0.3".parse().expect("ip"),
                     egress: Egress::None,
+                    port: Some(VmPort {
+                        tap: "skt-0123".into(),
+                        mac: "52:54:00:12:34:56".into(),
+                    }),
                 },
                 VmRule {
                     address: "10.88.0.4".parse().expect("ip"),
                     egress: Egress::Only(vec!["10.0.0.0/8".into()]),
+                    port: None,
                 },
             ]);
             apply(&script, "create").expect("nft accepts the rules");
@@ -270,14 +321,17 @@ mod tests {
             VmRule {
                 address: "10.88.0.2".parse().expect("ip"),
                 egress: Egress::All,
+                port: None,
             },
             VmRule {
                 address: "10.88.0.3".parse().expect("ip"),
                 egress: Egress::None,
+                port: None,
             },
             VmRule {
                 address: "10.88.0.4".parse().expect("ip"),
                 egress: Egress::Only(vec!["10.0.0.0/8".into(), "192.0.2.7/32".into()]),
+                port: None,
             },
         ]);
         assert!(!r.contains("10.88.0.2"));
@@ -285,11 +339,27 @@ mod tests {
         assert!(r.contains(
             "iifname \"skb-lan\" ip saddr 10.88.0.3 ct state established,related accept"
         ));
-        assert!(r.contains("table bridge skiff-lan {\n  chain filter_forward {\n    type filter hook forward priority filter; policy accept;\n    ip saddr 10.88.0.3 drop\n"));
+        assert!(r.contains("  chain filter_forward {\n    type filter hook forward priority filter; policy accept;\n    ip saddr 10.88.0.3 drop\n"));
         assert!(r.contains(
             "iifname \"skb-lan\" ip saddr 10.88.0.4 ip daddr != { 10.88.0.0/24, 10.0.0.0/8, 192.0.2.7/32 } drop"
         ));
         assert!(removal("lan").contains("delete table bridge skiff-lan"));
+    }
+
+    #[test]
+    fn each_tap_is_bound_to_its_mac_and_address() {
+        let r = rules(vec![VmRule {
+            address: "10.88.0.5".parse().expect("ip"),
+            egress: Egress::All,
+            port: Some(VmPort {
+                tap: "skt-abc".into(),
+                mac: "52:54:aa:bb:cc:dd".into(),
+            }),
+        }]);
+        let guard = "  chain guard_ports {\n    type filter hook prerouting priority filter; policy accept;\n    iifname \"skt-abc\" ether saddr 52:54:aa:bb:cc:dd ether type ip ip saddr 10.88.0.5 accept\n    iifname \"skt-abc\" ether saddr 52:54:aa:bb:cc:dd ether type arp arp saddr ether 52:54:aa:bb:cc:dd arp saddr ip { 10.88.0.5, 0.0.0.0 } accept\n    iifname \"skt-abc\" drop\n  }\n";
+        assert!(r.contains(guard), "{r}");
+        // Never a catch-all: other networks' frames cross this table too.
+        assert!(!rules(Vec::new()).contains("skt-"));
     }
 
     #[test]

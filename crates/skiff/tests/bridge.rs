@@ -195,6 +195,45 @@ network = {{ mode = "bridge", network = "lan", egress = ["198.51.100.0/24"] }}
     assert_eq!(get_from(&d, "limited", "http://192.0.2.2:8000/"), None);
     assert_eq!(get_from(&d, "limited", &web).as_deref(), Some("web"));
 
+    // Each TAP is bound to its VM's MAC and address. A guest that takes a
+    // new address gets nothing out with it; one that claims a neighbour's
+    // address (and says so by ARP) does not get the neighbour's traffic;
+    // one that changes its MAC reaches nobody.
+    let in_guest = |vm: &str, script: &str| {
+        let nic = "nic=$(ls /sys/class/net | grep -v '^lo$' | head -n1)";
+        d.ok(&["exec", vm, "--", "sh", "-c", &format!("{nic}; {script}")]);
+    };
+    in_guest(
+        "locked",
+        "ip addr add 10.90.1.77/24 dev $nic && ip route replace default via 10.90.1.1 src 10.90.1.77",
+    );
+    assert_eq!(get_from(&d, "locked", "http://192.0.2.2:8000/"), None);
+    let web_ip = addr("web");
+    in_guest(
+        "locked",
+        &format!("ip addr add {web_ip}/32 dev $nic; arping -U -c 2 -w 3 -I $nic -s {web_ip} {web_ip}; true"),
+    );
+    assert_eq!(
+        curl(&host, &format!("http://{web_ip}:8080/")).as_deref(),
+        Some("web"),
+        "the neighbour's address was stolen"
+    );
+    in_guest(
+        "peer",
+        "ip link set $nic down && ip link set $nic address 52:54:00:00:0b:ad && ip link set $nic up",
+    );
+    assert_eq!(
+        get_from(&d, "peer", &web),
+        None,
+        "a changed MAC got through"
+    );
+    let log = std::fs::read_to_string(www.path().join("access.log")).unwrap_or_default();
+    assert_eq!(
+        log.matches("GET").count(),
+        1,
+        "only web's request reached the remote: {log}"
+    );
+
     // Leases survive a daemon restart; a new VM never gets a leased address.
     d.kill9();
     d.spawn();

@@ -7,7 +7,7 @@ use crate::manager::{Conflict, Invalid, Manager, ManagerError, Missing};
 use crate::netstore::{LeaseError, NetworkRecord};
 use crate::store::VmRecord;
 use skiff_api::PruneReport;
-use skiff_net::nft::{self, Egress, NetworkRules, VmRule};
+use skiff_net::nft::{self, Egress, NetworkRules, VmPort, VmRule};
 use skiff_net::{NetError, Subnet};
 use skiff_spec::{NetMode, VmSpec};
 use std::net::Ipv4Addr;
@@ -228,13 +228,17 @@ impl Manager {
             vms: net
                 .leases
                 .iter()
-                .map(|l| VmRule {
-                    address: l.address,
-                    // A lease whose VM is gone gets nothing out.
-                    egress: vms
-                        .iter()
-                        .find(|v| v.name == l.vm)
-                        .map_or(Egress::None, |v| egress_of(&v.spec, network)),
+                .map(|l| {
+                    let vm = vms.iter().find(|v| v.name == l.vm);
+                    VmRule {
+                        address: l.address,
+                        // A lease whose VM is gone gets nothing out.
+                        egress: vm.map_or(Egress::None, |v| egress_of(&v.spec, network)),
+                        port: vm.map(|v| VmPort {
+                            tap: skiff_net::tap_name(&v.id),
+                            mac: skiff_vmm::usernet::mac_for(&v.id),
+                        }),
+                    }
                 })
                 .collect(),
         };
