@@ -108,11 +108,13 @@ pub fn private_dir(
         path: dir.to_owned(),
         source,
     };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(private)?;
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(private)?;
+    }
     let meta = std::fs::metadata(dir).map_err(private)?;
     if !meta.is_dir() {
         return Err(PathError::NotADirectory {
@@ -260,5 +262,47 @@ pub struct DaemonPaths {
 impl DaemonPaths {
     pub fn vm_dir(&self, name: &str) -> PathBuf {
         self.state_dir.join("vms").join(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{private_dir, PathError};
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).expect("meta").permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn private_dirs_are_made_narrowed_and_refused_when_another_owns_them() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let fresh = tmp.path().join("a/b");
+        private_dir(&fresh, None, "SKIFF_STATE_DIR").expect("create");
+        assert_eq!(mode(&fresh), 0o700);
+        let wide = tmp.path().join("wide");
+        std::fs::create_dir(&wide).expect("mkdir");
+        std::fs::set_permissions(&wide, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        private_dir(&wide, None, "SKIFF_STATE_DIR").expect("narrow");
+        assert_eq!(mode(&wide), 0o700, "an existing wide directory is narrowed");
+        let file = tmp.path().join("file");
+        std::fs::write(&file, b"").expect("write");
+        let err = private_dir(&file, None, "SKIFF_RUNTIME_DIR").expect_err("a file");
+        assert!(matches!(err, PathError::NotADirectory { .. }), "{err}");
+
+        // A directory squatted by another user (needs root to make one).
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let squatted = tmp.path().join("squat");
+        std::fs::create_dir(&squatted).expect("mkdir");
+        let before = mode(&squatted);
+        nix::unistd::chown(&squatted, Some(nix::unistd::Uid::from_raw(65534)), None)
+            .expect("chown");
+        let err = private_dir(&squatted, None, "SKIFF_RUNTIME_DIR").expect_err("squatted");
+        let text = err.to_string();
+        assert!(text.contains("is owned by uid 65534, not by this user (uid 0)"), "{text}");
+        assert!(text.contains("set SKIFF_RUNTIME_DIR"), "{text}");
+        assert_eq!(mode(&squatted), before, "another user's directory is left alone");
     }
 }

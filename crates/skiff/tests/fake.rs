@@ -19,6 +19,22 @@ fn lifecycle_exec_and_illegal_transitions() {
     d.boot("box", "[vm.box]\n");
     assert_eq!(d.inspect("box")["state"], "running");
     assert_eq!(d.fake_guests().len(), 1);
+    // The daemon's state is its owner's only.
+    let mode = |p: std::path::PathBuf| {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(&p).expect("meta").permissions().mode() & 0o7777;
+        (p.file_name().map(|n| n.to_string_lossy().into_owned()), m)
+    };
+    for (path, want) in [
+        (d.state(), 0o700),
+        (d.state().join("state.db"), 0o600),
+        (d.state().join("vms"), 0o700),
+        (d.state().join("vms/box/console.log"), 0o600),
+        (d.runtime(), 0o700),
+    ] {
+        let (name, got) = mode(path);
+        assert_eq!(got, want, "{name:?} is {got:o}");
+    }
 
     let out = d.cli(&["exec", "box", "--", "echo", "hello", "fake"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
