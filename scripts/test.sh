@@ -11,5 +11,8 @@ cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 # VMs run under emulation on hosts without hardware KVM: two at a time keeps
 # a 2-core machine responsive enough for the boot timeouts.
 cargo test --workspace --locked -- --test-threads=2
+# The fuzz targets (the guest's frames, copy streams, spec files): built,
+# and run briefly; a longer run is scripts/fuzz.sh SECONDS.
+scripts/fuzz.sh 20
 # The Python SDK against a real daemon (the source tree, not an installed copy).
 PYTHONPATH=sdk/python SKIFF_BIN=target/debug/skiff python3 -m pytest -q -p no:cacheprovider sdk/python/tests
