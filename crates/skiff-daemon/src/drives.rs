@@ -344,6 +344,63 @@ pub fn check_sources(spec: &skiff_spec::VmSpec) -> Result<(), MissingSource> {
     Ok(())
 }
 
+/// A writable share a root daemon will not hand to a guest.
+#[derive(Debug, thiserror::Error)]
+pub enum ShareOwnerError {
+    #[error("cannot read the owner of {}", path.display())]
+    Stat {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the writable {what} {} belongs to root: the guest writes a share as the share's owner, and never as root on the host; give it to an unprivileged user (chown USER {}) or make it read-only", path.display(), path.display())]
+    RootOwned { what: &'static str, path: PathBuf },
+}
+
+/// Who each writable share (and a writable root directory) is written as
+/// when the daemon runs as root: the directory's owner, which must not be
+/// root. An ordinary user's daemon writes shares as that user already.
+pub fn share_owners(
+    spec: &skiff_spec::VmSpec,
+) -> Result<std::collections::BTreeMap<PathBuf, skiff_vmm::Owner>, ShareOwnerError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut owners = std::collections::BTreeMap::new();
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(owners);
+    }
+    let writable = spec
+        .shares
+        .iter()
+        .filter(|s| !s.readonly)
+        .map(|s| ("share", &s.source))
+        .chain(
+            spec.rootfs
+                .iter()
+                .filter(|r| r.writable)
+                .map(|r| ("rootfs", &r.path)),
+        );
+    for (what, path) in writable {
+        let meta = std::fs::metadata(path).map_err(|source| ShareOwnerError::Stat {
+            path: path.clone(),
+            source,
+        })?;
+        if meta.uid() == 0 {
+            return Err(ShareOwnerError::RootOwned {
+                what,
+                path: path.clone(),
+            });
+        }
+        owners.insert(
+            path.clone(),
+            skiff_vmm::Owner {
+                uid: meta.uid(),
+                gid: meta.gid(),
+            },
+        );
+    }
+    Ok(owners)
+}
+
 /// The read-only config drive: `instance.json` with what the guest may want
 /// to know about itself.
 fn config_drive(host: &dyn HostOps, rec: &VmRecord, vm_dir: &Path) -> Result<Drive, DriveError> {

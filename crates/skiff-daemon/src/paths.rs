@@ -301,8 +301,15 @@ mod tests {
             .expect("chown");
         let err = private_dir(&squatted, None, "SKIFF_RUNTIME_DIR").expect_err("squatted");
         let text = err.to_string();
-        assert!(text.contains("is owned by uid 65534, not by this user (uid 0)"), "{text}");
+        assert!(
+            text.contains("is owned by uid 65534, not by this user (uid 0)"),
+            "{text}"
+        );
         assert!(text.contains("set SKIFF_RUNTIME_DIR"), "{text}");
-        assert_eq!(mode(&squatted), before, "another user's directory is left alone");
+        assert_eq!(
+            mode(&squatted),
+            before,
+            "another user's directory is left alone"
+        );
     }
 }

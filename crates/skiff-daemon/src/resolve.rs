@@ -63,6 +63,8 @@ pub struct Artifacts {
     pub image_root: Option<PathBuf>,
     /// The VM's root disk (its writable layer over the shared base).
     pub root_disk: Option<skiff_vmm::RootDisk>,
+    /// Owners of writable shares under a root daemon, by source.
+    pub share_owners: std::collections::BTreeMap<PathBuf, skiff_vmm::Owner>,
 }
 
 /// Every decision about one boot of one VM.
@@ -150,11 +152,20 @@ pub fn user_net(spec: &VmSpec) -> Option<skiff_vmm::UserNet> {
     })
 }
 
-/// The spec's shares as virtiofs devices.
-pub fn shares(spec: &VmSpec) -> Vec<ShareDir> {
+/// The spec's shares as virtiofs devices; `owners` are those of writable
+/// shares under a root daemon (see [`ShareDir::owner`]).
+pub fn shares(
+    spec: &VmSpec,
+    owners: &std::collections::BTreeMap<PathBuf, skiff_vmm::Owner>,
+) -> Vec<ShareDir> {
     spec.shares
         .iter()
         .map(|s| ShareDir {
+            owner: if s.readonly {
+                None
+            } else {
+                owners.get(&s.source).copied()
+            },
             source: s.source.clone(),
             mount: skiff_proto::guest::MountArg {
                 label: s.tag.clone(),
@@ -183,6 +194,7 @@ pub fn resolve(
         (Some(r), _) => Some(skiff_vmm::RootFs {
             source: r.path.clone(),
             writable: r.writable,
+            owner: artifacts.share_owners.get(&r.path).copied(),
         }),
         (None, Some(image)) => Some(skiff_vmm::RootFs {
             source: artifacts
@@ -193,6 +205,7 @@ pub fn resolve(
                     image: image.clone(),
                 })?,
             writable: false,
+            owner: None,
         }),
         (None, None) => None,
     };
@@ -228,7 +241,7 @@ pub fn resolve(
         tap: artifacts.tap,
         vm_id: vm_id.to_owned(),
         drives: artifacts.drives,
-        shares: shares(spec),
+        shares: shares(spec, &artifacts.share_owners),
         virtiofsd_binary: host.virtiofsd_binary.clone(),
         rootfs,
         run_as: host.run_as.clone(),

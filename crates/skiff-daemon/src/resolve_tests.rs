@@ -106,6 +106,7 @@ fn shares_image_root_drives_and_tap_come_from_the_artifacts() {
         tap: Some(tap.clone()),
         image_root: Some("/cache/images/py/root".into()),
         root_disk: None,
+        share_owners: Default::default(),
     };
     let p = resolve(&s, "abc", &host(), artifacts, &Qemu).expect("plan");
     assert_eq!(p.config.tap, Some(tap));
@@ -114,7 +115,8 @@ fn shares_image_root_drives_and_tap_come_from_the_artifacts() {
         p.config.rootfs,
         Some(skiff_vmm::RootFs {
             source: "/cache/images/py/root".into(),
-            writable: false
+            writable: false,
+            owner: None,
         })
     );
     // The root first, then the share: one virtiofsd each, the share read-only.

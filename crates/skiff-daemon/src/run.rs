@@ -94,7 +94,11 @@ pub async fn run_standalone<IO: RunIo>(body: RunBody, io: &mut IO) -> Result<Run
             bail!("{} is not an existing directory", s.source.display());
         }
     }
-    let plan = resolve(&spec, &vm_id, &host, Artifacts::default(), &Qemu)?;
+    let artifacts = Artifacts {
+        share_owners: crate::drives::share_owners(&spec)?,
+        ..Artifacts::default()
+    };
+    let plan = resolve(&spec, &vm_id, &host, artifacts, &Qemu)?;
     if let Some(net) = &plan.config.net {
         net.check_host_ports()?;
     }

@@ -93,10 +93,12 @@ impl Backend for Fake {
             vsock_backend: ProcessPlan {
                 program: self.program.clone(),
                 args: vec!["vsock".into(), "--socket".into(), arg(&real.vhost_socket)],
+                ..ProcessPlan::default()
             },
             qemu: ProcessPlan {
                 program: self.program.clone(),
                 args: guest,
+                ..ProcessPlan::default()
             },
             virtiofsd: Vec::new(),
             ..real

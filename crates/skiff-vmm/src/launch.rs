@@ -172,8 +172,103 @@ impl Launched {
     }
 }
 
-fn command(p: &ProcessPlan, stderr: File, tied: bool) -> Command {
-    let mut cmd = Command::new(&p.program);
+/// Descriptors a process of [`ProcessPlan::run_as`] gets: its program (run
+/// as /proc/self/fd/4) and its listening socket (fd 3).
+struct PassedFds {
+    program: Option<std::os::fd::OwnedFd>,
+    listener: Option<std::os::unix::net::UnixListener>,
+}
+
+/// Where a passed program and listener sit in the child.
+const LISTENER_FD: i32 = 3;
+const PROGRAM_FD: i32 = 4;
+/// Descriptors below this are moved out of the way before the fork, so
+/// that placing one at 3 or 4 in the child never overwrites the other.
+const HIGH_FD: i32 = 10;
+
+impl PassedFds {
+    fn open(p: &ProcessPlan) -> io::Result<PassedFds> {
+        use std::os::fd::{AsFd, OwnedFd};
+        let high = |fd: std::os::fd::BorrowedFd<'_>| -> io::Result<OwnedFd> {
+            Ok(fd.try_clone_to_owned().and_then(|owned| {
+                nix::fcntl::fcntl(
+                    std::os::fd::AsRawFd::as_raw_fd(&owned),
+                    nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(HIGH_FD),
+                )
+                .map_err(io::Error::from)
+                // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor.
+                .map(|fd| unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
+            })?)
+        };
+        let program = match p.run_as {
+            Some(_) => Some(high(File::open(&p.program)?.as_fd())?),
+            None => None,
+        };
+        let listener = match &p.listener_fd3 {
+            Some(path) => {
+                let l = std::os::unix::net::UnixListener::bind(path)?;
+                Some(std::os::unix::net::UnixListener::from(high(l.as_fd())?))
+            }
+            None => None,
+        };
+        Ok(PassedFds { program, listener })
+    }
+}
+
+fn command(
+    p: &ProcessPlan,
+    stderr: File,
+    tied: bool,
+    filters: Vec<seccompiler::BpfProgram>,
+    passed: PassedFds,
+) -> Command {
+    use std::os::fd::AsRawFd;
+    let program = match &passed.program {
+        Some(_) => PathBuf::from(format!("/proc/self/fd/{PROGRAM_FD}")),
+        None => p.program.clone(),
+    };
+    let mut cmd = Command::new(&program);
+    if let Some(owner) = p.run_as {
+        // std drops the supplementary groups of root along with it.
+        cmd.uid(owner.uid).gid(owner.gid);
+    }
+    if passed.program.is_some() || passed.listener.is_some() {
+        let fds = [
+            (passed.listener.as_ref().map(|l| l.as_raw_fd()), LISTENER_FD),
+            (passed.program.as_ref().map(|f| f.as_raw_fd()), PROGRAM_FD),
+        ];
+        // SAFETY: the closure runs in the forked child before exec and only
+        // calls dup2(2) on descriptors opened above (all at HIGH_FD or
+        // more, so neither target overwrites the other source); dup2 clears
+        // close-on-exec on the copies. `passed` lives in the closure until
+        // the parent drops the Command after spawning.
+        unsafe {
+            cmd.pre_exec(move || {
+                let _keep = &passed;
+                for (from, to) in fds {
+                    if let Some(from) = from {
+                        if libc::dup2(from, to) < 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                    }
+                }
+                Ok(())
+            });
+        }
+    }
+    if !filters.is_empty() {
+        // SAFETY: the closure runs in the forked child before exec; it only
+        // makes the prctl(2) and seccomp(2) calls of apply_filter, on
+        // programs compiled before the fork, and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || {
+                for f in &filters {
+                    seccompiler::apply_filter(f).map_err(io::Error::other)?;
+                }
+                Ok(())
+            });
+        }
+    }
     cmd.args(&p.args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -257,7 +352,20 @@ impl Partial {
             source,
         })?;
         let program = p.program.display().to_string();
-        let child = command(p, stderr, tied)
+        // Built here, not in the child: compiling a filter allocates.
+        let filters = if p.no_set_id_files {
+            crate::setid_filter::no_set_id_files().map_err(|e| LaunchError::Spawn {
+                program: program.clone(),
+                source: io::Error::other(e),
+            })?
+        } else {
+            Vec::new()
+        };
+        let passed = PassedFds::open(p).map_err(|source| LaunchError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        let child = command(p, stderr, tied, filters, passed)
             .spawn()
             .map_err(|e| match e.kind() {
                 io::ErrorKind::NotFound => LaunchError::Missing {

@@ -11,6 +11,7 @@ pub mod launch;
 pub mod plan;
 pub mod process;
 pub mod running;
+pub mod setid_filter;
 pub mod tap;
 pub mod usernet;
 
@@ -19,7 +20,7 @@ pub use agent::{AgentConn, AgentError, AgentReader, AgentWriter};
 pub use backend::{Backend, BackendKind};
 pub use launch::{launch, Helper, LaunchError, LaunchOptions, Launched};
 pub use plan::{
-    plan, DiskFormat, Drive, GuestInit, LaunchPlan, PlanError, RootDisk, RootFs, ShareDir,
+    plan, DiskFormat, Drive, GuestInit, LaunchPlan, Owner, PlanError, RootDisk, RootFs, ShareDir,
     VmConfig, ROOT_DISK_SERIAL,
 };
 pub use process::ProcessRef;

@@ -139,6 +139,16 @@ pub struct RootFs {
     /// Writes go to the host directory; otherwise to an overlay in guest
     /// memory, and the directory stays untouched.
     pub writable: bool,
+    /// For a writable root under a root daemon: who the guest writes as.
+    pub owner: Option<Owner>,
+}
+
+/// The host user and group a writable share's virtiofsd runs as, and every
+/// guest user's files belong to on the host (see [`ShareDir::owner`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// The virtiofs tag of the root filesystem share.
@@ -159,6 +169,7 @@ impl VmConfig {
                     nosuid: false,
                     nodev: false,
                 },
+                owner: root.owner,
             });
         }
         all.extend(self.shares.iter().cloned());
@@ -172,6 +183,11 @@ pub struct ShareDir {
     pub source: PathBuf,
     /// The tag and guest mount point (`label` is the virtiofs tag).
     pub mount: skiff_proto::guest::MountArg,
+    /// Under a root daemon, a writable share's owner: its virtiofsd runs as
+    /// this user in a user namespace where it is root, and every guest
+    /// user maps to it, so the guest can neither make root-owned files nor
+    /// device nodes on the host, nor touch files of other host users.
+    pub owner: Option<Owner>,
 }
 
 /// A raw ext4 image given to the guest as a virtio block device.
@@ -182,10 +198,20 @@ pub struct Drive {
 }
 
 /// One process to start.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessPlan {
     pub program: PathBuf,
     pub args: Vec<String>,
+    /// Start it as this user (and no supplementary groups). The program is
+    /// opened by skiff and run through its descriptor, so it may sit where
+    /// that user cannot reach (root's ~/.cargo/bin).
+    pub run_as: Option<Owner>,
+    /// Bind a Unix socket here and hand it to the process, listening, as
+    /// descriptor 3 (for a process that cannot create it itself).
+    pub listener_fd3: Option<PathBuf>,
+    /// Install [`crate::setid_filter`] before exec: the process can give no
+    /// file a setuid or setgid bit.
+    pub no_set_id_files: bool,
 }
 
 /// Everything needed to launch the VM.
@@ -276,30 +302,7 @@ pub fn plan(cfg: &VmConfig) -> Result<LaunchPlan, PlanError> {
         .all_shares()
         .iter()
         .enumerate()
-        .map(|(i, share)| {
-            let socket = run.join(format!("fs{i}.sock"));
-            let mut args = vec![
-                "--socket-path".to_owned(),
-                path_arg(&socket),
-                "--shared-dir".to_owned(),
-                path_arg(&share.source),
-                // virtiofsd's own sandbox (namespaces) needs privileges
-                // skiff may not have; the guest still only sees the share.
-                "--sandbox".to_owned(),
-                "none".to_owned(),
-            ];
-            if share.mount.readonly {
-                // Enforced by the host: read-only even for root in the guest.
-                args.push("--readonly".to_owned());
-            }
-            (
-                ProcessPlan {
-                    program: cfg.virtiofsd_binary.clone(),
-                    args,
-                },
-                socket,
-            )
-        })
+        .map(|(i, share)| virtiofsd_plan(cfg, run, i, share))
         .collect::<Vec<_>>();
     Ok(LaunchPlan {
         virtiofsd: virtiofsd.clone(),
@@ -314,16 +317,70 @@ pub fn plan(cfg: &VmConfig) -> Result<LaunchPlan, PlanError> {
                 "--uds-path".into(),
                 path_arg(&vsock_socket),
             ],
+            ..ProcessPlan::default()
         },
         qemu: ProcessPlan {
             program: cfg.qemu_binary.clone(),
             args: qemu_args(cfg, &vhost_socket, &virtiofsd),
+            ..ProcessPlan::default()
         },
         vhost_socket,
         vsock_socket,
         ready_socket,
         console_log: cfg.console_log.clone(),
     })
+}
+
+/// One share's virtiofsd and its socket.
+///
+/// - A writable share with an owner (a root daemon): run as the owner in a
+///   user namespace where it is root (`--uid-map`), every guest id squashed
+///   to it (`--translate-*`), no mknod or file capabilities, no set-id
+///   bits (the filter); its listening socket made by skiff.
+/// - Any other share of a root daemon: virtiofsd's namespace sandbox.
+/// - A daemon of an ordinary user: its virtiofsd is that user already (no
+///   sandbox, which would need a user namespace); a writable share still
+///   gets the set-id filter.
+fn virtiofsd_plan(
+    cfg: &VmConfig,
+    run: &Path,
+    i: usize,
+    share: &ShareDir,
+) -> (ProcessPlan, PathBuf) {
+    let socket = run.join(format!("fs{i}.sock"));
+    // The owner cannot reach the runtime directory (root's, 0700): skiff
+    // binds the socket and passes it.
+    let mut args = match share.owner {
+        Some(_) => vec!["--fd=3".to_owned()],
+        None => vec!["--socket-path".to_owned(), path_arg(&socket)],
+    };
+    args.extend(["--shared-dir".to_owned(), path_arg(&share.source)]);
+    let daemon_is_root = cfg.run_as.is_some() || share.owner.is_some();
+    let sandbox = if daemon_is_root { "namespace" } else { "none" };
+    args.extend(["--sandbox".to_owned(), sandbox.to_owned()]);
+    if let Some(o) = share.owner {
+        let all = u32::MAX;
+        args.extend([
+            format!("--uid-map=:0:{}:1:", o.uid),
+            format!("--gid-map=:0:{}:1:", o.gid),
+            format!("--translate-uid=squash-guest:0:0:{all}"),
+            format!("--translate-gid=squash-guest:0:0:{all}"),
+            "--modcaps=-mknod:-setfcap".to_owned(),
+            "--inode-file-handles=never".to_owned(),
+        ]);
+    }
+    if share.mount.readonly {
+        // Enforced by the host: read-only even for root in the guest.
+        args.push("--readonly".to_owned());
+    }
+    let plan = ProcessPlan {
+        program: cfg.virtiofsd_binary.clone(),
+        args,
+        run_as: share.owner,
+        listener_fd3: share.owner.map(|_| socket.clone()),
+        no_set_id_files: !share.mount.readonly,
+    };
+    (plan, socket)
 }
 
 /// Guest-initiated connections to host port P arrive on `<uds-path>_P`.

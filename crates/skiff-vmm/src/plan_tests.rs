@@ -163,6 +163,7 @@ fn shares_get_a_virtiofsd_each_and_a_vhost_user_fs_device() {
         shares: vec![ShareDir {
             source: "/home/me/src".into(),
             mount,
+            owner: None,
         }],
         ..cfg()
     };
@@ -187,6 +188,75 @@ fn shares_get_a_virtiofsd_each_and_a_vhost_user_fs_device() {
         value_after(&p.qemu.args, "-device").contains(&"vhost-user-fs-device,chardev=fs0,tag=src")
     );
     assert!(kernel_cmdline(&c).contains("skiff.load=fs skiff.share=src@/work@ro.nodev"));
+    assert_eq!((fsd.run_as, fsd.no_set_id_files), (None, false));
+}
+
+#[test]
+fn a_writable_share_of_a_root_daemon_runs_as_its_owner_with_every_guest_id_squashed() {
+    let owner = Owner {
+        uid: 1000,
+        gid: 1001,
+    };
+    let share = |readonly, owner| ShareDir {
+        source: "/home/me/out".into(),
+        mount: skiff_proto::guest::MountArg {
+            label: "out".into(),
+            target: "/out".into(),
+            readonly,
+            noexec: false,
+            nosuid: false,
+            nodev: true,
+        },
+        owner,
+    };
+    let c = VmConfig {
+        run_as: Some("nobody".into()),
+        shares: vec![share(false, Some(owner)), share(true, None)],
+        ..cfg()
+    };
+    let p = plan(&c).expect("plan");
+    let (rw, socket) = &p.virtiofsd[0];
+    assert_eq!(
+        rw.args,
+        [
+            "--fd=3",
+            "--shared-dir",
+            "/home/me/out",
+            "--sandbox",
+            "namespace",
+            "--uid-map=:0:1000:1:",
+            "--gid-map=:0:1001:1:",
+            "--translate-uid=squash-guest:0:0:4294967295",
+            "--translate-gid=squash-guest:0:0:4294967295",
+            "--modcaps=-mknod:-setfcap",
+            "--inode-file-handles=never",
+        ]
+    );
+    assert_eq!(rw.run_as, Some(owner));
+    assert_eq!(
+        rw.listener_fd3.as_ref(),
+        Some(socket),
+        "skiff binds the socket QEMU uses"
+    );
+    assert!(rw.no_set_id_files);
+    // A read-only share of a root daemon: sandboxed, no ids to map.
+    let (ro, _) = &p.virtiofsd[1];
+    assert_eq!(&ro.args[4..], ["--sandbox", "namespace", "--readonly"]);
+    assert_eq!(
+        (ro.run_as, ro.listener_fd3.as_ref(), ro.no_set_id_files),
+        (None, None, false)
+    );
+    // An ordinary user's daemon: its virtiofsd is that user, and still no
+    // set-id bits through a writable share.
+    let user = VmConfig {
+        shares: vec![share(false, None)],
+        ..cfg()
+    };
+    let (mine, _) = &plan(&user).expect("plan").virtiofsd[0];
+    assert!(mine
+        .args
+        .ends_with(&["--sandbox".to_owned(), "none".to_owned()]));
+    assert!(mine.no_set_id_files);
 }
 
 #[test]
@@ -195,6 +265,7 @@ fn a_rootfs_is_the_first_share_and_named_on_the_command_line() {
         rootfs: Some(RootFs {
             source: "/srv/root".into(),
             writable: false,
+            owner: None,
         }),
         ..cfg()
     };
@@ -208,6 +279,7 @@ fn a_rootfs_is_the_first_share_and_named_on_the_command_line() {
         rootfs: Some(RootFs {
             source: "/srv/root".into(),
             writable: true,
+            owner: None,
         }),
         ..cfg()
     };
@@ -395,6 +467,7 @@ fn roots_and_inits_that_cannot_go_together_are_refused() {
         rootfs: Some(RootFs {
             source: "/dir".into(),
             writable: false,
+            owner: None,
         }),
         ..cfg()
     };

@@ -265,6 +265,7 @@ fn shares_are_read_only_or_writable_as_specified_even_for_root() {
     std::fs::create_dir_all(&ro).expect("mkdir");
     std::fs::create_dir_all(&rw).expect("mkdir");
     std::fs::write(ro.join("a.txt"), "host-file\n").expect("write");
+    common::give_to_share_owner(&rw);
     let spec = d.write_spec(
         "sh.toml",
         &format!(
@@ -307,7 +308,65 @@ fn shares_are_read_only_or_writable_as_specified_even_for_root() {
         std::fs::read_to_string(rw.join("c.txt")).expect("read"),
         "from-guest\n"
     );
+    // Guest root is the share's owner on the host, nothing more: what it
+    // makes and chowns belongs to the owner, and no setuid or setgid file
+    // and no device node can appear through the share.
+    let out = d.cli(&[
+        "exec",
+        "sh",
+        "--",
+        "sh",
+        "-c",
+        "cd /mnt/rw && cp /bin/busybox su && chown 0:0 su c.txt; chmod 4755 su; chmod g+s c.txt; mknod null c 1 3; mkdir -m 2775 d; true",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    use std::os::unix::fs::MetadataExt;
+    for name in ["c.txt", "su", "d"] {
+        let m = std::fs::symlink_metadata(rw.join(name)).expect("made in the guest");
+        let owner = if nix::unistd::geteuid().is_root() {
+            common::SHARE_OWNER
+        } else {
+            nix::unistd::geteuid().as_raw()
+        };
+        assert_eq!(
+            (m.uid(), m.gid()),
+            (owner, owner),
+            "{name} is owned by the share's owner"
+        );
+        assert_eq!(
+            m.mode() & 0o6000,
+            0,
+            "{name} has a set-id bit: {:o}",
+            m.mode()
+        );
+    }
+    assert!(
+        !rw.join("null").exists(),
+        "a device node appeared on the host"
+    );
     d.ok(&["rm", "-f", "sh"]);
+
+    // A root daemon never writes a share as root.
+    if nix::unistd::geteuid().is_root() {
+        let root_owned = host.path().join("root-owned");
+        std::fs::create_dir_all(&root_owned).expect("mkdir");
+        let spec = d.write_spec(
+            "rootshare.toml",
+            &format!(
+                "[vm.rs]\n[[vm.rs.shares]]\nsource = \"{}\"\ntarget = \"/mnt/rw\"\n",
+                root_owned.display()
+            ),
+        );
+        d.ok(&["apply", "-f", spec.to_str().expect("utf8")]);
+        let out = d.cli(&["start", "rs"]);
+        assert_ne!(out.status.code(), Some(0));
+        assert!(
+            stderr(&out).contains("belongs to root: the guest writes a share as the share's owner"),
+            "{}",
+            stderr(&out)
+        );
+        d.ok(&["rm", "-f", "rs"]);
+    }
 
     let missing = d.write_spec(
         "bad.toml",

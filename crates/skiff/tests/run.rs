@@ -279,6 +279,7 @@ fn run_shares_host_directories_read_only_or_writable() {
     std::fs::create_dir_all(&src).expect("mkdir");
     std::fs::create_dir_all(&out).expect("mkdir");
     std::fs::write(src.join("in.txt"), "input\n").expect("write");
+    common::give_to_share_owner(&out);
     let ro = format!("{}:/work:ro", src.display());
     let rw = format!("{}:/out", out.display());
     let script = "cat /work/in.txt && echo result > /out/o.txt && (echo x > /work/y 2>/dev/null && echo WROTE || echo DENIED)";
@@ -323,7 +324,8 @@ fn a_host_directory_boots_as_the_root_with_an_overlay_or_read_write() {
         !root.join("etc/new").exists(),
         "the overlay kept the host directory untouched"
     );
-    // --rootfs-rw: writes land in the directory.
+    // --rootfs-rw: writes land in the directory, as its owner.
+    common::give_to_share_owner(&root);
     let out = env.run(
         &["--rootfs", root_s, "--rootfs-rw"],
         &["sh", "-c", "echo kept > /etc/kept"],

@@ -32,6 +32,8 @@ pub enum BootError {
     #[error(transparent)]
     Source(#[from] crate::drives::MissingSource),
     #[error(transparent)]
+    ShareOwner(#[from] crate::drives::ShareOwnerError),
+    #[error(transparent)]
     NoImage(#[from] crate::drives::NoImage),
     #[error("cannot find the image cache")]
     Cache(#[source] crate::paths::PathError),
@@ -95,6 +97,7 @@ impl Manager {
             source,
         })?;
         crate::drives::check_sources(spec)?;
+        let share_owners = crate::drives::share_owners(spec)?;
         let image_root = match &spec.image {
             None => None,
             Some(_) => {
@@ -140,6 +143,7 @@ impl Manager {
             tap: self.prepare_tap(rec).await?,
             image_root,
             root_disk,
+            share_owners,
         };
         let plan = resolve(spec, &rec.id, &host, artifacts, self.backend.as_ref())?;
         if let Some(net) = &plan.config.net {

@@ -185,3 +185,28 @@ pub fn busybox_rootfs(dir: &std::path::Path) {
     }
     std::fs::write(dir.join("etc/marker"), "from-the-host-rootfs\n").expect("write");
 }
+
+/// The unprivileged owner the tests give writable shares to: a root daemon
+/// writes a share as its owner, and refuses a root-owned one.
+#[allow(dead_code)]
+pub const SHARE_OWNER: u32 = 4242;
+
+/// Give `dir` and everything under it to [`SHARE_OWNER`] (when root).
+#[allow(dead_code)]
+pub fn give_to_share_owner(dir: &std::path::Path) {
+    if !nix::unistd::geteuid().is_root() {
+        return;
+    }
+    let id = Some(nix::unistd::Uid::from_raw(SHARE_OWNER));
+    let gid = Some(nix::unistd::Gid::from_raw(SHARE_OWNER));
+    let mut stack = vec![dir.to_owned()];
+    while let Some(p) = stack.pop() {
+        nix::unistd::fchownat(None, &p, id, gid, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+            .expect("chown");
+        if p.is_dir() && !p.is_symlink() {
+            for e in std::fs::read_dir(&p).expect("read_dir").flatten() {
+                stack.push(e.path());
+            }
+        }
+    }
+}
