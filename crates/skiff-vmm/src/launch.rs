@@ -190,7 +190,7 @@ impl PassedFds {
     fn open(p: &ProcessPlan) -> io::Result<PassedFds> {
         use std::os::fd::{AsFd, OwnedFd};
         let high = |fd: std::os::fd::BorrowedFd<'_>| -> io::Result<OwnedFd> {
-            Ok(fd.try_clone_to_owned().and_then(|owned| {
+            fd.try_clone_to_owned().and_then(|owned| {
                 nix::fcntl::fcntl(
                     std::os::fd::AsRawFd::as_raw_fd(&owned),
                     nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(HIGH_FD),
@@ -198,7 +198,7 @@ impl PassedFds {
                 .map_err(io::Error::from)
                 // SAFETY: F_DUPFD_CLOEXEC just returned this new descriptor.
                 .map(|fd| unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) })
-            })?)
+            })
         };
         let program = match p.run_as {
             Some(_) => Some(high(File::open(&p.program)?.as_fd())?),

@@ -158,7 +158,10 @@ impl Manager {
         };
         let mut vm = skiff_vmm::launch(&plan.launch, &opts).await?;
         let (qemu, vsock) = (vm.qemu.process, vm.vsock.process);
-        if let Err(e) = self.limit(rec, &plan.limits, &[qemu.pid, vsock.pid]) {
+        // Every helper of the VM shares its limits: the share servers too.
+        let mut pids = vec![qemu.pid, vsock.pid];
+        pids.extend(vm.virtiofsd.iter().map(|h| h.process.pid));
+        if let Err(e) = self.limit(rec, &plan.limits, &pids) {
             vm.kill().await;
             return Err(e.into());
         }
@@ -185,6 +188,18 @@ impl Manager {
                 });
             }
         };
+        // A sandboxed virtiofsd forks its worker after it was moved: now
+        // that the guest is up, the workers join the VM's cgroup too.
+        let workers: Vec<i32> = vm
+            .virtiofsd
+            .iter()
+            .flat_map(|h| descendants(h.process.pid))
+            .collect();
+        if !workers.is_empty() {
+            if let Err(e) = self.limit(rec, &plan.limits, &workers) {
+                tracing::warn!(vm = %rec.name, error = %e, "cannot move the share servers' workers into the VM's cgroup");
+            }
+        }
         if !conn.hello.problems.is_empty() {
             kill_processes(qemu, vsock);
             return Err(BootError::GuestSetup {
@@ -230,4 +245,26 @@ impl Drop for SecretsImage {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// The processes below `pid` (children, theirs, and so on), from /proc.
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut found = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                if !found.contains(&child) && found.len() < 64 {
+                    found.push(child);
+                    todo.push(child);
+                }
+            }
+        }
+    }
+    found
 }
