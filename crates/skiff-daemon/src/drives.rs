@@ -127,12 +127,20 @@ pub enum SecretFileError {
 /// the open descriptor, and read with a bound in case it grows meanwhile.
 pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, SecretFileError> {
     use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    // Checked before opening: opening some devices does something (a
+    // watchdog arms, a tape rewinds). Checked again on the descriptor, in
+    // case the path was swapped in between.
+    let named = std::fs::metadata(path)?;
+    if !named.file_type().is_file() {
+        return Err(SecretFileError::NotRegular);
+    }
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)?;
     let meta = file.metadata()?;
-    if !meta.file_type().is_file() {
+    if !meta.file_type().is_file() || (meta.dev(), meta.ino()) != (named.dev(), named.ino()) {
         return Err(SecretFileError::NotRegular);
     }
     if meta.len() > MAX_SECRET_BYTES {

@@ -132,6 +132,11 @@ async fn relay_udp(host: Arc<UdpSocket>, target: SocketAddr) {
         let Ok((n, from)) = host.recv_from(&mut buf).await else {
             continue;
         };
+        // A source whose reply task ended (quiet too long, or the guest
+        // refused) gets a fresh relay, so its answers are read again.
+        if peers.get(&from).is_some_and(|p| p.replies.is_finished()) {
+            peers.remove(&from);
+        }
         if !peers.contains_key(&from) {
             if peers.len() >= UDP_MAX_PEERS {
                 peers.retain(|_, p| !p.replies.is_finished());
@@ -192,6 +197,9 @@ async fn udp_replies(
                 last_ms.store(millis_since(base), Ordering::Relaxed);
                 let _ = host.send_to(&buf[..n], peer).await;
             }
+            // ECONNREFUSED: the guest's service was not listening yet; the
+            // next datagram may find it.
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
             Ok(Err(_)) => return,
             Err(_) => {
                 let quiet = millis_since(base).saturating_sub(last_ms.load(Ordering::Relaxed));

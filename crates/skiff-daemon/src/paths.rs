@@ -16,6 +16,12 @@ pub enum PathError {
         me: u32,
         var: &'static str,
     },
+    #[error("{} is open to every user (mode {mode:o}); skiff keeps its files in a directory of its own: set {var} to a directory inside it", path.display())]
+    Shared {
+        path: PathBuf,
+        mode: u32,
+        var: &'static str,
+    },
     #[error("{} is not a directory; remove it or set {var} elsewhere", path.display())]
     NotADirectory { path: PathBuf, var: &'static str },
     #[error("cannot create or restrict {}", path.display())]
@@ -94,11 +100,17 @@ pub fn state_dir() -> Result<PathBuf, PathError> {
 }
 
 /// Make `dir` (and missing parents) a directory only its owner can use,
-/// and refuse one another user owns. `traverse_group` lets that group
-/// reach named entries inside (mode 0710; the API socket's directory when
-/// the socket is shared with a group); otherwise the mode is 0700. An
-/// existing directory with wider permissions is narrowed. `var` names the
-/// setting that moves the directory, for the error message.
+/// and refuse one another user owns (the directory itself, and the link
+/// when it is a symlink: a stranger's link to a directory of ours is
+/// refused too). `traverse_group` lets that group reach named entries
+/// inside (mode 0710; the API socket's directory when the socket is
+/// shared with a group); otherwise the mode is 0700.
+///
+/// Only a directory skiff made, or one of its own name (`skiff...`), is
+/// narrowed when it exists wider: a setting that names `/run` or `$HOME`
+/// must not change those. A directory open to everyone (sticky and world-
+/// writable, like `/tmp`) is refused. `var` names the setting that moves
+/// the directory, for the error message.
 pub fn private_dir(
     dir: &Path,
     traverse_group: Option<nix::unistd::Gid>,
@@ -108,12 +120,24 @@ pub fn private_dir(
         path: dir.to_owned(),
         source,
     };
-    if !dir.exists() {
+    let made = !dir.exists() && std::fs::symlink_metadata(dir).is_err();
+    if made {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
             .map_err(private)?;
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    let not_ours = |owner| PathError::NotOurs {
+        path: dir.to_owned(),
+        owner,
+        me,
+        var,
+    };
+    let link = std::fs::symlink_metadata(dir).map_err(private)?;
+    if link.file_type().is_symlink() && link.uid() != me && link.uid() != 0 {
+        return Err(not_ours(link.uid()));
     }
     let meta = std::fs::metadata(dir).map_err(private)?;
     if !meta.is_dir() {
@@ -122,14 +146,23 @@ pub fn private_dir(
             var,
         });
     }
-    let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me {
-        return Err(PathError::NotOurs {
+        return Err(not_ours(meta.uid()));
+    }
+    let mode_now = meta.permissions().mode() & 0o7777;
+    if mode_now & 0o1002 == 0o1002 {
+        return Err(PathError::Shared {
             path: dir.to_owned(),
-            owner: meta.uid(),
-            me,
+            mode: mode_now,
             var,
         });
+    }
+    let ours = made
+        || dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("skiff"));
+    if !ours {
+        return Ok(());
     }
     let mode = match traverse_group {
         Some(gid) => {
@@ -138,7 +171,7 @@ pub fn private_dir(
         }
         None => 0o700,
     };
-    if meta.permissions().mode() & 0o7777 != mode {
+    if mode_now != mode {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(private)?;
     }
     Ok(())
@@ -280,11 +313,31 @@ mod tests {
         let fresh = tmp.path().join("a/b");
         private_dir(&fresh, None, "SKIFF_STATE_DIR").expect("create");
         assert_eq!(mode(&fresh), 0o700);
-        let wide = tmp.path().join("wide");
+        let wide = tmp.path().join("skiff-wide");
         std::fs::create_dir(&wide).expect("mkdir");
         std::fs::set_permissions(&wide, std::fs::Permissions::from_mode(0o777)).expect("chmod");
         private_dir(&wide, None, "SKIFF_STATE_DIR").expect("narrow");
-        assert_eq!(mode(&wide), 0o700, "an existing wide directory is narrowed");
+        assert_eq!(
+            mode(&wide),
+            0o700,
+            "an existing wide skiff directory is narrowed"
+        );
+        // A directory that is not skiff's keeps its mode (a setting may
+        // name $HOME or /run), and one open to all is refused.
+        let home = tmp.path().join("home");
+        std::fs::create_dir(&home).expect("mkdir");
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        private_dir(&home, None, "SKIFF_STATE_DIR").expect("used as it is");
+        assert_eq!(mode(&home), 0o755);
+        let shared = tmp.path().join("shared");
+        std::fs::create_dir(&shared).expect("mkdir");
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+        let err = private_dir(&shared, None, "SKIFF_RUNTIME_DIR").expect_err("like /tmp");
+        assert!(
+            err.to_string().contains("open to every user (mode 1777)"),
+            "{err}"
+        );
+        assert_eq!(mode(&shared), 0o1777, "left alone");
         let file = tmp.path().join("file");
         std::fs::write(&file, b"").expect("write");
         let err = private_dir(&file, None, "SKIFF_RUNTIME_DIR").expect_err("a file");

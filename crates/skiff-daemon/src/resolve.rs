@@ -26,6 +26,8 @@ pub struct Host {
     pub virtiofsd_binary: PathBuf,
     /// Drop QEMU's privileges to this user (a daemon running as root).
     pub run_as: Option<String>,
+    /// This process runs as root.
+    pub privileged: bool,
 }
 
 impl Host {
@@ -48,6 +50,7 @@ impl Host {
             vsock_binary: crate::paths::vsock_backend(),
             virtiofsd_binary: crate::paths::helper("virtiofsd", "SKIFF_VIRTIOFSD"),
             run_as,
+            privileged: nix::unistd::geteuid().is_root(),
         }
     }
 }
@@ -245,6 +248,7 @@ pub fn resolve(
         virtiofsd_binary: host.virtiofsd_binary.clone(),
         rootfs,
         run_as: host.run_as.clone(),
+        privileged: host.privileged,
         root_disk: artifacts.root_disk,
         init,
     };

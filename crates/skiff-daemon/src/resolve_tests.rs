@@ -13,6 +13,7 @@ fn host() -> Host {
         vsock_binary: "vhost-device-vsock".into(),
         virtiofsd_binary: "virtiofsd".into(),
         run_as: Some("nobody".into()),
+        privileged: true,
     }
 }
 

@@ -53,10 +53,12 @@ pub enum CopyError {
         #[source]
         source: io::Error,
     },
-    #[error("refusing entry {0:?}: paths must be relative and must not contain '..'")]
+    #[error("refusing entry {0:?}: paths must be relative, without '..' or control characters")]
     BadPath(String),
     #[error("refusing entry {0:?}: it is inside a symlink")]
     ThroughSymlink(String),
+    #[error("refusing entry {0:?}: a part of its path on the host is not a directory")]
+    ParentNotDirectory(String),
     #[error("refusing entry {path:?}: only {expected:?}, the item asked for, and what is inside it may be sent")]
     OutsideItem { path: String, expected: String },
     #[error("refusing entry {0:?}: a copy holds one item, and this is a second one")]
@@ -78,8 +80,10 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CopyError + '_ {
 pub fn check_entry_path(path: &str) -> Result<(), CopyError> {
     // Checked on the raw string: Path::components would quietly normalise
     // "a//b/." to "a/b", and a sender has no reason to send either.
+    // Control characters are refused too: the path is printed in errors,
+    // and a guest must not put terminal escapes on the user's screen.
     let ok = !path.is_empty()
-        && !path.contains('\0')
+        && !path.chars().any(char::is_control)
         && path
             .split('/')
             .all(|seg| !seg.is_empty() && seg != "." && seg != "..")

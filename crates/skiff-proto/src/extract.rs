@@ -160,10 +160,19 @@ impl Extractor {
             let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
             match open_fd(Some(at), part.as_str(), flags, Mode::empty()) {
                 Ok(fd) => dir = Some(fd),
-                // ELOOP: the component is a symlink; ENOTDIR: a file or a
-                // link the kernel saw as one.
+                // A symlink gives ELOOP or (with O_DIRECTORY) ENOTDIR; which
+                // of the two it is decides the message.
                 Err(Errno::ELOOP | Errno::ENOTDIR) => {
-                    return Err(CopyError::ThroughSymlink(entry.to_owned()))
+                    let dir_fd = dir.as_ref().unwrap_or(&self.root);
+                    let is_link = stat_at(dir_fd, part)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|st| is(st, SFlag::S_IFLNK));
+                    return Err(if is_link {
+                        CopyError::ThroughSymlink(entry.to_owned())
+                    } else {
+                        CopyError::ParentNotDirectory(entry.to_owned())
+                    });
                 }
                 Err(errno) => return Err(io_err(&shown)(errno.into())),
             }

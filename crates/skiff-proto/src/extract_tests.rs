@@ -90,7 +90,14 @@ fn a_single_file_can_be_renamed_by_its_destination() {
 #[test]
 fn entry_paths_that_escape_are_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    for bad in ["../escape", "/etc/passwd", "a/../../x", "", "a//b/."] {
+    for bad in [
+        "../escape",
+        "/etc/passwd",
+        "a/../../x",
+        "",
+        "a//b/.",
+        "x\x1b]0;owned\x07",
+    ] {
         let mut x = Extractor::new(tmp.path(), None).expect("extractor");
         let r = x.accept(file(bad, 0));
         assert!(
@@ -264,4 +271,14 @@ fn sizes_are_held_to_what_the_entry_announced() {
 fn a_missing_source_is_a_clear_error() {
     let err = send_tree(Path::new("/nonexistent/x"), &mut |_| Ok(())).expect_err("missing");
     assert!(err.to_string().starts_with("/nonexistent/x: "), "{err}");
+}
+
+#[test]
+fn an_entry_under_a_file_is_refused_as_such() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut x = Extractor::new(tmp.path(), Some("proj")).expect("extractor");
+    x.accept(dir("proj")).expect("dir");
+    x.accept(file("proj/f", 0)).expect("file");
+    let r = x.accept(file("proj/f/x", 0));
+    assert!(matches!(r, Err(CopyError::ParentNotDirectory(_))), "{r:?}");
 }

@@ -24,6 +24,8 @@ const VSOCK_HINT: &str =
 const QEMU_HINT: &str = "install the Debian package qemu-system-x86";
 /// How long a helper may take to create its socket.
 const HELPER_SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+/// What virtiofsd logs once it waits on its socket.
+const VIRTIOFSD_READY: &str = "Waiting for vhost-user socket connection";
 
 /// Errors launching a VM or waiting for its guest.
 #[derive(Debug, thiserror::Error)]
@@ -361,9 +363,15 @@ impl Partial {
         } else {
             Vec::new()
         };
-        let passed = PassedFds::open(p).map_err(|source| LaunchError::Spawn {
-            program: program.clone(),
-            source,
+        let passed = PassedFds::open(p).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => LaunchError::Missing {
+                program: program.clone(),
+                hint,
+            },
+            _ => LaunchError::Spawn {
+                program: program.clone(),
+                source,
+            },
         })?;
         let child = command(p, stderr, tied, filters, passed)
             .spawn()
@@ -394,6 +402,35 @@ impl Partial {
 
     /// Wait until a just-started helper has created its socket; what it
     /// said on stderr explains a failure.
+    /// Wait until `log` holds `line` (the helper is serving).
+    async fn wait_for_log(
+        &self,
+        process: ProcessRef,
+        program: &Path,
+        line: &str,
+        log: &Path,
+    ) -> Result<(), LaunchError> {
+        let deadline = Instant::now() + HELPER_SOCKET_TIMEOUT;
+        loop {
+            if std::fs::read_to_string(log).is_ok_and(|text| text.contains(line)) {
+                return Ok(());
+            }
+            if !process.is_alive() {
+                return Err(LaunchError::VsockBackend {
+                    stderr: crate::console::read_end(log, 4096).trim().to_owned(),
+                });
+            }
+            if Instant::now() > deadline {
+                return Err(LaunchError::SocketTimeout {
+                    program: program.display().to_string(),
+                    path: log.to_owned(),
+                    timeout: HELPER_SOCKET_TIMEOUT,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     async fn wait_for_socket(
         &self,
         process: ProcessRef,
@@ -454,13 +491,20 @@ pub async fn launch(plan: &LaunchPlan, opts: &LaunchOptions) -> Result<Launched,
     for (i, (p, socket)) in plan.virtiofsd.iter().enumerate() {
         let log = log(&format!("virtiofsd{i}.log"));
         let fsd = partial.spawn(p, VIRTIOFSD_HINT, &log, opts.tied)?;
-        partial
-            .wait_for_socket(fsd, &p.program, socket, &log)
-            .await
-            .map_err(|e| match e {
-                LaunchError::VsockBackend { stderr } => LaunchError::Share { stderr },
-                other => other,
-            })?;
+        // A socket skiff bound exists already: wait for virtiofsd to say it
+        // serves it instead (or to die, with its reason).
+        let ready = match &p.listener_fd3 {
+            Some(_) => {
+                partial
+                    .wait_for_log(fsd, &p.program, VIRTIOFSD_READY, &log)
+                    .await
+            }
+            None => partial.wait_for_socket(fsd, &p.program, socket, &log).await,
+        };
+        ready.map_err(|e| match e {
+            LaunchError::VsockBackend { stderr } => LaunchError::Share { stderr },
+            other => other,
+        })?;
     }
     partial.spawn(&plan.qemu, QEMU_HINT, &log("qemu.log"), opts.tied)?;
 

@@ -81,6 +81,9 @@ pub struct VmConfig {
     /// Drop QEMU's privileges to this user once it has opened its devices
     /// (for a daemon that runs as root).
     pub run_as: Option<String>,
+    /// The daemon runs as root: every virtiofsd runs in its namespace
+    /// sandbox (whatever QEMU's user).
+    pub privileged: bool,
     /// The root filesystem on a block device (not together with `rootfs`).
     pub root_disk: Option<RootDisk>,
     /// Who is PID 1 once the root is mounted.
@@ -355,8 +358,11 @@ fn virtiofsd_plan(
         None => vec!["--socket-path".to_owned(), path_arg(&socket)],
     };
     args.extend(["--shared-dir".to_owned(), path_arg(&share.source)]);
-    let daemon_is_root = cfg.run_as.is_some() || share.owner.is_some();
-    let sandbox = if daemon_is_root { "namespace" } else { "none" };
+    let sandbox = if cfg.privileged || share.owner.is_some() {
+        "namespace"
+    } else {
+        "none"
+    };
     args.extend(["--sandbox".to_owned(), sandbox.to_owned()]);
     if let Some(o) = share.owner {
         let all = u32::MAX;

@@ -21,6 +21,7 @@ pub(crate) fn cfg() -> VmConfig {
         virtiofsd_binary: "virtiofsd".into(),
         rootfs: None,
         run_as: None,
+        privileged: false,
         root_disk: None,
         init: GuestInit::Agent,
     }
@@ -210,7 +211,7 @@ fn a_writable_share_of_a_root_daemon_runs_as_its_owner_with_every_guest_id_squas
         owner,
     };
     let c = VmConfig {
-        run_as: Some("nobody".into()),
+        privileged: true,
         shares: vec![share(false, Some(owner)), share(true, None)],
         ..cfg()
     };

@@ -132,6 +132,7 @@ fn bare_qemu_args(kernel: &Path, initrd: &Path, work: &Path) -> Vec<String> {
         virtiofsd_binary: "virtiofsd".into(),
         rootfs: None,
         run_as: None,
+        privileged: false,
         root_disk: None,
         init: skiff_vmm::GuestInit::Agent,
     };

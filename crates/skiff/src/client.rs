@@ -30,8 +30,12 @@ impl Client {
     /// background (with this process's environment) if none does.
     pub async fn ensure_daemon(&self) -> Result<()> {
         self.check_socket_owner()?;
-        if UnixStream::connect(&self.socket).await.is_ok() {
-            return Ok(());
+        match self.connect_checked().await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                bail!("refusing {}: {e}", self.socket.display())
+            }
+            Err(_) => {}
         }
         let exe = std::env::current_exe()
             .context("cannot find the skiff executable to start a daemon")?;
@@ -55,8 +59,12 @@ impl Client {
             .context("cannot start a skiff daemon")?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
         loop {
-            if UnixStream::connect(&self.socket).await.is_ok() {
-                return Ok(());
+            match self.connect_checked().await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    bail!("refusing {}: {e}", self.socket.display())
+                }
+                Err(_) => {}
             }
             // Another `skiff run` may have started the daemon that won the
             // socket; ours then exits, which is fine as long as one answers.
@@ -69,6 +77,23 @@ impl Client {
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+    }
+
+    /// Connect, and refuse a peer that is neither this user nor root
+    /// (`InvalidData`; by
+    /// the kernel's credentials of the listening process, which no one can
+    /// forge by swapping the socket between a check and the connect).
+    async fn connect_checked(&self) -> std::io::Result<UnixStream> {
+        let stream = UnixStream::connect(&self.socket).await?;
+        let peer = stream.peer_cred()?.uid();
+        let me = nix::unistd::geteuid().as_raw();
+        if peer != me && peer != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the process listening there runs as uid {peer}, neither you (uid {me}) nor root, so another local user may be listening; remove the socket, or set SKIFF_SOCKET to your daemon's socket"),
+            ));
+        }
+        Ok(stream)
     }
 
     /// Refuse a socket that neither this user nor root owns: whoever made
@@ -90,7 +115,10 @@ impl Client {
 
     async fn connect(&self) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>> {
         self.check_socket_owner()?;
-        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+        let stream = self.connect_checked().await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                return anyhow!("refusing {}: {e}", self.socket.display());
+            }
             let hint = if self.socket.exists() {
                 "the socket exists but nothing answers: the daemon is not running (a stale socket); start it with `skiff daemon`"
             } else {

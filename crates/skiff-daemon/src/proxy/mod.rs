@@ -35,8 +35,9 @@ type Body = BoxBody<Bytes, hyper::Error>;
 pub struct ProxyConfig {
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
-    /// Proxies in front of this one whose `X-Forwarded-*` headers are
-    /// believed; from anyone else they are replaced.
+    /// Proxies in front of this one whose `X-Forwarded-For` chain is kept
+    /// (and extended) and whose `Forwarded`-style headers pass; from anyone
+    /// else they are replaced or dropped.
     pub trusted_proxies: Vec<IpAddr>,
     pub limits: limits::Limits,
 }
@@ -98,6 +99,21 @@ fn is_websocket(h: &HeaderMap) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
 }
 
+/// Headers through which a client could claim another address, scheme or
+/// path; from anyone but a trusted proxy they are dropped.
+const SPOOFABLE: &[&str] = &[
+    "forwarded",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-original-forwarded-for",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+];
+
 /// Set the forwarding headers on a request going to a VM. A client's own
 /// `X-Forwarded-For` is kept (and extended) only when the client is a
 /// trusted proxy; from a stranger it would let them pose as any address.
@@ -109,6 +125,12 @@ pub fn forwarding_headers(
     host: &str,
 ) {
     let ip = client.ip().to_canonical().to_string();
+    if !trusted {
+        // Other names for the same claims, which apps also read.
+        for name in SPOOFABLE {
+            h.remove(*name);
+        }
+    }
     let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) if trusted && !prev.is_empty() => format!("{prev}, {ip}"),
         _ => ip.clone(),
@@ -407,6 +429,8 @@ mod tests {
         h.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         h.insert("x-real-ip", HeaderValue::from_static("10.0.0.1"));
         h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("forwarded", HeaderValue::from_static("for=10.0.0.1"));
+        h.insert("true-client-ip", HeaderValue::from_static("10.0.0.1"));
         forwarding_headers(
             &mut h,
             "[::ffff:192.0.2.7]:5555".parse().expect("addr"),
@@ -417,6 +441,7 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["x-real-ip"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(!h.contains_key("forwarded") && !h.contains_key("true-client-ip"));
     }
 
     #[test]
