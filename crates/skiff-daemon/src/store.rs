@@ -63,6 +63,9 @@ CREATE TABLE sandboxes (
 "#,
     // VMs of `skiff run`: they live as long as the client's connection.
     "ALTER TABLE vms ADD COLUMN ephemeral INTEGER NOT NULL DEFAULT 0;",
+    // A VM's other helpers (virtiofsd and its workers), by pid and start
+    // time, so that a later daemon can end them too.
+    "CREATE TABLE helpers (vm TEXT NOT NULL, pid INTEGER NOT NULL, start INTEGER NOT NULL);",
 ];
 
 /// One VM as stored (the API shows it as `skiff_api::Vm`).
@@ -257,11 +260,39 @@ impl Store {
     }
 
     pub fn clear_processes(&self, name: &str) -> Result<(), StoreError> {
-        self.conn().execute(
+        let conn = self.conn();
+        conn.execute(
             "UPDATE vms SET qemu_pid = NULL, qemu_start = NULL, vsock_pid = NULL, vsock_start = NULL, run_dir = NULL WHERE name = ?1",
             [name],
         )?;
+        conn.execute("DELETE FROM helpers WHERE vm = ?1", [name])?;
         Ok(())
+    }
+
+    /// Record more helper processes of a VM (kept until its processes are
+    /// cleared).
+    pub fn add_helpers(&self, name: &str, helpers: &[ProcessRef]) -> Result<(), StoreError> {
+        let conn = self.conn();
+        for h in helpers {
+            conn.execute(
+                "INSERT INTO helpers (vm, pid, start) VALUES (?1, ?2, ?3)",
+                params![name, h.pid, h.start_time as i64],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The recorded helper processes of a VM.
+    pub fn helpers(&self, name: &str) -> Result<Vec<ProcessRef>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT pid, start FROM helpers WHERE vm = ?1")?;
+        let rows = stmt.query_map([name], |r| {
+            Ok(ProcessRef {
+                pid: r.get(0)?,
+                start_time: r.get::<_, i64>(1)? as u64,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
     pub fn count_restart(&self, name: &str) -> Result<(), StoreError> {
@@ -285,8 +316,9 @@ impl Store {
     }
 
     pub fn delete(&self, name: &str) -> Result<(), StoreError> {
-        self.conn()
-            .execute("DELETE FROM vms WHERE name = ?1", [name])?;
+        let conn = self.conn();
+        conn.execute("DELETE FROM vms WHERE name = ?1", [name])?;
+        conn.execute("DELETE FROM helpers WHERE vm = ?1", [name])?;
         Ok(())
     }
 }
@@ -384,6 +416,32 @@ fn raw_to_record(raw: Raw) -> Result<VmRecord, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn helper_processes_are_kept_until_the_vms_processes_are_cleared() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("state.db");
+        let store = Store::open(&db).expect("open");
+        store
+            .insert("id1", &VmSpec::with_defaults("web"), false)
+            .expect("insert");
+        let h = |pid, start_time| ProcessRef { pid, start_time };
+        store
+            .add_helpers("web", &[h(20, 7), h(21, 8)])
+            .expect("add");
+        store.add_helpers("web", &[h(22, 9)]).expect("add more");
+        drop(store);
+        let store = Store::open(&db).expect("reopen");
+        assert_eq!(
+            store.helpers("web").expect("helpers"),
+            [h(20, 7), h(21, 8), h(22, 9)]
+        );
+        store.clear_processes("web").expect("clear");
+        assert!(store.helpers("web").expect("helpers").is_empty());
+        store.add_helpers("web", &[h(30, 1)]).expect("add");
+        store.delete("web").expect("delete");
+        assert!(store.helpers("web").expect("helpers").is_empty());
+    }
 
     #[test]
     fn vms_survive_reopening_the_file_with_their_state_and_processes() {

@@ -344,7 +344,19 @@ fn shares_are_read_only_or_writable_as_specified_even_for_root() {
         !rw.join("null").exists(),
         "a device node appeared on the host"
     );
+    // The share servers (each virtiofsd and its sandboxed worker) run in
+    // the VM's cgroup, under its limits, and end with the VM.
+    let servers = common::processes_under(&rw);
+    assert!(servers.len() >= 2, "virtiofsd and its worker: {servers:?}");
+    if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        for p in &servers {
+            let pid = p.split(':').next().expect("pid");
+            let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+            assert!(cg.contains("/vm-"), "{p} is in {cg}");
+        }
+    }
     d.ok(&["rm", "-f", "sh"]);
+    common::assert_no_processes_under(&rw);
 
     // A root daemon never writes a share as root.
     if nix::unistd::geteuid().is_root() {

@@ -200,6 +200,21 @@ impl Manager {
                 tracing::warn!(vm = %rec.name, error = %e, "cannot move the share servers' workers into the VM's cgroup");
             }
         }
+        // Recorded, so that whoever stops the VM (this daemon or a later
+        // one) ends them too.
+        let helpers: Vec<skiff_vmm::ProcessRef> = vm
+            .virtiofsd
+            .iter()
+            .map(|h| h.process)
+            .chain(
+                workers
+                    .iter()
+                    .filter_map(|pid| skiff_vmm::ProcessRef::of(*pid)),
+            )
+            .collect();
+        if let Err(e) = self.store.add_helpers(&rec.name, &helpers) {
+            tracing::warn!(vm = %rec.name, error = %e, "cannot record the share servers");
+        }
         if !conn.hello.problems.is_empty() {
             kill_processes(qemu, vsock);
             return Err(BootError::GuestSetup {

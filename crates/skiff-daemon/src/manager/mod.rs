@@ -271,6 +271,7 @@ impl Manager {
         }
         if let (Some(q), Some(v)) = (rec.qemu, rec.vsock) {
             kill_processes(q, v);
+            self.kill_helpers(&rec.name);
             // The TAP is busy until QEMU is really gone.
             let deadline = Instant::now() + Duration::from_secs(5);
             while q.is_alive() && Instant::now() < deadline {
@@ -401,6 +402,15 @@ impl Manager {
             });
         }
         Ok(changes)
+    }
+}
+
+impl Manager {
+    /// End a VM's recorded helpers (its share servers) that still run.
+    pub(super) fn kill_helpers(&self, name: &str) {
+        for h in self.store.helpers(name).unwrap_or_default() {
+            h.signal(nix::sys::signal::Signal::SIGKILL);
+        }
     }
 }
 

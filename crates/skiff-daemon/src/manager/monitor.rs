@@ -49,6 +49,7 @@ impl Manager {
                         if let (Some(q), Some(v)) = (rec.qemu, rec.vsock) {
                             kill_processes(q, v);
                         }
+                        self.kill_helpers(&rec.name);
                         if let Some(d) = &rec.run_dir {
                             let _ = std::fs::remove_dir_all(d);
                         }
@@ -135,6 +136,7 @@ impl Manager {
         if self.store.transition(name, Event::Ended, note).is_err() {
             return; // it changed meanwhile (a stop or a failed boot took over)
         }
+        self.kill_helpers(name);
         let _ = self.store.clear_processes(name);
         self.stop_forwards(name);
         self.remove_tap(&rec.id).await;
