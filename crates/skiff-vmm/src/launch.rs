@@ -410,25 +410,8 @@ impl Partial {
         line: &str,
         log: &Path,
     ) -> Result<(), LaunchError> {
-        let deadline = Instant::now() + HELPER_SOCKET_TIMEOUT;
-        loop {
-            if std::fs::read_to_string(log).is_ok_and(|text| text.contains(line)) {
-                return Ok(());
-            }
-            if !process.is_alive() {
-                return Err(LaunchError::VsockBackend {
-                    stderr: crate::console::read_end(log, 4096).trim().to_owned(),
-                });
-            }
-            if Instant::now() > deadline {
-                return Err(LaunchError::SocketTimeout {
-                    program: program.display().to_string(),
-                    path: log.to_owned(),
-                    timeout: HELPER_SOCKET_TIMEOUT,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let logged = || std::fs::read_to_string(log).is_ok_and(|text| text.contains(line));
+        wait_until(process, program, log, log, logged).await
     }
 
     async fn wait_for_socket(
@@ -438,24 +421,36 @@ impl Partial {
         socket: &Path,
         log: &Path,
     ) -> Result<(), LaunchError> {
-        let deadline = Instant::now() + HELPER_SOCKET_TIMEOUT;
-        while !socket.exists() {
-            if !process.is_alive() {
-                return Err(LaunchError::VsockBackend {
-                    stderr: crate::console::read_end(log, 4096).trim().to_owned(),
-                });
-            }
-            if Instant::now() > deadline {
-                return Err(LaunchError::SocketTimeout {
-                    program: program.display().to_string(),
-                    path: socket.to_owned(),
-                    timeout: HELPER_SOCKET_TIMEOUT,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        Ok(())
+        wait_until(process, program, socket, log, || socket.exists()).await
     }
+}
+
+/// Poll `ready` until it holds; fail with the helper's stderr (`log`) if it
+/// dies first, or name `waited_for` when it takes too long.
+async fn wait_until(
+    process: ProcessRef,
+    program: &Path,
+    waited_for: &Path,
+    log: &Path,
+    ready: impl Fn() -> bool,
+) -> Result<(), LaunchError> {
+    let deadline = Instant::now() + HELPER_SOCKET_TIMEOUT;
+    while !ready() {
+        if !process.is_alive() {
+            return Err(LaunchError::VsockBackend {
+                stderr: crate::console::read_end(log, 4096).trim().to_owned(),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(LaunchError::SocketTimeout {
+                program: program.display().to_string(),
+                path: waited_for.to_owned(),
+                timeout: HELPER_SOCKET_TIMEOUT,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
 }
 
 /// Start the vsock backend, the virtiofsd processes and QEMU for `plan`.
