@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
+# Tests that need root (network namespaces) fail rather than skip here.
+export SKIFF_REQUIRE_PRIVILEGED=1
+
 cargo fmt --all --check
 scripts/build-agent.sh --quiet >/dev/null
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings

@@ -8,6 +8,8 @@
 //! leftovers of a crashed run can be found and removed.
 
 pub mod link;
+#[cfg(test)]
+mod netns_test;
 pub mod nft;
 pub mod subnet;
 

@@ -217,20 +217,9 @@ pub fn create_tap(name: &str) -> Result<(), NetError> {
 mod tests {
     use super::*;
 
-    /// Run `f` on a thread of its own in a fresh network namespace, so the
-    /// test changes nothing on the host. `None` without the privilege.
-    fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-        std::thread::spawn(move || {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
-            Some(f())
-        })
-        .join()
-        .expect("test thread")
-    }
-
     #[test]
     fn bridge_and_tap_are_created_wired_and_removed() {
-        let done = in_new_netns(|| {
+        crate::netns_test::in_new_netns("bridge_and_tap_are_created_wired_and_removed", || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -266,8 +255,5 @@ mod tests {
                 assert!(e.to_string().contains("there is no link skt-none"), "{e}");
             });
         });
-        if done.is_none() {
-            eprintln!("skipped: no permission to create a network namespace");
-        }
     }
 }

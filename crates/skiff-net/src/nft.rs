@@ -283,36 +283,32 @@ mod tests {
     fn the_kernel_accepts_the_rules_and_removal_leaves_nothing() {
         // In a fresh network namespace on a thread of its own: nft runs in
         // the namespace of the thread that starts it.
-        let ran = std::thread::spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
-            let script = rules(vec![
-                VmRule {
-                    address: "10.88.0.3".parse().expect("ip"),
-                    egress: Egress::None,
-                    port: Some(VmPort {
-                        tap: "skt-0123".into(),
-                        mac: "52:54:00:12:34:56".into(),
-                    }),
-                },
-                VmRule {
-                    address: "10.88.0.4".parse().expect("ip"),
-                    egress: Egress::Only(vec!["10.0.0.0/8".into()]),
-                    port: None,
-                },
-            ]);
-            apply(&script, "create").expect("nft accepts the rules");
-            apply(&script, "replace").expect("and accepts them again (replace)");
-            assert_eq!(networks_with_tables().expect("list"), ["lan"]);
-            apply(&removal("lan"), "remove").expect("removal");
-            apply(&removal("lan"), "remove").expect("removal of nothing");
-            assert!(networks_with_tables().expect("list").is_empty());
-            Some(())
-        })
-        .join()
-        .expect("thread");
-        if ran.is_none() {
-            eprintln!("skipped: no permission to create a network namespace");
-        }
+        crate::netns_test::in_new_netns(
+            "the_kernel_accepts_the_rules_and_removal_leaves_nothing",
+            || {
+                let script = rules(vec![
+                    VmRule {
+                        address: "10.88.0.3".parse().expect("ip"),
+                        egress: Egress::None,
+                        port: Some(VmPort {
+                            tap: "skt-0123".into(),
+                            mac: "52:54:00:12:34:56".into(),
+                        }),
+                    },
+                    VmRule {
+                        address: "10.88.0.4".parse().expect("ip"),
+                        egress: Egress::Only(vec!["10.0.0.0/8".into()]),
+                        port: None,
+                    },
+                ]);
+                apply(&script, "create").expect("nft accepts the rules");
+                apply(&script, "replace").expect("and accepts them again (replace)");
+                assert_eq!(networks_with_tables().expect("list"), ["lan"]);
+                apply(&removal("lan"), "remove").expect("removal");
+                apply(&removal("lan"), "remove").expect("removal of nothing");
+                assert!(networks_with_tables().expect("list").is_empty());
+            },
+        );
     }
 
     #[test]

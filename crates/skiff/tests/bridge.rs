@@ -17,12 +17,23 @@ fn httpd(text: &str) -> String {
 
 /// GET from inside a VM; None if nothing answered within 5 s. (busybox
 /// 1.35's `wget -T` crashes after a successful transfer, so the time limit
-/// comes from `timeout`.)
+/// comes from `timeout`.) The exit code must be wget's or timeout's: a VM
+/// that is gone or an exec that failed is a test failure, not "no answer".
 fn get_from(d: &Daemon, vm: &str, url: &str) -> Option<String> {
     let out = d.cli(&[
         "exec", vm, "--", "timeout", "5", "wget", "-q", "-O", "-", url,
     ]);
-    out.status.success().then(|| stdout(&out).trim().to_owned())
+    match out.status.code() {
+        Some(0) => Some(stdout(&out).trim().to_owned()),
+        // wget's "could not connect" or "network unreachable", timeout's
+        // 124 (143 when it had to kill).
+        Some(1 | 124 | 143) => None,
+        code => panic!(
+            "exec in {vm} failed ({code:?}): {}\ndaemon log:\n{}",
+            stderr(&out),
+            d.log()
+        ),
+    }
 }
 
 fn curl(ns: &NetNs, url: &str) -> Option<String> {
@@ -117,11 +128,13 @@ network = {{ mode = "bridge", network = "dmz" }}
 command = "{other}"
 [vm.locked]
 network = {{ mode = "bridge", network = "lan", egress = "none" }}
+command = "{locked}"
 [vm.limited]
 network = {{ mode = "bridge", network = "lan", egress = ["198.51.100.0/24"] }}
 "#,
         web = httpd("web"),
         other = httpd("other"),
+        locked = httpd("locked"),
     );
     let file = d.write_spec("net.toml", &spec);
     d.ok(&["apply", "-f", file.to_str().expect("utf8")]);
@@ -190,6 +203,12 @@ network = {{ mode = "bridge", network = "lan", egress = ["198.51.100.0/24"] }}
     assert!(log.contains("192.0.2.1"), "remote saw: {log}");
     assert!(!log.contains("10.90."), "NAT did not masquerade: {log}");
     // No egress; egress only to a list that does not include the remote.
+    // The locked VM's NIC works (the host reaches its server), so what it
+    // cannot reach below is the rule's doing, not a dead link.
+    assert_eq!(
+        curl(&host, &format!("http://{}:8080/", addr("locked"))).as_deref(),
+        Some("locked")
+    );
     assert_eq!(get_from(&d, "locked", "http://192.0.2.2:8000/"), None);
     assert_eq!(get_from(&d, "locked", &web), None);
     assert_eq!(get_from(&d, "limited", "http://192.0.2.2:8000/"), None);

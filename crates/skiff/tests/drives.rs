@@ -114,28 +114,70 @@ fn volume_data_survives_rm_and_recreate_until_rm_volumes() {
     );
 }
 
-/// Every file under `dir` that contains `needle`.
-fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
-    let mut hits = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return hits;
+/// Every file at or under `path` that contains `needle`, except under
+/// `skip` (files over 64 MiB are not read: no secret-bearing file is that
+/// big).
+fn files_containing(
+    path: &std::path::Path,
+    needle: &[u8],
+    skip: &std::path::Path,
+) -> Vec<std::path::PathBuf> {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return Vec::new();
     };
-    for e in entries.filter_map(Result::ok) {
-        let p = e.path();
-        let Ok(meta) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        if meta.is_dir() {
-            hits.extend(files_containing(&p, needle));
-        } else if meta.is_file() {
-            if let Ok(bytes) = std::fs::read(&p) {
-                if bytes.windows(needle.len()).any(|w| w == needle) {
-                    hits.push(p);
-                }
-            }
+    if path.starts_with(skip) {
+        Vec::new()
+    } else if meta.is_dir() {
+        let entries = std::fs::read_dir(path).into_iter().flatten().flatten();
+        entries
+            .flat_map(|e| files_containing(&e.path(), needle, skip))
+            .collect()
+    } else if meta.is_file() && meta.len() <= 64 << 20 && contains(path, needle) {
+        vec![path.to_owned()]
+    } else {
+        Vec::new()
+    }
+}
+
+fn contains(file: &std::path::Path, needle: &[u8]) -> bool {
+    std::fs::read(file).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
+}
+
+/// Where a secret could land on the host besides the guest's memory: the
+/// daemon's state and runtime directories, its log, and what appeared in
+/// the temporary directories since `since` (the test's own copy of the
+/// secret under `source` aside).
+fn secret_leaks(
+    d: &Daemon,
+    needles: &[&[u8]],
+    source: &std::path::Path,
+    since: std::time::SystemTime,
+) -> Vec<String> {
+    let mut places = vec![d.state(), d.runtime()];
+    for tmp in [std::env::temp_dir(), "/dev/shm".into(), "/var/tmp".into()] {
+        let entries = std::fs::read_dir(&tmp).into_iter().flatten().flatten();
+        places.extend(entries.map(|e| e.path()).filter(|p| {
+            let modified = std::fs::symlink_metadata(p).and_then(|m| m.modified());
+            modified.map(|m| m >= since).unwrap_or(false)
+        }));
+    }
+    let log = d.log();
+    let mut leaks = Vec::new();
+    for needle in needles {
+        for place in &places {
+            leaks.extend(
+                files_containing(place, needle, source)
+                    .into_iter()
+                    .map(|p| p.display().to_string()),
+            );
+        }
+        if log.as_bytes().windows(needle.len()).any(|w| w == *needle) {
+            leaks.push("the daemon's log".into());
         }
     }
-    hits
+    leaks.sort();
+    leaks.dedup();
+    leaks
 }
 
 #[test]
@@ -149,6 +191,7 @@ fn secrets_reach_the_guest_read_only_and_never_touch_the_state_directory() {
     let env_value = format!("env-{token}");
     // A name no other test uses; the daemon started below inherits it.
     std::env::set_var("SKIFF_TEST_SECRET_FROM_ENV", &env_value);
+    let since = std::time::SystemTime::now() - std::time::Duration::from_secs(2);
     let d = Daemon::start();
     let host = tempfile::tempdir().expect("tempdir");
     let secret_file = host.path().join("token");
@@ -186,14 +229,18 @@ fn secrets_reach_the_guest_read_only_and_never_touch_the_state_directory() {
         leftovers.is_empty(),
         "the secrets image is unlinked once the VM has it: {leftovers:?}"
     );
+    let needles = [token.as_bytes(), env_value.as_bytes()];
+    let leaks = secret_leaks(&d, &needles, host.path(), since);
+    assert!(
+        leaks.is_empty(),
+        "a secret is on the host's disk while the VM runs: {leaks:?}"
+    );
     d.ok(&["stop", "app"]);
-    for needle in [token.as_bytes(), env_value.as_bytes()] {
-        let hits = files_containing(&d.state(), needle);
-        assert!(
-            hits.is_empty(),
-            "a secret was written under the state directory: {hits:?}"
-        );
-    }
+    let leaks = secret_leaks(&d, &needles, host.path(), since);
+    assert!(
+        leaks.is_empty(),
+        "a secret is on the host's disk after stop: {leaks:?}"
+    );
     d.ok(&["rm", "app"]);
 }
 
@@ -287,9 +334,17 @@ fn shares_are_read_only_or_writable_as_specified_even_for_root() {
         "--",
         "sh",
         "-c",
-        "mount -o remount,rw /mnt/ro; echo x > /mnt/ro/b.txt",
+        "mount -o remount,rw /mnt/ro && grep ' /mnt/ro ' /proc/mounts && echo x > /mnt/ro/b.txt",
     ]);
     assert_ne!(out.status.code(), Some(0));
+    // The remount itself succeeded: the guest's kernel thinks the share is
+    // writable, so the refusal below can only come from the host.
+    assert!(
+        stdout(&out).contains(" /mnt/ro virtiofs rw"),
+        "the guest could not remount: {} {}",
+        stdout(&out),
+        stderr(&out)
+    );
     assert!(
         stderr(&out).contains("Read-only file system"),
         "{}",

@@ -10,31 +10,86 @@ fn recipe(name: &str) -> String {
     format!("{}/../../images/{name}.toml", env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A cache of this test's own: images are built in it from nothing, while
+/// the kernel and initramfs come from the shared cache (`image prepare`).
+fn private_cache(env: &Env) -> tempfile::TempDir {
+    let prepared = common::prepared_image(env);
+    let kernel = common::path(&prepared, "kernel");
+    let initrd = common::path(&prepared, "initrd");
+    // .../kernels/<package>/boot/vmlinuz-*
+    let kernels = kernel.ancestors().nth(3).expect("the kernels directory");
+    let initramfs = initrd.parent().expect("the initramfs directory");
+    let cache = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(kernels, cache.path().join("kernels")).expect("link");
+    std::os::unix::fs::symlink(initramfs, cache.path().join("initramfs")).expect("link");
+    cache
+}
+
+/// The identity of a file: a rebuild replaces it (new inode, new mtime).
+fn identity(p: &std::path::Path) -> (u64, std::time::SystemTime) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (m.ino(), m.modified().expect("mtime"))
+}
+
 #[test]
 fn the_python_image_runs_python_in_run_and_in_a_daemon_vm() {
     let env = Env::new();
-    let out = env
-        .skiff()
-        .args(["image", "build", "--json", "-f", &recipe("python")])
-        .output()
-        .expect("build");
+    let cache = private_cache(&env);
+    let build = || {
+        env.skiff()
+            .env("SKIFF_CACHE_DIR", cache.path())
+            .args(["image", "build", "--json", "-f", &recipe("python")])
+            .output()
+            .expect("build")
+    };
+    let out = build();
     assert!(out.status.success(), "image build failed: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("skiff: debootstrap"),
+        "the first build in an empty cache builds: {}",
+        stderr(&out)
+    );
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(info["name"], "python");
-    // Content-addressed: a second build is found, not rebuilt (fast, same hash).
-    let again = env
-        .skiff()
-        .args(["image", "build", "--json", "-f", &recipe("python")])
-        .output()
-        .expect("build");
+    let root = common::path(&info, "root");
+    let meta = root.parent().expect("image directory").join("image.json");
+    let before = (identity(&root), identity(&meta));
+    // Content-addressed: a second build finds the image and builds nothing.
+    let again = build();
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(
+        stderr(&again),
+        "",
+        "the second build did some work: {}",
+        stderr(&again)
+    );
     let again: serde_json::Value = serde_json::from_slice(&again.stdout).expect("json");
     assert_eq!(again["hash"], info["hash"]);
-
-    let out = env.run(
-        &["--image", "python"],
-        &["python3", "-c", "print(6*7)"],
-        None,
+    assert_eq!((identity(&root), identity(&meta)), before, "rebuilt");
+    let versions: Vec<_> = std::fs::read_dir(cache.path().join("images/python"))
+        .expect("images/python")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        versions.len(),
+        1,
+        "one build, no staging left: {versions:?}"
     );
+
+    let mut run = env.skiff();
+    run.env("SKIFF_CACHE_DIR", cache.path()).args([
+        "run",
+        "-q",
+        "--image",
+        "python",
+        "--",
+        "python3",
+        "-c",
+        "print(6*7)",
+    ]);
+    let out = common::output_with_input(&mut run, None);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out), "42\n");
     let out = env.run(&["--image", "nosuch"], &["true"], None);
@@ -46,7 +101,8 @@ fn the_python_image_runs_python_in_run_and_in_a_daemon_vm() {
     );
     env.assert_clean();
 
-    let d = Daemon::start();
+    let cache_dir = cache.path().to_string_lossy().into_owned();
+    let d = Daemon::start_with_env(vec![("SKIFF_CACHE_DIR", cache_dir)]);
     d.boot("py", "[vm.py]\nimage = \"python\"\n");
     let out = d.cli(&[
         "exec",

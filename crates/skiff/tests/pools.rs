@@ -340,6 +340,14 @@ fn assert_vm_cgroup(d: &Daemon, vm: &str) {
             let max = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/memory.max"))
                 .expect("memory.max");
             assert_eq!(max.trim(), limit);
+            assert_eq!(
+                line(&helper, ""),
+                Some(path.clone()),
+                "the helper is with QEMU"
+            );
+            let cpu =
+                std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cpu.max")).expect("cpu.max");
+            assert_eq!(cpu.trim(), format!("{} 100000", (vcpus + 1) * 100_000));
         }
     }
 }

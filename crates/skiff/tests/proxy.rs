@@ -219,6 +219,25 @@ health = {{ path = "/healthz", interval = "1s", unhealthy_after = 2 }}
     // A failing health check: 503, then the restart policy brings it back.
     let restarts = d.inspect("site")["restarts"].as_i64().unwrap_or(0);
     d.ok(&["exec", "site", "--", "rm", "/www/healthz"]);
+    // Between the failed checks and the restarted service, the proxy
+    // answers 503 (failing its check, then not running while it reboots).
+    let mut unavailable = String::new();
+    d.wait_for("a 503 for the failing VM", Duration::from_secs(60), || {
+        let (page, _) = curl(
+            &host,
+            &["-k", "-w", "\n%{http_code}", "https://app.test:18443/"],
+        );
+        let down = page.ends_with("\n503");
+        if down {
+            unavailable = page;
+        }
+        down
+    });
+    assert!(
+        unavailable.contains("VM site is failing its health check")
+            || unavailable.contains("VM site is not running"),
+        "{unavailable}"
+    );
     d.wait_for(
         "a restart by the health check",
         Duration::from_secs(60),

@@ -32,6 +32,12 @@ impl Daemon {
         Daemon::start_full(extra_args, wrapper, Vec::new())
     }
 
+    /// A daemon (and its CLI) with extra environment variables.
+    #[allow(dead_code)]
+    pub fn start_with_env(env: Vec<(&'static str, String)>) -> Daemon {
+        Daemon::start_full(&[], &[], env)
+    }
+
     /// A daemon on the fake backend: its VMs are `skiff-fake-vm`
     /// processes that speak the agent protocol (the fast test tier).
     pub fn start_fake() -> Daemon {

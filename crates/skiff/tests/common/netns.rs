@@ -74,6 +74,13 @@ impl NetNs {
             .arg("/sys/class/net")
             .output()
             .expect("ls");
+        // An empty answer from a failed listing would read as "nothing left".
+        assert!(
+            out.status.success(),
+            "listing the links of {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
             .map(str::to_owned)
@@ -87,6 +94,12 @@ impl NetNs {
             .args(["list", "ruleset"])
             .output()
             .expect("nft");
+        assert!(
+            out.status.success(),
+            "listing the rules of {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
