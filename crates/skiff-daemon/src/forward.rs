@@ -20,6 +20,15 @@ const UDP_IDLE: Duration = Duration::from_secs(60);
 #[derive(Default)]
 pub struct Forwarder {
     tasks: Vec<JoinHandle<()>>,
+    /// The host addresses bound, in the order of the forwards (a port 0
+    /// becomes the one the system chose).
+    bound: Vec<SocketAddr>,
+}
+
+impl Forwarder {
+    pub fn bound(&self) -> &[SocketAddr] {
+        &self.bound
+    }
 }
 
 impl Drop for Forwarder {
@@ -53,12 +62,14 @@ pub fn start(forwards: &[PortForward], guest: Ipv4Addr) -> Result<Forwarder, Por
             Protocol::Tcp => {
                 let std = std::net::TcpListener::bind(host).map_err(err)?;
                 std.set_nonblocking(true).map_err(err)?;
+                fw.bound.push(std.local_addr().map_err(err)?);
                 let listener = TcpListener::from_std(std).map_err(err)?;
                 tokio::spawn(relay_tcp(listener, target))
             }
             Protocol::Udp => {
                 let std = std::net::UdpSocket::bind(host).map_err(err)?;
                 std.set_nonblocking(true).map_err(err)?;
+                fw.bound.push(std.local_addr().map_err(err)?);
                 let socket = UdpSocket::from_std(std).map_err(err)?;
                 tokio::spawn(relay_udp(Arc::new(socket), target))
             }
@@ -225,13 +236,6 @@ mod tests {
         }
     }
 
-    fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port")
-    }
-
     #[tokio::test]
     async fn tcp_and_udp_are_relayed_and_a_taken_port_is_an_error() {
         // "Guest" servers on loopback stand in for the VM's address.
@@ -257,15 +261,16 @@ mod tests {
                 let _ = udp_echo.send_to(&b[..n], p).await;
             }
         });
-        let (tcp_host, udp_host) = (free_port(), free_port());
+        // Port 0: the system picks free ports, the forwarder says which.
         let fw = start(
             &[
-                fwd(tcp_host, echo_port, Protocol::Tcp),
-                fwd(udp_host, udp_port, Protocol::Udp),
+                fwd(0, echo_port, Protocol::Tcp),
+                fwd(0, udp_port, Protocol::Udp),
             ],
             Ipv4Addr::LOCALHOST,
         )
         .expect("forwards");
+        let (tcp_host, udp_host) = (fw.bound()[0].port(), fw.bound()[1].port());
         let mut c = TcpStream::connect(("127.0.0.1", tcp_host))
             .await
             .expect("connect");
@@ -298,11 +303,12 @@ mod tests {
             "{e}"
         );
         drop(fw);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(
-            TcpStream::connect(("127.0.0.1", tcp_host)).await.is_err(),
-            "stopped"
-        );
+        // The relays are aborted, not joined: their listener closes soon.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while TcpStream::connect(("127.0.0.1", tcp_host)).await.is_ok() {
+            assert!(Instant::now() < deadline, "the forward still answers");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     fn open_fds() -> usize {
@@ -313,12 +319,8 @@ mod tests {
     async fn spoofed_udp_sources_cannot_grow_the_relay_without_bound() {
         let sink = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let sink_port = sink.local_addr().expect("addr").port();
-        let host_port = free_port();
-        let _fw = start(
-            &[fwd(host_port, sink_port, Protocol::Udp)],
-            Ipv4Addr::LOCALHOST,
-        )
-        .expect("forward");
+        let fw = start(&[fwd(0, sink_port, Protocol::Udp)], Ipv4Addr::LOCALHOST).expect("forward");
+        let host_port = fw.bound()[0].port();
         // 400 sources (a spoofer's worth of addresses, on a small scale).
         let mut sources = Vec::new();
         for _ in 0..400 {

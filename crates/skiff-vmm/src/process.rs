@@ -72,8 +72,20 @@ mod tests {
     async fn an_exited_child_is_not_alive_even_before_it_is_reaped() {
         let mut child = Command::new("true").spawn().expect("spawn true");
         let r = ProcessRef::of(child.id().expect("pid") as i32).expect("a zombie still has a stat");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert!(!r.is_alive(), "a zombie is not alive");
+        // `true` exits at once; from then on it is a zombie until reaped.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while r.is_alive() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "an exited, unreaped child still counts as alive"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            std::fs::read_to_string(format!("/proc/{}/stat", r.pid))
+                .is_ok_and(|s| s.contains(") Z ")),
+            "not reaped yet: a zombie"
+        );
         let _ = child.wait().await;
     }
 }

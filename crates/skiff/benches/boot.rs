@@ -184,8 +184,12 @@ fn time_skiff(skiff: &Path, work: &Path) -> (Duration, u64, u64) {
         .unwrap_or_default()
         .to_owned();
     let t: serde_json::Value = serde_json::from_str(&line).expect("timings json");
-    let ready = t["guest_kernel_to_ready_ms"].as_u64().unwrap_or(0);
-    let init = t["guest_init_ms"].as_u64().unwrap_or(0);
+    // A missing figure means the agent's report broke: fail, never print 0.
+    let field = |k: &str| {
+        t[k].as_u64()
+            .unwrap_or_else(|| panic!("no {k} in the timings: {line}"))
+    };
+    let (ready, init) = (field("guest_kernel_to_ready_ms"), field("guest_init_ms"));
     (elapsed, ready, init)
 }
 

@@ -4,6 +4,7 @@
 //!
 //! Run with `cargo bench -p skiff --bench copy -- --mib 200 --runs 5`.
 
+use sha2::Digest;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -59,16 +60,34 @@ fn main() {
     let make = format!("head -c {} /dev/urandom > /tmp/blob", mib * 1024 * 1024);
     ok(&mut skiff_cmd(&["exec", "bench", "--", "sh", "-c", &make]));
 
+    let sums = skiff_cmd(&["exec", "bench", "--", "sha256sum", "/tmp/blob"])
+        .output()
+        .expect("sha256sum");
+    let guest_sum = String::from_utf8_lossy(&sums.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("no checksum from the guest: {sums:?}"));
+    let size = mib * 1024 * 1024;
+
     let mut raw = Vec::new();
     let mut cp = Vec::new();
     for i in 0..runs {
         let start = Instant::now();
-        let status = skiff_cmd(&["exec", "bench", "--", "cat", "/tmp/blob"])
-            .stdout(Stdio::null())
-            .status()
+        let mut child = skiff_cmd(&["exec", "bench", "--", "cat", "/tmp/blob"])
+            .stdout(Stdio::piped())
+            .spawn()
             .expect("exec");
-        assert!(status.success());
+        // Counting is cheap next to the transfer; a short stream is a
+        // broken measurement.
+        let got = std::io::copy(
+            &mut child.stdout.take().expect("stdout"),
+            &mut std::io::sink(),
+        )
+        .expect("read the stream");
+        assert!(child.wait().expect("exec").success());
         raw.push(start.elapsed());
+        assert_eq!(got, size, "the raw stream brought {got} of {size} bytes");
         let dest = work.path().join(format!("out{i}"));
         let start = Instant::now();
         ok(&mut skiff_cmd(&[
@@ -77,6 +96,13 @@ fn main() {
             dest.to_str().expect("utf8"),
         ]));
         cp.push(start.elapsed());
+        // Checked after the clock stopped: the copy must be the guest's file.
+        let bytes = std::fs::read(&dest).expect("the copied file");
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            guest_sum,
+            "skiff cp brought different bytes"
+        );
         let _ = std::fs::remove_file(&dest);
         eprintln!(
             "run {}/{runs}: raw stream {:>6.0} ms   skiff cp {:>6.0} ms",

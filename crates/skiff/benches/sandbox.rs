@@ -50,6 +50,8 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
+/// A process's proportional set size; a process that is gone or a file
+/// without the field is a broken measurement, not a zero.
 fn pss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .ok()
@@ -58,7 +60,7 @@ fn pss_kib(pid: i32) -> u64 {
                 .find_map(|l| l.strip_prefix("Pss:"))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         })
-        .unwrap_or(0)
+        .unwrap_or_else(|| panic!("no Pss for process {pid}"))
 }
 
 fn json(s: &str) -> serde_json::Value {
@@ -141,18 +143,22 @@ impl Bench {
     }
 
     fn destroy(&self, vm: &str) {
-        http(
+        let (status, body) = http(
             &self.sock(),
             "DELETE",
             &format!("/v1/vms/{vm}?force=true&volumes=true"),
             "",
+        );
+        assert!(
+            (200..300).contains(&status),
+            "destroy {vm}: {status} {body}"
         );
     }
 }
 
 fn main() {
     let runs = arg("--runs", 20).max(2) as usize;
-    let density = arg("--density", 8) as usize;
+    let density = arg("--density", 8).max(1) as usize;
     let b = Bench {
         skiff: PathBuf::from(env!("CARGO_BIN_EXE_skiff")),
         work: tempfile::tempdir().expect("tempdir"),
@@ -169,35 +175,46 @@ fn main() {
     }
     b.ok(&["run", "--", "true"]); // warm caches (kernel, initramfs)
 
-    // Warm start against cold start, alternating.
-    b.ok(&["pool", "create", "bench", "--size", "2", "--memory", "128"]);
+    // Warm start against cold start, alternating. Each measurement starts
+    // with the pool full, so no replacement boots in the background: the
+    // cold run has the machine to itself, and the warm one pays for the
+    // refill its take starts (if anything, warm/cold is pessimistic).
+    const POOL: u64 = 2;
+    b.ok(&[
+        "pool",
+        "create",
+        "bench",
+        "--size",
+        &POOL.to_string(),
+        "--memory",
+        "128",
+    ]);
     let (mut cold, mut warm) = (Vec::new(), Vec::new());
     for _ in 0..runs {
+        b.wait_ready("bench", POOL);
         let t = Instant::now();
         b.ok(&["run", "--", "true"]);
         cold.push(t.elapsed().as_secs_f64() * 1000.0);
-        b.wait_ready("bench", 1);
+        b.wait_ready("bench", POOL);
         let t = Instant::now();
         let vm = b.take("bench");
         b.run_true(&vm);
         warm.push(t.elapsed().as_secs_f64() * 1000.0);
         b.destroy(&vm);
     }
-    let (c50, w50, w95) = (
+    let (c50, c95, w50, w95) = (
         percentile(&cold, 0.5),
+        percentile(&cold, 0.95),
         percentile(&warm, 0.5),
         percentile(&warm, 0.95),
     );
-    println!("warm start ({runs} runs, alternating with cold):");
-    println!(
-        "  cold `skiff run -- true`          p50 {c50:8.1} ms  p95 {:8.1} ms",
-        percentile(&cold, 0.95)
-    );
+    println!("warm start ({runs} runs, alternating with cold, pool full at each start):");
+    println!("  cold `skiff run -- true`          p50 {c50:8.1} ms  p95 {c95:8.1} ms");
     println!("  take from pool + run `true`       p50 {w50:8.1} ms  p95 {w95:8.1} ms");
     println!(
         "  ratio warm/cold                   p50 {:8.4}     p95 {:8.4}",
         w50 / c50,
-        w95 / c50
+        w95 / c95
     );
 
     // Exec round trip against a bare vsock round trip to the same guest.
@@ -250,10 +267,17 @@ fn main() {
     b.wait_ready("dense", density as u64);
     std::thread::sleep(Duration::from_secs(5)); // let the guests settle
     let vms = json(&b.ok(&["ls", "--json"]));
+    let vms: Vec<&serde_json::Value> = vms.as_array().into_iter().flatten().collect();
+    // Every figure below is per VM measured, and every VM is measured.
+    assert_eq!(vms.len(), density, "VMs running: {vms:?}");
     let (mut qemu_kib, mut helper_kib, mut guest_kib) = (0u64, 0u64, 0u64);
-    for vm in vms.as_array().into_iter().flatten() {
-        qemu_kib += vm["qemu"]["pid"].as_i64().map_or(0, |p| pss_kib(p as i32));
-        helper_kib += vm["vsock"]["pid"].as_i64().map_or(0, |p| pss_kib(p as i32));
+    for vm in &vms {
+        let pid = |process: &str| -> i32 {
+            let pid = vm[process]["pid"].as_i64();
+            pid.unwrap_or_else(|| panic!("no {process} pid in {vm}")) as i32
+        };
+        qemu_kib += pss_kib(pid("qemu"));
+        helper_kib += pss_kib(pid("vsock"));
         let name = vm["name"].as_str().unwrap_or("");
         let meminfo = b.ok(&["exec", name, "--", "cat", "/proc/meminfo"]);
         let field = |k: &str| -> u64 {
@@ -261,12 +285,12 @@ fn main() {
                 .lines()
                 .find_map(|l| l.strip_prefix(k))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-                .unwrap_or(0)
+                .unwrap_or_else(|| panic!("no {k} in {name}'s /proc/meminfo: {meminfo}"))
         };
         guest_kib += field("MemTotal:").saturating_sub(field("MemFree:"));
     }
     let daemon_after = pss_kib(daemon.id() as i32);
-    let n = density.max(1) as f64;
+    let n = vms.len() as f64;
     let per_vm = (qemu_kib + helper_kib) as f64 / n / 1024.0;
     let host_mib = std::fs::read_to_string("/proc/meminfo")
         .ok()
@@ -276,7 +300,7 @@ fn main() {
                 .map(str::to_owned)
         })
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
+        .expect("the host's MemTotal")
         / 1024.0;
     println!("density ({density} idle 128 MiB sandboxes):");
     println!(

@@ -206,9 +206,10 @@ pub async fn shell(c: &Client, name: &str, argv: Vec<String>) -> Result<i32> {
 }
 
 /// Stream an upgraded exec or run connection: stdin out, output in, exit
-/// with the command's status. A signal (Ctrl-C, SIGTERM, SIGHUP) closes the
-/// connection, which makes the daemon stop the command (and, for a run,
-/// tear the VM down), and exits with 128 + the signal.
+/// with the command's status. A signal (Ctrl-C, SIGTERM, SIGHUP) closes our
+/// side of the connection, which makes the daemon stop the command (and,
+/// for a run, tear the VM down); the daemon closes its side when that is
+/// done, and then this exits with 128 + the signal.
 pub async fn exec_stream(
     c: &Client,
     path: &str,
@@ -235,9 +236,9 @@ pub async fn exec_stream(
     let mut winch = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())?;
     loop {
         tokio::select! {
-            _ = sigint.recv() => return Ok(128 + libc::SIGINT),
-            _ = sigterm.recv() => return Ok(128 + libc::SIGTERM),
-            _ = sighup.recv() => return Ok(128 + libc::SIGHUP),
+            _ = sigint.recv() => return Ok(hang_up(&mut w, &mut reader, &mut sigint, libc::SIGINT).await),
+            _ = sigterm.recv() => return Ok(hang_up(&mut w, &mut reader, &mut sigint, libc::SIGTERM).await),
+            _ = sighup.recv() => return Ok(hang_up(&mut w, &mut reader, &mut sigint, libc::SIGHUP).await),
             _ = winch.recv(), if follow_winch => {
                 if let Some(size) = crate::tty::window_size() {
                     // As for stdin: the answer, not this write, says how it ended.
@@ -273,6 +274,36 @@ pub async fn exec_stream(
             }
         }
     }
+}
+
+/// How long a signalled client waits for the daemon to finish (a VM's
+/// teardown: a second to power off, then kills and cleanup).
+const TEARDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// After `signal`: close our side, wait until the daemon closes its side
+/// (the command stopped, a run's VM torn down), and give the exit status.
+/// A second Ctrl-C stops waiting.
+async fn hang_up<W, R>(
+    w: &mut W,
+    reader: &mut FrameReader<R>,
+    sigint: &mut tokio::signal::unix::Signal,
+    signal: i32,
+) -> i32
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let _ = w.shutdown().await;
+    let drain = async { while let Ok(Some(_)) = reader.recv().await {} };
+    tokio::select! {
+        _ = drain => {}
+        _ = sigint.recv() => {}
+        _ = tokio::time::sleep(TEARDOWN_WAIT) => {
+            eprintln!("skiff: the daemon did not finish within {} s; it tears down on its own", TEARDOWN_WAIT.as_secs());
+        }
+    }
+    128 + signal
 }
 
 pub async fn volume(c: &Client, cmd: crate::VolumeCommand) -> Result<i32> {

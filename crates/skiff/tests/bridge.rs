@@ -67,6 +67,27 @@ fn remote_server(remote: &NetNs, dir: &std::path::Path) -> Child {
         .expect("python3 http.server")
 }
 
+/// Wait until `host` can connect to the remote server (a bare connection,
+/// which the server does not log).
+fn wait_for_remote_server(host: &NetNs) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let probe = host
+            .command("bash")
+            .args(["-c", "exec 3<>/dev/tcp/192.0.2.2/8000"])
+            .output()
+            .expect("bash");
+        if probe.status.success() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the remote server did not come up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 fn leases(d: &Daemon) -> Vec<(String, String)> {
     let v: serde_json::Value =
         serde_json::from_str(&d.ok(&["network", "ls", "--json"])).expect("json");
@@ -94,6 +115,7 @@ fn networks_connect_isolate_forward_nat_and_clean_up() {
     let mut d = Daemon::start_wrapped(&[], &host.exec_prefix());
     let www = tempfile::tempdir().expect("tempdir");
     let mut server = remote_server(&remote, www.path());
+    wait_for_remote_server(&host);
 
     d.ok(&["network", "create", "lan", "--subnet", "10.90.1.0/24"]);
     d.ok(&[

@@ -5,7 +5,7 @@ mod common;
 
 use common::daemon::Daemon;
 use common::{stderr, stdout};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const SERVICE: &str = r#"
 [vm.web]
@@ -230,17 +230,105 @@ fn a_failing_service_is_restarted_by_its_policy_up_to_max_retries() {
     assert_eq!(d.qemu_count(), 0);
 }
 
+/// What was seen of `vm` at each change of state: the state, the restarts
+/// counted then, and when. Polled until `done` holds (or 120 s pass).
+fn watch_states(
+    d: &Daemon,
+    vm: &str,
+    mut done: impl FnMut(&serde_json::Value) -> bool,
+) -> Vec<(String, i64, Instant)> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen: Vec<(String, i64, Instant)> = Vec::new();
+    loop {
+        let v = d.inspect(vm);
+        let state = v["state"].as_str().unwrap_or("").to_owned();
+        if seen.last().map(|(s, _, _)| s) != Some(&state) {
+            let restarts = v["restarts"].as_i64().unwrap_or(-1);
+            seen.push((state, restarts, Instant::now()));
+        }
+        if done(&v) {
+            return seen;
+        }
+        assert!(Instant::now() < deadline, "{vm} went through {seen:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn restart_policies_back_off_doubling_up_to_the_cap_and_survive_adoption() {
+    let mut d = Daemon::start();
+    let spec = d.write_spec(
+        "policies.toml",
+        "[vm.never]\ncommand = \"exit 1\"\nrestart = \"no\"\n\
+         [vm.bouncy]\ncommand = \"exit 0\"\nrestart = { policy = \"always\", backoff = \"1s\", max_backoff = \"2s\" }\n\
+         [vm.adopted]\ncommand = \"sleep 600\"\nrestart = { policy = \"always\", backoff = \"100ms\" }\n",
+    );
+    d.ok(&["apply", "-f", spec.to_str().expect("utf8")]);
+    for vm in ["never", "adopted", "bouncy"] {
+        d.ok(&["start", vm]);
+    }
+    // `always` restarts a service that succeeded. The wait between an end
+    // and the boot that is restart N is 1 s doubled N-1 times, capped at
+    // 2 s: 1 s, 2 s, 2 s (not 4 s), 2 s. A wait counts only when its start
+    // was seen (the first end may come before the first look).
+    let seen = watch_states(&d, "bouncy", |v| {
+        v["restarts"] == 4 && v["state"] == "running"
+    });
+    let waits: Vec<(i64, f64)> = seen
+        .windows(3)
+        .filter(|w| w[1].0 == "exited" && w[0].0 != "exited")
+        .map(|w| (w[2].1, (w[2].2 - w[1].2).as_secs_f64()))
+        .collect();
+    assert!(
+        waits.iter().filter(|(n, _)| *n >= 3).count() >= 2,
+        "capped waits seen: {waits:?} ({seen:?})"
+    );
+    for (restart, wait) in &waits {
+        let expected = (1u64 << (restart - 1).clamp(0, 8)).min(2) as f64;
+        // Polling adds up to ~0.1 s; the cleanup before the wait, a little.
+        assert!(
+            *wait >= expected - 0.1 && *wait < expected + 1.4,
+            "restart {restart} came after {wait:.2} s, not {expected} s: {waits:?}"
+        );
+    }
+    // `no`: one boot, ended, never again.
+    let never = d.inspect("never");
+    assert_eq!(
+        (
+            never["state"].as_str(),
+            never["boots"].as_i64(),
+            never["restarts"].as_i64()
+        ),
+        (Some("exited"), Some(1), Some(0)),
+        "{never}"
+    );
+    assert_eq!(never["note"], "the service failed");
+    d.ok(&["rm", "-f", "bouncy", "never"]);
+
+    // A VM adopted by a new daemon is still watched: when it ends, its
+    // policy restarts it.
+    d.kill9();
+    d.spawn();
+    assert_eq!(
+        d.inspect("adopted")["note"],
+        "adopted after a daemon restart"
+    );
+    let _ = d.cli(&["exec", "adopted", "--", "poweroff", "-f"]);
+    watch_states(&d, "adopted", |v| {
+        v["boots"] == 2 && v["state"] == "running"
+    });
+    assert_eq!(d.inspect("adopted")["restarts"], 1);
+    d.ok(&["rm", "-f", "adopted"]);
+    assert_eq!(d.qemu_count(), 0);
+}
+
 #[test]
 fn the_tcp_listener_requires_the_bearer_token() {
     use std::io::{Read, Write};
     let token_dir = tempfile::tempdir().expect("tempdir");
     let token_file = token_dir.path().join("token");
     std::fs::write(&token_file, "s3cret-token-0123456789\n").expect("token");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = common::free_port();
     let args = vec![
         "--listen-tcp".to_owned(),
         format!("127.0.0.1:{port}"),
@@ -343,7 +431,13 @@ fn shell_runs_on_a_terminal_with_its_size_and_ctrl_c_reaches_the_guest() {
         .write_all(b"echo sleep-$((2+3)); sleep 600\n")
         .expect("write");
     wait("sleep-5");
-    std::thread::sleep(Duration::from_millis(500));
+    // Ctrl-C must find `sleep` in the foreground: wait until the guest
+    // runs it (seen from a second exec session).
+    d.wait_for("sleep in the guest", Duration::from_secs(20), || {
+        d.cli(&["exec", "box", "--", "pgrep", "-x", "sleep"])
+            .status
+            .success()
+    });
     master.write_all(b"\x03").expect("ctrl-c");
     master.write_all(b"echo after-$((1+1))\n").expect("write");
     wait("after-2");

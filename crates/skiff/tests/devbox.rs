@@ -13,13 +13,6 @@ fn recipe(name: &str) -> String {
     format!("{}/../../images/{name}.toml", env!("CARGO_MANIFEST_DIR"))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 fn keygen(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
     let key = dir.join(name);
     let out = Command::new("ssh-keygen")
@@ -60,7 +53,7 @@ fn a_dev_box_takes_ssh_logins_with_the_spec_s_user_key_and_name() {
     let keys = tempfile::tempdir().expect("tempdir");
     let (key, public) = keygen(keys.path(), "me");
     let (stranger, _) = keygen(keys.path(), "stranger");
-    let port = free_port();
+    let port = common::free_port();
     let spec = format!(
         r#"[vm.dev]
 memory = 512

@@ -373,10 +373,7 @@ fn raise_open_files(want: u64) {
 fn idle_proxy_connections_cannot_starve_the_daemon() {
     use std::io::{Read, Write};
     raise_open_files(8192);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port");
+    let port = common::free_port();
     let flags: Vec<String> = [
         "--http-listen".to_owned(),
         format!("127.0.0.1:{port}"),

@@ -10,14 +10,6 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// GET / on 127.0.0.1:port; the body, or None if nothing answered.
 fn http_get(port: u16) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -93,7 +85,7 @@ fn user_mode_egress_reaches_a_server_on_the_host() {
 #[test]
 fn a_port_forward_reaches_the_guest_and_ctrl_c_cleans_up() {
     let env = Env::new();
-    let port = free_port();
+    let port = common::free_port();
     let mut child = env
         .skiff()
         .args([
@@ -149,7 +141,7 @@ fn a_host_port_in_use_is_a_clear_error_with_nothing_left() {
 #[test]
 fn a_daemon_vm_serves_through_its_spec_forward() {
     let d = Daemon::start();
-    let port = free_port();
+    let port = common::free_port();
     let spec = d.write_spec(
         "web.toml",
         &format!("[vm.web]\nnetwork = \"user\"\nforward_ports = [\"127.0.0.1:{port}:8080\"]\ncommand = \"{GUEST_HTTPD}\"\n"),
@@ -165,14 +157,15 @@ fn a_daemon_vm_serves_through_its_spec_forward() {
     d.ok(&["rm", "web"]);
 }
 
-/// `wget` in the guest, printing what it fetched and then `rc=N`; busybox
-/// 1.35's `wget -T` exits non-zero even after a successful transfer, so the
-/// bytes decide, not the exit code.
+/// `wget` in the guest, printing what it fetched and then `rc=N`: the bytes
+/// decide, not the exit code. (busybox 1.35's `wget -T` crashes after a
+/// successful transfer, before its output is out, so the time limit comes
+/// from `timeout`.)
 fn guest_fetch(url: &str) -> Vec<String> {
     vec![
         "sh".to_owned(),
         "-c".to_owned(),
-        format!("wget -q -T 5 -O - {url}; echo rc=$?"),
+        format!("timeout 5 wget -q -O - {url}; echo rc=$?"),
     ]
 }
 
@@ -183,6 +176,9 @@ fn egress_none_cuts_the_guest_off_but_keeps_its_forwards() {
     let host_port = listener.local_addr().expect("addr").port();
     std::thread::spawn(move || {
         for mut s in listener.incoming().flatten() {
+            // Read the request first: closing with it unread resets the
+            // connection, and the guest would see an error, not the page.
+            let _ = s.read(&mut [0u8; 1024]);
             let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 12\r\n\r\nreached-host");
         }
     });
@@ -200,7 +196,7 @@ fn egress_none_cuts_the_guest_off_but_keeps_its_forwards() {
         stdout(&out),
         stderr(&out)
     );
-    let port = free_port();
+    let port = common::free_port();
     d.boot(
         "locked",
         &format!(

@@ -304,32 +304,37 @@ health = {{ path = "/healthz", interval = "1s", unhealthy_after = 2 }}
         "nothing created"
     );
 
-    // WebSocket: the upgrade passes through and then bytes flow both ways.
-    // The VM's server answers 101 and echoes raw bytes (busybox has no
-    // WebSocket server; the proxy never looks inside frames anyway).
+    // WebSocket: the upgrade passes through and then bytes flow both ways,
+    // over plain HTTP (ws.test) and over HTTPS (wss.test). The VMs' server
+    // answers 101 and echoes raw bytes (busybox has no WebSocket server;
+    // the proxy never looks inside frames anyway).
     let ws = d.write_spec(
         "ws.toml",
-        &format!("[vm.ws]\nnetwork = {{ mode = \"bridge\", network = \"web\" }}\ncommand = '''{WS_ECHO}'''\nhttp = {{ domains = [\"ws.test\"], port = 9000 }}\n"),
+        &format!("[vm.ws]\nnetwork = {{ mode = \"bridge\", network = \"web\" }}\ncommand = '''{WS_ECHO}'''\nhttp = {{ domains = [\"ws.test\"], port = 9000 }}\n[vm.wss]\nnetwork = {{ mode = \"bridge\", network = \"web\" }}\ncommand = '''{WS_ECHO}'''\nhttp = {{ domains = [\"wss.test\"], port = 9000, tls = \"self-signed\" }}\n"),
     );
     d.ok(&["apply", "-f", ws.to_str().expect("utf8")]);
     d.ok(&["start", "ws"]);
-    d.wait_for("the echo server", Duration::from_secs(30), || {
-        let out = host.command("python3").args(["-c", WS_CLIENT]).output();
-        out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).starts_with("101"))
-    });
-    let echoed = host
-        .command("python3")
-        .args(["-c", WS_CLIENT])
-        .output()
-        .expect("python3");
-    assert_eq!(
-        String::from_utf8_lossy(&echoed.stdout),
-        "101 hello over the upgraded connection",
-        "{}",
-        String::from_utf8_lossy(&echoed.stderr)
-    );
+    d.ok(&["start", "wss"]);
+    for (domain, port) in [("ws.test", "18081"), ("wss.test", "18443")] {
+        let client = || {
+            host.command("python3")
+                .args(["-c", WS_CLIENT, domain, port])
+                .output()
+                .expect("python3")
+        };
+        d.wait_for("the echo server", Duration::from_secs(30), || {
+            String::from_utf8_lossy(&client().stdout).starts_with("101")
+        });
+        let echoed = client();
+        assert_eq!(
+            String::from_utf8_lossy(&echoed.stdout),
+            "101 hello over the upgraded connection",
+            "{domain}: {}",
+            String::from_utf8_lossy(&echoed.stderr)
+        );
+    }
 
-    d.ok(&["rm", "--force", "site", "ws"]);
+    d.ok(&["rm", "--force", "site", "ws", "wss"]);
     d.ok(&["network", "rm", "web"]);
 }
 
@@ -337,10 +342,19 @@ health = {{ path = "/healthz", interval = "1s", unhealthy_after = 2 }}
 /// then echo bytes.
 const WS_ECHO: &str = r#"printf '#!/bin/sh\nwhile read -r l; do l=$(printf "%%s" "$l" | tr -d "\\r"); [ -z "$l" ] && break; done\nprintf "HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n"\nexec cat\n' > /ws.sh && chmod +x /ws.sh && nc -ll -p 9000 -e /ws.sh"#;
 
+/// A WebSocket handshake and an echo, to DOMAIN on PORT (18443: over TLS,
+/// with SNI and HTTP/1.1 by ALPN, as browsers do for wss://).
 const WS_CLIENT: &str = r#"
-import socket, time
-s = socket.create_connection(("127.0.0.1", 18081), timeout=10)
-s.sendall(b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+import socket, ssl, sys, time
+domain, port = sys.argv[1], int(sys.argv[2])
+s = socket.create_connection(("127.0.0.1", port), timeout=10)
+if port == 18443:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    s = ctx.wrap_socket(s, server_hostname=domain)
+s.sendall(b"GET /chat HTTP/1.1\r\nHost: " + domain.encode() + b"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 head = b""
 deadline = time.time() + 10
 while b"\r\n\r\n" not in head and time.time() < deadline:

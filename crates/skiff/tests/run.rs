@@ -176,38 +176,98 @@ fn three_vms_run_concurrently_without_interfering() {
     env.assert_clean();
 }
 
-#[test]
-fn ctrl_c_tears_the_vm_down() {
-    let env = Env::new();
+/// A `skiff run` of `echo started; sleep 600`, with `extra` options; its
+/// stdout's first line arrives on the returned channel.
+fn sleeper(env: &Env, extra: &[&str]) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
     let mut child = env
         .skiff()
-        .args(["run", "-q", "--", "sh", "-c", "echo started; sleep 600"])
+        .arg("run")
+        .arg("-q")
+        .args(extra)
+        .args(["--", "sh", "-c", "echo started; sleep 600"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .expect("spawn");
-    // Wait for the command to be running in the guest.
-    use std::io::BufRead;
-    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
-    assert_eq!(
-        lines.next().and_then(Result::ok).as_deref(),
-        Some("started")
-    );
-    assert!(
-        !common::processes_under(env.runtime.path()).is_empty(),
-        "the VM should be running now"
-    );
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
-    let start = Instant::now();
-    let status = child.wait().expect("wait");
-    assert!(
-        start.elapsed() < Duration::from_secs(10),
-        "teardown took {:?}",
-        start.elapsed()
-    );
-    assert_eq!(status.code(), Some(130));
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+        let _ = tx.send(line.trim_end().to_owned());
+    });
+    (child, rx)
+}
+
+fn listed_vms(env: &Env) -> Vec<serde_json::Value> {
+    let out = env.skiff().args(["ls", "--json"]).output().expect("ls");
+    assert!(out.status.success(), "{}", stderr(&out));
+    serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).expect("ls json")
+}
+
+#[test]
+fn signals_and_a_killed_client_tear_the_vm_down() {
+    use nix::sys::signal::Signal;
+    let env = Env::new();
+    // Through the daemon: Ctrl-C, SIGTERM, SIGHUP, and a client killed
+    // outright (the daemon notices the closed connection); and a
+    // standalone run's Ctrl-C.
+    let cases = [
+        (Signal::SIGINT, false),
+        (Signal::SIGTERM, false),
+        (Signal::SIGHUP, false),
+        (Signal::SIGKILL, false),
+        (Signal::SIGINT, true),
+    ];
+    // The daemon first (a run would start it, but concurrent first runs
+    // would race to).
+    let out = env.run(&[], &["true"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let mut runs: Vec<_> = cases
+        .iter()
+        .map(|(_, standalone)| sleeper(&env, if *standalone { &["--standalone"] } else { &[] }))
+        .collect();
+    for (child, started) in &mut runs {
+        let line = started.recv_timeout(Duration::from_secs(120));
+        assert_eq!(line.as_deref(), Ok("started"), "run {}", child.id());
+    }
+    // While they run, the daemon's runs are listed as `run-ID`, running.
+    let listed = listed_vms(&env);
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    for vm in &listed {
+        let id = vm["id"].as_str().expect("id");
+        assert_eq!(vm["name"], format!("run-{id}"), "{vm}");
+        assert_eq!(vm["state"], "running", "{vm}");
+    }
+    for (i, ((signal, standalone), (child, _))) in cases.iter().zip(&mut runs).enumerate() {
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, *signal).expect("signal");
+        let start = Instant::now();
+        let status = child.wait().expect("wait");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{signal} took {:?}",
+            start.elapsed()
+        );
+        use std::os::unix::process::ExitStatusExt;
+        if *signal == Signal::SIGKILL {
+            assert_eq!(status.signal(), Some(9));
+        } else {
+            assert_eq!(status.code(), Some(128 + *signal as i32), "{signal}");
+        }
+        // A signalled client returns once its VM is gone; a killed one
+        // cannot wait, and the daemon tears down on its own.
+        if !standalone && *signal != Signal::SIGKILL {
+            assert_eq!(listed_vms(&env).len(), 3 - i, "after {signal}");
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !listed_vms(&env).is_empty() {
+        assert!(Instant::now() < deadline, "the killed client's VM stayed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     env.assert_clean();
 }
 

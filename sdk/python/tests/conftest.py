@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -41,6 +42,15 @@ def _kill_under(runtime: str) -> None:
                 pass
 
 
+def _answers(path: str) -> bool:
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(path)
+        return True
+    except OSError:
+        return False
+
+
 @pytest.fixture(scope="session")
 def client() -> Iterator[Client]:
     work = tempfile.mkdtemp(prefix="skiff-sdk-")
@@ -51,7 +61,9 @@ def client() -> Iterator[Client]:
     log = open(f"{work}/daemon.log", "wb")
     daemon = subprocess.Popen([_skiff_bin(), "daemon"], env=env, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 20
-    while not os.path.exists(f"{work}/skiff.sock"):
+    # Up means answering: the socket file exists a moment before the
+    # daemon accepts on it.
+    while not _answers(f"{work}/skiff.sock"):
         if time.monotonic() > deadline or daemon.poll() is not None:
             pytest.fail("the daemon did not come up: " + Path(f"{work}/daemon.log").read_text())
         time.sleep(0.05)

@@ -20,13 +20,15 @@ use tokio::sync::{mpsc, watch};
 
 pub async fn run(State(m): State<Arc<Manager>>, req: Request) -> Result<Response, ApiError> {
     let (on_upgrade, body): (_, RunBody) = upgrade_request(req, "run").await?;
-    let name = format!("run-{}", crate::paths::new_vm_id());
+    // Named after its id, so `run-ID` in `skiff ls` is the id `inspect` shows.
+    let id = crate::paths::new_vm_id();
+    let name = format!("run-{id}");
     let spec =
         run_spec(&name, &body).map_err(|e| api_error(StatusCode::BAD_REQUEST, e.to_string()))?;
     // The run's VM is a VM of the manager like any other (store record,
     // cgroup, -runas, monitor), marked ephemeral; a bad request fails here,
     // before the upgrade, with nothing created.
-    m.create_vm(&spec, true)?;
+    m.create_vm(&spec, &id, true)?;
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             let _ = m.remove(&name, true, false).await;

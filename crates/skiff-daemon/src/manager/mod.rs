@@ -135,14 +135,16 @@ impl Manager {
     }
 
     pub fn create(&self, spec: &VmSpec) -> Result<VmRecord, ManagerError> {
-        self.create_vm(spec, false)
+        self.create_vm(spec, &paths::new_vm_id(), false)
     }
 
-    /// Create a VM; an `ephemeral` one (`skiff run`) is removed when its
-    /// command ends and by the next daemon if this one dies first.
+    /// Create a VM with the given id; an `ephemeral` one (`skiff run`) is
+    /// removed when its command ends and by the next daemon if this one
+    /// dies first.
     pub(super) fn create_vm(
         &self,
         spec: &VmSpec,
+        id: &str,
         ephemeral: bool,
     ) -> Result<VmRecord, ManagerError> {
         skiff_spec::check_name(&spec.name).map_err(|source| Invalid::Name {
@@ -152,7 +154,7 @@ impl Manager {
         crate::resolve::check_supported(spec).map_err(Invalid::Unsupported)?;
         self.check_http(spec)?;
         let vm_dir = self.paths.vm_dir(&spec.name);
-        let rec = self.store.insert(&paths::new_vm_id(), spec, ephemeral)?;
+        let rec = self.store.insert(id, spec, ephemeral)?;
         if let Err(e) = std::fs::create_dir_all(&vm_dir) {
             let _ = self.store.delete(&spec.name);
             return Err(ManagerError::internal(

@@ -23,6 +23,7 @@ impl Manager {
                 continue;
             }
             let mut state = rec.state;
+            let mut restart_now = false;
             if rec.state.is_active() {
                 match (rec.qemu, rec.vsock, &rec.run_dir) {
                     (Some(q), Some(v), Some(run_dir)) if q.is_alive() => {
@@ -62,12 +63,20 @@ impl Manager {
                             "the VM stopped while the daemon was down",
                         )?;
                         state = VmState::Exited;
+                        // Its end went unseen: a death, as far as the
+                        // policy is concerned.
+                        if restart_wanted(&rec, true).is_some() {
+                            let _ = self.store.count_restart(&rec.name);
+                            restart_now = true;
+                        }
                     }
                 }
             }
             // Autostart brings up VMs that are not running, except those a
             // user stopped on purpose.
-            if rec.spec.autostart && matches!(state, VmState::Created | VmState::Exited) {
+            let autostart =
+                rec.spec.autostart && matches!(state, VmState::Created | VmState::Exited);
+            if restart_now || autostart {
                 let this = self.clone();
                 let name = rec.name.clone();
                 tokio::spawn(async move {
@@ -142,24 +151,9 @@ impl Manager {
         self.remove_tap(&rec.id).await;
         self.remove_cgroup(&rec).await;
         let failed = matches!(exit, GuestExit::ServiceFailed | GuestExit::Crashed);
-        let (restart, backoff, max_backoff) = match rec.spec.restart {
-            RestartPolicy::No => (false, 0, 0),
-            RestartPolicy::Always {
-                backoff_ms,
-                max_backoff_ms,
-            } => (true, backoff_ms, max_backoff_ms),
-            RestartPolicy::OnFailure {
-                max_retries,
-                backoff_ms,
-                max_backoff_ms,
-            } => {
-                let within = max_retries.is_none_or(|m| rec.restarts < i64::from(m));
-                (failed && within, backoff_ms, max_backoff_ms)
-            }
-        };
-        if !restart {
+        let Some((backoff, max_backoff)) = restart_wanted(&rec, failed) else {
             return;
-        }
+        };
         let shift = rec.restarts.clamp(0, 16) as u32;
         let delay = backoff.saturating_mul(1u64 << shift).min(max_backoff);
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -169,6 +163,26 @@ impl Manager {
                 let _ = self.store.count_restart(name);
                 let _ = self.start(name).await;
             }
+        }
+    }
+}
+
+/// Whether `rec`'s restart policy brings it back after an end (`failed`: the
+/// service failed or QEMU died), and with which backoff and cap (ms).
+fn restart_wanted(rec: &crate::store::VmRecord, failed: bool) -> Option<(u64, u64)> {
+    match rec.spec.restart {
+        RestartPolicy::No => None,
+        RestartPolicy::Always {
+            backoff_ms,
+            max_backoff_ms,
+        } => Some((backoff_ms, max_backoff_ms)),
+        RestartPolicy::OnFailure {
+            max_retries,
+            backoff_ms,
+            max_backoff_ms,
+        } => {
+            let within = max_retries.is_none_or(|m| rec.restarts < i64::from(m));
+            (failed && within).then_some((backoff_ms, max_backoff_ms))
         }
     }
 }

@@ -210,3 +210,29 @@ pub fn give_to_share_owner(dir: &std::path::Path) {
         }
     }
 }
+
+/// A TCP/UDP port on 127.0.0.1 for a test to hand to skiff: free now, and
+/// below the kernel's ephemeral range, which `bind(…:0)` and outgoing
+/// connections draw from, so nothing else in this run takes it between
+/// here and skiff's bind. Each call in a process gets another port, and
+/// processes start at different offsets.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low: u32 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    let span = 8000.min(low.saturating_sub(1024));
+    let start = std::process::id() * 97;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (low - span + (start + n) % span) as u16;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below {low}");
+}
