@@ -17,5 +17,8 @@ cargo test --workspace --locked -- --test-threads=2
 # The fuzz targets (the guest's frames, copy streams, spec files): built,
 # and run briefly; a longer run is scripts/fuzz.sh SECONDS.
 scripts/fuzz.sh 20
+# Each benchmark, a few iterations: fails on a broken benchmark, never on a
+# slow machine.
+scripts/bench-smoke.sh
 # The Python SDK against a real daemon (the source tree, not an installed copy).
 PYTHONPATH=sdk/python SKIFF_BIN=target/debug/skiff python3 -m pytest -q -p no:cacheprovider sdk/python/tests

@@ -434,9 +434,16 @@ fn shell_runs_on_a_terminal_with_its_size_and_ctrl_c_reaches_the_guest() {
     // Ctrl-C must find `sleep` in the foreground: wait until the guest
     // runs it (seen from a second exec session).
     d.wait_for("sleep in the guest", Duration::from_secs(20), || {
-        d.cli(&["exec", "box", "--", "pgrep", "-x", "sleep"])
-            .status
-            .success()
+        d.cli(&[
+            "exec",
+            "box",
+            "--",
+            "sh",
+            "-c",
+            "ps | grep -q '[s]leep 600'",
+        ])
+        .status
+        .success()
     });
     master.write_all(b"\x03").expect("ctrl-c");
     master.write_all(b"echo after-$((1+1))\n").expect("write");

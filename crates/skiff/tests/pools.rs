@@ -106,10 +106,19 @@ fn a_pool_hands_out_ready_sandboxes_once_refills_expires_and_survives_restarts()
         pool_field(&d, "sb", "ready") == 2
     });
 
-    // Taken sandboxes are never handed out twice.
+    // Taken sandboxes are never handed out twice. Taken without a time to
+    // live of their own, they get the pool's (120 s).
     let mut taken = BTreeSet::new();
     for _ in 0..3 {
-        let name = d.ok(&["pool", "take", "sb"]).trim().to_owned();
+        let asked = now();
+        let sandbox: serde_json::Value =
+            serde_json::from_str(&d.ok(&["pool", "take", "sb", "--json"])).expect("take json");
+        let expires = sandbox["expires_at"].as_i64().expect("expires_at");
+        assert!(
+            (asked + 119..=now() + 121).contains(&expires),
+            "the pool's TTL: {sandbox}"
+        );
+        let name = sandbox["vm"].as_str().expect("vm").to_owned();
         assert!(taken.insert(name.clone()), "{name} handed out twice");
         let host = d.ok(&["exec", &name, "--", "echo", "ok"]);
         assert_eq!(host, "ok\n");
