@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
 VIRTIOFSD_VERSION=1.14.0
 # libseccomp-dev and libcap-ng-dev are build dependencies of virtiofsd.
-PACKAGES=(qemu-system-x86 qemu-utils openssh-client busybox-static cpio e2fsprogs kmod ca-certificates libseccomp-dev libcap-ng-dev debootstrap nftables iproute2 curl openssl)
+PACKAGES=(qemu-system-x86 qemu-utils openssh-client busybox-static cpio e2fsprogs kmod ca-certificates libseccomp-dev libcap-ng-dev debootstrap nftables iproute2 curl openssl docker-registry skopeo umoci apache2-utils)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -18,7 +18,10 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 #    debootstrap (skiff image build), nftables (NAT and isolation of managed
 #    networks), qemu-utils (qemu-img: copy-on-write root disks), openssh-client
 #    (the dev box test logs in with ssh), iproute2 and curl (the network tests build namespaces with
-#    `ip netns` and fetch from guests with curl).
+#    `ip netns` and fetch from guests with curl), docker-registry, skopeo,
+#    umoci and apache2-utils (the OCI tests run a real registry on loopback,
+#    with htpasswd credentials, and build and push their images with umoci
+#    and skopeo).
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -19,6 +19,10 @@ pub struct RunBody {
     pub env: Vec<(String, String)>,
     #[serde(default)]
     pub workdir: Option<String>,
+    /// The guest user the command runs as: a name from its /etc/passwd, or
+    /// `UID` / `UID:GID` (an OCI image's `User`). None: root.
+    #[serde(default)]
+    pub user: Option<String>,
     /// auto, kvm or tcg (the spec's `accel`).
     pub accel: skiff_spec::Accel,
     #[serde(default)]

@@ -169,6 +169,7 @@ fn a_run_request_is_planned_like_a_spec() {
         memory_mib: 256,
         env: Vec::new(),
         workdir: None,
+        user: None,
         accel: skiff_spec::Accel::Auto,
         kernel: None,
         modules: None,

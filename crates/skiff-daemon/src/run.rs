@@ -164,7 +164,7 @@ pub fn exec_request(body: &RunBody, stdin: bool) -> ExecRequest {
         stdin,
         service: false,
         tty: None,
-        user: None,
+        user: body.user.clone(),
     }
 }
 

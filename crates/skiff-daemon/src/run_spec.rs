@@ -122,6 +122,7 @@ mod tests {
             memory_mib: 512,
             env: Vec::new(),
             workdir: None,
+            user: None,
             accel: Accel::Tcg,
             kernel: None,
             modules: None,

@@ -176,7 +176,9 @@ mod tests {
             hash: "abc".into(),
             root: root.clone(),
             built_at: 0,
-            recipe: crate::Recipe::parse("name = \"t\"\n").expect("recipe"),
+            recipe: Some(crate::Recipe::parse("name = \"t\"\n").expect("recipe")),
+            source: crate::ImageSource::Recipe,
+            config: None,
         };
         let disk = ensure_image_disk(&info, &crate::NoProgress).expect("built");
         assert_eq!(disk, dir.path().join("img/abc/disk.ext4"));

@@ -8,6 +8,7 @@ mod elf;
 mod initramfs;
 mod kernel;
 mod recipe;
+mod source;
 mod tool;
 
 pub use cpio::CpioWriter;
@@ -21,8 +22,10 @@ pub use initramfs::{
 };
 pub use kernel::{ensure_kernel, parse_meta_depends, Kernel, KernelSource, DEFAULT_KERNEL_PACKAGE};
 pub use recipe::{
-    build_image, find_image, list_images, remove_image, ImageInfo, Recipe, RecipeError, RecipeFile,
+    build_image, find_image, images_dir, list_images, remove_image, ImageInfo, Recipe, RecipeError,
+    RecipeFile,
 };
+pub use source::{ContainerConfig, ImageSource};
 
 use std::path::{Path, PathBuf};
 

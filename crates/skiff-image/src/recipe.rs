@@ -116,10 +116,17 @@ pub struct ImageInfo {
     /// The root directory VMs boot into.
     pub root: PathBuf,
     pub built_at: u64,
-    pub recipe: Recipe,
+    /// The recipe of a recipe image (none for pulled or imported ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<Recipe>,
+    #[serde(default)]
+    pub source: crate::ImageSource,
+    /// What an OCI image says to run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<crate::ContainerConfig>,
 }
 
-fn images_dir(cache: &Path) -> PathBuf {
+pub fn images_dir(cache: &Path) -> PathBuf {
     cache.join("images")
 }
 
@@ -202,7 +209,9 @@ pub fn build_image(
         hash,
         root: dir.join("root"),
         built_at,
-        recipe: recipe.clone(),
+        recipe: Some(recipe.clone()),
+        source: crate::ImageSource::Recipe,
+        config: None,
     };
     let json = serde_json::to_string_pretty(&info).map_err(|e| Error::Fetch {
         what: e.to_string(),
@@ -281,17 +290,33 @@ pub fn find_image(cache: &Path, name: &str) -> Option<ImageInfo> {
     list_images(cache).into_iter().find(|i| i.name == name)
 }
 
-/// Remove every build of image `name`; false if there was none.
+/// Remove every build of image `name`; false if there was none. (A
+/// recipe image's directory is its name; a pulled one's is not, since a
+/// reference holds `/` and `:`: the builds are found by their image.json.)
 pub fn remove_image(cache: &Path, name: &str) -> Result<bool, Error> {
-    if name.is_empty() || name.contains('/') || name.contains("..") {
+    let mut removed = false;
+    let Ok(groups) = fs::read_dir(images_dir(cache)) else {
         return Ok(false);
+    };
+    for group in groups.filter_map(Result::ok) {
+        let Ok(builds) = fs::read_dir(group.path()) else {
+            continue;
+        };
+        for build in builds.filter_map(Result::ok) {
+            let meta = fs::read_to_string(build.path().join("image.json"));
+            let info = meta
+                .ok()
+                .and_then(|t| serde_json::from_str::<ImageInfo>(&t).ok());
+            if info.is_some_and(|i| i.name == name) {
+                let dir = build.path();
+                fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
+                removed = true;
+            }
+        }
+        // An emptied group goes too (a failed rmdir means it is not empty).
+        let _ = fs::remove_dir(group.path());
     }
-    let dir = images_dir(cache).join(name);
-    if !dir.is_dir() {
-        return Ok(false);
-    }
-    fs::remove_dir_all(&dir).map_err(|e| Error::io("remove", &dir, e))?;
-    Ok(true)
+    Ok(removed)
 }
 
 #[cfg(test)]

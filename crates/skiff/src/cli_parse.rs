@@ -1,6 +1,6 @@
 //! Parsers for command-line values (`-v`, `-p`, `-e`, `--rootfs`/`--image`).
 
-use crate::{paths, run_spec};
+use crate::run_spec;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 
@@ -47,20 +47,16 @@ pub fn parse_env(s: &str) -> Result<(String, String), String> {
     Ok((k.to_owned(), v.to_owned()))
 }
 
-/// `--rootfs DIR [--rootfs-rw]` or `--image NAME`, checked and made absolute.
+/// `--rootfs DIR [--rootfs-rw]` or `--image NAME` (found already), checked
+/// and made absolute.
 pub fn rootfs_arg(
     dir: &Option<PathBuf>,
     writable: bool,
-    image: &Option<String>,
+    image: Option<&skiff_image::ImageInfo>,
 ) -> Result<Option<run_spec::RunRootFs>> {
-    if let Some(name) = image {
-        let info = skiff_image::find_image(&paths::cache_dir()?, name).with_context(|| {
-            format!(
-                "no image named {name:?}; build one with `skiff image build -f images/{name}.toml`"
-            )
-        })?;
+    if let Some(info) = image {
         return Ok(Some(run_spec::RunRootFs {
-            source: info.root,
+            source: info.root.clone(),
             writable: false,
         }));
     }

@@ -1,6 +1,7 @@
 //! The `skiff` command line.
 
 mod cli_cp;
+mod cli_image;
 mod cli_net;
 mod cli_parse;
 mod cli_pool;
@@ -13,7 +14,7 @@ mod tty;
 // The daemon library: the CLI calls its public API (`serve`, the standalone
 // run, the request types, paths and images), never its internals.
 use skiff_daemon as daemon;
-use skiff_daemon::{frames, image, paths, run, run_spec, ui};
+use skiff_daemon::{frames, image, paths, run, run_spec};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -214,7 +215,31 @@ enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List built images.
+    /// Pull an OCI image from a registry (`alpine`, `python:3.12-slim`,
+    /// `ghcr.io/org/app@sha256:…`, `localhost:5000/app:1.0`); credentials
+    /// come from docker's config file (`docker login`).
+    Pull {
+        #[arg(value_name = "REFERENCE")]
+        reference: String,
+        /// No progress on stderr.
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import an OCI image from a `docker save` archive or an OCI layout
+    /// directory.
+    Import {
+        #[arg(value_name = "ARCHIVE_OR_DIR")]
+        path: PathBuf,
+        /// The image's name (NAME:TAG), when the archive gives none or
+        /// holds several.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List images: built from recipes, pulled, imported.
     Ls {
         #[arg(long)]
         json: bool,
@@ -275,7 +300,10 @@ struct RunArgs {
     /// Let the guest write to the --rootfs directory itself.
     #[arg(long, requires = "rootfs")]
     rootfs_rw: bool,
-    /// Boot into a built image (skiff image build); writes stay in memory.
+    /// Boot into an image: one built from a recipe (skiff image build), or
+    /// an OCI image by reference (pulled first if it is not here), whose
+    /// Entrypoint, Cmd, Env, WorkingDir and User apply unless overridden.
+    /// Writes stay in memory.
     #[arg(long, value_name = "NAME", conflicts_with = "rootfs")]
     image: Option<String>,
     /// Share a host directory into the guest: HOST_DIR:GUEST_PATH[:ro]
@@ -315,8 +343,11 @@ struct RunArgs {
     /// comes through).
     #[arg(short, long)]
     quiet: bool,
-    /// The command and its arguments.
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    /// Run the command as this guest user (a name, UID or UID:GID).
+    #[arg(short, long, value_name = "USER")]
+    user: Option<String>,
+    /// The command and its arguments (an OCI image's Cmd when absent).
+    #[arg(last = true, required_unless_present = "image", value_name = "COMMAND")]
     command: Vec<String>,
 }
 
@@ -332,8 +363,8 @@ fn accel_parser() -> impl clap::builder::TypedValueParser<Value = skiff_spec::Ac
 
 /// The request `skiff run`'s flags make, the same for the daemon and for
 /// `--standalone`. Paths are made absolute: the daemon may have another
-/// working directory.
-fn run_body(a: RunArgs, forward_stdin: bool) -> Result<run_spec::RunBody> {
+/// working directory. An OCI image's config fills what the flags leave out.
+async fn run_body(a: RunArgs, forward_stdin: bool) -> Result<run_spec::RunBody> {
     let absolute = |p: &Option<PathBuf>| -> Result<Option<PathBuf>> {
         match p {
             None => Ok(None),
@@ -342,15 +373,33 @@ fn run_body(a: RunArgs, forward_stdin: bool) -> Result<run_spec::RunBody> {
             )),
         }
     };
+    let image = match &a.image {
+        Some(name) => Some(cli_image::resolve(name, a.quiet).await?),
+        None => None,
+    };
+    let config = image
+        .as_ref()
+        .and_then(|i| i.config.clone())
+        .unwrap_or_default();
+    let argv = config.argv(&a.command);
+    if argv.is_empty() {
+        anyhow::bail!(
+            "the image {} has no Entrypoint or Cmd; give the command after --",
+            a.image.as_deref().unwrap_or("")
+        );
+    }
+    let mut env = config.env_pairs();
+    env.extend(a.env);
     Ok(run_spec::RunBody {
-        rootfs: rootfs_arg(&a.rootfs, a.rootfs_rw, &a.image)?,
+        rootfs: rootfs_arg(&a.rootfs, a.rootfs_rw, image.as_ref())?,
         kernel: absolute(&a.kernel.kernel)?,
         modules: absolute(&a.kernel.modules)?,
-        argv: a.command,
+        argv,
         cpus: a.cpus,
         memory_mib: a.memory,
-        env: a.env,
-        workdir: a.workdir,
+        env,
+        workdir: a.workdir.or(config.working_dir),
+        user: a.user.or(config.user),
         accel: a.accel,
         boot_timeout_secs: a.boot_timeout,
         quiet: a.quiet,
@@ -365,7 +414,7 @@ fn run_body(a: RunArgs, forward_stdin: bool) -> Result<run_spec::RunBody> {
 /// is the daemon's for the length of the connection.
 async fn run_via_daemon(a: RunArgs) -> Result<i32> {
     let forward_stdin = a.interactive || !std::io::IsTerminal::is_terminal(&std::io::stdin());
-    let body = run_body(a, forward_stdin)?;
+    let body = run_body(a, forward_stdin).await?;
     // Build the image here, where the user sees the progress; the daemon
     // then finds it in the shared cache.
     let choice = image::KernelChoice {
@@ -502,7 +551,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             let forward_stdin =
                 a.interactive || !std::io::IsTerminal::is_terminal(&std::io::stdin());
             let (interactive, timings) = (a.interactive, a.timings);
-            let body = run_body(a, forward_stdin)?;
+            let body = run_body(a, forward_stdin).await?;
             let mut io = cli_run::TerminalIo::new(interactive)?;
             let outcome = run::run_standalone(body, &mut io).await?;
             match timings {
@@ -514,49 +563,17 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(outcome.code)
         }
-        Command::Image(ImageCommand::Build { file, json }) => {
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read the recipe {}", file.display()))?;
-            let recipe = skiff_image::Recipe::parse(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-            let cache = paths::cache_dir()?;
-            let info = tokio::task::spawn_blocking(move || {
-                let progress = ui::StepProgress::new(false);
-                skiff_image::build_image(&recipe, &cache, &progress)
-            })
-            .await??;
-            if json {
-                println!("{}", serde_json::to_string(&info)?);
-            } else {
-                println!(
-                    "built image {} ({}) at {}",
-                    info.name,
-                    info.hash,
-                    info.root.display()
-                );
-            }
-            Ok(0)
+        Command::Image(ImageCommand::Build { file, json }) => cli_image::build(file, json).await,
+        Command::Image(ImageCommand::Pull {
+            reference,
+            quiet,
+            json,
+        }) => cli_image::pull(reference, quiet, json).await,
+        Command::Image(ImageCommand::Import { path, name, json }) => {
+            cli_image::import(path, name, json).await
         }
-        Command::Image(ImageCommand::Ls { json }) => {
-            let images = skiff_image::list_images(&paths::cache_dir()?);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&images)?);
-            } else {
-                println!("{:<20} {:<26} SUITE", "NAME", "HASH");
-                for i in &images {
-                    println!("{:<20} {:<26} {}", i.name, i.hash, i.recipe.suite);
-                }
-            }
-            Ok(0)
-        }
-        Command::Image(ImageCommand::Rm { name }) => {
-            if skiff_image::remove_image(&paths::cache_dir()?, &name)? {
-                println!("removed image {name}");
-                Ok(0)
-            } else {
-                anyhow::bail!("no image named {name:?} (see skiff image ls)")
-            }
-        }
+        Command::Image(ImageCommand::Ls { json }) => cli_image::ls(json),
+        Command::Image(ImageCommand::Rm { name }) => cli_image::rm(&name),
         Command::Image(ImageCommand::Prepare { kernel, json }) => {
             let choice = kernel_choice(&kernel);
             let img = tokio::task::spawn_blocking(move || image::prepare(&choice, false)).await??;

@@ -10,21 +10,6 @@ fn recipe(name: &str) -> String {
     format!("{}/../../images/{name}.toml", env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A cache of this test's own: images are built in it from nothing, while
-/// the kernel and initramfs come from the shared cache (`image prepare`).
-fn private_cache(env: &Env) -> tempfile::TempDir {
-    let prepared = common::prepared_image(env);
-    let kernel = common::path(&prepared, "kernel");
-    let initrd = common::path(&prepared, "initrd");
-    // .../kernels/<package>/boot/vmlinuz-*
-    let kernels = kernel.ancestors().nth(3).expect("the kernels directory");
-    let initramfs = initrd.parent().expect("the initramfs directory");
-    let cache = tempfile::tempdir().expect("tempdir");
-    std::os::unix::fs::symlink(kernels, cache.path().join("kernels")).expect("link");
-    std::os::unix::fs::symlink(initramfs, cache.path().join("initramfs")).expect("link");
-    cache
-}
-
 /// The identity of a file: a rebuild replaces it (new inode, new mtime).
 fn identity(p: &std::path::Path) -> (u64, std::time::SystemTime) {
     use std::os::unix::fs::MetadataExt;
@@ -35,7 +20,7 @@ fn identity(p: &std::path::Path) -> (u64, std::time::SystemTime) {
 #[test]
 fn the_python_image_runs_python_in_run_and_in_a_daemon_vm() {
     let env = Env::new();
-    let cache = private_cache(&env);
+    let cache = common::private_cache(&env);
     let build = || {
         env.skiff()
             .env("SKIFF_CACHE_DIR", cache.path())
@@ -79,19 +64,18 @@ fn the_python_image_runs_python_in_run_and_in_a_daemon_vm() {
     );
 
     let mut run = env.skiff();
+    // The whole standard library (not python3-minimal's), and a venv with
+    // its own pip.
+    let script = "import dataclasses, sqlite3, venv, ensurepip; print(6*7)";
+    let check = format!(
+        "python3 -c '{script}' && python3 -m venv /tmp/v && /tmp/v/bin/pip --version | cut -d' ' -f1"
+    );
     run.env("SKIFF_CACHE_DIR", cache.path()).args([
-        "run",
-        "-q",
-        "--image",
-        "python",
-        "--",
-        "python3",
-        "-c",
-        "print(6*7)",
+        "run", "-q", "--memory", "512", "--image", "python", "--", "sh", "-c", &check,
     ]);
     let out = common::output_with_input(&mut run, None);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert_eq!(stdout(&out), "42\n");
+    assert_eq!(stdout(&out), "42\npip\n");
     let out = env.run(&["--image", "nosuch"], &["true"], None);
     assert_eq!(out.status.code(), Some(125));
     assert!(

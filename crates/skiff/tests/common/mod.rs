@@ -236,3 +236,18 @@ pub fn free_port() -> u16 {
     }
     panic!("no free port below {low}");
 }
+
+/// A cache of a test's own: images are built in it from nothing, while
+/// the kernel and initramfs come from the shared cache (`image prepare`).
+pub fn private_cache(env: &Env) -> tempfile::TempDir {
+    let prepared = prepared_image(env);
+    let kernel = path(&prepared, "kernel");
+    let initrd = path(&prepared, "initrd");
+    // .../kernels/<package>/boot/vmlinuz-*
+    let kernels = kernel.ancestors().nth(3).expect("the kernels directory");
+    let initramfs = initrd.parent().expect("the initramfs directory");
+    let cache = tempfile::tempdir().expect("tempdir");
+    std::os::unix::fs::symlink(kernels, cache.path().join("kernels")).expect("link");
+    std::os::unix::fs::symlink(initramfs, cache.path().join("initramfs")).expect("link");
+    cache
+}

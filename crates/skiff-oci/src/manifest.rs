@@ -1,0 +1,252 @@
+//! The JSON documents of the OCI image spec (and Docker's v2 schema 2,
+//! which registries still serve): indexes, manifests, image configs. Only
+//! the fields skiff uses; unknown ones are ignored, as the spec asks.
+
+use crate::OciError;
+use serde::Deserialize;
+
+pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+
+/// What a registry is asked to answer with, best first.
+pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    #[serde(default)]
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    #[serde(default)]
+    pub platform: Option<Platform>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Platform {
+    pub architecture: String,
+    pub os: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    #[serde(default)]
+    pub media_type: Option<String>,
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Index {
+    pub manifests: Vec<Descriptor>,
+}
+
+/// A manifest document: an index of per-platform manifests, or one image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Document {
+    Index(Index),
+    Manifest(Manifest),
+}
+
+/// The parts of an image config skiff applies.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ImageConfig {
+    #[serde(default)]
+    pub architecture: Option<String>,
+    #[serde(default)]
+    pub os: Option<String>,
+    #[serde(default)]
+    pub config: Option<RunConfig>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RunConfig {
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    #[serde(default)]
+    pub env: Option<Vec<String>>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+impl ImageConfig {
+    pub fn container_config(&self) -> skiff_image::ContainerConfig {
+        let c = self.config.clone().unwrap_or_default();
+        skiff_image::ContainerConfig {
+            entrypoint: c.entrypoint.unwrap_or_default(),
+            cmd: c.cmd.unwrap_or_default(),
+            env: c.env.unwrap_or_default(),
+            working_dir: c.working_dir.filter(|w| !w.is_empty()),
+            user: c.user.filter(|u| !u.is_empty()),
+        }
+    }
+}
+
+/// Parse a manifest document, deciding its kind by its media type (the
+/// header's, else the document's own field, else its shape).
+pub fn parse_document(
+    image: &str,
+    media_type: Option<&str>,
+    body: &[u8],
+) -> Result<Document, OciError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Probe {
+        #[serde(default)]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde_json::Value>,
+    }
+    let bad = |why: String| OciError::BadManifest {
+        image: image.to_owned(),
+        why,
+    };
+    let probe: Probe = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    let kind = media_type
+        .filter(|m| !m.is_empty() && *m != "application/json")
+        .map(str::to_owned)
+        .or(probe.media_type)
+        .unwrap_or_else(|| {
+            if probe.manifests.is_some() {
+                OCI_INDEX
+            } else {
+                OCI_MANIFEST
+            }
+            .to_owned()
+        });
+    // Parameters (`; charset=…`) are not part of the type.
+    let kind = kind.split(';').next().unwrap_or("").trim();
+    match kind {
+        OCI_INDEX | DOCKER_LIST => serde_json::from_slice(body)
+            .map(Document::Index)
+            .map_err(|e| bad(e.to_string())),
+        OCI_MANIFEST | DOCKER_MANIFEST => serde_json::from_slice(body)
+            .map(Document::Manifest)
+            .map_err(|e| bad(e.to_string())),
+        other => Err(OciError::Unsupported {
+            image: image.to_owned(),
+            what: format!("manifest media type {other}"),
+        }),
+    }
+}
+
+/// The linux/amd64 entry of an index.
+pub fn pick_platform<'a>(image: &str, index: &'a Index) -> Result<&'a Descriptor, OciError> {
+    let want = host_architecture();
+    index
+        .manifests
+        .iter()
+        .find(|d| {
+            d.platform
+                .as_ref()
+                .is_some_and(|p| p.os == "linux" && p.architecture == want)
+        })
+        .ok_or_else(|| {
+            let offered: Vec<String> = index
+                .manifests
+                .iter()
+                .filter_map(|d| d.platform.as_ref())
+                .map(|p| format!("{}/{}", p.os, p.architecture))
+                .collect();
+            OciError::Unsupported {
+                image: image.to_owned(),
+                what: format!(
+                    "platforms: it has {} and this host runs linux/{want}",
+                    if offered.is_empty() {
+                        "none named".to_owned()
+                    } else {
+                        offered.join(", ")
+                    }
+                ),
+            }
+        })
+}
+
+/// The OCI name of this host's architecture.
+pub fn host_architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// Layer compression, from the first bytes (media types lie; `docker
+/// save` archives hold plain tars).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+pub fn sniff(head: &[u8]) -> Compression {
+    match head {
+        [0x1f, 0x8b, ..] => Compression::Gzip,
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Compression::Zstd,
+        _ => Compression::None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn indexes_and_manifests_are_told_apart_and_amd64_is_picked() {
+        let index = br#"{"schemaVersion":2,"manifests":[
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:aa","size":1,"platform":{"architecture":"arm64","os":"linux"}},
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:bb","size":2,"platform":{"architecture":"amd64","os":"linux"}}]}"#;
+        let Document::Index(i) = parse_document("x", None, index).expect("index") else {
+            panic!("not an index")
+        };
+        if host_architecture() == "amd64" {
+            assert_eq!(pick_platform("x", &i).expect("amd64").digest, "sha256:bb");
+        }
+        let only_arm = Index {
+            manifests: vec![i.manifests[0].clone()],
+        };
+        let e = pick_platform("app:1", &only_arm)
+            .expect_err("none")
+            .to_string();
+        assert!(e.contains("app:1") && e.contains("linux/arm64"), "{e}");
+        let m = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",
+            "config":{"mediaType":"x","digest":"sha256:cc","size":3},"layers":[{"mediaType":"y","digest":"sha256:dd","size":4}]}"#;
+        let Document::Manifest(m) = parse_document("x", Some("application/json"), m).expect("m")
+        else {
+            panic!("not a manifest")
+        };
+        assert_eq!(m.layers[0].digest, "sha256:dd");
+        let e = parse_document(
+            "x",
+            Some("application/vnd.docker.distribution.manifest.v1+prettyjws"),
+            b"{}",
+        )
+        .expect_err("v1")
+        .to_string();
+        assert!(
+            e.contains(
+                "manifest media type application/vnd.docker.distribution.manifest.v1+prettyjws"
+            ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn compression_is_sniffed_from_the_bytes() {
+        assert_eq!(sniff(&[0x1f, 0x8b, 8]), Compression::Gzip);
+        assert_eq!(sniff(&[0x28, 0xb5, 0x2f, 0xfd]), Compression::Zstd);
+        assert_eq!(sniff(b"./etc/"), Compression::None);
+    }
+}

@@ -1,0 +1,396 @@
+//! Pulling from an OCI distribution registry: the manifest (through an
+//! index to this host's platform), then each blob not yet stored, with the
+//! token flow registries use (`WWW-Authenticate: Bearer realm=…`), basic
+//! credentials from docker's config file, and downloads resumed where an
+//! interrupted pull stopped.
+
+use crate::manifest::{parse_document, pick_platform, Document, ACCEPT};
+use crate::store::{human_size, short, Store};
+use crate::{OciError, Reference};
+use base64::Engine;
+use reqwest::blocking::{Client, Response};
+use reqwest::header::{
+    HeaderMap, ACCEPT as ACCEPT_HEADER, AUTHORIZATION, CONTENT_TYPE, RANGE, WWW_AUTHENTICATE,
+};
+use reqwest::StatusCode;
+use skiff_image::{ImageInfo, ImageSource, Progress};
+use std::time::Duration;
+
+/// Tries per request when the registry fails in passing (5xx, 429, a
+/// dropped connection); a blob resumes from what arrived.
+const ATTEMPTS: u32 = 3;
+
+pub struct Registry {
+    client: Client,
+    reference: Reference,
+    shown: String,
+    base: String,
+    basic: Option<String>,
+    token: Option<String>,
+}
+
+/// Pull `reference` into `store` and assemble it.
+pub fn pull(
+    store: &Store,
+    reference: &Reference,
+    progress: &dyn Progress,
+) -> Result<ImageInfo, OciError> {
+    let mut r = Registry::new(reference)?;
+    progress.step(&format!("resolving {}", r.shown));
+    let (digest, media, body) = r.manifest(reference.manifest_ref())?;
+    let (digest, manifest) = match parse_document(&r.shown, media.as_deref(), &body)? {
+        Document::Manifest(m) => (digest, m),
+        Document::Index(i) => {
+            let d = pick_platform(&r.shown, &i)?.clone();
+            let (digest, media, body) = r.manifest(&d.digest)?;
+            match parse_document(&r.shown, media.as_deref(), &body)? {
+                Document::Manifest(m) => (digest, m),
+                Document::Index(_) => {
+                    return Err(OciError::BadManifest {
+                        image: r.shown.clone(),
+                        why: "an index inside an index".into(),
+                    })
+                }
+            }
+        }
+    };
+    let blobs = std::iter::once(&manifest.config).chain(&manifest.layers);
+    let n = manifest.layers.len();
+    for (i, d) in blobs.enumerate() {
+        if store.has_blob(&d.digest) {
+            continue;
+        }
+        if i > 0 {
+            progress.step(&format!(
+                "pulling layer {i}/{n} {} ({})",
+                short(&d.digest),
+                human_size(d.size)
+            ));
+        }
+        r.blob(store, &d.digest, d.size)?;
+    }
+    let source = ImageSource::Pull {
+        reference: r.shown.clone(),
+        digest: digest.clone(),
+    };
+    store.assemble(&r.shown, source, &digest, &manifest, progress)
+}
+
+impl Registry {
+    fn new(reference: &Reference) -> Result<Registry, OciError> {
+        let shown = reference.familiar();
+        let host = reference.api_host();
+        let scheme = if plain_http(host) { "http" } else { "https" };
+        let client = Client::builder()
+            .connect_timeout(Duration::from_secs(15))
+            .timeout(None)
+            .user_agent(concat!("skiff/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| OciError::Registry {
+                image: shown.clone(),
+                why: format!("cannot make an HTTP client: {e}"),
+            })?;
+        Ok(Registry {
+            client,
+            base: format!("{scheme}://{host}/v2/{}", reference.repository),
+            basic: crate::auth::basic_credentials(&reference.registry),
+            reference: reference.clone(),
+            shown,
+            token: None,
+        })
+    }
+
+    fn fail(&self, why: impl Into<String>) -> OciError {
+        OciError::Registry {
+            image: self.shown.clone(),
+            why: why.into(),
+        }
+    }
+
+    /// GET `url` with `headers`, answering an auth challenge once, and
+    /// retrying what fails in passing.
+    fn get(&mut self, url: &str, headers: HeaderMap) -> Result<Response, OciError> {
+        let mut challenged = false;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut req = self.client.get(url).headers(headers.clone());
+            if let Some(t) = &self.token {
+                req = req.header(AUTHORIZATION, format!("Bearer {t}"));
+            } else if let (Some(b), true) = (&self.basic, challenged) {
+                req = req.header(AUTHORIZATION, format!("Basic {b}"));
+            }
+            let resp = match req.send() {
+                Ok(r) => r,
+                Err(e) if attempt < ATTEMPTS => {
+                    tracing::debug!(error = %e, "registry request failed; retrying");
+                    std::thread::sleep(backoff(attempt));
+                    continue;
+                }
+                Err(e) => return Err(self.fail(format!("{url}: {e}"))),
+            };
+            match resp.status() {
+                StatusCode::UNAUTHORIZED if !challenged => {
+                    challenged = true;
+                    let challenge = resp
+                        .headers()
+                        .get(WWW_AUTHENTICATE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                        .to_owned();
+                    self.authenticate(&challenge)?;
+                }
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                    let how = if self.basic.is_some() {
+                        "the credentials in docker's config file were refused"
+                    } else {
+                        "it needs credentials: log in with `docker login` (skiff reads ~/.docker/config.json)"
+                    };
+                    return Err(self.fail(format!("{} {url}: {how}", resp.status())));
+                }
+                s if (s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error())
+                    && attempt < ATTEMPTS =>
+                {
+                    std::thread::sleep(backoff(attempt));
+                }
+                _ => return Ok(resp),
+            }
+        }
+    }
+
+    /// Answer a `WWW-Authenticate` challenge: a bearer token from the
+    /// realm, or basic credentials.
+    fn authenticate(&mut self, challenge: &str) -> Result<(), OciError> {
+        let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
+        if scheme.eq_ignore_ascii_case("basic") {
+            if self.basic.is_none() {
+                return Err(self.fail(
+                    "it needs credentials: log in with `docker login` (skiff reads ~/.docker/config.json)",
+                ));
+            }
+            return Ok(());
+        }
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(self.fail(format!(
+                "it asks for {scheme} authentication, which skiff does not speak"
+            )));
+        }
+        let p = crate::auth::challenge_params(params);
+        let realm = p
+            .get("realm")
+            .ok_or_else(|| self.fail("its bearer challenge names no realm"))?;
+        let scope = p
+            .get("scope")
+            .cloned()
+            .unwrap_or_else(|| format!("repository:{}:pull", self.reference.repository));
+        let mut req = self.client.get(realm).query(&[("scope", scope.as_str())]);
+        if let Some(service) = p.get("service") {
+            req = req.query(&[("service", service.as_str())]);
+        }
+        if let Some(b) = &self.basic {
+            req = req.header(AUTHORIZATION, format!("Basic {b}"));
+        }
+        let resp = req
+            .send()
+            .map_err(|e| self.fail(format!("token from {realm}: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(self.fail(format!("token from {realm}: {}", resp.status())));
+        }
+        #[derive(serde::Deserialize)]
+        struct Token {
+            #[serde(default)]
+            token: Option<String>,
+            #[serde(default)]
+            access_token: Option<String>,
+        }
+        let t: Token = resp
+            .json()
+            .map_err(|e| self.fail(format!("token from {realm}: {e}")))?;
+        self.token = Some(
+            t.token
+                .or(t.access_token)
+                .ok_or_else(|| self.fail(format!("{realm} answered without a token")))?,
+        );
+        Ok(())
+    }
+
+    /// The manifest `what` (a tag or digest): its digest, media type, bytes.
+    fn manifest(&mut self, what: &str) -> Result<(String, Option<String>, Vec<u8>), OciError> {
+        let mut h = HeaderMap::new();
+        h.insert(
+            ACCEPT_HEADER,
+            ACCEPT.parse().map_err(|_| self.fail("accept header"))?,
+        );
+        let url = format!("{}/manifests/{what}", self.base);
+        let resp = self.get(&url, h)?;
+        match resp.status() {
+            s if s.is_success() => {}
+            StatusCode::NOT_FOUND => {
+                return Err(self.fail(format!("no manifest {what} (is the tag or digest right?)")))
+            }
+            s => return Err(self.fail(format!("{s} for the manifest {what}"))),
+        }
+        let media = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = resp
+            .bytes()
+            .map_err(|e| self.fail(format!("the manifest {what}: {e}")))?;
+        if body.len() > 4 << 20 {
+            return Err(self.fail(format!("the manifest {what} is over 4 MiB")));
+        }
+        let digest = format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body))
+        );
+        // Asked by digest, the bytes must be those.
+        if what.starts_with("sha256:") && digest != what {
+            return Err(OciError::BlobMismatch {
+                image: self.shown.clone(),
+                blob: what.to_owned(),
+                why: format!("the manifest's bytes hash to {digest}"),
+            });
+        }
+        Ok((digest, media, body.to_vec()))
+    }
+
+    /// Download blob `digest` into the store, resuming a partial one.
+    fn blob(&mut self, store: &Store, digest: &str, size: u64) -> Result<(), OciError> {
+        let url = format!("{}/blobs/{digest}", self.base);
+        let mut last = None;
+        for attempt in 1..=ATTEMPTS {
+            let have = store.partial_len(digest);
+            let mut h = HeaderMap::new();
+            if have > 0 && have < size {
+                let range = format!("bytes={have}-")
+                    .parse()
+                    .map_err(|_| self.fail("range header"))?;
+                h.insert(RANGE, range);
+            }
+            let resp = self.get(&url, h)?;
+            let resume = match resp.status() {
+                StatusCode::PARTIAL_CONTENT => true,
+                s if s.is_success() => false,
+                StatusCode::NOT_FOUND => return Err(self.fail(format!("no blob {digest}"))),
+                s => return Err(self.fail(format!("{s} for blob {digest}"))),
+            };
+            match store.put_blob(&self.shown, digest, size, resume, resp) {
+                Ok(_) => return Ok(()),
+                Err(e @ OciError::Transfer { .. }) if attempt < ATTEMPTS => {
+                    last = Some(e);
+                    std::thread::sleep(backoff(attempt));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| self.fail(format!("blob {digest} did not arrive"))))
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(300 << attempt.min(5))
+}
+
+/// Registries reached over plain HTTP: loopback ones (as docker allows),
+/// and those `SKIFF_INSECURE_REGISTRIES` (comma-separated hosts) names.
+pub fn plain_http(host: &str) -> bool {
+    let name = host.rsplit_once(':').map_or(host, |(h, port)| {
+        if port.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            host
+        }
+    });
+    let loopback = name == "localhost" || name.starts_with("127.") || name == "[::1]";
+    let listed = std::env::var("SKIFF_INSECURE_REGISTRIES")
+        .map(|v| v.split(',').any(|h| h.trim() == host))
+        .unwrap_or(false);
+    loopback || listed
+}
+
+/// `user:password` as a Basic credential.
+pub fn basic(user: &str, password: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A registry that wants a bearer token from its realm (the flow
+    /// Docker Hub and most registries use), on loopback; it records the
+    /// requests it saw.
+    fn token_registry() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).is_ok_and(|n| n == 1) {
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let line = head.lines().next().unwrap_or("").to_owned();
+                let bearer = head
+                    .to_ascii_lowercase()
+                    .contains("authorization: bearer t0k3n");
+                log.lock().expect("lock").push(line.clone());
+                let (status, extra, body) = if line.contains("/token?") {
+                    ("200 OK", String::new(), r#"{"token":"t0k3n"}"#.to_owned())
+                } else if !bearer {
+                    let challenge = format!(
+                        "WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"test\",scope=\"repository:team/app:pull\"\r\n"
+                    );
+                    ("401 Unauthorized", challenge, String::new())
+                } else {
+                    let ct = format!("Content-Type: {}\r\n", crate::manifest::OCI_MANIFEST);
+                    (
+                        "200 OK",
+                        ct,
+                        r#"{"config":{"digest":"sha256:00","size":1},"layers":[]}"#.to_owned(),
+                    )
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        (port, seen)
+    }
+
+    #[test]
+    fn a_bearer_challenge_is_answered_with_a_token_from_its_realm() {
+        let (port, seen) = token_registry();
+        let r = Reference::parse(&format!("127.0.0.1:{port}/team/app:1")).expect("ref");
+        let mut reg = Registry::new(&r).expect("client");
+        let (_, media, body) = reg.manifest("1").expect("manifest");
+        assert_eq!(media.as_deref(), Some(crate::manifest::OCI_MANIFEST));
+        assert!(String::from_utf8_lossy(&body).contains("layers"));
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(
+            seen[1].contains("/token?")
+                && seen[1].contains("scope=repository%3Ateam%2Fapp%3Apull")
+                && seen[1].contains("service=test"),
+            "{seen:?}"
+        );
+    }
+
+    #[test]
+    fn only_loopback_or_listed_registries_are_plain_http() {
+        assert!(plain_http("localhost:5000"));
+        assert!(plain_http("127.0.0.1:5000"));
+        assert!(plain_http("[::1]:5000"));
+        assert!(!plain_http("registry-1.docker.io"));
+        assert!(!plain_http("ghcr.io"));
+        assert!(!plain_http("localhost.example.com"));
+    }
+}

@@ -1,0 +1,137 @@
+//! `skiff image build|pull|import|ls|rm`, and the image `skiff run --image`
+//! boots: a recipe image by its name, or an OCI image by its reference
+//! (pulled first when it is not in the cache, as docker does).
+
+use anyhow::{Context, Result};
+use skiff_daemon::{paths, ui};
+use skiff_image::ImageInfo;
+use std::path::PathBuf;
+
+fn print(info: &ImageInfo, verb: &str, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(info)?);
+    } else {
+        println!(
+            "{verb} image {} ({}) at {}",
+            info.name,
+            info.hash,
+            info.root.display()
+        );
+    }
+    Ok(())
+}
+
+pub async fn build(file: PathBuf, json: bool) -> Result<i32> {
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read the recipe {}", file.display()))?;
+    let recipe = skiff_image::Recipe::parse(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let cache = paths::cache_dir()?;
+    let info = tokio::task::spawn_blocking(move || {
+        let progress = ui::StepProgress::new(false);
+        skiff_image::build_image(&recipe, &cache, &progress)
+    })
+    .await??;
+    print(&info, "built", json)?;
+    Ok(0)
+}
+
+pub async fn pull(reference: String, quiet: bool, json: bool) -> Result<i32> {
+    let info = pull_image(reference, quiet).await?;
+    print(&info, "pulled", json)?;
+    Ok(0)
+}
+
+async fn pull_image(reference: String, quiet: bool) -> Result<ImageInfo> {
+    let r = skiff_oci::Reference::parse(&reference)?;
+    let cache = paths::cache_dir()?;
+    let info = tokio::task::spawn_blocking(move || {
+        let progress = ui::StepProgress::new(quiet);
+        skiff_oci::pull(&skiff_oci::Store::new(&cache), &r, &progress)
+    })
+    .await??;
+    Ok(info)
+}
+
+pub async fn import(path: PathBuf, name: Option<String>, json: bool) -> Result<i32> {
+    let path =
+        std::path::absolute(&path).with_context(|| format!("bad path {}", path.display()))?;
+    let cache = paths::cache_dir()?;
+    let info = tokio::task::spawn_blocking(move || {
+        let progress = ui::StepProgress::new(false);
+        skiff_oci::import(
+            &skiff_oci::Store::new(&cache),
+            &path,
+            name.as_deref(),
+            &progress,
+        )
+    })
+    .await??;
+    print(&info, "imported", json)?;
+    Ok(0)
+}
+
+pub fn ls(json: bool) -> Result<i32> {
+    let images = skiff_image::list_images(&paths::cache_dir()?);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&images)?);
+        return Ok(0);
+    }
+    println!("{:<40} {:<8} {:<26} FROM", "NAME", "SOURCE", "HASH");
+    for i in &images {
+        let from = match (&i.source, &i.recipe) {
+            (skiff_image::ImageSource::Pull { digest, .. }, _)
+            | (skiff_image::ImageSource::Import { digest, .. }, _) => digest.clone(),
+            (_, Some(r)) => format!("debian {}", r.suite),
+            (_, None) => String::new(),
+        };
+        println!(
+            "{:<40} {:<8} {:<26} {from}",
+            i.name,
+            i.source.label(),
+            i.hash
+        );
+    }
+    Ok(0)
+}
+
+pub fn rm(name: &str) -> Result<i32> {
+    let cache = paths::cache_dir()?;
+    let found = find(name).map(|i| i.name);
+    let target = found.as_deref().unwrap_or(name);
+    if skiff_image::remove_image(&cache, target)? {
+        println!("removed image {target}");
+        Ok(0)
+    } else {
+        anyhow::bail!("no image named {name:?} (see skiff image ls)")
+    }
+}
+
+/// The cached image `name` names: by its exact name, else (for an OCI
+/// reference such as `alpine` or `localhost:5000/app`) by the reference's
+/// full form.
+fn find(name: &str) -> Option<ImageInfo> {
+    let cache = paths::cache_dir().ok()?;
+    skiff_image::find_image(&cache, name).or_else(|| {
+        let r = skiff_oci::Reference::parse(name).ok()?;
+        skiff_image::find_image(&cache, &r.familiar())
+    })
+}
+
+/// The image `skiff run --image NAME` boots: in the cache, or pulled now
+/// when NAME is an image reference.
+pub async fn resolve(name: &str, quiet: bool) -> Result<ImageInfo> {
+    if let Some(info) = find(name) {
+        return Ok(info);
+    }
+    if skiff_oci::Reference::parse(name).is_err() {
+        anyhow::bail!(
+            "no image named {name:?}; build one with `skiff image build -f images/{name}.toml`"
+        );
+    }
+    pull_image(name.to_owned(), quiet).await.with_context(|| {
+        format!(
+            "no image named {name:?} in the cache (a recipe image is built with `skiff image build -f images/{name}.toml`), and pulling it failed"
+        )
+    })
+}

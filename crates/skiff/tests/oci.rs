@@ -1,0 +1,377 @@
+//! End-to-end tests of OCI images: a real registry (Debian's
+//! docker-registry, the CNCF distribution registry) on loopback with
+//! htpasswd credentials, images made with umoci and pushed with skopeo,
+//! pulled and imported by skiff and booted in real VMs.
+
+mod common;
+
+use common::{stderr, stdout, Env};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const USER: &str = "tester";
+const PASSWORD: &str = "s3cret";
+
+fn ok(cmd: &mut Command, what: &str) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(out.status.success(), "{what}: {}", stderr(&out));
+    out
+}
+
+/// A registry on 127.0.0.1 that wants [`USER`]'s password.
+struct Registry {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = common::free_port();
+        let htpasswd = ok(
+            Command::new("htpasswd").args(["-Bbn", USER, PASSWORD]),
+            "htpasswd",
+        );
+        std::fs::write(dir.path().join("htpasswd"), &htpasswd.stdout).expect("htpasswd");
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {d}/data\nhttp:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: skiff-test\n    path: {d}/htpasswd\n",
+            d = dir.path().display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).expect("config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("registry.log")).expect("log"))
+            .spawn()
+            .expect("docker-registry (scripts/setup.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the registry did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn push(&self, layout: &Path, tag: &str, to: &str) -> String {
+        let dest = format!("127.0.0.1:{}/{to}", self.port);
+        ok(
+            Command::new("skopeo").args([
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                "--dest-creds",
+                &format!("{USER}:{PASSWORD}"),
+                &format!("oci:{}:{tag}", layout.display()),
+                &format!("docker://{dest}"),
+            ]),
+            "skopeo copy to the registry",
+        );
+        dest
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn umoci(args: &[&str]) {
+    ok(Command::new("umoci").args(args), &format!("umoci {args:?}"));
+}
+
+/// An OCI layout with image `app`: a busybox base layer (with /etc/gone),
+/// a second layer that deletes /etc/gone and rewrites /etc/motd, and a
+/// config with Entrypoint, Cmd, Env, WorkingDir and User.
+fn make_image(dir: &Path) -> PathBuf {
+    let layout = dir.join("layout");
+    let image = |tag: &str| format!("{}:{tag}", layout.display());
+    umoci(&["init", "--layout", layout.to_str().expect("utf8")]);
+    umoci(&["new", "--image", &image("app")]);
+    let bundle = dir.join("b1");
+    umoci(&[
+        "unpack",
+        "--image",
+        &image("app"),
+        bundle.to_str().expect("utf8"),
+    ]);
+    let rootfs = bundle.join("rootfs");
+    common::busybox_rootfs(&rootfs);
+    std::fs::create_dir_all(rootfs.join("srv")).expect("mkdir");
+    std::fs::write(rootfs.join("etc/motd"), "from-the-base\n").expect("write");
+    std::fs::write(rootfs.join("etc/gone"), "deleted above\n").expect("write");
+    umoci(&[
+        "repack",
+        "--image",
+        &image("app"),
+        bundle.to_str().expect("utf8"),
+    ]);
+    let bundle = dir.join("b2");
+    umoci(&[
+        "unpack",
+        "--image",
+        &image("app"),
+        bundle.to_str().expect("utf8"),
+    ]);
+    std::fs::remove_file(bundle.join("rootfs/etc/gone")).expect("rm");
+    std::fs::write(bundle.join("rootfs/etc/motd"), "from-the-top\n").expect("write");
+    umoci(&[
+        "repack",
+        "--image",
+        &image("app"),
+        bundle.to_str().expect("utf8"),
+    ]);
+    let script = "echo \"args=$0,$* env=$GREETING cwd=$(pwd) uid=$(id -u)\"; cat /etc/motd; test -e /etc/gone && echo gone-is-back; true";
+    umoci(&[
+        "config",
+        "--image",
+        &image("app"),
+        "--config.entrypoint=/bin/sh",
+        "--config.entrypoint=-c",
+        &format!("--config.entrypoint={script}"),
+        "--config.cmd=first",
+        "--config.cmd=second",
+        "--config.env=GREETING=hello",
+        "--config.env=PATH=/bin",
+        "--config.workingdir=/srv",
+        "--config.user=1000",
+    ]);
+    layout
+}
+
+fn skiff(env: &Env, cache: &Path, docker_config: &Path, args: &[&str]) -> Output {
+    let mut cmd = env.skiff();
+    cmd.env("SKIFF_CACHE_DIR", cache)
+        .env("DOCKER_CONFIG", docker_config)
+        .args(args);
+    common::output_with_input(&mut cmd, None)
+}
+
+fn blobs(cache: &Path) -> usize {
+    std::fs::read_dir(cache.join("oci/blobs/sha256")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn oci_images_are_pulled_with_credentials_run_with_their_config_and_imported() {
+    let env = Env::new();
+    let cache = common::private_cache(&env);
+    let work = tempfile::tempdir().expect("tempdir");
+    let layout = make_image(work.path());
+    let registry = Registry::start();
+    let app = registry.push(&layout, "app", "team/app:1.0");
+
+    // Without credentials: refused, with the fix named; nothing cached.
+    let no_creds = work.path().join("no-creds");
+    std::fs::create_dir(&no_creds).expect("mkdir");
+    let out = skiff(&env, cache.path(), &no_creds, &["image", "pull", &app]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(stderr(&out).contains("docker login"), "{}", stderr(&out));
+    assert_eq!(blobs(cache.path()), 0);
+
+    // docker's config file holds the password, as `docker login` leaves it.
+    let creds = work.path().join("creds");
+    std::fs::create_dir(&creds).expect("mkdir");
+    let auth = ok(
+        Command::new("sh").args(["-c", &format!("printf %s {USER}:{PASSWORD} | base64")]),
+        "base64",
+    );
+    std::fs::write(
+        creds.join("config.json"),
+        format!(
+            r#"{{"auths":{{"127.0.0.1:{}":{{"auth":"{}"}}}}}}"#,
+            registry.port,
+            String::from_utf8_lossy(&auth.stdout).trim()
+        ),
+    )
+    .expect("config.json");
+    let out = skiff(
+        &env,
+        cache.path(),
+        &creds,
+        &["image", "pull", "--json", &app],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(info["name"], app);
+    assert_eq!(info["source"]["kind"], "pull");
+    assert!(
+        stderr(&out).contains("pulling layer 2/2"),
+        "{}",
+        stderr(&out)
+    );
+    // Config and two layers, each once.
+    assert_eq!(blobs(cache.path()), 3);
+
+    // The image's Entrypoint, Cmd, Env, WorkingDir and User apply; the
+    // layers' deletions and rewrites show in the tree.
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "-q", "--image", &app];
+        args.extend(extra);
+        skiff(&env, cache.path(), &creds, &args)
+    };
+    let out = run(&[]);
+    assert_eq!(
+        stdout(&out),
+        "args=first,second env=hello cwd=/srv uid=1000\nfrom-the-top\n",
+        "{}",
+        stderr(&out)
+    );
+    // Arguments replace Cmd and follow the Entrypoint; flags override the
+    // rest, as with docker run.
+    let out = run(&["-u", "0", "-w", "/", "-e", "GREETING=over", "--", "x", "y"]);
+    assert_eq!(
+        stdout(&out),
+        "args=x,y env=over cwd=/ uid=0\nfrom-the-top\n",
+        "{}",
+        stderr(&out)
+    );
+
+    // A second image on the same layers stores only its own config.
+    umoci(&[
+        "config",
+        "--image",
+        &format!("{}:app", layout.display()),
+        "--tag",
+        "app2",
+        "--config.env=GREETING=second-image",
+    ]);
+    let app2 = registry.push(&layout, "app2", "team/app2:1.0");
+    let out = skiff(&env, cache.path(), &creds, &["image", "pull", "-q", &app2]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(blobs(cache.path()), 4, "the shared layers are stored once");
+
+    // Without a registry: a `docker save` archive and an OCI layout.
+    let archive = work.path().join("app.tar");
+    ok(
+        Command::new("skopeo").args([
+            "copy",
+            "--quiet",
+            &format!("oci:{}:app", layout.display()),
+            &format!("docker-archive:{}:app:2.0", archive.display()),
+        ]),
+        "skopeo copy to a docker archive",
+    );
+    let archive_arg = archive.to_str().expect("utf8");
+    let out = skiff(
+        &env,
+        cache.path(),
+        &creds,
+        &["image", "import", "--json", archive_arg],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let imported: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(imported["name"], "app:2.0");
+    let single = work.path().join("single");
+    ok(
+        Command::new("skopeo").args([
+            "copy",
+            "--quiet",
+            &format!("oci:{}:app", layout.display()),
+            &format!("oci:{}:only", single.display()),
+        ]),
+        "skopeo copy to an OCI layout",
+    );
+    let single_arg = single.to_str().expect("utf8");
+    let out = skiff(
+        &env,
+        cache.path(),
+        &creds,
+        &["image", "import", "--name", "mine:3", single_arg],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = skiff(
+        &env,
+        cache.path(),
+        &creds,
+        &["run", "-q", "--image", "mine:3", "--", "z"],
+    );
+    assert_eq!(
+        stdout(&out),
+        "args=z, env=hello cwd=/srv uid=1000\nfrom-the-top\n",
+        "{}",
+        stderr(&out)
+    );
+
+    let listed = skiff(&env, cache.path(), &creds, &["image", "ls"]);
+    let listed = stdout(&listed);
+    for (name, source) in [
+        (&app, "pull"),
+        (&app2, "pull"),
+        (&"app:2.0".to_owned(), "import"),
+    ] {
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.starts_with(name.as_str()) && l.contains(source)),
+            "{name} {source}: {listed}"
+        );
+    }
+    let out = skiff(&env, cache.path(), &creds, &["image", "rm", "app:2.0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = skiff(
+        &env,
+        cache.path(),
+        &creds,
+        &["run", "-q", "--image", "mine:3", "--", "z"],
+    );
+    assert_eq!(out.status.code(), Some(0), "another image is untouched");
+    env.assert_clean();
+}
+
+#[test]
+fn bad_references_and_missing_images_are_clear_errors() {
+    let env = Env::new();
+    let cache = common::private_cache(&env);
+    let registry = Registry::start();
+    let none = tempfile::tempdir().expect("tempdir");
+    for (args, says) in [
+        (
+            vec!["image", "pull", "Bad/Name"],
+            "invalid image reference \"Bad/Name\"",
+        ),
+        (
+            vec!["image", "pull", "app@sha256:12"],
+            "not a sha256 digest",
+        ),
+        (
+            vec!["image", "import", "/nonexistent/x.tar"],
+            "cannot read /nonexistent/x.tar",
+        ),
+    ] {
+        let out = skiff(&env, cache.path(), none.path(), &args);
+        assert_eq!(out.status.code(), Some(125), "{args:?}");
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+    // A tag the registry does not have (with credentials, so the answer is
+    // about the tag).
+    let creds = none.path().join("c");
+    std::fs::create_dir(&creds).expect("mkdir");
+    std::fs::write(
+        creds.join("config.json"),
+        format!(
+            r#"{{"auths":{{"127.0.0.1:{}":{{"username":"{USER}","password":"{PASSWORD}"}}}}}}"#,
+            registry.port
+        ),
+    )
+    .expect("config");
+    let missing = format!("127.0.0.1:{}/team/none:1.0", registry.port);
+    let out = skiff(&env, cache.path(), &creds, &["image", "pull", &missing]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains(&format!("image {missing}"))
+            && stderr(&out).contains("no manifest 1.0"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(blobs(cache.path()), 0);
+    let images = std::fs::read_dir(cache.path().join("images")).map_or(0, |d| d.count());
+    assert_eq!(images, 0, "nothing half-made in the cache");
+}
