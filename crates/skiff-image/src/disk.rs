@@ -179,6 +179,7 @@ mod tests {
             recipe: Some(crate::Recipe::parse("name = \"t\"\n").expect("recipe")),
             source: crate::ImageSource::Recipe,
             config: None,
+            blobs: Vec::new(),
         };
         let disk = ensure_image_disk(&info, &crate::NoProgress).expect("built");
         assert_eq!(disk, dir.path().join("img/abc/disk.ext4"));

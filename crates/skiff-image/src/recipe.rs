@@ -124,6 +124,10 @@ pub struct ImageInfo {
     /// What an OCI image says to run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<crate::ContainerConfig>,
+    /// The blobs (config and layers) an OCI image was made from, which
+    /// `skiff image prune` keeps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blobs: Vec<String>,
 }
 
 pub fn images_dir(cache: &Path) -> PathBuf {
@@ -212,6 +216,7 @@ pub fn build_image(
         recipe: Some(recipe.clone()),
         source: crate::ImageSource::Recipe,
         config: None,
+        blobs: Vec::new(),
     };
     let json = serde_json::to_string_pretty(&info).map_err(|e| Error::Fetch {
         what: e.to_string(),

@@ -393,4 +393,69 @@ mod tests {
         assert!(!plain_http("ghcr.io"));
         assert!(!plain_http("localhost.example.com"));
     }
+
+    #[test]
+    fn a_blob_cut_off_mid_transfer_is_resumed_by_range_and_verified() {
+        let blob: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let digest = format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&blob))
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let served = blob.clone();
+        let ranges = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = ranges.clone();
+        std::thread::spawn(move || {
+            for (n, mut s) in listener.incoming().flatten().enumerate() {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).is_ok_and(|k| k == 1) {
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let from = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("range: bytes="))
+                    .and_then(|r| r.trim_end_matches('-').parse::<usize>().ok());
+                seen.lock().expect("lock").push(from);
+                match (n, from) {
+                    // The first answer promises everything and stops early.
+                    (0, _) => {
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                            served.len()
+                        );
+                        let _ = s.write_all(&served[..40_000]);
+                    }
+                    (_, Some(from)) => {
+                        let rest = &served[from..];
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {from}-{}/{}\r\nConnection: close\r\n\r\n",
+                            rest.len(),
+                            served.len() - 1,
+                            served.len()
+                        );
+                        let _ = s.write_all(rest);
+                    }
+                    (_, None) => {
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"
+                        );
+                    }
+                }
+            }
+        });
+        let cache = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(cache.path());
+        let r = Reference::parse(&format!("127.0.0.1:{port}/team/app:1")).expect("ref");
+        let mut reg = Registry::new(&r).expect("client");
+        reg.blob(&store, &digest, blob.len() as u64)
+            .expect("resumed");
+        assert_eq!(store.read_blob(&digest).expect("stored"), blob);
+        assert_eq!(*ranges.lock().expect("lock"), [None, Some(40_000)]);
+    }
 }

@@ -223,6 +223,10 @@ impl Store {
             recipe: None,
             source,
             config: Some(config.container_config()),
+            blobs: std::iter::once(&manifest.config)
+                .chain(&manifest.layers)
+                .map(|d| d.digest.clone())
+                .collect(),
         };
         let json = serde_json::to_string_pretty(&info)
             .map_err(|e| OciError::io("encode", &dir, e.into()))?;
@@ -232,6 +236,34 @@ impl Store {
         let staged = staging.keep();
         fs::rename(&staged, &dir).map_err(|e| OciError::io("store", &dir, e))?;
         Ok(info)
+    }
+}
+
+impl Store {
+    /// Delete the blobs no image in the cache was made from, and what
+    /// interrupted downloads left; (files, bytes) freed.
+    pub fn prune(&self) -> Result<(u64, u64), OciError> {
+        let keep: std::collections::HashSet<String> = skiff_image::list_images(&self.cache)
+            .into_iter()
+            .flat_map(|i| i.blobs)
+            .filter_map(|d| d.strip_prefix("sha256:").map(str::to_owned))
+            .collect();
+        let dir = self.blobs();
+        let Ok(entries) = fs::read_dir(&dir) else {
+            return Ok((0, 0));
+        };
+        let (mut files, mut bytes) = (0, 0);
+        for e in entries.filter_map(Result::ok) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if keep.contains(&name) {
+                continue;
+            }
+            let size = e.metadata().map_or(0, |m| m.len());
+            fs::remove_file(e.path()).map_err(|err| OciError::io("remove", &e.path(), err))?;
+            files += 1;
+            bytes += size;
+        }
+        Ok((files, bytes))
     }
 }
 

@@ -95,16 +95,63 @@ pub fn ls(json: bool) -> Result<i32> {
     Ok(0)
 }
 
-pub fn rm(name: &str) -> Result<i32> {
+pub async fn rm(name: &str) -> Result<i32> {
     let cache = paths::cache_dir()?;
     let found = find(name).map(|i| i.name);
     let target = found.as_deref().unwrap_or(name);
+    let users = users_of(&[name, target]).await;
+    if !users.is_empty() {
+        anyhow::bail!(
+            "image {target:?} is in use by {}; remove those first (skiff rm, skiff pool rm)",
+            users.join(", ")
+        );
+    }
     if skiff_image::remove_image(&cache, target)? {
         println!("removed image {target}");
         Ok(0)
     } else {
         anyhow::bail!("no image named {name:?} (see skiff image ls)")
     }
+}
+
+/// The VMs and pools of the running daemon (if one answers) that boot
+/// the image called any of `names`.
+async fn users_of(names: &[&str]) -> Vec<String> {
+    use hyper::Method;
+    let client = crate::client::Client::new(paths::socket_path());
+    let uses = |spec: &serde_json::Value| {
+        let image = spec["image"].as_str();
+        let disk = spec["disk"]["source"]["image"].as_str();
+        [image, disk]
+            .into_iter()
+            .flatten()
+            .any(|i| names.contains(&i))
+    };
+    let mut users = Vec::new();
+    let list =
+        |body: &[u8]| serde_json::from_slice::<Vec<serde_json::Value>>(body).unwrap_or_default();
+    if let Ok(body) = client.call(Method::GET, "/v1/vms", None).await {
+        for vm in list(&body) {
+            if uses(&vm["spec"]) {
+                users.push(format!("VM {}", vm["name"].as_str().unwrap_or("?")));
+            }
+        }
+    }
+    if let Ok(body) = client.call(Method::GET, "/v1/pools", None).await {
+        for pool in list(&body) {
+            if uses(&pool["template"]) {
+                users.push(format!("pool {}", pool["name"].as_str().unwrap_or("?")));
+            }
+        }
+    }
+    users
+}
+
+/// `skiff image prune`: blobs no image uses, and partial downloads.
+pub fn prune() -> Result<i32> {
+    let (files, bytes) = skiff_oci::Store::new(&paths::cache_dir()?).prune()?;
+    println!("removed {files} unused blobs ({bytes} bytes)");
+    Ok(0)
 }
 
 /// The cached image `name` names: by its exact name, else (for an OCI

@@ -244,8 +244,12 @@ enum ImageCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove every build of an image.
+    /// Remove every build of an image (refused while a VM or pool of the
+    /// daemon boots it).
     Rm { name: String },
+    /// Delete the stored OCI blobs no image uses (after `image rm`), and
+    /// what interrupted pulls left.
+    Prune,
     /// Fetch the kernel and build the default image now (otherwise the
     /// first `skiff run` does it).
     Prepare {
@@ -573,7 +577,8 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             cli_image::import(path, name, json).await
         }
         Command::Image(ImageCommand::Ls { json }) => cli_image::ls(json),
-        Command::Image(ImageCommand::Rm { name }) => cli_image::rm(&name),
+        Command::Image(ImageCommand::Rm { name }) => cli_image::rm(&name).await,
+        Command::Image(ImageCommand::Prune) => cli_image::prune(),
         Command::Image(ImageCommand::Prepare { kernel, json }) => {
             let choice = kernel_choice(&kernel);
             let img = tokio::task::spawn_blocking(move || image::prepare(&choice, false)).await??;

@@ -316,13 +316,35 @@ fn oci_images_are_pulled_with_credentials_run_with_their_config_and_imported() {
     }
     let out = skiff(&env, cache.path(), &creds, &["image", "rm", "app:2.0"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = skiff(
-        &env,
-        cache.path(),
-        &creds,
-        &["run", "-q", "--image", "mine:3", "--", "z"],
+    // Its layers (uncompressed, so other blobs than the registry's) go
+    // with a prune; what the other images use stays.
+    let cli = |args: &[&str]| skiff(&env, cache.path(), &creds, args);
+    let before = blobs(cache.path());
+    let out = cli(&["image", "prune"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let pruned = before - blobs(cache.path());
+    assert!(pruned >= 2, "pruned {pruned}: {}", stdout(&out));
+    let out = cli(&["run", "-q", "--image", "mine:3", "--", "z"]);
+    assert_eq!(out.status.code(), Some(0), "untouched: {}", stderr(&out));
+    let out = cli(&["run", "-q", "--image", &app]);
+    assert_eq!(out.status.code(), Some(0), "untouched: {}", stderr(&out));
+
+    // An image a VM of the daemon boots is not removed under it.
+    let spec = work.path().join("user.toml");
+    std::fs::write(&spec, "[vm.user]\nimage = \"mine:3\"\n").expect("spec");
+    let out = cli(&["create", "-f", spec.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cli(&["image", "rm", "mine:3"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("in use by VM user"),
+        "{}",
+        stderr(&out)
     );
-    assert_eq!(out.status.code(), Some(0), "another image is untouched");
+    let out = cli(&["rm", "user"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cli(&["image", "rm", "mine:3"]);
+    assert!(out.status.success(), "{}", stderr(&out));
     env.assert_clean();
 }
 
@@ -374,4 +396,73 @@ fn bad_references_and_missing_images_are_clear_errors() {
     assert_eq!(blobs(cache.path()), 0);
     let images = std::fs::read_dir(cache.path().join("images")).map_or(0, |d| d.count());
     assert_eq!(images, 0, "nothing half-made in the cache");
+}
+
+/// A `docker save` archive (classic layout) whose one layer holds `path`.
+fn hostile_archive(dir: &Path, path: &str) -> PathBuf {
+    let archive = dir.join("hostile.tar");
+    let script = r#"
+import io, json, sys, tarfile, hashlib
+out, path = sys.argv[1], sys.argv[2]
+layer = io.BytesIO()
+with tarfile.open(fileobj=layer, mode="w", format=tarfile.USTAR_FORMAT) as t:
+    data = b"owned\n"
+    info = tarfile.TarInfo(path)
+    info.size = len(data)
+    t.addfile(info, io.BytesIO(data))
+layer = layer.getvalue()
+config = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]}}).encode()
+cname = hashlib.sha256(config).hexdigest() + ".json"
+manifest = json.dumps([{"Config": cname, "RepoTags": ["evil:1"], "Layers": ["layer.tar"]}]).encode()
+with tarfile.open(out, "w") as t:
+    for name, data in [("manifest.json", manifest), (cname, config), ("layer.tar", layer)]:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+"#;
+    ok(
+        Command::new("python3")
+            .args(["-c", script])
+            .arg(&archive)
+            .arg(path),
+        "python3 (a hostile archive)",
+    );
+    archive
+}
+
+#[test]
+fn a_layer_that_escapes_its_root_is_refused_with_nothing_left() {
+    let env = Env::new();
+    let cache = common::private_cache(&env);
+    let work = tempfile::tempdir().expect("tempdir");
+    let none = work.path().join("no-docker-config");
+    for path in ["../../escaped", "/etc/escaped"] {
+        let archive = hostile_archive(work.path(), path);
+        let out = skiff(
+            &env,
+            cache.path(),
+            &none,
+            &["image", "import", archive.to_str().expect("utf8")],
+        );
+        assert_eq!(out.status.code(), Some(125), "{path}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("is refused") && stderr(&out).contains(path),
+            "{path}: {}",
+            stderr(&out)
+        );
+        // No image, no half-unpacked root.
+        let images = cache.path().join("images");
+        let left: Vec<_> = std::fs::read_dir(&images)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|g| std::fs::read_dir(g.path()).into_iter().flatten().flatten())
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "{path}: left in the cache: {left:?}");
+    }
+    assert!(!work.path().join("escaped").exists());
+    assert!(!Path::new("/etc/escaped").exists());
+    let listed = skiff(&env, cache.path(), &none, &["image", "ls"]);
+    assert!(!stdout(&listed).contains("evil"), "{}", stdout(&listed));
 }
