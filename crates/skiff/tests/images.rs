@@ -119,3 +119,45 @@ fn a_bad_recipe_is_refused_with_its_problem() {
         stderr(&out)
     );
 }
+
+#[test]
+fn the_node_image_runs_node_and_npm() {
+    let env = Env::new();
+    let cache = common::private_cache(&env);
+    let mut build = env.skiff();
+    build.env("SKIFF_CACHE_DIR", cache.path()).args([
+        "image",
+        "build",
+        "--json",
+        "-f",
+        &recipe("node"),
+    ]);
+    let out = common::output_with_input(&mut build, None);
+    assert!(out.status.success(), "image build failed: {}", stderr(&out));
+    let mut run = env.skiff();
+    run.env("SKIFF_CACHE_DIR", cache.path()).args([
+        "run",
+        "-q",
+        "--memory",
+        "512",
+        "--image",
+        "node",
+        "--",
+        "sh",
+        "-c",
+        "node -e 'console.log(6*7)' && npm --version | cut -d. -f1",
+    ]);
+    let out = common::output_with_input(&mut run, None);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.first(), Some(&"42"), "{text}");
+    assert!(
+        lines
+            .get(1)
+            .and_then(|v| v.parse::<u32>().ok())
+            .is_some_and(|major| major >= 9),
+        "npm's major version: {text}"
+    );
+    env.assert_clean();
+}
