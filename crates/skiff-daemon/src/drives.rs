@@ -489,7 +489,7 @@ pub fn image_root(spec: &skiff_spec::VmSpec, cache: &Path) -> Result<Option<Path
     let Some(name) = &spec.image else {
         return Ok(None);
     };
-    let info = skiff_image::find_image(cache, name).ok_or_else(|| NoImage(name.clone()))?;
+    let info = skiff_oci::find_image(cache, name).ok_or_else(|| NoImage(name.clone()))?;
     Ok(Some(info.root))
 }
 

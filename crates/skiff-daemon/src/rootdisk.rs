@@ -54,7 +54,7 @@ pub fn base(disk: &DiskSpec, cache: &Path) -> Result<(PathBuf, DiskKind), RootDi
             Ok((path.clone(), kind))
         }
         DiskSource::Image(name) => {
-            let info = skiff_image::find_image(cache, name)
+            let info = skiff_oci::find_image(cache, name)
                 .ok_or_else(|| RootDiskError::NoImage(name.clone()))?;
             let disk = skiff_image::ensure_image_disk(&info, &skiff_image::NoProgress).map_err(
                 |source| RootDiskError::ImageDisk {

@@ -19,6 +19,16 @@ pub use unpack::{apply_layer, Applied};
 
 use std::path::{Path, PathBuf};
 
+/// The cached image `name` names: by its exact name (a recipe image, or an
+/// OCI image by its short form), else as an image reference written
+/// another way (`alpine` for `alpine:latest`, `docker.io/library/alpine`).
+pub fn find_image(cache: &Path, name: &str) -> Option<skiff_image::ImageInfo> {
+    skiff_image::find_image(cache, name).or_else(|| {
+        let r = Reference::parse(name).ok()?;
+        skiff_image::find_image(cache, &r.familiar())
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
     #[error("invalid image reference {reference:?}: {why}")]

@@ -154,19 +154,12 @@ pub fn prune() -> Result<i32> {
     Ok(0)
 }
 
-/// The cached image `name` names: by its exact name, else (for an OCI
-/// reference such as `alpine` or `localhost:5000/app`) by the reference's
-/// full form.
 fn find(name: &str) -> Option<ImageInfo> {
-    let cache = paths::cache_dir().ok()?;
-    skiff_image::find_image(&cache, name).or_else(|| {
-        let r = skiff_oci::Reference::parse(name).ok()?;
-        skiff_image::find_image(&cache, &r.familiar())
-    })
+    skiff_oci::find_image(&paths::cache_dir().ok()?, name)
 }
 
-/// The image `skiff run --image NAME` boots: in the cache, or pulled now
-/// when NAME is an image reference.
+/// The image `skiff run --image NAME` (or a spec's `image`) boots: in the
+/// cache, or pulled now when NAME is an image reference.
 pub async fn resolve(name: &str, quiet: bool) -> Result<ImageInfo> {
     if let Some(info) = find(name) {
         return Ok(info);

@@ -66,6 +66,10 @@ pub async fn pool(c: &Client, cmd: PoolCommand) -> Result<i32> {
             net,
             ttl,
         } => {
+            // An OCI image the cache lacks is pulled here, with progress.
+            if let Some(image) = &image {
+                crate::cli_image::resolve(image, false).await?;
+            }
             let body = skiff_api::CreatePool {
                 name: name.clone(),
                 size,

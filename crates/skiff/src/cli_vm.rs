@@ -38,8 +38,22 @@ fn spec_text(spec: String) -> Result<Value> {
     Ok(serde_json::to_value(skiff_api::SpecText { spec })?)
 }
 
+/// Pull the OCI images the spec names that the cache lacks, here where the
+/// user sees the progress (the daemon boots what it finds in the cache).
+/// A spec that does not parse is left to the daemon, which says why.
+async fn fetch_images(spec: &str) -> Result<()> {
+    let Ok(vms) = skiff_spec::parse_file(spec) else {
+        return Ok(());
+    };
+    for image in vms.iter().filter_map(|v| v.image.as_deref()) {
+        crate::cli_image::resolve(image, false).await?;
+    }
+    Ok(())
+}
+
 pub async fn create(c: &Client, file: &Path, json: bool) -> Result<i32> {
     let spec = read_spec(file)?;
+    fetch_images(&spec).await?;
     let body = c
         .call(Method::POST, "/v1/vms", Some(spec_text(spec)?))
         .await?;
@@ -56,6 +70,7 @@ pub async fn create(c: &Client, file: &Path, json: bool) -> Result<i32> {
 
 pub async fn apply(c: &Client, file: &Path, json: bool) -> Result<i32> {
     let spec = read_spec(file)?;
+    fetch_images(&spec).await?;
     let body = c
         .call(Method::POST, "/v1/apply", Some(spec_text(spec)?))
         .await?;

@@ -329,6 +329,28 @@ fn oci_images_are_pulled_with_credentials_run_with_their_config_and_imported() {
     let out = cli(&["run", "-q", "--image", &app]);
     assert_eq!(out.status.code(), Some(0), "untouched: {}", stderr(&out));
 
+    // A spec naming an image the cache lacks: `create` pulls it (where the
+    // user sees the progress), and the daemon boots it.
+    let app3 = registry.push(&layout, "app", "team/app3:1.0");
+    let svc = work.path().join("svc.toml");
+    std::fs::write(&svc, format!("[vm.svc]\nimage = \"{app3}\"\n")).expect("spec");
+    let out = cli(&["create", "-f", svc.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // (Its layers are app's, stored already: only unpacked.)
+    assert!(
+        stderr(&out).contains(&format!("resolving {app3}"))
+            && stderr(&out).contains("unpacking layer 2/2")
+            && !stderr(&out).contains("pulling layer"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli(&["start", "svc"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cli(&["exec", "svc", "--", "cat", "/etc/motd"]);
+    assert_eq!(stdout(&out), "from-the-top\n", "{}", stderr(&out));
+    let out = cli(&["rm", "-f", "svc"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
     // An image a VM of the daemon boots is not removed under it.
     let spec = work.path().join("user.toml");
     std::fs::write(&spec, "[vm.user]\nimage = \"mine:3\"\n").expect("spec");

@@ -57,7 +57,7 @@ impl Manager {
         if let Some(image) = &body.image {
             let cache = crate::paths::cache_dir()
                 .map_err(|e| ManagerError::internal("find the image cache", e))?;
-            if skiff_image::find_image(&cache, image).is_none() {
+            if skiff_oci::find_image(&cache, image).is_none() {
                 return Err(Invalid::NoImage(image.clone()).into());
             }
             spec.image = Some(image.clone());
