@@ -25,7 +25,7 @@ pub fn import(
         path.to_owned()
     } else {
         progress.step(&format!("reading {shown}"));
-        unpacked = unpack_archive(path)?;
+        unpacked = unpack_archive(store, path)?;
         unpacked.path().to_owned()
     };
     let (name, manifest_digest, manifest) = if layout.join("index.json").is_file() {
@@ -49,15 +49,15 @@ pub fn import(
 /// directories with plain relative paths are taken: the archive's layout
 /// is all skiff reads from it (its layers are applied later, with their own
 /// checks).
-fn unpack_archive(path: &Path) -> Result<tempfile::TempDir, OciError> {
+fn unpack_archive(store: &Store, path: &Path) -> Result<tempfile::TempDir, OciError> {
     let shown = path.display().to_string();
     let bad = |why: String| OciError::BadArchive {
         path: shown.clone(),
         why,
     };
     let file = fs::File::open(path).map_err(|e| OciError::io("open", path, e))?;
-    let dir = tempfile::tempdir()
-        .map_err(|e| OciError::io("create a directory in", &std::env::temp_dir(), e))?;
+    let dir = store.scratch()?;
+    let mut links = Vec::new();
     let mut archive = tar::Archive::new(std::io::BufReader::new(file));
     for entry in archive.entries().map_err(|e| bad(e.to_string()))? {
         let mut entry = entry.map_err(|e| bad(e.to_string()))?;
@@ -81,9 +81,38 @@ fn unpack_archive(path: &Path) -> Result<tempfile::TempDir, OciError> {
             }
             let mut out = fs::File::create(&to).map_err(|e| OciError::io("create", &to, e))?;
             std::io::copy(&mut entry, &mut out).map_err(|e| bad(e.to_string()))?;
+        } else if kind.is_symlink() {
+            // Old docker saves link a layer that two images share; the
+            // link becomes a copy below, if it points at a file of the
+            // archive.
+            if let Ok(Some(target)) = entry.link_name() {
+                links.push((p.clone(), target.into_owned()));
+            }
         }
-        // Symlinks (old docker saves link identical layers) are not
-        // followed: a layer is found by its content instead.
+    }
+    for (link, target) in links {
+        let resolved = link.parent().unwrap_or(Path::new("")).join(&target);
+        let mut plain = PathBuf::new();
+        for c in resolved.components() {
+            match c {
+                std::path::Component::Normal(n) => plain.push(n),
+                std::path::Component::ParentDir if plain.pop() => {}
+                std::path::Component::CurDir => {}
+                _ => {
+                    return Err(bad(format!(
+                        "its link {} leaves the archive",
+                        link.display()
+                    )))
+                }
+            }
+        }
+        let (from, to) = (dir.path().join(&plain), dir.path().join(&link));
+        if from.is_file() {
+            if let Some(parent) = to.parent() {
+                fs::create_dir_all(parent).map_err(|e| OciError::io("create", parent, e))?;
+            }
+            fs::copy(&from, &to).map_err(|e| OciError::io("copy", &from, e))?;
+        }
     }
     Ok(dir)
 }

@@ -51,6 +51,8 @@ pub enum OciError {
         blob: String,
         why: String,
     },
+    #[error("{why}")]
+    BadDigest { why: String },
     #[error("image {image}: bad manifest: {why}")]
     BadManifest { image: String, why: String },
     #[error("image {image}: unsupported {what}")]

@@ -113,10 +113,12 @@ pub fn parse_document(
         why,
     };
     let probe: Probe = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    // Parameters (`; charset=…`) are not part of the type.
+    let bare = |m: &str| m.split(';').next().unwrap_or("").trim().to_owned();
     let kind = media_type
-        .filter(|m| !m.is_empty() && *m != "application/json")
-        .map(str::to_owned)
-        .or(probe.media_type)
+        .map(bare)
+        .filter(|m| !m.is_empty() && m != "application/json")
+        .or(probe.media_type.as_deref().map(bare))
         .unwrap_or_else(|| {
             if probe.manifests.is_some() {
                 OCI_INDEX
@@ -125,20 +127,29 @@ pub fn parse_document(
             }
             .to_owned()
         });
-    // Parameters (`; charset=…`) are not part of the type.
-    let kind = kind.split(';').next().unwrap_or("").trim();
-    match kind {
+    let doc = match kind.as_str() {
         OCI_INDEX | DOCKER_LIST => serde_json::from_slice(body)
             .map(Document::Index)
-            .map_err(|e| bad(e.to_string())),
+            .map_err(|e| bad(e.to_string()))?,
         OCI_MANIFEST | DOCKER_MANIFEST => serde_json::from_slice(body)
             .map(Document::Manifest)
-            .map_err(|e| bad(e.to_string())),
-        other => Err(OciError::Unsupported {
-            image: image.to_owned(),
-            what: format!("manifest media type {other}"),
-        }),
+            .map_err(|e| bad(e.to_string()))?,
+        other => {
+            return Err(OciError::Unsupported {
+                image: image.to_owned(),
+                what: format!("manifest media type {other}"),
+            })
+        }
+    };
+    // Every digest is checked before anything is fetched or sliced by it.
+    let descriptors: Vec<&Descriptor> = match &doc {
+        Document::Index(i) => i.manifests.iter().collect(),
+        Document::Manifest(m) => std::iter::once(&m.config).chain(&m.layers).collect(),
+    };
+    for d in descriptors {
+        crate::reference::check_digest(&d.digest).map_err(bad)?;
     }
+    Ok(doc)
 }
 
 /// The linux/amd64 entry of an index.
@@ -206,13 +217,16 @@ mod tests {
     #[test]
     fn indexes_and_manifests_are_told_apart_and_amd64_is_picked() {
         let index = br#"{"schemaVersion":2,"manifests":[
-            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:aa","size":1,"platform":{"architecture":"arm64","os":"linux"}},
-            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:bb","size":2,"platform":{"architecture":"amd64","os":"linux"}}]}"#;
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa","size":1,"platform":{"architecture":"arm64","os":"linux"}},
+            {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","size":2,"platform":{"architecture":"amd64","os":"linux"}}]}"#;
         let Document::Index(i) = parse_document("x", None, index).expect("index") else {
             panic!("not an index")
         };
         if host_architecture() == "amd64" {
-            assert_eq!(pick_platform("x", &i).expect("amd64").digest, "sha256:bb");
+            assert_eq!(
+                pick_platform("x", &i).expect("amd64").digest,
+                "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+            );
         }
         let only_arm = Index {
             manifests: vec![i.manifests[0].clone()],
@@ -222,12 +236,15 @@ mod tests {
             .to_string();
         assert!(e.contains("app:1") && e.contains("linux/arm64"), "{e}");
         let m = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",
-            "config":{"mediaType":"x","digest":"sha256:cc","size":3},"layers":[{"mediaType":"y","digest":"sha256:dd","size":4}]}"#;
+            "config":{"mediaType":"x","digest":"sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc","size":3},"layers":[{"mediaType":"y","digest":"sha256:dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd","size":4}]}"#;
         let Document::Manifest(m) = parse_document("x", Some("application/json"), m).expect("m")
         else {
             panic!("not a manifest")
         };
-        assert_eq!(m.layers[0].digest, "sha256:dd");
+        assert_eq!(
+            m.layers[0].digest,
+            "sha256:dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd"
+        );
         let e = parse_document(
             "x",
             Some("application/vnd.docker.distribution.manifest.v1+prettyjws"),

@@ -67,16 +67,36 @@ impl Reference {
             }
             _ => (DOCKER_HUB.to_owned(), name.to_owned()),
         };
+        // Docker Hub's other names are Docker Hub.
+        let registry = match registry.as_str() {
+            "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_owned(),
+            _ => registry,
+        };
+        let host_ok = registry
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b));
+        if !host_ok {
+            return Err(bad(
+                "a registry is a host name or address, with an optional :port",
+            ));
+        }
         let repository = if registry == DOCKER_HUB && !repository.contains('/') {
             format!("library/{repository}")
         } else {
             repository
         };
+        // Docker's rule: lower-case alphanumerics, joined by one `.`, one
+        // or two `_`, or any number of `-`.
         let component_ok = |c: &str| {
-            !c.is_empty()
-                && c.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-                && c.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            let b = c.as_bytes();
+            let alnum = |x: &u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+            !b.is_empty()
+                && b.iter().all(|x| alnum(x) || b"._-".contains(x))
+                && b.first().is_some_and(alnum)
+                && b.last().is_some_and(alnum)
+                && !["..", "___", ".-", "-.", "._", "_."]
+                    .iter()
+                    .any(|bad| c.contains(bad))
         };
         if !repository.split('/').all(component_ok) {
             return Err(bad(
@@ -174,6 +194,10 @@ mod tests {
         assert_eq!(r("alpine").familiar(), "alpine:latest");
         assert_eq!(r("bitnami/redis:7").repository, "bitnami/redis");
         assert_eq!(r("docker.io/library/alpine").familiar(), "alpine:latest");
+        assert_eq!(
+            r("index.docker.io/library/alpine").familiar(),
+            "alpine:latest"
+        );
     }
 
     #[test]
@@ -209,6 +233,9 @@ mod tests {
             ("app@sha256:abc", "not a sha256 digest"),
             ("app@md5:abc", "only sha256"),
             ("a//b", "lower-case"),
+            ("a..b", "lower-case"),
+            ("app-", "lower-case"),
+            ("a.b?x/app", "a registry is"),
         ] {
             let e = Reference::parse(text).expect_err(text).to_string();
             assert!(e.contains(why), "{text}: {e}");

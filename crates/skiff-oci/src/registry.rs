@@ -83,6 +83,7 @@ impl Registry {
         let scheme = if plain_http(host) { "http" } else { "https" };
         let client = Client::builder()
             .connect_timeout(Duration::from_secs(15))
+            .tcp_keepalive(Duration::from_secs(30))
             .timeout(None)
             .user_agent(concat!("skiff/", env!("CARGO_PKG_VERSION")))
             .build()
@@ -144,7 +145,7 @@ impl Registry {
                     let how = if self.basic.is_some() {
                         "the credentials in docker's config file were refused"
                     } else {
-                        "it needs credentials: log in with `docker login` (skiff reads ~/.docker/config.json)"
+                        "it does not exist, or it needs credentials: log in with `docker login` (skiff reads ~/.docker/config.json; credential helpers are not run)"
                     };
                     return Err(self.fail(format!("{} {url}: {how}", resp.status())));
                 }
@@ -165,7 +166,7 @@ impl Registry {
         if scheme.eq_ignore_ascii_case("basic") {
             if self.basic.is_none() {
                 return Err(self.fail(
-                    "it needs credentials: log in with `docker login` (skiff reads ~/.docker/config.json)",
+                    "it does not exist, or it needs credentials: log in with `docker login` (skiff reads ~/.docker/config.json; credential helpers are not run)",
                 ));
             }
             return Ok(());
@@ -303,7 +304,11 @@ pub fn plain_http(host: &str) -> bool {
             host
         }
     });
-    let loopback = name == "localhost" || name.starts_with("127.") || name == "[::1]";
+    let ip = name.trim_start_matches('[').trim_end_matches(']');
+    let loopback = name == "localhost"
+        || ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|a| a.is_loopback());
     let listed = std::env::var("SKIFF_INSECURE_REGISTRIES")
         .map(|v| v.split(',').any(|h| h.trim() == host))
         .unwrap_or(false);
@@ -353,7 +358,7 @@ mod tests {
                     (
                         "200 OK",
                         ct,
-                        r#"{"config":{"digest":"sha256:00","size":1},"layers":[]}"#.to_owned(),
+                        r#"{"config":{"digest":"sha256:0000000000000000000000000000000000000000000000000000000000000000","size":1},"layers":[]}"#.to_owned(),
                     )
                 };
                 let _ = write!(
@@ -392,6 +397,7 @@ mod tests {
         assert!(!plain_http("registry-1.docker.io"));
         assert!(!plain_http("ghcr.io"));
         assert!(!plain_http("localhost.example.com"));
+        assert!(!plain_http("127.evil.example:5000"));
     }
 
     #[test]

@@ -26,11 +26,16 @@ impl Store {
         self.cache.join("oci/blobs/sha256")
     }
 
+    /// Scratch space on the cache's filesystem (an archive's files can be
+    /// larger than a RAM-backed /tmp).
+    pub fn scratch(&self) -> Result<tempfile::TempDir, OciError> {
+        let dir = self.cache.join("oci/tmp");
+        fs::create_dir_all(&dir).map_err(|e| OciError::io("create", &dir, e))?;
+        tempfile::tempdir_in(&dir).map_err(|e| OciError::io("create a directory in", &dir, e))
+    }
+
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf, OciError> {
-        crate::reference::check_digest(digest).map_err(|why| OciError::BadManifest {
-            image: digest.to_owned(),
-            why,
-        })?;
+        crate::reference::check_digest(digest).map_err(|why| OciError::BadDigest { why })?;
         Ok(self.blobs().join(&digest["sha256:".len()..]))
     }
 
@@ -204,7 +209,9 @@ impl Store {
             };
             let stream: Box<dyn Read> = match sniff(&head) {
                 Compression::None => Box::new(reader),
-                Compression::Gzip => Box::new(flate2::read::GzDecoder::new(reader)),
+                // Every member: eStargz and other seekable layers are many gzip
+                // streams in a row.
+                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
                 Compression::Zstd => Box::new(
                     zstd::stream::read::Decoder::with_buffer(reader)
                         .map_err(|e| OciError::io("read", &path, e))?,
@@ -278,7 +285,8 @@ fn group_dir(name: &str) -> String {
 }
 
 pub fn short(digest: &str) -> &str {
-    &digest[..digest.len().min("sha256:".len() + 12)]
+    let end = digest.len().min("sha256:".len() + 12);
+    digest.get(..end).unwrap_or(digest)
 }
 
 pub fn human_size(bytes: u64) -> String {

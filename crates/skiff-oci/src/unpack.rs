@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 const WHITEOUT: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
+/// Deeper paths are refused (removal recurses once per level).
+const MAX_DEPTH: usize = 256;
 
 /// What one layer did, for progress and tests.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -89,15 +91,23 @@ impl Layer {
             return Ok(()); // the root itself ("./"): keep the root as it is
         };
         self.applied.entries += 1;
-        let parent = self.parent_dir(parents, &shown)?;
-        if name == OPAQUE {
+        if name == OPAQUE || name.starts_with(WHITEOUT) {
             self.applied.whiteouts += 1;
-            return self.empty_lower(&parent, parents, &shown);
-        }
-        if let Some(hidden) = name.strip_prefix(WHITEOUT) {
-            self.applied.whiteouts += 1;
+            // A whiteout hides what is below; it makes nothing, not even
+            // its parent.
+            let Some(parent) = self.existing_parent(parents, &shown)? else {
+                return Ok(());
+            };
+            if name == OPAQUE {
+                return self.empty_lower(&parent, parents, &shown);
+            }
+            let hidden = &name[WHITEOUT.len()..];
+            if matches!(hidden, "" | "." | "..") || hidden.contains('/') {
+                return Err(self.hostile(&shown, "a whiteout of no single name"));
+            }
             return remove_at(&parent, hidden).map_err(|e| self.io(&shown, e));
         }
+        let parent = self.parent_dir(parents, &shown)?;
         let header = entry.header();
         let mode = header.mode().map_err(|e| self.corrupt(e))? & 0o7777;
         let (uid, gid) = (
@@ -118,6 +128,9 @@ impl Layer {
             }
             let dir = open_dir_at(Some(&parent), name).map_err(|e| self.io(&shown, e))?;
             self.own(&parent, name, uid, gid, &shown)?;
+            // Unpacking as a user: the owner keeps rwx, or the next entry
+            // (or removing the image) could not get in. Root needs no bits.
+            let mode = if self.chown { mode } else { mode | 0o700 };
             fchmod(dir.as_raw_fd(), Mode::from_bits_truncate(mode))
                 .map_err(|e| self.io(&shown, e))?;
         } else {
@@ -164,7 +177,9 @@ impl Layer {
                 let Some((tname, tparents)) = tparts.split_last() else {
                     return Err(self.hostile(&shown, "a hard link to the root"));
                 };
-                let tdir = self.parent_dir(tparents, &target_shown)?;
+                let tdir = self
+                    .existing_parent(tparents, &target_shown)?
+                    .ok_or_else(|| self.hostile(&target_shown, "a hard link to nothing"))?;
                 linkat(
                     Some(tdir.as_raw_fd()),
                     tname.as_str(),
@@ -198,14 +213,48 @@ impl Layer {
                 c => parts.push(c.to_owned()),
             }
         }
+        if parts.len() > MAX_DEPTH {
+            return Err(self.hostile(shown, format!("deeper than {MAX_DEPTH} directories")));
+        }
         Ok(parts)
+    }
+
+    /// The directory holding an entry if it exists (None if not), reached
+    /// as [`Layer::parent_dir`] reaches it.
+    fn existing_parent(
+        &self,
+        parents: &[String],
+        shown: &str,
+    ) -> Result<Option<OwnedFd>, OciError> {
+        let mut dir = self.root.try_clone().map_err(|e| self.io(shown, e))?;
+        for p in parents {
+            dir = match open_dir_at(Some(&dir), p) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(e) => return Err(self.parent_error(shown, p, e)),
+            };
+        }
+        Ok(Some(dir))
+    }
+
+    fn parent_error(&self, shown: &str, parent: &str, e: Errno) -> OciError {
+        match e {
+            Errno::ELOOP | Errno::EXDEV => {
+                self.hostile(shown, format!("its parent {parent} is a symlink"))
+            }
+            Errno::ENOTDIR => {
+                self.hostile(shown, format!("its parent {parent} is not a directory"))
+            }
+            e => self.io(shown, e),
+        }
     }
 
     /// The directory holding an entry, made if missing, reached beneath the
     /// root without following symlinks.
-    fn parent_dir(&self, parents: &[String], shown: &str) -> Result<OwnedFd, OciError> {
+    /// (A parent it makes counts as this layer's, for an opaque marker.)
+    fn parent_dir(&mut self, parents: &[String], shown: &str) -> Result<OwnedFd, OciError> {
         let mut dir = self.root.try_clone().map_err(|e| self.io(shown, e))?;
-        for p in parents {
+        for (i, p) in parents.iter().enumerate() {
             dir = match open_dir_at(Some(&dir), p) {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT) => {
@@ -215,21 +264,17 @@ impl Layer {
                         Mode::from_bits_truncate(0o755),
                     )
                     .map_err(|e| self.io(shown, e))?;
+                    self.made.insert(parents[..=i].to_vec());
                     open_dir_at(Some(&dir), p).map_err(|e| self.io(shown, e))?
                 }
-                Err(Errno::ELOOP | Errno::EXDEV) => {
-                    return Err(self.hostile(shown, format!("its parent {p} is a symlink")))
-                }
-                Err(Errno::ENOTDIR) => {
-                    return Err(self.hostile(shown, format!("its parent {p} is not a directory")))
-                }
-                Err(e) => return Err(self.io(shown, e)),
+                Err(e) => return Err(self.parent_error(shown, p, e)),
             };
         }
         Ok(dir)
     }
 
-    /// An opaque directory: remove what lower layers put in it.
+    /// An opaque directory: remove what lower layers put in it, down to
+    /// the directories this layer declared again.
     fn empty_lower(&self, dir: &OwnedFd, at: &[String], shown: &str) -> Result<(), OciError> {
         let names = list_dir(dir).map_err(|e| self.io(shown, e))?;
         for name in names {
@@ -237,6 +282,8 @@ impl Layer {
             path.push(name.clone());
             if !self.made.contains(&path) {
                 remove_at(dir, &name).map_err(|e| self.io(shown, e))?;
+            } else if let Ok(sub) = open_dir_at(Some(dir), &name) {
+                self.empty_lower(&sub, &path, shown)?;
             }
         }
         Ok(())

@@ -183,3 +183,44 @@ fn a_truncated_layer_is_a_clear_error() {
         .to_string();
     assert!(e.contains("layer sha256:cut is corrupt"), "{e}");
 }
+
+#[test]
+fn whiteouts_make_nothing_and_name_one_entry_and_opaque_reaches_redeclared_dirs() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let root = t.path().join("root");
+    std::fs::create_dir(&root).expect("mkdir");
+    let base = layer(|b| {
+        dir(b, "app/");
+        file(b, "app/keep-me-not", "lower\n");
+        dir(b, "app/sub/");
+        file(b, "app/sub/lower", "lower\n");
+        file(b, "top", "x\n");
+    });
+    apply_layer(&root, "sha256:base", &base[..]).expect("base");
+    let top = layer(|b| {
+        dir(b, "app/sub/");
+        file(b, "app/sub/upper", "upper\n");
+        entry(b, "app/.wh..wh..opq", tar::EntryType::Regular, b"", "");
+        entry(b, "nowhere/deep/.wh.x", tar::EntryType::Regular, b"", "");
+    });
+    apply_layer(&root, "sha256:top", &top[..]).expect("top");
+    assert!(!root.join("app/keep-me-not").exists());
+    assert!(
+        !root.join("app/sub/lower").exists(),
+        "below a re-declared dir too"
+    );
+    assert_eq!(read(&root, "app/sub/upper").as_deref(), Some("upper\n"));
+    assert!(!root.join("nowhere").exists(), "a whiteout made its parent");
+    for name in [".wh..", ".wh."] {
+        let bad = layer(|b| entry(b, name, tar::EntryType::Regular, b"", ""));
+        let e = apply_layer(&root, "sha256:bad", &bad[..])
+            .expect_err(name)
+            .to_string();
+        assert!(e.contains("a whiteout of no single name"), "{name}: {e}");
+    }
+    assert_eq!(
+        read(&root, "top").as_deref(),
+        Some("x\n"),
+        "nothing else was removed"
+    );
+}

@@ -119,13 +119,20 @@ pub async fn rm(name: &str) -> Result<i32> {
 async fn users_of(names: &[&str]) -> Vec<String> {
     use hyper::Method;
     let client = crate::client::Client::new(paths::socket_path());
+    // Compared as references, so that `alpine` in a spec is `alpine:latest`.
+    let norm =
+        |i: &str| skiff_oci::Reference::parse(i).map_or_else(|_| i.to_owned(), |r| r.familiar());
+    let wanted: Vec<String> = names
+        .iter()
+        .flat_map(|n| [n.to_string(), norm(n)])
+        .collect();
     let uses = |spec: &serde_json::Value| {
         let image = spec["image"].as_str();
         let disk = spec["disk"]["source"]["image"].as_str();
         [image, disk]
             .into_iter()
             .flatten()
-            .any(|i| names.contains(&i))
+            .any(|i| wanted.contains(&i.to_owned()) || wanted.contains(&norm(i)))
     };
     let mut users = Vec::new();
     let list =
@@ -164,14 +171,17 @@ pub async fn resolve(name: &str, quiet: bool) -> Result<ImageInfo> {
     if let Some(info) = find(name) {
         return Ok(info);
     }
-    if skiff_oci::Reference::parse(name).is_err() {
+    // A bare name (`python`) may be a recipe image not built yet: pulling
+    // `docker.io/library/python` in its place would run someone else's
+    // image. Only a name that is plainly a reference (a tag, a digest, a
+    // registry or a path) is pulled.
+    let reference_like = name.contains([':', '/', '@']);
+    if !reference_like || skiff_oci::Reference::parse(name).is_err() {
         anyhow::bail!(
-            "no image named {name:?}; build one with `skiff image build -f images/{name}.toml`"
+            "no image named {name:?}; build it from a recipe (`skiff image build -f images/{name}.toml`) or pull it (`skiff image pull {name}`)"
         );
     }
-    pull_image(name.to_owned(), quiet).await.with_context(|| {
-        format!(
-            "no image named {name:?} in the cache (a recipe image is built with `skiff image build -f images/{name}.toml`), and pulling it failed"
-        )
-    })
+    pull_image(name.to_owned(), quiet)
+        .await
+        .with_context(|| format!("no image named {name:?} in the cache, and pulling it failed"))
 }
