@@ -190,17 +190,9 @@ fn from_oci_layout(
         .get("io.containerd.image.name")
         .or_else(|| entry.annotations.get("org.opencontainers.image.ref.name"))
         .cloned();
-    let name = match (name, ref_name) {
-        (Some(n), _) => n.to_owned(),
-        (None, Some(r)) if r.contains(':') || r.contains('/') => r,
-        _ => {
-            return Err(OciError::BadArchive {
-                path: shown.to_owned(),
-                why: "it does not name its image; give one with --name NAME:TAG".into(),
-            })
-        }
-    };
-    let name = crate::Reference::parse(&name)?.familiar();
+    // A ref name that is only a tag ("only") does not name an image.
+    let ref_name = ref_name.filter(|r| r.contains(':') || r.contains('/'));
+    let name = image_name(name, ref_name.as_deref(), shown)?;
     let mut digest = entry.descriptor.digest.clone();
     let mut doc = read_document(layout, &name, &entry.descriptor)?;
     if let Document::Index(i) = &doc {
@@ -266,16 +258,8 @@ fn from_docker_save(
         [] => return Err(bad("manifest.json lists no image".into())),
         _ => return Err(bad("it holds several images; save one per archive".into())),
     };
-    let name = match (name, one.repo_tags.as_ref().and_then(|t| t.first())) {
-        (Some(n), _) => n.to_owned(),
-        (None, Some(t)) => t.clone(),
-        (None, None) => {
-            return Err(bad(
-                "it does not name its image; give one with --name NAME:TAG".into(),
-            ))
-        }
-    };
-    let name = crate::Reference::parse(&name)?.familiar();
+    let tag = one.repo_tags.as_ref().and_then(|t| t.first());
+    let name = image_name(name, tag.map(String::as_str), shown)?;
     // Files are stored by the digest of their bytes: a classic archive
     // names layers by directory, not by content.
     let put = |rel: &str| -> Result<Descriptor, OciError> {
@@ -318,6 +302,20 @@ fn from_docker_save(
             layers,
         },
     ))
+}
+
+/// The imported image's name: `--name`, else the archive's own, as a
+/// reference in its short form.
+fn image_name(
+    given: Option<&str>,
+    in_archive: Option<&str>,
+    shown: &str,
+) -> Result<String, OciError> {
+    let name = given.or(in_archive).ok_or_else(|| OciError::BadArchive {
+        path: shown.to_owned(),
+        why: "it does not name its image; give one with --name NAME:TAG".into(),
+    })?;
+    Ok(crate::Reference::parse(name)?.familiar())
 }
 
 fn hash_file(p: &Path) -> Result<(String, u64), OciError> {

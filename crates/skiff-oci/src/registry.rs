@@ -325,6 +325,17 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
+    /// An HTTP request's head, read a byte at a time (the fake registries
+    /// below answer one request per connection).
+    fn read_head(s: &mut std::net::TcpStream) -> String {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).is_ok_and(|n| n == 1) {
+            head.push(b[0]);
+        }
+        String::from_utf8_lossy(&head).into_owned()
+    }
+
     /// A registry that wants a bearer token from its realm (the flow
     /// Docker Hub and most registries use), on loopback; it records the
     /// requests it saw.
@@ -335,12 +346,7 @@ mod tests {
         let log = seen.clone();
         std::thread::spawn(move || {
             for mut s in listener.incoming().flatten() {
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).is_ok_and(|n| n == 1) {
-                    head.push(b[0]);
-                }
-                let head = String::from_utf8_lossy(&head).into_owned();
+                let head = read_head(&mut s);
                 let line = head.lines().next().unwrap_or("").to_owned();
                 let bearer = head
                     .to_ascii_lowercase()
@@ -414,12 +420,7 @@ mod tests {
         let seen = ranges.clone();
         std::thread::spawn(move || {
             for (n, mut s) in listener.incoming().flatten().enumerate() {
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).is_ok_and(|k| k == 1) {
-                    head.push(b[0]);
-                }
-                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let head = read_head(&mut s).to_ascii_lowercase();
                 let from = head
                     .lines()
                     .find_map(|l| l.strip_prefix("range: bytes="))

@@ -71,7 +71,7 @@ impl Store {
         let mut written = 0u64;
         if resume {
             if let Ok(mut f) = fs::File::open(&part) {
-                written = std::io::copy(&mut f, &mut HashWriter(&mut hasher))
+                written = std::io::copy(&mut f, &mut hasher)
                     .map_err(|e| OciError::io("read", &part, e))?;
             }
         }
@@ -295,17 +295,5 @@ pub fn human_size(bytes: u64) -> String {
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
         b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
         b => format!("{b} B"),
-    }
-}
-
-struct HashWriter<'a>(&'a mut Sha256);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.update(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }

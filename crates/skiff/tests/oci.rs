@@ -61,17 +61,14 @@ impl Registry {
 
     fn push(&self, layout: &Path, tag: &str, to: &str) -> String {
         let dest = format!("127.0.0.1:{}/{to}", self.port);
-        ok(
-            Command::new("skopeo").args([
-                "copy",
-                "--quiet",
+        skopeo_copy(
+            &[
                 "--dest-tls-verify=false",
                 "--dest-creds",
                 &format!("{USER}:{PASSWORD}"),
-                &format!("oci:{}:{tag}", layout.display()),
-                &format!("docker://{dest}"),
-            ]),
-            "skopeo copy to the registry",
+            ],
+            &format!("oci:{}:{tag}", layout.display()),
+            &format!("docker://{dest}"),
         );
         dest
     }
@@ -82,6 +79,13 @@ impl Drop for Registry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `skopeo copy --quiet FROM TO`, with `extra` options first.
+fn skopeo_copy(extra: &[&str], from: &str, to: &str) {
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["copy", "--quiet"]).args(extra).args([from, to]);
+    ok(&mut cmd, &format!("skopeo copy {from} {to}"));
 }
 
 fn umoci(args: &[&str]) {
@@ -192,12 +196,8 @@ fn oci_images_are_pulled_with_credentials_run_with_their_config_and_imported() {
         ),
     )
     .expect("config.json");
-    let out = skiff(
-        &env,
-        cache.path(),
-        &creds,
-        &["image", "pull", "--json", &app],
-    );
+    let cli = |args: &[&str]| skiff(&env, cache.path(), &creds, args);
+    let out = cli(&["image", "pull", "--json", &app]);
     assert!(out.status.success(), "{}", stderr(&out));
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(info["name"], app);
@@ -215,7 +215,7 @@ fn oci_images_are_pulled_with_credentials_run_with_their_config_and_imported() {
     let run = |extra: &[&str]| {
         let mut args = vec!["run", "-q", "--image", &app];
         args.extend(extra);
-        skiff(&env, cache.path(), &creds, &args)
+        cli(&args)
     };
     let out = run(&[]);
     assert_eq!(
@@ -244,55 +244,32 @@ fn oci_images_are_pulled_with_credentials_run_with_their_config_and_imported() {
         "--config.env=GREETING=second-image",
     ]);
     let app2 = registry.push(&layout, "app2", "team/app2:1.0");
-    let out = skiff(&env, cache.path(), &creds, &["image", "pull", "-q", &app2]);
+    let out = cli(&["image", "pull", "-q", &app2]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(blobs(cache.path()), 4, "the shared layers are stored once");
 
     // Without a registry: a `docker save` archive and an OCI layout.
     let archive = work.path().join("app.tar");
-    ok(
-        Command::new("skopeo").args([
-            "copy",
-            "--quiet",
-            &format!("oci:{}:app", layout.display()),
-            &format!("docker-archive:{}:app:2.0", archive.display()),
-        ]),
-        "skopeo copy to a docker archive",
+    skopeo_copy(
+        &[],
+        &format!("oci:{}:app", layout.display()),
+        &format!("docker-archive:{}:app:2.0", archive.display()),
     );
     let archive_arg = archive.to_str().expect("utf8");
-    let out = skiff(
-        &env,
-        cache.path(),
-        &creds,
-        &["image", "import", "--json", archive_arg],
-    );
+    let out = cli(&["image", "import", "--json", archive_arg]);
     assert!(out.status.success(), "{}", stderr(&out));
     let imported: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(imported["name"], "app:2.0");
     let single = work.path().join("single");
-    ok(
-        Command::new("skopeo").args([
-            "copy",
-            "--quiet",
-            &format!("oci:{}:app", layout.display()),
-            &format!("oci:{}:only", single.display()),
-        ]),
-        "skopeo copy to an OCI layout",
+    skopeo_copy(
+        &[],
+        &format!("oci:{}:app", layout.display()),
+        &format!("oci:{}:only", single.display()),
     );
     let single_arg = single.to_str().expect("utf8");
-    let out = skiff(
-        &env,
-        cache.path(),
-        &creds,
-        &["image", "import", "--name", "mine:3", single_arg],
-    );
+    let out = cli(&["image", "import", "--name", "mine:3", single_arg]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = skiff(
-        &env,
-        cache.path(),
-        &creds,
-        &["run", "-q", "--image", "mine:3", "--", "z"],
-    );
+    let out = cli(&["run", "-q", "--image", "mine:3", "--", "z"]);
     assert_eq!(
         stdout(&out),
         "args=z, env=hello cwd=/srv uid=1000\nfrom-the-top\n",
@@ -300,7 +277,7 @@ fn oci_images_are_pulled_with_credentials_run_with_their_config_and_imported() {
         stderr(&out)
     );
 
-    let listed = skiff(&env, cache.path(), &creds, &["image", "ls"]);
+    let listed = cli(&["image", "ls"]);
     let listed = stdout(&listed);
     for (name, source) in [
         (&app, "pull"),
@@ -314,11 +291,10 @@ fn oci_images_are_pulled_with_credentials_run_with_their_config_and_imported() {
             "{name} {source}: {listed}"
         );
     }
-    let out = skiff(&env, cache.path(), &creds, &["image", "rm", "app:2.0"]);
+    let out = cli(&["image", "rm", "app:2.0"]);
     assert!(out.status.success(), "{}", stderr(&out));
     // Its layers (uncompressed, so other blobs than the registry's) go
     // with a prune; what the other images use stays.
-    let cli = |args: &[&str]| skiff(&env, cache.path(), &creds, args);
     let before = blobs(cache.path());
     let out = cli(&["image", "prune"]);
     assert!(out.status.success(), "{}", stderr(&out));
