@@ -94,3 +94,96 @@ pub fn prepare(choice: &KernelChoice, quiet: bool) -> Result<GuestImage, ImageEr
         built: initramfs.built,
     })
 }
+
+/// How a command runs where its request leaves things open.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CommandSetting {
+    /// Applied in order by the agent: a later entry wins.
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+}
+
+/// The OCI image configuration of the image a spec boots (its `image`, or
+/// its disk's): None for a recipe image, no image, or one gone from the
+/// cache.
+pub fn container_config(spec: &skiff_spec::VmSpec) -> Option<skiff_image::ContainerConfig> {
+    let name = *spec.images().first()?;
+    let cache = paths::cache_dir().ok()?;
+    skiff_oci::find_image(&cache, name)?.config
+}
+
+/// What a command gets, as docker decides it: the image's Env under the
+/// spec's `env` under the request's own; the request's working directory
+/// and user, else the image's.
+pub fn command_setting(
+    image: Option<&skiff_image::ContainerConfig>,
+    spec_env: &std::collections::BTreeMap<String, String>,
+    request: CommandSetting,
+) -> CommandSetting {
+    let mut env = image.map(|c| c.env_pairs()).unwrap_or_default();
+    env.extend(spec_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(request.env);
+    CommandSetting {
+        env,
+        workdir: request
+            .workdir
+            .or_else(|| image.and_then(|c| c.working_dir.clone())),
+        user: request.user.or_else(|| image.and_then(|c| c.user.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> skiff_image::ContainerConfig {
+        skiff_image::ContainerConfig {
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["serve".into()],
+            env: vec!["PATH=/image/bin".into(), "MODE=image".into()],
+            working_dir: Some("/app".into()),
+            user: Some("1000:1000".into()),
+        }
+    }
+
+    #[test]
+    fn the_request_wins_over_the_spec_over_the_image() {
+        let spec_env = [("MODE".to_owned(), "spec".to_owned())].into();
+        let got = command_setting(
+            Some(&config()),
+            &spec_env,
+            CommandSetting {
+                env: vec![("EXTRA".into(), "1".into())],
+                workdir: Some("/tmp".into()),
+                user: Some("root".into()),
+            },
+        );
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            got.env,
+            pairs(&[
+                ("PATH", "/image/bin"),
+                ("MODE", "image"),
+                ("MODE", "spec"),
+                ("EXTRA", "1")
+            ])
+        );
+        assert_eq!(got.workdir.as_deref(), Some("/tmp"));
+        assert_eq!(got.user.as_deref(), Some("root"));
+    }
+
+    #[test]
+    fn the_image_fills_what_the_request_leaves_out() {
+        let got = command_setting(Some(&config()), &Default::default(), Default::default());
+        assert_eq!(got.workdir.as_deref(), Some("/app"));
+        assert_eq!(got.user.as_deref(), Some("1000:1000"));
+        assert_eq!(got.env.len(), 2);
+        let none = command_setting(None, &Default::default(), Default::default());
+        assert_eq!(none, CommandSetting::default());
+    }
+}

@@ -19,6 +19,7 @@ pub fn import(
     progress: &dyn Progress,
 ) -> Result<ImageInfo, OciError> {
     let shown = path.display().to_string();
+    let _adding = store.adding()?;
     let meta = fs::metadata(path).map_err(|e| OciError::io("read", path, e))?;
     let unpacked;
     let layout = if meta.is_dir() {
@@ -127,12 +128,13 @@ fn blob_file(layout: &Path, digest: &str) -> Result<PathBuf, OciError> {
 
 /// Copy one blob of a layout into the store, verified.
 fn take_blob(store: &Store, image: &str, layout: &Path, d: &Descriptor) -> Result<(), OciError> {
+    let lock = store.lock_blob(&d.digest, &skiff_image::NoProgress)?;
     if store.has_blob(&d.digest) {
         return Ok(());
     }
     let p = blob_file(layout, &d.digest)?;
     let f = fs::File::open(&p).map_err(|e| OciError::io("open", &p, e))?;
-    store.put_blob(image, &d.digest, d.size, false, f)?;
+    store.put_blob(&lock, image, d.size, false, f)?;
     Ok(())
 }
 
@@ -273,9 +275,10 @@ fn from_docker_save(
             )));
         }
         let (digest, size) = hash_file(&p)?;
+        let lock = store.lock_blob(&digest, &skiff_image::NoProgress)?;
         if !store.has_blob(&digest) {
             let f = fs::File::open(&p).map_err(|e| OciError::io("open", &p, e))?;
-            store.put_blob(&name, &digest, size, false, f)?;
+            store.put_blob(&lock, &name, size, false, f)?;
         }
         Ok(Descriptor {
             media_type: String::new(),

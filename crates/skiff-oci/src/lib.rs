@@ -14,7 +14,7 @@ mod unpack;
 pub use archive::import;
 pub use reference::{check_digest, Reference};
 pub use registry::pull;
-pub use store::Store;
+pub use store::{BlobLock, Lock, Store};
 pub use unpack::{apply_layer, Applied};
 
 use std::path::{Path, PathBuf};
@@ -27,6 +27,17 @@ pub fn find_image(cache: &Path, name: &str) -> Option<skiff_image::ImageInfo> {
         let r = Reference::parse(name).ok()?;
         skiff_image::find_image(cache, &r.familiar())
     })
+}
+
+/// The reference `name` is, when it is plainly one: it has a tag, a
+/// digest, a registry or a path. A bare word (`python`) may be a recipe
+/// image not built yet, and pulling `docker.io/library/python` in its place
+/// would run someone else's image; such a name is never pulled.
+pub fn pullable(name: &str) -> Option<Reference> {
+    if !name.contains([':', '/', '@']) {
+        return None;
+    }
+    Reference::parse(name).ok()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +64,8 @@ pub enum OciError {
     },
     #[error("{why}")]
     BadDigest { why: String },
+    #[error("a pull or import is adding to the image cache; prune when it is done")]
+    Busy,
     #[error("image {image}: bad manifest: {why}")]
     BadManifest { image: String, why: String },
     #[error("image {image}: unsupported {what}")]

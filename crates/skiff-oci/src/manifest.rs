@@ -10,6 +10,27 @@ pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
+/// Layer media types that are tar archives of a filesystem (plain, gzip or
+/// zstd; Docker's "foreign" layers are gzip tars too).
+const LAYER_TYPES: &[&str] = &[
+    "application/vnd.oci.image.layer.v1.tar",
+    "application/vnd.oci.image.layer.v1.tar+gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+    "application/vnd.docker.image.rootfs.diff.tar",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+];
+
+/// Config media types of container images (an artifact, a Helm chart say,
+/// has its own).
+const CONFIG_TYPES: &[&str] = &[
+    "application/vnd.oci.image.config.v1+json",
+    "application/vnd.docker.container.image.v1+json",
+];
+
 /// What a registry is asked to answer with, best first.
 pub const ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
@@ -149,7 +170,39 @@ pub fn parse_document(
     for d in descriptors {
         crate::reference::check_digest(&d.digest).map_err(bad)?;
     }
+    if let Document::Manifest(m) = &doc {
+        check_media_types(image, m)?;
+    }
     Ok(doc)
+}
+
+/// Refuse a manifest that is not a container image (its config says
+/// otherwise) or has a layer that is not a filesystem tar (encrypted, an
+/// artifact's blob), naming it. An empty media type is let through: the
+/// bytes are sniffed when unpacked.
+fn check_media_types(image: &str, m: &Manifest) -> Result<(), OciError> {
+    let unsupported = |what: String| OciError::Unsupported {
+        image: image.to_owned(),
+        what,
+    };
+    let config = m.config.media_type.as_str();
+    if !config.is_empty() && !CONFIG_TYPES.contains(&config) {
+        return Err(unsupported(format!(
+            "config media type {config}: this is not a container image (an artifact?)"
+        )));
+    }
+    for (i, layer) in m.layers.iter().enumerate() {
+        let t = layer.media_type.as_str();
+        if !t.is_empty() && !LAYER_TYPES.contains(&t) {
+            return Err(unsupported(format!(
+                "media type {t} of layer {}/{} {} (skiff unpacks tar layers: plain, gzip or zstd)",
+                i + 1,
+                m.layers.len(),
+                layer.digest
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The linux/amd64 entry of an index.
@@ -236,7 +289,7 @@ mod tests {
             .to_string();
         assert!(e.contains("app:1") && e.contains("linux/arm64"), "{e}");
         let m = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",
-            "config":{"mediaType":"x","digest":"sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc","size":3},"layers":[{"mediaType":"y","digest":"sha256:dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd","size":4}]}"#;
+            "config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc","size":3},"layers":[{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","digest":"sha256:dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd","size":4}]}"#;
         let Document::Manifest(m) = parse_document("x", Some("application/json"), m).expect("m")
         else {
             panic!("not a manifest")
@@ -256,6 +309,50 @@ mod tests {
             e.contains(
                 "manifest media type application/vnd.docker.distribution.manifest.v1+prettyjws"
             ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn artifacts_and_unknown_layer_types_are_refused_by_name() {
+        let doc = |config: &str, layer: &str| {
+            format!(
+                r#"{{"schemaVersion":2,"config":{{"mediaType":"{config}","digest":"sha256:{c}","size":3}},
+                "layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:{d}","size":4}},
+                {{"mediaType":"{layer}","digest":"sha256:{e}","size":5}}]}}"#,
+                c = "c".repeat(64),
+                d = "d".repeat(64),
+                e = "e".repeat(64)
+            )
+        };
+        let oci_config = "application/vnd.oci.image.config.v1+json";
+        let parse = |body: String| parse_document("app:1", Some(OCI_MANIFEST), body.as_bytes());
+        parse(doc(
+            oci_config,
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+        ))
+        .expect("zstd");
+        parse(doc(oci_config, "")).expect("no media type");
+        let e = parse(doc(
+            oci_config,
+            "application/vnd.oci.image.layer.v1.tar+gzip+encrypted",
+        ))
+        .expect_err("encrypted")
+        .to_string();
+        assert!(
+            e.contains("app:1")
+                && e.contains("layer 2/2 sha256:eeee")
+                && e.contains("tar+gzip+encrypted"),
+            "{e}"
+        );
+        let e = parse(doc(
+            "application/vnd.cncf.helm.config.v1+json",
+            "application/vnd.oci.image.layer.v1.tar",
+        ))
+        .expect_err("helm")
+        .to_string();
+        assert!(
+            e.contains("helm.config") && e.contains("not a container image"),
             "{e}"
         );
     }

@@ -5,12 +5,13 @@
 //! interrupted pull stopped.
 
 use crate::manifest::{parse_document, pick_platform, Document, ACCEPT};
-use crate::store::{human_size, short, Store};
+use crate::store::{human_size, short, BlobLock, Store};
 use crate::{OciError, Reference};
 use base64::Engine;
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{
-    HeaderMap, ACCEPT as ACCEPT_HEADER, AUTHORIZATION, CONTENT_TYPE, RANGE, WWW_AUTHENTICATE,
+    HeaderMap, ACCEPT as ACCEPT_HEADER, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, RANGE,
+    WWW_AUTHENTICATE,
 };
 use reqwest::StatusCode;
 use skiff_image::{ImageInfo, ImageSource, Progress};
@@ -19,6 +20,11 @@ use std::time::Duration;
 /// Tries per request when the registry fails in passing (5xx, 429, a
 /// dropped connection); a blob resumes from what arrived.
 const ATTEMPTS: u32 = 3;
+
+/// How long a registry may stay silent: waiting for an answer, or between
+/// two reads of a body (a stalled transfer fails, and resumes on retry).
+/// Not a limit on a whole download, which may take as long as it needs.
+const STALL: Duration = Duration::from_secs(60);
 
 pub struct Registry {
     client: Client,
@@ -54,9 +60,16 @@ pub fn pull(
             }
         }
     };
+    let _adding = store.adding()?;
     let blobs = std::iter::once(&manifest.config).chain(&manifest.layers);
     let n = manifest.layers.len();
     for (i, d) in blobs.enumerate() {
+        if i == 1 {
+            // The config is in: an image for another platform stops here,
+            // before its layers are downloaded.
+            store.image_config(&r.shown, &manifest)?;
+        }
+        let lock = store.lock_blob(&d.digest, progress)?;
         if store.has_blob(&d.digest) {
             continue;
         }
@@ -67,7 +80,7 @@ pub fn pull(
                 human_size(d.size)
             ));
         }
-        r.blob(store, &d.digest, d.size)?;
+        r.blob(store, &lock, d.size)?;
     }
     let source = ImageSource::Pull {
         reference: r.shown.clone(),
@@ -78,13 +91,19 @@ pub fn pull(
 
 impl Registry {
     fn new(reference: &Reference) -> Result<Registry, OciError> {
+        Registry::with_stall(reference, STALL)
+    }
+
+    fn with_stall(reference: &Reference, stall: Duration) -> Result<Registry, OciError> {
         let shown = reference.familiar();
         let host = reference.api_host();
         let scheme = if plain_http(host) { "http" } else { "https" };
         let client = Client::builder()
             .connect_timeout(Duration::from_secs(15))
             .tcp_keepalive(Duration::from_secs(30))
-            .timeout(None)
+            // In the blocking client this bounds each wait, not the whole
+            // transfer (reqwest applies it to the send and to every read).
+            .timeout(stall)
             .user_agent(concat!("skiff/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| OciError::Registry {
@@ -258,7 +277,8 @@ impl Registry {
     }
 
     /// Download blob `digest` into the store, resuming a partial one.
-    fn blob(&mut self, store: &Store, digest: &str, size: u64) -> Result<(), OciError> {
+    fn blob(&mut self, store: &Store, lock: &BlobLock, size: u64) -> Result<(), OciError> {
+        let digest = lock.digest();
         let url = format!("{}/blobs/{digest}", self.base);
         let mut last = None;
         for attempt in 1..=ATTEMPTS {
@@ -272,12 +292,32 @@ impl Registry {
             }
             let resp = self.get(&url, h)?;
             let resume = match resp.status() {
-                StatusCode::PARTIAL_CONTENT => true,
+                StatusCode::PARTIAL_CONTENT => {
+                    // The bytes must continue exactly where the partial
+                    // file ends; any other range would be spliced in wrong.
+                    let range = resp
+                        .headers()
+                        .get(CONTENT_RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("");
+                    if !range.starts_with(&format!("bytes {have}-")) {
+                        store.discard_partial(digest);
+                        last = Some(OciError::Transfer {
+                            image: self.shown.clone(),
+                            blob: digest.to_owned(),
+                            why: format!(
+                                "asked for bytes {have}- and got the range {range:?}; starting over"
+                            ),
+                        });
+                        continue;
+                    }
+                    true
+                }
                 s if s.is_success() => false,
                 StatusCode::NOT_FOUND => return Err(self.fail(format!("no blob {digest}"))),
                 s => return Err(self.fail(format!("{s} for blob {digest}"))),
             };
-            match store.put_blob(&self.shown, digest, size, resume, resp) {
+            match store.put_blob(lock, &self.shown, size, resume, resp) {
                 Ok(_) => return Ok(()),
                 Err(e @ OciError::Transfer { .. }) if attempt < ATTEMPTS => {
                     last = Some(e);
@@ -406,18 +446,27 @@ mod tests {
         assert!(!plain_http("127.evil.example:5000"));
     }
 
-    #[test]
-    fn a_blob_cut_off_mid_transfer_is_resumed_by_range_and_verified() {
+    /// The test blob: 100 000 bytes that are not all alike, and its digest.
+    fn test_blob() -> (Vec<u8>, String) {
         let blob: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let digest = format!(
             "sha256:{}",
             hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&blob))
         );
+        (blob, digest)
+    }
+
+    /// A registry on loopback whose `answer` gets each connection's number,
+    /// the start of its `Range` (if any) and the stream; the ranges asked
+    /// for are recorded.
+    fn blob_registry(
+        answer: impl Fn(usize, Option<usize>, &mut std::net::TcpStream) + Send + Sync + 'static,
+    ) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<Option<usize>>>>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let served = blob.clone();
         let ranges = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = ranges.clone();
+        let answer = std::sync::Arc::new(answer);
         std::thread::spawn(move || {
             for (n, mut s) in listener.incoming().flatten().enumerate() {
                 let head = read_head(&mut s).to_ascii_lowercase();
@@ -426,43 +475,112 @@ mod tests {
                     .find_map(|l| l.strip_prefix("range: bytes="))
                     .and_then(|r| r.trim_end_matches('-').parse::<usize>().ok());
                 seen.lock().expect("lock").push(from);
-                match (n, from) {
-                    // The first answer promises everything and stops early.
-                    (0, _) => {
-                        let _ = write!(
-                            s,
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
-                            served.len()
-                        );
-                        let _ = s.write_all(&served[..40_000]);
-                    }
-                    (_, Some(from)) => {
-                        let rest = &served[from..];
-                        let _ = write!(
-                            s,
-                            "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {from}-{}/{}\r\nConnection: close\r\n\r\n",
-                            rest.len(),
-                            served.len() - 1,
-                            served.len()
-                        );
-                        let _ = s.write_all(rest);
-                    }
-                    (_, None) => {
-                        let _ = write!(
-                            s,
-                            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n"
-                        );
-                    }
-                }
+                // One thread each: a stalled answer does not hold up the next.
+                let answer = answer.clone();
+                std::thread::spawn(move || answer(n, from, &mut s));
             }
         });
+        (port, ranges)
+    }
+
+    fn send(s: &mut std::net::TcpStream, status: &str, headers: &str, body: &[u8]) {
+        let _ = write!(s, "HTTP/1.1 {status}\r\n{headers}Connection: close\r\n\r\n");
+        let _ = s.write_all(body);
+    }
+
+    fn fetch(
+        port: u16,
+        stall: Duration,
+        digest: &str,
+    ) -> (Store, tempfile::TempDir, Result<(), OciError>) {
         let cache = tempfile::tempdir().expect("tempdir");
         let store = Store::new(cache.path());
         let r = Reference::parse(&format!("127.0.0.1:{port}/team/app:1")).expect("ref");
-        let mut reg = Registry::new(&r).expect("client");
-        reg.blob(&store, &digest, blob.len() as u64)
-            .expect("resumed");
+        let mut reg = Registry::with_stall(&r, stall).expect("client");
+        let got = store
+            .lock_blob(digest, &skiff_image::NoProgress)
+            .and_then(|lock| reg.blob(&store, &lock, 100_000));
+        (store, cache, got)
+    }
+
+    #[test]
+    fn a_blob_cut_off_mid_transfer_is_resumed_by_range_and_verified() {
+        let (blob, digest) = test_blob();
+        let served = blob.clone();
+        let (port, ranges) = blob_registry(move |n, from, s| match (n, from) {
+            // The first answer promises everything and stops early.
+            (0, _) => send(s, "200 OK", "Content-Length: 100000\r\n", &served[..40_000]),
+            (_, Some(from)) => {
+                let cr = format!(
+                    "Content-Length: {}\r\nContent-Range: bytes {from}-99999/100000\r\n",
+                    100_000 - from
+                );
+                send(s, "206 Partial Content", &cr, &served[from..]);
+            }
+            (_, None) => send(s, "500 Internal Server Error", "Content-Length: 0\r\n", b""),
+        });
+        let (store, _cache, got) = fetch(port, STALL, &digest);
+        got.expect("resumed");
         assert_eq!(store.read_blob(&digest).expect("stored"), blob);
         assert_eq!(*ranges.lock().expect("lock"), [None, Some(40_000)]);
+    }
+
+    #[test]
+    fn a_range_answered_from_elsewhere_is_not_spliced_in() {
+        let (blob, digest) = test_blob();
+        let served = blob.clone();
+        let (port, ranges) = blob_registry(move |n, _, s| match n {
+            0 => send(s, "200 OK", "Content-Length: 100000\r\n", &served[..40_000]),
+            // Asked for 40000-, it sends everything from byte 0 as a 206.
+            1 => send(
+                s,
+                "206 Partial Content",
+                "Content-Length: 100000\r\nContent-Range: bytes 0-99999/100000\r\n",
+                &served,
+            ),
+            _ => send(s, "200 OK", "Content-Length: 100000\r\n", &served),
+        });
+        let (store, _cache, got) = fetch(port, STALL, &digest);
+        got.expect("started over");
+        assert_eq!(store.read_blob(&digest).expect("stored"), blob);
+        assert_eq!(*ranges.lock().expect("lock"), [None, Some(40_000), None]);
+    }
+
+    #[test]
+    fn a_stalled_transfer_fails_instead_of_hanging_and_keeps_what_arrived() {
+        let (blob, digest) = test_blob();
+        let (port, ranges) = blob_registry(move |_, from, s| {
+            let from = from.unwrap_or(0);
+            let cr = format!(
+                "Content-Length: {}\r\nContent-Range: bytes {from}-99999/100000\r\n",
+                100_000 - from
+            );
+            let status = if from > 0 {
+                "206 Partial Content"
+            } else {
+                "200 OK"
+            };
+            // 10 000 bytes, then silence with the connection open.
+            send(s, status, &cr, &blob[from..from + 10_000]);
+            std::thread::sleep(Duration::from_secs(30));
+        });
+        let started = std::time::Instant::now();
+        let (store, _cache, got) = fetch(port, Duration::from_secs(1), &digest);
+        let e = got.expect_err("stalled").to_string();
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            e.contains("did not arrive whole") && e.contains("resume"),
+            "{e}"
+        );
+        // Each try resumed where the last one stopped.
+        assert_eq!(
+            *ranges.lock().expect("lock"),
+            [None, Some(10_000), Some(20_000)]
+        );
+        assert_eq!(store.partial_len(&digest), 30_000);
     }
 }

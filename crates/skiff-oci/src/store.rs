@@ -15,6 +15,24 @@ pub struct Store {
     cache: PathBuf,
 }
 
+/// An advisory lock (flock) on a file under `oci/locks`, released when
+/// dropped, also when the process dies.
+pub struct Lock {
+    _file: fs::File,
+}
+
+/// The lock on one blob: only its holder writes the blob.
+pub struct BlobLock {
+    _lock: Lock,
+    digest: String,
+}
+
+impl BlobLock {
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
 impl Store {
     pub fn new(cache: &Path) -> Store {
         Store {
@@ -34,6 +52,69 @@ impl Store {
         tempfile::tempdir_in(&dir).map_err(|e| OciError::io("create a directory in", &dir, e))
     }
 
+    fn lock_file(&self, name: &str) -> Result<(fs::File, PathBuf), OciError> {
+        let dir = self.cache.join("oci/locks");
+        fs::create_dir_all(&dir).map_err(|e| OciError::io("create", &dir, e))?;
+        let path = dir.join(format!("{name}.lock"));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| OciError::io("open", &path, e))?;
+        Ok((file, path))
+    }
+
+    /// Lock `name`, waiting until it is free: shared (many holders) or
+    /// exclusive.
+    fn lock(&self, name: &str, shared: bool) -> Result<Lock, OciError> {
+        let (file, path) = self.lock_file(name)?;
+        if shared {
+            file.lock_shared()
+        } else {
+            file.lock()
+        }
+        .map_err(|e| OciError::io("lock", &path, e))?;
+        Ok(Lock { _file: file })
+    }
+
+    /// Lock `name` alone if nobody holds it (None if someone does).
+    fn try_lock(&self, name: &str) -> Result<Option<Lock>, OciError> {
+        let (file, path) = self.lock_file(name)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(Lock { _file: file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(OciError::io("lock", &path, e)),
+        }
+    }
+
+    /// Held (shared) by every pull and import while it adds to the store;
+    /// prune takes it alone, so it never removes the blobs of an image
+    /// still being made.
+    pub fn adding(&self) -> Result<Lock, OciError> {
+        self.lock("store", true)
+    }
+
+    /// Lock blob `digest` for writing. Another pull or import writing it
+    /// is waited for (and said so): afterwards the blob is usually stored.
+    pub fn lock_blob(&self, digest: &str, progress: &dyn Progress) -> Result<BlobLock, OciError> {
+        // Checked first: only a well-formed digest names a lock file.
+        let path = self.blob_path(digest)?;
+        let hex = path.file_name().unwrap_or_default().to_string_lossy();
+        let name = format!("blob-{hex}");
+        let lock = match self.try_lock(&name)? {
+            Some(l) => l,
+            None => {
+                progress.step(&format!("waiting for another pull of {}", short(digest)));
+                self.lock(&name, false)?
+            }
+        };
+        Ok(BlobLock {
+            _lock: lock,
+            digest: digest.to_owned(),
+        })
+    }
+
     pub fn blob_path(&self, digest: &str) -> Result<PathBuf, OciError> {
         crate::reference::check_digest(digest).map_err(|why| OciError::BadDigest { why })?;
         Ok(self.blobs().join(&digest["sha256:".len()..]))
@@ -41,6 +122,13 @@ impl Store {
 
     pub fn has_blob(&self, digest: &str) -> bool {
         self.blob_path(digest).is_ok_and(|p| p.is_file())
+    }
+
+    /// Forget what an interrupted download of `digest` left.
+    pub fn discard_partial(&self, digest: &str) {
+        if let Ok(p) = self.blob_path(digest) {
+            let _ = fs::remove_file(partial(&p));
+        }
     }
 
     /// How much of `digest` an interrupted download left (to resume from).
@@ -51,18 +139,19 @@ impl Store {
             .map_or(0, |m| m.len())
     }
 
-    /// Store the bytes of blob `digest` read from `from`, which continues
+    /// Store the bytes of the locked blob read from `from`, which continues
     /// where [`Store::partial_len`] left off (`resume`: else from the
     /// start). The blob counts as stored only once its size and digest
     /// match; a mismatch removes what was written.
     pub fn put_blob(
         &self,
+        lock: &BlobLock,
         image: &str,
-        digest: &str,
         size: u64,
         resume: bool,
         mut from: impl Read,
     ) -> Result<PathBuf, OciError> {
+        let digest = lock.digest.as_str();
         let path = self.blob_path(digest)?;
         let dir = self.blobs();
         fs::create_dir_all(&dir).map_err(|e| OciError::io("create", &dir, e))?;
@@ -137,17 +226,9 @@ impl Store {
         fs::read(&p).map_err(|e| OciError::io("read", &p, e))
     }
 
-    /// The image `name` from `manifest`, whose blobs are all stored: its
-    /// layers applied in order to a fresh root, its config kept. Found, not
-    /// rebuilt, when the same manifest was assembled under that name.
-    pub fn assemble(
-        &self,
-        name: &str,
-        source: ImageSource,
-        manifest_digest: &str,
-        manifest: &Manifest,
-        progress: &dyn Progress,
-    ) -> Result<ImageInfo, OciError> {
+    /// The stored config of `manifest`, refused unless it is for this
+    /// host's platform.
+    pub fn image_config(&self, name: &str, manifest: &Manifest) -> Result<ImageConfig, OciError> {
         let config: ImageConfig = serde_json::from_slice(&self.read_blob(&manifest.config.digest)?)
             .map_err(|e| OciError::BadManifest {
                 image: name.to_owned(),
@@ -164,12 +245,29 @@ impl Store {
                 what: format!("platform {os}/{arch} (this host runs linux/{want})"),
             });
         }
+        Ok(config)
+    }
+
+    /// The image `name` from `manifest`, whose blobs are all stored: its
+    /// layers applied in order to a fresh root, its config kept. Found, not
+    /// rebuilt, when the same manifest was assembled under that name.
+    pub fn assemble(
+        &self,
+        name: &str,
+        source: ImageSource,
+        manifest_digest: &str,
+        manifest: &Manifest,
+        progress: &dyn Progress,
+    ) -> Result<ImageInfo, OciError> {
+        let config = self.image_config(name, manifest)?;
         let hash = manifest_digest
             .strip_prefix("sha256:")
             .map_or("unknown", |h| &h[..h.len().min(24)])
             .to_owned();
         let group = skiff_image::images_dir(&self.cache).join(group_dir(name));
         let dir = group.join(&hash);
+        // One assembly of an image at a time: a second waits, then finds it.
+        let _assembling = self.lock(&format!("{}-{hash}", group_dir(name)), false)?;
         if let Ok(text) = fs::read_to_string(dir.join("image.json")) {
             if let Ok(info) = serde_json::from_str::<ImageInfo>(&text) {
                 if info.name == name {
@@ -250,6 +348,9 @@ impl Store {
     /// Delete the blobs no image in the cache was made from, and what
     /// interrupted downloads left; (files, bytes) freed.
     pub fn prune(&self) -> Result<(u64, u64), OciError> {
+        let Some(_alone) = self.try_lock("store")? else {
+            return Err(OciError::Busy);
+        };
         let keep: std::collections::HashSet<String> = skiff_image::list_images(&self.cache)
             .into_iter()
             .flat_map(|i| i.blobs)
@@ -269,6 +370,18 @@ impl Store {
             fs::remove_file(e.path()).map_err(|err| OciError::io("remove", &e.path(), err))?;
             files += 1;
             bytes += size;
+        }
+        // Nobody else holds a lock now (pulls take `adding` first): the
+        // files of the per-blob and per-image locks can go.
+        let locks = self.cache.join("oci/locks");
+        for e in fs::read_dir(&locks)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+        {
+            if e.file_name() != "store.lock" {
+                let _ = fs::remove_file(e.path());
+            }
         }
         Ok((files, bytes))
     }
@@ -295,5 +408,53 @@ pub fn human_size(bytes: u64) -> String {
         b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
         b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
         b => format!("{b} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    const DIGEST: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+    #[test]
+    fn a_second_writer_of_a_blob_waits_for_the_first() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let first = Store::new(cache.path())
+            .lock_blob(DIGEST, &skiff_image::NoProgress)
+            .expect("first");
+        let (tx, rx) = mpsc::channel();
+        let dir = cache.path().to_owned();
+        std::thread::spawn(move || {
+            let lock = Store::new(&dir).lock_blob(DIGEST, &skiff_image::NoProgress);
+            let _ = tx.send(lock.is_ok());
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "the second lock was granted while the first was held"
+        );
+        drop(first);
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)), Ok(true));
+        assert!(Store::new(cache.path())
+            .lock_blob("sha256:short", &skiff_image::NoProgress)
+            .is_err());
+    }
+
+    #[test]
+    fn prune_refuses_while_a_pull_adds_and_runs_after() {
+        let cache = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(cache.path());
+        let blobs = store.blobs();
+        fs::create_dir_all(&blobs).expect("mkdir");
+        fs::write(blobs.join(&DIGEST[7..]), b"unused").expect("blob");
+        let adding = store.adding().expect("adding");
+        let e = store.prune().expect_err("busy").to_string();
+        assert!(e.contains("prune when it is done"), "{e}");
+        assert!(blobs.join(&DIGEST[7..]).exists());
+        drop(adding);
+        assert_eq!(store.prune().expect("prune"), (1, 6));
+        assert!(!blobs.join(&DIGEST[7..]).exists());
     }
 }

@@ -171,6 +171,15 @@ pub struct HealthCheck {
 }
 
 impl VmSpec {
+    /// The cached images the VM boots from: its `image`, then its disk's.
+    pub fn images(&self) -> Vec<&str> {
+        let disk = match self.disk.as_ref().map(|d| &d.source) {
+            Some(DiskSource::Image(name)) => Some(name.as_str()),
+            _ => None,
+        };
+        self.image.as_deref().into_iter().chain(disk).collect()
+    }
+
     /// A spec with every default and the given name (what `[vm.NAME]` with
     /// no fields means).
     pub fn with_defaults(name: &str) -> VmSpec {

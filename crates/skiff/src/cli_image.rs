@@ -171,12 +171,7 @@ pub async fn resolve(name: &str, quiet: bool) -> Result<ImageInfo> {
     if let Some(info) = find(name) {
         return Ok(info);
     }
-    // A bare name (`python`) may be a recipe image not built yet: pulling
-    // `docker.io/library/python` in its place would run someone else's
-    // image. Only a name that is plainly a reference (a tag, a digest, a
-    // registry or a path) is pulled.
-    let reference_like = name.contains([':', '/', '@']);
-    if !reference_like || skiff_oci::Reference::parse(name).is_err() {
+    if skiff_oci::pullable(name).is_none() {
         anyhow::bail!(
             "no image named {name:?}; build it from a recipe (`skiff image build -f images/{name}.toml`) or pull it (`skiff image pull {name}`)"
         );

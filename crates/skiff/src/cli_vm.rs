@@ -45,7 +45,7 @@ async fn fetch_images(spec: &str) -> Result<()> {
     let Ok(vms) = skiff_spec::parse_file(spec) else {
         return Ok(());
     };
-    for image in vms.iter().filter_map(|v| v.image.as_deref()) {
+    for image in vms.iter().flat_map(|v| v.images()) {
         crate::cli_image::resolve(image, false).await?;
     }
     Ok(())

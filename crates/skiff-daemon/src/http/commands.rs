@@ -9,6 +9,7 @@
 //! `{"type":"error","message":"..."}`.
 
 use crate::http::error::{api_error, ApiError};
+use crate::image::CommandSetting;
 use crate::manager::{error_chain, Manager, ManagerError};
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -71,14 +72,22 @@ pub async fn run(
             source: e,
         })
     };
+    let setting = m.command_setting(
+        &name,
+        CommandSetting {
+            env: body.env,
+            workdir: body.workdir,
+            user: body.user.clone(),
+        },
+    );
     let req = ExecRequest {
-        env: m.exec_env(&name, body.env),
+        env: setting.env,
         argv: body.argv,
-        workdir: body.workdir,
+        workdir: setting.workdir,
         stdin: true,
         service: false,
         tty: None,
-        user: body.user.clone(),
+        user: setting.user,
     };
     conn.writer
         .send(&Message::Exec(req))

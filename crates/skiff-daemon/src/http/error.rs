@@ -18,6 +18,7 @@ impl From<ManagerError> for ApiError {
             | ManagerError::WrongState { .. }
             | ManagerError::Conflict(_) => StatusCode::CONFLICT,
             ManagerError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ManagerError::Pull { .. } => StatusCode::BAD_GATEWAY,
             ManagerError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ManagerError::StartFailed { .. } | ManagerError::Agent { .. } => {
                 StatusCode::BAD_GATEWAY

@@ -239,6 +239,7 @@ async fn create(
             return Err(ManagerError::Exists(s.name.clone()).into());
         }
     }
+    pull_missing_images(&m, &specs).await?;
     let mut created = Vec::new();
     for s in &specs {
         match m.create(s) {
@@ -263,7 +264,18 @@ async fn apply(
 ) -> ApiResult<Vec<crate::manager::ApplyChange>> {
     let Json(body) = body.map_err(bad_json)?;
     let specs = parse_specs(&body.spec)?;
+    pull_missing_images(&m, &specs).await?;
     Ok(Json(m.apply(specs).await?))
+}
+
+/// The OCI images the specs name that the cache lacks, pulled before
+/// anything is created (the CLI pulls them first, with progress; this is
+/// for the API's other clients).
+async fn pull_missing_images(m: &AppState, specs: &[skiff_spec::VmSpec]) -> Result<(), ApiError> {
+    for image in specs.iter().flat_map(|s| s.images()) {
+        m.ensure_image(image).await?;
+    }
+    Ok(())
 }
 
 async fn start(State(m): State<AppState>, Path(name): Path<String>) -> ApiResult<skiff_api::Vm> {

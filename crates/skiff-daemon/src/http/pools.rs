@@ -19,6 +19,9 @@ pub async fn create(
     State(m): State<Arc<Manager>>,
     Json(body): Json<CreatePool>,
 ) -> Result<(StatusCode, Json<PoolRecord>), ApiError> {
+    if let Some(image) = &body.image {
+        m.ensure_image(image).await?;
+    }
     Ok((StatusCode::CREATED, Json(m.create_pool(&body)?)))
 }
 

@@ -133,17 +133,25 @@ pub async fn exec(
         ));
     }
     let mut conn = m.connect(&name).await?;
+    let setting = m.command_setting(
+        &name,
+        crate::image::CommandSetting {
+            env: body.env,
+            workdir: body.workdir,
+            user: body.user,
+        },
+    );
     let exec = ExecRequest {
-        env: m.exec_env(&name, body.env),
+        env: setting.env,
         argv: body.argv,
-        workdir: body.workdir,
+        workdir: setting.workdir,
         stdin: body.stdin,
         service: false,
         tty: body.tty.map(|t| skiff_proto::WindowSize {
             rows: t.rows,
             cols: t.cols,
         }),
-        user: body.user,
+        user: setting.user,
     };
     conn.writer
         .send(&Message::Exec(exec))

@@ -221,22 +221,12 @@ impl Manager {
                 problems: conn.hello.problems.clone(),
             });
         }
-        let Some(argv) = &spec.command else {
+        let Some((req, from_image)) = self.service_request(rec) else {
             return Ok(());
         };
-        let req = ExecRequest {
-            argv: argv.clone(),
-            env: spec
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            workdir: None,
-            stdin: false,
-            service: true,
-            tty: None,
-            user: None,
-        };
+        if from_image {
+            tracing::info!(vm = %rec.name, argv = ?req.argv, "the service is the image's Entrypoint and Cmd");
+        }
         conn.writer.send(&Message::Exec(req)).await?;
         let failed = match tokio::time::timeout(Duration::from_secs(30), conn.reader.recv()).await {
             Ok(Ok(Some(Message::Started(_)))) => return Ok(()),
@@ -249,6 +239,36 @@ impl Manager {
         };
         kill_processes(qemu, vsock);
         Err(failed)
+    }
+}
+
+impl Manager {
+    /// The service a VM runs after boot: its spec's `command`, else (but in
+    /// a pool's sandboxes, which wait for commands) its OCI image's
+    /// Entrypoint and Cmd, as `docker run IMAGE` does. True: from the image.
+    fn service_request(&self, rec: &VmRecord) -> Option<(ExecRequest, bool)> {
+        let spec = &rec.spec;
+        let image = crate::image::container_config(spec);
+        let in_pool = matches!(self.store.sandbox(&rec.name), Ok(Some(_)));
+        let (argv, from_image) = match (&spec.command, &image) {
+            (Some(argv), _) => (argv.clone(), false),
+            (None, Some(config)) if !in_pool => (config.argv(&[]), true),
+            (None, _) => return None,
+        };
+        if argv.is_empty() {
+            return None;
+        }
+        let setting = crate::image::command_setting(image.as_ref(), &spec.env, Default::default());
+        let req = ExecRequest {
+            argv,
+            env: setting.env,
+            workdir: setting.workdir,
+            stdin: false,
+            service: true,
+            tty: None,
+            user: setting.user,
+        };
+        Some((req, from_image))
     }
 }
 

@@ -9,6 +9,13 @@ use skiff_net::{NetError, Subnet};
 pub enum ManagerError {
     #[error("no VM named {0:?}")]
     NotFound(String),
+    /// An image the request names is not cached, and pulling it failed.
+    #[error("cannot pull image {image:?}")]
+    Pull {
+        image: String,
+        #[source]
+        source: skiff_oci::OciError,
+    },
     /// Something else that does not exist (a pool, a network, a sandbox).
     #[error(transparent)]
     Missing(#[from] Missing),

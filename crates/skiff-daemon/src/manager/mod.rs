@@ -106,18 +106,18 @@ impl Manager {
         locks.entry(name.to_owned()).or_default().clone()
     }
 
-    /// The environment of a command in `name`: its spec's `env`, then the
-    /// request's own (which wins on a clash: the agent applies them in order).
-    pub fn exec_env(&self, name: &str, request: Vec<(String, String)>) -> Vec<(String, String)> {
-        let mut env: Vec<(String, String)> = self
-            .store
-            .get(name)
-            .ok()
-            .flatten()
-            .map(|rec| rec.spec.env.into_iter().collect())
-            .unwrap_or_default();
-        env.extend(request);
-        env
+    /// What a command in `name` runs with: the VM's OCI image config and
+    /// spec's `env` fill what the request leaves out (see
+    /// [`crate::image::command_setting`]).
+    pub fn command_setting(
+        &self,
+        name: &str,
+        request: crate::image::CommandSetting,
+    ) -> crate::image::CommandSetting {
+        let spec = self.store.get(name).ok().flatten().map(|rec| rec.spec);
+        let image = spec.as_ref().and_then(crate::image::container_config);
+        let spec_env = spec.map(|s| s.env).unwrap_or_default();
+        crate::image::command_setting(image.as_ref(), &spec_env, request)
     }
 
     fn get(&self, name: &str) -> Result<VmRecord, ManagerError> {

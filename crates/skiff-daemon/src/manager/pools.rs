@@ -28,6 +28,34 @@ fn out_of_range(field: &'static str, value: impl ToString, allowed: String) -> M
 }
 
 impl Manager {
+    /// Make sure the image `name` is in the cache: pulled now (as docker
+    /// does) when it is missing and plainly a registry reference. A name
+    /// that is neither is left for the caller's "no image" error.
+    pub async fn ensure_image(&self, name: &str) -> Result<(), ManagerError> {
+        let cache = crate::paths::cache_dir()
+            .map_err(|e| ManagerError::internal("find the image cache", e))?;
+        if skiff_oci::find_image(&cache, name).is_some() {
+            return Ok(());
+        }
+        let Some(reference) = skiff_oci::pullable(name) else {
+            return Ok(());
+        };
+        tracing::info!(image = name, "pulling a missing image");
+        let pulled = tokio::task::spawn_blocking(move || {
+            skiff_oci::pull(
+                &skiff_oci::Store::new(&cache),
+                &reference,
+                &skiff_image::NoProgress,
+            )
+        })
+        .await
+        .map_err(|e| ManagerError::internal("run the pull", e))?;
+        pulled.map(drop).map_err(|source| ManagerError::Pull {
+            image: name.to_owned(),
+            source,
+        })
+    }
+
     fn pool_template(&self, body: &CreatePool) -> Result<VmSpec, ManagerError> {
         let mut spec = VmSpec::with_defaults(&body.name);
         if let Some(c) = body.cpus {
