@@ -320,12 +320,125 @@ fn oci_images_are_pulled_with_credentials_run_with_their_config_and_imported() {
         "{}",
         stderr(&out)
     );
+    // Without a `command`, the image's Entrypoint and Cmd are the service
+    // (as `docker run IMAGE`), with its Env, WorkingDir and User; it ends,
+    // and so does the VM.
     let out = cli(&["start", "svc"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = cli(&["exec", "svc", "--", "cat", "/etc/motd"]);
-    assert_eq!(stdout(&out), "from-the-top\n", "{}", stderr(&out));
+    // Polls `look` (which gives what it saw) until `done` says yes.
+    let until = |what: &str, args: &[&str], done: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = cli(args);
+            let seen = format!("{}{}", stdout(&out), stderr(&out));
+            if done(&seen) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out: {what}; last saw: {seen}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    until("the service's output in the logs", &["logs", "svc"], &|l| {
+        // (The console's lines end in \r\n.)
+        l.contains("args=first,second env=hello cwd=/srv uid=1000") && l.contains("from-the-top")
+    });
+    until("the VM stopped after its service", &["ls"], &|l| {
+        l.lines()
+            .any(|l| l.starts_with("svc") && l.contains("exited successfully"))
+    });
     let out = cli(&["rm", "-f", "svc"]);
     assert!(out.status.success(), "{}", stderr(&out));
+
+    // A spec's own command replaces them; exec gets the image's Env (under
+    // the spec's env), WorkingDir and User unless it says otherwise.
+    std::fs::write(
+        &svc,
+        format!("[vm.box]\nimage = \"{app3}\"\ncommand = [\"sleep\", \"600\"]\nenv = {{ EXTRA = \"spec\" }}\n"),
+    )
+    .expect("spec");
+    let out = cli(&["create", "-f", svc.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cli(&["start", "box"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let probe = "echo $GREETING $EXTRA $(pwd) $(id -u)";
+    let out = cli(&["exec", "box", "--", "sh", "-c", probe]);
+    assert_eq!(stdout(&out), "hello spec /srv 1000\n", "{}", stderr(&out));
+    let out = cli(&[
+        "exec", "-u", "0", "-w", "/etc", "box", "--", "sh", "-c", probe,
+    ]);
+    assert_eq!(stdout(&out), "hello spec /etc 0\n", "{}", stderr(&out));
+    let out = cli(&["rm", "-f", "box"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // The daemon itself pulls what its API clients name (here a pool of
+    // an image nobody pulled, asked for with curl); a pool's sandboxes wait
+    // for commands instead of running the image's Cmd.
+    let app4 = registry.push(&layout, "app2", "team/app4:1.0");
+    let socket = env.runtime.path().join("skiff.sock");
+    let body = format!(r#"{{"name":"p","size":1,"image":"{app4}"}}"#);
+    let out = ok(
+        Command::new("curl").args([
+            "-sS",
+            "--unix-socket",
+            socket.to_str().expect("utf8"),
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &body,
+            "-w",
+            "\n%{http_code}",
+            "http://skiff/v1/pools",
+        ]),
+        "curl",
+    );
+    assert!(stdout(&out).ends_with("\n201"), "{}", stdout(&out));
+    let listed = stdout(&cli(&["image", "ls"]));
+    assert!(listed.lines().any(|l| l.starts_with(&app4)), "{listed}");
+    let out = cli(&["pool", "take", "--json", "p"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let taken: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let sandbox = taken["vm"].as_str().expect("a sandbox name").to_owned();
+    std::thread::sleep(Duration::from_secs(2));
+    let out = cli(&["exec", &sandbox, "--", "sh", "-c", probe]);
+    assert_eq!(stdout(&out), "second-image /srv 1000\n", "{}", stderr(&out));
+    let out = cli(&["pool", "rm", "p"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cli(&["rm", "-f", &sandbox]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A reference the registry lacks: the API says which and why.
+    let body = format!(
+        r#"{{"name":"q","size":1,"image":"127.0.0.1:{}/team/none:9"}}"#,
+        registry.port
+    );
+    let out = ok(
+        Command::new("curl").args([
+            "-sS",
+            "--unix-socket",
+            socket.to_str().expect("utf8"),
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &body,
+            "-w",
+            "\n%{http_code}",
+            "http://skiff/v1/pools",
+        ]),
+        "curl",
+    );
+    let answer = stdout(&out);
+    assert!(
+        answer.ends_with("\n502")
+            && answer.contains("cannot pull image")
+            && answer.contains("no manifest 9"),
+        "{answer}"
+    );
+    assert!(
+        !stdout(&cli(&["pool", "ls"])).contains('q'),
+        "nothing half-made"
+    );
 
     // An image a VM of the daemon boots is not removed under it.
     let spec = work.path().join("user.toml");
