@@ -120,6 +120,15 @@ impl Registry {
         })
     }
 
+    /// What to do about a refusal, by whether credentials were sent.
+    fn credentials_advice(&self) -> &'static str {
+        if self.basic.is_some() {
+            "the credentials in docker's config file were refused"
+        } else {
+            "it does not exist, or it needs credentials: log in with `docker login` (skiff reads ~/.docker/config.json; credential helpers are not run)"
+        }
+    }
+
     fn fail(&self, why: impl Into<String>) -> OciError {
         OciError::Registry {
             image: self.shown.clone(),
@@ -161,11 +170,7 @@ impl Registry {
                     self.authenticate(&challenge)?;
                 }
                 StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                    let how = if self.basic.is_some() {
-                        "the credentials in docker's config file were refused"
-                    } else {
-                        "it does not exist, or it needs credentials: log in with `docker login` (skiff reads ~/.docker/config.json; credential helpers are not run)"
-                    };
+                    let how = self.credentials_advice();
                     return Err(self.fail(format!("{} {url}: {how}", resp.status())));
                 }
                 s if (s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error())
@@ -184,9 +189,7 @@ impl Registry {
         let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
         if scheme.eq_ignore_ascii_case("basic") {
             if self.basic.is_none() {
-                return Err(self.fail(
-                    "it does not exist, or it needs credentials: log in with `docker login` (skiff reads ~/.docker/config.json; credential helpers are not run)",
-                ));
+                return Err(self.fail(self.credentials_advice()));
             }
             return Ok(());
         }
@@ -213,8 +216,15 @@ impl Registry {
         let resp = req
             .send()
             .map_err(|e| self.fail(format!("token from {realm}: {e}")))?;
-        if !resp.status().is_success() {
-            return Err(self.fail(format!("token from {realm}: {}", resp.status())));
+        let status = resp.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(self.fail(format!(
+                "its token server {realm} answered {status}: {}",
+                self.credentials_advice()
+            )));
+        }
+        if !status.is_success() {
+            return Err(self.fail(format!("token from {realm}: {status}")));
         }
         #[derive(serde::Deserialize)]
         struct Token {

@@ -5,88 +5,11 @@
 
 mod common;
 
+use common::registry::{ok, skopeo_copy, Registry, PASSWORD, USER};
 use common::{stderr, stdout, Env};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-const USER: &str = "tester";
-const PASSWORD: &str = "s3cret";
-
-fn ok(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(out.status.success(), "{what}: {}", stderr(&out));
-    out
-}
-
-/// A registry on 127.0.0.1 that wants [`USER`]'s password.
-struct Registry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = common::free_port();
-        let htpasswd = ok(
-            Command::new("htpasswd").args(["-Bbn", USER, PASSWORD]),
-            "htpasswd",
-        );
-        std::fs::write(dir.path().join("htpasswd"), &htpasswd.stdout).expect("htpasswd");
-        let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {d}/data\nhttp:\n  addr: 127.0.0.1:{port}\nauth:\n  htpasswd:\n    realm: skiff-test\n    path: {d}/htpasswd\n",
-            d = dir.path().display()
-        );
-        std::fs::write(dir.path().join("config.yml"), config).expect("config");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(dir.path().join("config.yml"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("registry.log")).expect("log"))
-            .spawn()
-            .expect("docker-registry (scripts/setup.sh installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the registry did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Registry {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-
-    fn push(&self, layout: &Path, tag: &str, to: &str) -> String {
-        let dest = format!("127.0.0.1:{}/{to}", self.port);
-        skopeo_copy(
-            &[
-                "--dest-tls-verify=false",
-                "--dest-creds",
-                &format!("{USER}:{PASSWORD}"),
-            ],
-            &format!("oci:{}:{tag}", layout.display()),
-            &format!("docker://{dest}"),
-        );
-        dest
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `skopeo copy --quiet FROM TO`, with `extra` options first.
-fn skopeo_copy(extra: &[&str], from: &str, to: &str) {
-    let mut cmd = Command::new("skopeo");
-    cmd.args(["copy", "--quiet"]).args(extra).args([from, to]);
-    ok(&mut cmd, &format!("skopeo copy {from} {to}"));
-}
 
 fn umoci(args: &[&str]) {
     ok(Command::new("umoci").args(args), &format!("umoci {args:?}"));
@@ -181,21 +104,7 @@ fn oci_images_are_pulled_with_credentials_run_with_their_config_and_imported() {
     assert_eq!(blobs(cache.path()), 0);
 
     // docker's config file holds the password, as `docker login` leaves it.
-    let creds = work.path().join("creds");
-    std::fs::create_dir(&creds).expect("mkdir");
-    let auth = ok(
-        Command::new("sh").args(["-c", &format!("printf %s {USER}:{PASSWORD} | base64")]),
-        "base64",
-    );
-    std::fs::write(
-        creds.join("config.json"),
-        format!(
-            r#"{{"auths":{{"127.0.0.1:{}":{{"auth":"{}"}}}}}}"#,
-            registry.port,
-            String::from_utf8_lossy(&auth.stdout).trim()
-        ),
-    )
-    .expect("config.json");
+    let creds = registry.docker_config(&work.path().join("creds"));
     let cli = |args: &[&str]| skiff(&env, cache.path(), &creds, args);
     let out = cli(&["image", "pull", "--json", &app]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -456,6 +365,59 @@ fn oci_images_are_pulled_with_credentials_run_with_their_config_and_imported() {
     assert!(out.status.success(), "{}", stderr(&out));
     let out = cli(&["image", "rm", "mine:3"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    env.assert_clean();
+}
+
+#[test]
+fn a_registry_with_token_auth_is_pulled_through_its_token_server() {
+    let env = Env::new();
+    let cache = common::private_cache(&env);
+    let work = tempfile::tempdir().expect("tempdir");
+    let layout = make_image(work.path());
+    let registry = Registry::start_with_tokens();
+    let app = registry.push(&layout, "app", "team/tok:1");
+    let token_requests = registry.token_requests.clone().expect("token mode");
+    token_requests.lock().expect("lock").clear();
+
+    // Without credentials the token server refuses; skiff says how to log
+    // in, and keeps nothing.
+    let none = work.path().join("none");
+    std::fs::create_dir(&none).expect("mkdir");
+    let out = skiff(&env, cache.path(), &none, &["image", "pull", &app]);
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("its token server http://127.0.0.1:")
+            && stderr(&out).contains("401")
+            && stderr(&out).contains("docker login"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(blobs(cache.path()), 0);
+
+    // With them: a token for exactly this repository, pull only.
+    let creds = registry.docker_config(&work.path().join("creds"));
+    let out = skiff(&env, cache.path(), &creds, &["image", "pull", "-q", &app]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let seen = token_requests.lock().expect("lock").clone();
+    assert!(
+        seen.iter()
+            .any(|l| l.contains("scope=repository%3Ateam%2Ftok%3Apull")
+                && l.contains("service=skiff-test-registry")),
+        "{seen:?}"
+    );
+    assert_eq!(blobs(cache.path()), 3);
+    let out = skiff(
+        &env,
+        cache.path(),
+        &creds,
+        &["run", "-q", "--image", &app, "--", "tok"],
+    );
+    assert_eq!(
+        stdout(&out),
+        "args=tok, env=hello cwd=/srv uid=1000\nfrom-the-top\n",
+        "{}",
+        stderr(&out)
+    );
     env.assert_clean();
 }
 

@@ -6,6 +6,7 @@
 
 pub mod daemon;
 pub mod netns;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
