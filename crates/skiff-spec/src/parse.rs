@@ -28,6 +28,20 @@ impl Errs {
     }
 }
 
+/// An image as a spec names it: a recipe image's name (`python`) or an OCI
+/// image reference (`python:3.12-slim`, `ghcr.io/org/app@sha256:…`). The
+/// cache finds it; this only keeps out what neither can be.
+pub(crate) fn check_image_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._-/:@".contains(c);
+    let starts_well = name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if !starts_well || name.len() > 255 || !name.chars().all(allowed) {
+        return Err(format!(
+            "{name:?} is not an image name or reference; give a built image's name (`skiff image ls`) or a reference such as registry.example/team/app:1.0 (at most 255 of a-z A-Z 0-9 . _ - / : @, starting with a letter or digit)"
+        ));
+    }
+    Ok(())
+}
+
 /// The keys of one TOML table, tracking which were read so that the rest
 /// can be reported as unknown.
 struct Fields<'a> {
@@ -368,7 +382,14 @@ fn vm_table(name: &str, body: &Table, path: &str, errs: &mut Errs) -> Option<VmS
         spec.kernel = kernel(v, &f.sub("kernel"), errs);
     }
     if let Some(v) = f.get("image") {
-        spec.image = expect_str(v, &f.sub("image"), errs).map(str::to_owned);
+        let p = f.sub("image");
+        spec.image = expect_str(v, &p, errs).and_then(|name| match check_image_name(name) {
+            Ok(()) => Some(name.to_owned()),
+            Err(e) => {
+                errs.push(&p, e);
+                None
+            }
+        });
     }
     if let Some(v) = f.get("hypervisor") {
         let p = f.sub("hypervisor");

@@ -282,6 +282,28 @@ fn oci_images_are_pulled_with_credentials_run_with_their_config_and_imported() {
     let out = cli(&["rm", "-f", "box"]);
     assert!(out.status.success(), "{}", stderr(&out));
 
+    // The same image as a root on a block device: an ext4 base made from
+    // it, with a throw-away layer per VM.
+    std::fs::write(
+        &svc,
+        format!("[vm.blk]\ndisk = {{ image = \"{app3}\" }}\ncommand = [\"sleep\", \"600\"]\n"),
+    )
+    .expect("spec");
+    let out = cli(&["create", "-f", svc.to_str().expect("utf8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cli(&["start", "blk"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let root = "grep ' / ' /proc/mounts | cut -d' ' -f1,3; cat /etc/motd; echo $GREETING $(pwd)";
+    let out = cli(&["exec", "blk", "--", "sh", "-c", root]);
+    assert_eq!(
+        stdout(&out),
+        "/dev/vda ext4\nfrom-the-top\nhello /srv\n",
+        "{}",
+        stderr(&out)
+    );
+    let out = cli(&["rm", "-f", "blk"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
     // The daemon itself pulls what its API clients name (here a pool of
     // an image nobody pulled, asked for with curl); a pool's sandboxes wait
     // for commands instead of running the image's Cmd.

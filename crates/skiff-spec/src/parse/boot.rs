@@ -2,7 +2,7 @@
 //! `target`).
 
 use super::{absolute, expect_str, type_name, Errs, Fields};
-use crate::{check_name, DiskSource, DiskSpec, InitSpec, VmSpec, DEFAULT_TARGET};
+use crate::{DiskSource, DiskSpec, InitSpec, VmSpec, DEFAULT_TARGET};
 use toml::Value;
 
 /// `disk = "/path/base.qcow2"`, or `disk = { image = "NAME" | file = "/path",
@@ -33,12 +33,12 @@ pub(super) fn disk(v: &Value, p: &str, errs: &mut Errs) -> Option<DiskSpec> {
         (Some(_), Some(_)) => {
             errs.push(
                 p,
-                "give either image (a recipe's image) or file (a disk image of yours), not both",
+                "give either image (a built or pulled image) or file (a disk image of yours), not both",
             );
             return None;
         }
         (Some(name), None) => {
-            if let Err(e) = check_name(&name) {
+            if let Err(e) = super::check_image_name(&name) {
                 errs.push(&format!("{p}.image"), e);
                 return None;
             }
