@@ -243,10 +243,7 @@ fn token_server(key: &Path, cert: &Path) -> (u16, Arc<Mutex<Vec<String>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     let (key, cert) = (key.to_owned(), cert.to_owned());
-    let want = format!(
-        "authorization: basic {}",
-        STANDARD.encode(format!("{USER}:{PASSWORD}"))
-    );
+    let want = format!("Basic {}", STANDARD.encode(format!("{USER}:{PASSWORD}")));
     std::thread::spawn(move || {
         for mut s in listener.incoming().flatten() {
             let mut head = Vec::new();
@@ -257,9 +254,12 @@ fn token_server(key: &Path, cert: &Path) -> (u16, Arc<Mutex<Vec<String>>>) {
             let head = String::from_utf8_lossy(&head).into_owned();
             let line = head.lines().next().unwrap_or("").to_owned();
             log.lock().expect("lock").push(line.clone());
-            let authorized = head
-                .lines()
-                .any(|l| l.to_ascii_lowercase() == want.to_ascii_lowercase());
+            // The header's name in any case, its value exactly.
+            let authorized = head.lines().any(|l| {
+                l.split_once(':').is_some_and(|(name, value)| {
+                    name.eq_ignore_ascii_case("authorization") && value.trim() == want
+                })
+            });
             let query = line
                 .split_whitespace()
                 .nth(1)
