@@ -93,7 +93,18 @@ pub fn ensure_image_disk(info: &ImageInfo, progress: &dyn Progress) -> Result<Pa
 }
 
 /// Bytes of the regular files under `dir` (symlinks not followed).
-fn tree_size(dir: &Path) -> u64 {
+/// A size for people: `1.5 GiB`, `12.0 MiB`, `512 B`.
+pub fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+/// The bytes of the regular files under `dir` (what an image holds).
+pub fn tree_size(dir: &Path) -> u64 {
     let mut total = 0;
     let mut stack = vec![dir.to_owned()];
     while let Some(d) = stack.pop() {
@@ -166,6 +177,14 @@ mod tests {
     }
 
     #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human_size(512), "512 B");
+        assert_eq!(human_size(1536), "1.5 KiB");
+        assert_eq!(human_size(12 << 20), "12.0 MiB");
+        assert_eq!(human_size(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
     fn an_image_disk_is_built_once_and_never_replaced() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("img/abc/root");
@@ -180,6 +199,7 @@ mod tests {
             source: crate::ImageSource::Recipe,
             config: None,
             blobs: Vec::new(),
+            size: None,
         };
         let disk = ensure_image_disk(&info, &crate::NoProgress).expect("built");
         assert_eq!(disk, dir.path().join("img/abc/disk.ext4"));

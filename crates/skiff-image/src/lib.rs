@@ -13,7 +13,8 @@ mod tool;
 
 pub use cpio::CpioWriter;
 pub use disk::{
-    disk_kind, ensure_image_disk, image_disk_path, make_overlay, overlay_args, DiskKind, ROOT_LABEL,
+    disk_kind, ensure_image_disk, human_size, image_disk_path, make_overlay, overlay_args,
+    tree_size, DiskKind, ROOT_LABEL,
 };
 pub use drive::make_ext4;
 pub use elf::is_static;

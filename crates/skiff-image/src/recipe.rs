@@ -128,6 +128,10 @@ pub struct ImageInfo {
     /// `skiff image prune` keeps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blobs: Vec<String>,
+    /// Bytes of its files (measured when it was made; none in images made
+    /// before skiff measured them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 pub fn images_dir(cache: &Path) -> PathBuf {
@@ -217,6 +221,7 @@ pub fn build_image(
         source: crate::ImageSource::Recipe,
         config: None,
         blobs: Vec::new(),
+        size: Some(crate::tree_size(&dir.join("root"))),
     };
     let json = serde_json::to_string_pretty(&info).map_err(|e| Error::Fetch {
         what: e.to_string(),

@@ -5,7 +5,7 @@
 //! interrupted pull stopped.
 
 use crate::manifest::{parse_document, pick_platform, Document, ACCEPT};
-use crate::store::{human_size, short, BlobLock, Store};
+use crate::store::{short, BlobLock, Store};
 use crate::{OciError, Reference};
 use base64::Engine;
 use reqwest::blocking::{Client, Response};
@@ -14,6 +14,7 @@ use reqwest::header::{
     WWW_AUTHENTICATE,
 };
 use reqwest::StatusCode;
+use skiff_image::human_size;
 use skiff_image::{ImageInfo, ImageSource, Progress};
 use std::time::Duration;
 

@@ -6,7 +6,7 @@ use crate::manifest::{sniff, Compression, ImageConfig, Manifest};
 use crate::unpack::apply_layer;
 use crate::OciError;
 use sha2::{Digest, Sha256};
-use skiff_image::{ImageInfo, ImageSource, Progress};
+use skiff_image::{human_size, ImageInfo, ImageSource, Progress};
 use std::fs;
 use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -328,6 +328,7 @@ impl Store {
             recipe: None,
             source,
             config: Some(config.container_config()),
+            size: Some(skiff_image::tree_size(&root)),
             blobs: std::iter::once(&manifest.config)
                 .chain(&manifest.layers)
                 .map(|d| d.digest.clone())
@@ -400,15 +401,6 @@ fn group_dir(name: &str) -> String {
 pub fn short(digest: &str) -> &str {
     let end = digest.len().min("sha256:".len() + 12);
     digest.get(..end).unwrap_or(digest)
-}
-
-pub fn human_size(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
-        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
-        b => format!("{b} B"),
-    }
 }
 
 #[cfg(test)]

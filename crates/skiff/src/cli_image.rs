@@ -72,12 +72,19 @@ pub async fn import(path: PathBuf, name: Option<String>, json: bool) -> Result<i
 }
 
 pub fn ls(json: bool) -> Result<i32> {
-    let images = skiff_image::list_images(&paths::cache_dir()?);
+    let mut images = skiff_image::list_images(&paths::cache_dir()?);
+    // Images made before sizes were recorded are measured now.
+    for i in images.iter_mut().filter(|i| i.size.is_none()) {
+        i.size = Some(skiff_image::tree_size(&i.root));
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&images)?);
         return Ok(0);
     }
-    println!("{:<40} {:<8} {:<26} FROM", "NAME", "SOURCE", "HASH");
+    println!(
+        "{:<40} {:<8} {:>10}  {:<26} FROM",
+        "NAME", "SOURCE", "SIZE", "HASH"
+    );
     for i in &images {
         let from = match (&i.source, &i.recipe) {
             (skiff_image::ImageSource::Pull { digest, .. }, _)
@@ -86,9 +93,10 @@ pub fn ls(json: bool) -> Result<i32> {
             (_, None) => String::new(),
         };
         println!(
-            "{:<40} {:<8} {:<26} {from}",
+            "{:<40} {:<8} {:>10}  {:<26} {from}",
             i.name,
             i.source.label(),
+            skiff_image::human_size(i.size.unwrap_or(0)),
             i.hash
         );
     }

@@ -111,6 +111,8 @@ fn oci_images_are_pulled_with_credentials_run_with_their_config_and_imported() {
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(info["name"], app);
     assert_eq!(info["source"]["kind"], "pull");
+    let size = info["size"].as_u64().expect("a size");
+    assert!(size > 500_000, "busybox and all: {size}");
     assert!(
         stderr(&out).contains("pulling layer 2/2"),
         "{}",
@@ -188,16 +190,17 @@ fn oci_images_are_pulled_with_credentials_run_with_their_config_and_imported() {
 
     let listed = cli(&["image", "ls"]);
     let listed = stdout(&listed);
+    let shown_size = skiff_image::human_size(size);
     for (name, source) in [
         (&app, "pull"),
         (&app2, "pull"),
         (&"app:2.0".to_owned(), "import"),
     ] {
         assert!(
-            listed
-                .lines()
-                .any(|l| l.starts_with(name.as_str()) && l.contains(source)),
-            "{name} {source}: {listed}"
+            listed.lines().any(|l| l.starts_with(name.as_str())
+                && l.contains(source)
+                && l.contains(&shown_size)),
+            "{name} {source} {shown_size}: {listed}"
         );
     }
     let out = cli(&["image", "rm", "app:2.0"]);
