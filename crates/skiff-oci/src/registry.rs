@@ -126,7 +126,7 @@ impl Registry {
         if self.basic.is_some() {
             "the credentials in docker's config file were refused"
         } else {
-            "it does not exist, or it needs credentials: log in with `docker login` (skiff reads ~/.docker/config.json; credential helpers are not run)"
+            "it does not exist, or it needs credentials: log in with `docker login` (skiff reads ~/.docker/config.json and runs its credential helpers)"
         }
     }
 

@@ -419,9 +419,43 @@ fn a_registry_with_token_auth_is_pulled_through_its_token_server() {
     );
     assert_eq!(blobs(cache.path()), 0);
 
-    // With them: a token for exactly this repository, pull only.
-    let creds = registry.docker_config(&work.path().join("creds"));
-    let out = skiff(&env, cache.path(), &creds, &["image", "pull", "-q", &app]);
+    // With them, from a credential helper as docker runs it (its config
+    // names the helper; the helper is asked for the registry's host): a
+    // token for exactly this repository, pull only.
+    let creds = work.path().join("creds");
+    let bin = work.path().join("bin");
+    std::fs::create_dir_all(&creds).expect("mkdir");
+    std::fs::create_dir_all(&bin).expect("mkdir");
+    std::fs::write(
+        creds.join("config.json"),
+        format!(
+            r#"{{"credHelpers":{{"127.0.0.1:{}":"skifftest"}}}}"#,
+            registry.port
+        ),
+    )
+    .expect("config.json");
+    let helper = bin.join("docker-credential-skifftest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\nread server\n[ \"$1\" = get ] && [ \"$server\" = 127.0.0.1:{} ] || exit 1\necho '{{\"Username\":\"{USER}\",\"Secret\":\"{PASSWORD}\"}}'\n",
+            registry.port
+        ),
+    )
+    .expect("helper");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut pull = env.skiff();
+    pull.env("SKIFF_CACHE_DIR", cache.path())
+        .env("DOCKER_CONFIG", &creds)
+        .env("PATH", &path)
+        .args(["image", "pull", "-q", &app]);
+    let out = common::output_with_input(&mut pull, None);
     assert!(out.status.success(), "{}", stderr(&out));
     let seen = token_requests.lock().expect("lock").clone();
     assert!(
