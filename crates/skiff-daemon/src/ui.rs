@@ -7,6 +7,8 @@ use std::time::Duration;
 pub struct StepProgress {
     bar: Option<ProgressBar>,
     quiet: bool,
+    /// The current step's message, which byte counts are shown after.
+    step: std::sync::Mutex<String>,
 }
 
 impl StepProgress {
@@ -19,7 +21,11 @@ impl StepProgress {
             bar.enable_steady_tick(Duration::from_millis(100));
             bar
         });
-        StepProgress { bar, quiet }
+        StepProgress {
+            bar,
+            quiet,
+            step: std::sync::Mutex::new(String::new()),
+        }
     }
 
     pub fn finish(&self) {
@@ -35,9 +41,22 @@ impl skiff_image::Progress for StepProgress {
             Some(bar) => {
                 bar.println(format!("skiff: {message}"));
                 bar.set_message(message.to_owned());
+                *self.step.lock().unwrap_or_else(|p| p.into_inner()) = message.to_owned();
             }
             None if !self.quiet => eprintln!("skiff: {}...", message.trim_end_matches('.')),
             None => {}
+        }
+    }
+
+    /// On a terminal only: lines for byte counts would flood a log.
+    fn bytes(&self, done: u64, total: u64) {
+        if let Some(bar) = &self.bar {
+            let step = self.step.lock().unwrap_or_else(|p| p.into_inner());
+            bar.set_message(format!(
+                "{step}: {} of {}",
+                skiff_image::human_size(done),
+                skiff_image::human_size(total)
+            ));
         }
     }
 }

@@ -34,6 +34,8 @@ use std::path::{Path, PathBuf};
 pub trait Progress {
     /// A new step started; `message` says what it does.
     fn step(&self, message: &str);
+    /// The current step has moved `done` of `total` bytes (a download).
+    fn bytes(&self, _done: u64, _total: u64) {}
 }
 
 /// Progress that goes nowhere.

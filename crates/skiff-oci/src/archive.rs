@@ -134,7 +134,7 @@ fn take_blob(store: &Store, image: &str, layout: &Path, d: &Descriptor) -> Resul
     }
     let p = blob_file(layout, &d.digest)?;
     let f = fs::File::open(&p).map_err(|e| OciError::io("open", &p, e))?;
-    store.put_blob(&lock, image, d.size, false, f)?;
+    store.put_blob(&lock, image, d.size, false, f, &skiff_image::NoProgress)?;
     Ok(())
 }
 
@@ -278,7 +278,7 @@ fn from_docker_save(
         let lock = store.lock_blob(&digest, &skiff_image::NoProgress)?;
         if !store.has_blob(&digest) {
             let f = fs::File::open(&p).map_err(|e| OciError::io("open", &p, e))?;
-            store.put_blob(&lock, &name, size, false, f)?;
+            store.put_blob(&lock, &name, size, false, f, &skiff_image::NoProgress)?;
         }
         Ok(Descriptor {
             media_type: String::new(),

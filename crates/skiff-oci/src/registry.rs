@@ -81,7 +81,7 @@ pub fn pull(
                 human_size(d.size)
             ));
         }
-        r.blob(store, &lock, d.size)?;
+        r.blob(store, &lock, d.size, progress)?;
     }
     let source = ImageSource::Pull {
         reference: r.shown.clone(),
@@ -288,7 +288,13 @@ impl Registry {
     }
 
     /// Download blob `digest` into the store, resuming a partial one.
-    fn blob(&mut self, store: &Store, lock: &BlobLock, size: u64) -> Result<(), OciError> {
+    fn blob(
+        &mut self,
+        store: &Store,
+        lock: &BlobLock,
+        size: u64,
+        progress: &dyn Progress,
+    ) -> Result<(), OciError> {
         let digest = lock.digest();
         let url = format!("{}/blobs/{digest}", self.base);
         let mut last = None;
@@ -328,7 +334,7 @@ impl Registry {
                 StatusCode::NOT_FOUND => return Err(self.fail(format!("no blob {digest}"))),
                 s => return Err(self.fail(format!("{s} for blob {digest}"))),
             };
-            match store.put_blob(lock, &self.shown, size, resume, resp) {
+            match store.put_blob(lock, &self.shown, size, resume, resp, progress) {
                 Ok(_) => return Ok(()),
                 Err(e @ OciError::Transfer { .. }) if attempt < ATTEMPTS => {
                     last = Some(e);
@@ -510,7 +516,7 @@ mod tests {
         let mut reg = Registry::with_stall(&r, stall).expect("client");
         let got = store
             .lock_blob(digest, &skiff_image::NoProgress)
-            .and_then(|lock| reg.blob(&store, &lock, 100_000));
+            .and_then(|lock| reg.blob(&store, &lock, 100_000, &skiff_image::NoProgress));
         (store, cache, got)
     }
 

@@ -150,6 +150,7 @@ impl Store {
         size: u64,
         resume: bool,
         mut from: impl Read,
+        progress: &dyn Progress,
     ) -> Result<PathBuf, OciError> {
         let digest = lock.digest.as_str();
         let path = self.blob_path(digest)?;
@@ -198,6 +199,9 @@ impl Store {
             hasher.update(&buf[..n]);
             out.write_all(&buf[..n])
                 .map_err(|e| OciError::io("write", &part, e))?;
+            if written % (1 << 20) < n as u64 || written == size {
+                progress.bytes(written, size);
+            }
         }
         if written < size {
             return Err(OciError::Transfer {
