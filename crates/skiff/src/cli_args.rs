@@ -1,0 +1,349 @@
+//! The command line's grammar: every verb, flag and argument (clap).
+//! What each does is in main.rs and the cli_* modules.
+
+use crate::cli_parse::{parse_env, parse_publish, parse_share};
+use crate::{cli_net, cli_pool, run_spec};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "skiff",
+    version,
+    about = "Run Linux microVMs: sandboxes, services, dev boxes"
+)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Boot a fresh microVM, run COMMAND in it, and exit with its status.
+    Run(RunArgs),
+    /// Manage guest images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Run the daemon that owns long-lived VMs (API on a Unix socket).
+    Daemon(DaemonArgs),
+    /// Create VMs from a spec file (they start with `skiff start`).
+    Create(SpecFileArgs),
+    /// Create or update VMs from a spec file; running VMs whose spec changed
+    /// restart where `restart_if_changed` allows.
+    Apply(SpecFileArgs),
+    /// Start a VM and wait until it is ready.
+    Start {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a VM: power off through its agent, kill after the timeout.
+    Stop {
+        name: String,
+        /// Seconds to wait for a clean power-off.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop and start a VM.
+    Restart {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove VMs.
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Stop running VMs first.
+        #[arg(short, long)]
+        force: bool,
+        /// Also delete the VMs' named volumes (kept otherwise).
+        #[arg(long)]
+        volumes: bool,
+    },
+    /// List VMs.
+    #[command(alias = "ps")]
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show everything the daemon knows about a VM, as JSON.
+    Inspect { name: String },
+    /// Print a VM's console and service output.
+    Logs {
+        name: String,
+        /// Keep printing new output.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Run a command in a running VM; exits with the command's status.
+    Exec(ExecArgs),
+    /// Copy files or directories between the host and a running VM
+    /// (`skiff cp ./a.txt web:/tmp/`, `skiff cp web:/var/log ./logs`).
+    Cp {
+        /// Source: a host path, or NAME:/path in a VM.
+        src: String,
+        /// Destination: a host path, or NAME:/path in a VM.
+        dst: String,
+    },
+    /// Manage named volumes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Manage networks: bridges with NAT that VMs join (`mode = "bridge"`).
+    #[command(subcommand)]
+    Network(cli_net::NetworkCommand),
+    /// Manage warm pools of sandboxes (`skiff run --pool NAME -- CMD`).
+    #[command(subcommand)]
+    Pool(cli_pool::PoolCommand),
+    /// Open an interactive shell (or COMMAND) on a terminal in a running VM.
+    Shell {
+        name: String,
+        /// Command to run instead of a login shell.
+        #[arg(last = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum VolumeCommand {
+    /// Create an empty ext4 volume.
+    Create {
+        name: String,
+        /// Size, like 512M or 2G (default 1G).
+        #[arg(long)]
+        size: Option<String>,
+    },
+    /// List volumes and the VMs that use them.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete volumes (refused while a running VM uses one).
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(clap::Args)]
+pub(crate) struct DaemonArgs {
+    /// Also serve the API on this TCP address (for example 127.0.0.1:7070);
+    /// every request must then carry `Authorization: Bearer <token>`.
+    #[arg(long, value_name = "ADDR", requires = "token_file")]
+    pub(crate) listen_tcp: Option<std::net::SocketAddr>,
+    /// File holding the bearer token for the TCP listener.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// Run the reverse proxy for VMs with an `http` section: plain HTTP on
+    /// this address (for example 0.0.0.0:80).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) http_listen: Option<std::net::SocketAddr>,
+    /// The proxy's HTTPS address (for example 0.0.0.0:443).
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) https_listen: Option<std::net::SocketAddr>,
+    /// A proxy in front of skiff's whose X-Forwarded-For is kept (repeat
+    /// for several); from any other client the header is replaced.
+    #[arg(long = "proxy-trusted", value_name = "IP")]
+    pub(crate) proxy_trusted: Vec<std::net::IpAddr>,
+    /// Connections the proxy holds open at once, from everyone.
+    #[arg(long, value_name = "N", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) proxy_max_connections: u32,
+    /// Connections the proxy holds open at once from one address (an IPv6 /64).
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) proxy_max_per_ip: u32,
+    /// Seconds a client has to send a request head.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) proxy_header_timeout: u64,
+    /// Seconds a connection may sit idle between requests.
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub(crate) proxy_idle_timeout: u64,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct SpecFileArgs {
+    /// The spec file (TOML; `-` for stdin).
+    #[arg(short, long = "file", value_name = "FILE")]
+    pub(crate) file: PathBuf,
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct ExecArgs {
+    pub(crate) name: String,
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub(crate) env: Vec<(String, String)>,
+    #[arg(short, long, value_name = "DIR")]
+    pub(crate) workdir: Option<String>,
+    #[arg(short, long)]
+    pub(crate) interactive: bool,
+    /// Run as this guest user (a name from its /etc/passwd, UID or UID:GID).
+    #[arg(short, long)]
+    pub(crate) user: Option<String>,
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub(crate) command: Vec<String>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum ImageCommand {
+    /// Build a root filesystem image from a recipe (Debian packages, files,
+    /// commands) with debootstrap; needs root.
+    Build {
+        /// The recipe (TOML), for example images/python.toml.
+        #[arg(short, long = "file", value_name = "RECIPE")]
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pull an OCI image from a registry (`alpine`, `python:3.12-slim`,
+    /// `ghcr.io/org/app@sha256:…`, `localhost:5000/app:1.0`); credentials
+    /// come from docker's config file (`docker login`).
+    Pull {
+        #[arg(value_name = "REFERENCE")]
+        reference: String,
+        /// No progress on stderr.
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import an OCI image from a `docker save` archive or an OCI layout
+    /// directory.
+    Import {
+        #[arg(value_name = "ARCHIVE_OR_DIR")]
+        path: PathBuf,
+        /// The image's name (NAME:TAG), when the archive gives none or
+        /// holds several.
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List images: built from recipes, pulled, imported.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every build of an image (refused while a VM or pool of the
+    /// daemon boots it).
+    Rm { name: String },
+    /// Delete the stored OCI blobs no image uses (after `image rm`), and
+    /// what interrupted pulls left.
+    Prune,
+    /// Fetch the kernel and build the default image now (otherwise the
+    /// first `skiff run` does it).
+    Prepare {
+        #[command(flatten)]
+        kernel: KernelArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+pub(crate) struct KernelArgs {
+    /// Boot this kernel image instead of Debian's linux-image-cloud-amd64.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) kernel: Option<PathBuf>,
+    /// The kernel's lib/modules/<release> directory (with modules.dep), if
+    /// the virtio/vsock drivers are modules.
+    #[arg(long, value_name = "DIR", requires = "kernel")]
+    pub(crate) modules: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum TimingsFormat {
+    Human,
+    Json,
+}
+
+#[derive(clap::Args)]
+pub(crate) struct RunArgs {
+    /// Run in a ready sandbox taken from this pool (destroyed afterwards)
+    /// instead of booting a VM: see `skiff pool create`.
+    #[arg(long, conflicts_with_all = ["standalone", "rootfs", "image", "net", "publish", "volume"])]
+    pub(crate) pool: Option<String>,
+    /// Boot the VM from this process instead of through the daemon (the
+    /// default when --timings is given, or SKIFF_STANDALONE=1).
+    #[arg(long, env = "SKIFF_STANDALONE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
+    pub(crate) standalone: bool,
+    /// Virtual CPUs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=255))]
+    pub(crate) cpus: u32,
+    /// Network: none (no device at all), user (QEMU user-mode NAT, no
+    /// privileges needed), or the name of a network made with `skiff
+    /// network create` (through the daemon). Default: none, or user when -p
+    /// is given.
+    #[arg(long)]
+    pub(crate) net: Option<String>,
+    /// Boot into this host directory as the root filesystem (writes go to
+    /// an overlay in guest memory unless --rootfs-rw).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) rootfs: Option<PathBuf>,
+    /// Let the guest write to the --rootfs directory itself.
+    #[arg(long, requires = "rootfs")]
+    pub(crate) rootfs_rw: bool,
+    /// Boot into an image: one built from a recipe (skiff image build), or
+    /// an OCI image by reference (pulled first if it is not here), whose
+    /// Entrypoint, Cmd, Env, WorkingDir and User apply unless overridden.
+    /// Writes stay in memory.
+    #[arg(long, value_name = "NAME", conflicts_with = "rootfs")]
+    pub(crate) image: Option<String>,
+    /// Share a host directory into the guest: HOST_DIR:GUEST_PATH[:ro]
+    /// (virtiofs; `ro` is enforced by the host). Repeatable.
+    #[arg(short = 'v', long = "volume", value_name = "SHARE", value_parser = parse_share)]
+    pub(crate) volume: Vec<run_spec::RunShare>,
+    /// Forward a host port to the guest: [ADDR:]HOST:GUEST[/tcp|/udp]
+    /// (ADDR defaults to 127.0.0.1). Repeatable.
+    #[arg(short = 'p', long = "publish", value_name = "PORTS", value_parser = parse_publish)]
+    pub(crate) publish: Vec<String>,
+    /// Memory in MiB.
+    #[arg(long, value_name = "MiB", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(i64::from(skiff_vmm::plan::MIN_MEMORY_MIB)..=i64::from(skiff_vmm::plan::MAX_MEMORY_MIB)))]
+    pub(crate) memory: u32,
+    /// Set an environment variable in the guest command (repeatable).
+    #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub(crate) env: Vec<(String, String)>,
+    /// Working directory of the command in the guest.
+    #[arg(short, long, value_name = "DIR")]
+    pub(crate) workdir: Option<String>,
+    /// Forward stdin even when it is a terminal (it is always forwarded
+    /// when it is a pipe or a file).
+    #[arg(short, long)]
+    pub(crate) interactive: bool,
+    /// Print how long each phase took, on stderr.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "human", value_name = "FORMAT")]
+    pub(crate) timings: Option<TimingsFormat>,
+    /// CPU accelerator: hardware KVM, TCG emulation, or auto-detect.
+    #[arg(long, default_value = "auto", value_parser = accel_parser())]
+    pub(crate) accel: skiff_spec::Accel,
+    #[command(flatten)]
+    pub(crate) kernel: KernelArgs,
+    /// Seconds to wait for the guest to become ready.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) boot_timeout: u64,
+    /// No notices or progress on stderr (the command's own stderr still
+    /// comes through).
+    #[arg(short, long)]
+    pub(crate) quiet: bool,
+    /// Run the command as this guest user (a name, UID or UID:GID).
+    #[arg(short, long, value_name = "USER")]
+    pub(crate) user: Option<String>,
+    /// The command and its arguments (an OCI image's Cmd when absent).
+    #[arg(last = true, required_unless_present = "image", value_name = "COMMAND")]
+    pub(crate) command: Vec<String>,
+}
+
+/// `--accel auto|kvm|tcg`, listed in `--help` and checked by clap.
+pub(crate) fn accel_parser() -> impl clap::builder::TypedValueParser<Value = skiff_spec::Accel> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["auto", "kvm", "tcg"]).map(|s| match s.as_str() {
+        "kvm" => skiff_spec::Accel::Kvm,
+        "tcg" => skiff_spec::Accel::Tcg,
+        _ => skiff_spec::Accel::Auto,
+    })
+}
+
