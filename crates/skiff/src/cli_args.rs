@@ -31,24 +31,28 @@ pub(crate) enum Command {
     /// Create or update VMs from a spec file; running VMs whose spec changed
     /// restart where `restart_if_changed` allows.
     Apply(SpecFileArgs),
-    /// Start a VM and wait until it is ready.
+    /// Start VMs and wait until each is ready.
     Start {
-        name: String,
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
         #[arg(long)]
         json: bool,
     },
-    /// Stop a VM: power off through its agent, kill after the timeout.
+    /// Stop VMs: power off through the agent (or the guest's init), kill
+    /// after the timeout.
     Stop {
-        name: String,
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
         /// Seconds to wait for a clean power-off.
-        #[arg(long, default_value_t = 10)]
+        #[arg(short = 't', long, default_value_t = 10)]
         timeout: u64,
         #[arg(long)]
         json: bool,
     },
-    /// Stop and start a VM.
+    /// Stop and start VMs.
     Restart {
-        name: String,
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -63,14 +67,29 @@ pub(crate) enum Command {
         #[arg(long)]
         volumes: bool,
     },
-    /// List VMs.
+    /// List VMs: every VM the daemon has, stopped ones too (they are
+    /// declared, like units; `--filter state=running` for the running).
     #[command(alias = "ps")]
     Ls {
+        /// Every VM (the default; accepted for docker's habit).
+        #[arg(short, long)]
+        all: bool,
+        /// Names only, one per line.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Only VMs that match: state=STATE (running, stopped, exited, ...)
+        /// or name=PART (a part of the name). Repeatable; all must match.
+        #[arg(long, value_name = "KEY=VALUE", value_parser = crate::cli_parse::parse_filter)]
+        filter: Vec<crate::cli_parse::VmFilter>,
         #[arg(long)]
         json: bool,
     },
-    /// Show everything the daemon knows about a VM, as JSON.
-    Inspect { name: String },
+    /// Show everything the daemon knows about VMs, as JSON (an array when
+    /// several are named).
+    Inspect {
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+    },
     /// Print a VM's console and service output.
     Logs {
         name: String,
@@ -100,8 +119,13 @@ pub(crate) enum Command {
     /// Open an interactive shell (or COMMAND) on a terminal in a running VM.
     Shell {
         name: String,
-        /// Command to run instead of a login shell.
-        #[arg(last = true, value_name = "COMMAND")]
+        /// Command to run instead of a login shell (`--` before it is
+        /// optional).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND"
+        )]
         command: Vec<String>,
     },
 }
@@ -177,12 +201,23 @@ pub(crate) struct ExecArgs {
     pub(crate) env: Vec<(String, String)>,
     #[arg(short, long, value_name = "DIR")]
     pub(crate) workdir: Option<String>,
+    /// Forward stdin even when it is a terminal.
     #[arg(short, long)]
     pub(crate) interactive: bool,
+    /// Give the command a terminal (a pseudo-terminal in the guest), as
+    /// `docker exec -it` does; needs one on stdin.
+    #[arg(short, long)]
+    pub(crate) tty: bool,
     /// Run as this guest user (a name from its /etc/passwd, UID or UID:GID).
     #[arg(short, long)]
     pub(crate) user: Option<String>,
-    #[arg(last = true, required = true, value_name = "COMMAND")]
+    /// The command and its arguments (`--` before them is optional).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required = true,
+        value_name = "COMMAND"
+    )]
     pub(crate) command: Vec<String>,
 }
 
@@ -300,9 +335,8 @@ pub(crate) struct RunArgs {
     /// (ADDR defaults to 127.0.0.1). Repeatable.
     #[arg(short = 'p', long = "publish", value_name = "PORTS", value_parser = parse_publish)]
     pub(crate) publish: Vec<String>,
-    /// Memory in MiB.
-    #[arg(long, value_name = "MiB", default_value_t = 256,
-          value_parser = clap::value_parser!(u32).range(i64::from(skiff_vmm::plan::MIN_MEMORY_MIB)..=i64::from(skiff_vmm::plan::MAX_MEMORY_MIB)))]
+    /// Memory: MiB, or with a unit (512m, 2G).
+    #[arg(short, long, value_name = "SIZE", default_value = "256", value_parser = crate::cli_parse::parse_memory)]
     pub(crate) memory: u32,
     /// Set an environment variable in the guest command (repeatable).
     #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
@@ -332,9 +366,96 @@ pub(crate) struct RunArgs {
     /// Run the command as this guest user (a name, UID or UID:GID).
     #[arg(short, long, value_name = "USER")]
     pub(crate) user: Option<String>,
-    /// The command and its arguments (an OCI image's Cmd when absent).
-    #[arg(last = true, required_unless_present = "image", value_name = "COMMAND")]
+    /// Keep the VM: a named VM of the daemon whose service is COMMAND,
+    /// left running when this returns (see `skiff logs`, `exec`, `rm`), as
+    /// `docker run -d`. Without --rm it stays after COMMAND ends.
+    #[arg(short, long, conflicts_with_all = ["standalone", "pool", "timings", "interactive", "workdir", "user"])]
+    pub(crate) detach: bool,
+    /// The detached VM's name (default: run-ID).
+    #[arg(long, requires = "detach")]
+    pub(crate) name: Option<String>,
+    /// Remove the VM when its command ends. An attached run always is; a
+    /// detached one (-d --rm) then also goes when the daemon restarts.
+    #[arg(long)]
+    pub(crate) rm: bool,
+    /// The image, as docker takes it: `skiff run alpine:3.20 ls -l` (the
+    /// same as --image alpine:3.20 -- ls -l): what follows IMAGE is the
+    /// command, flags included.
+    #[arg(value_name = "IMAGE", conflicts_with_all = ["image", "rootfs"])]
+    pub(crate) image_arg: Option<String>,
+    /// The command and its arguments, after `--` (an OCI image's Cmd when
+    /// absent).
+    #[arg(last = true, value_name = "COMMAND")]
     pub(crate) command: Vec<String>,
+}
+
+/// docker's `run IMAGE CMD...`, where everything after the image is the
+/// command (its flags too), as clap reads it: `--` put after the image.
+/// The options that take a value (and so hide their next word) are clap's
+/// own list.
+pub(crate) fn docker_run_argv(mut argv: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    if argv.get(1).is_none_or(|a| a != "run") {
+        return argv;
+    }
+    let cmd = <Cli as clap::CommandFactory>::command();
+    let Some(run) = cmd.find_subcommand("run") else {
+        return argv;
+    };
+    let takes_value = |a: &clap::Arg| {
+        a.get_action().takes_values() && a.get_num_args().is_none_or(|n| n.min_values() > 0)
+    };
+    let longs: Vec<String> = run
+        .get_arguments()
+        .filter(|a| takes_value(a))
+        .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+        .collect();
+    let shorts: Vec<char> = run
+        .get_arguments()
+        .filter(|a| takes_value(a))
+        .filter_map(|a| a.get_short())
+        .collect();
+    let mut i = 2;
+    while i < argv.len() {
+        let word = argv[i].to_string_lossy().into_owned();
+        if word == "--" {
+            return argv;
+        }
+        if word.starts_with("--") {
+            i += if longs.contains(&word) { 2 } else { 1 };
+        } else if let Some(cluster) = word.strip_prefix('-').filter(|c| !c.is_empty()) {
+            // `-it`, `-m512`, `-m 512`: a value-taking letter takes the
+            // rest of the word, or the next word when it is last.
+            let needs_next = cluster
+                .char_indices()
+                .find(|(_, c)| shorts.contains(c))
+                .is_some_and(|(at, c)| at + c.len_utf8() == cluster.len());
+            i += if needs_next { 2 } else { 1 };
+        } else {
+            // The image: the command follows, when there is one (and was
+            // not split off already).
+            if i + 1 < argv.len() && argv[i + 1] != "--" {
+                argv.insert(i + 1, "--".into());
+            }
+            return argv;
+        }
+    }
+    argv
+}
+
+impl RunArgs {
+    /// One image and one command, however they were written.
+    pub(crate) fn normalized(mut self) -> Result<RunArgs, String> {
+        if let Some(image) = self.image_arg.take() {
+            self.image = Some(image);
+        }
+        if self.command.is_empty() && self.image.is_none() {
+            return Err(
+                "no command given; usage: skiff run [OPTIONS] [IMAGE [ARGS...]] [-- COMMAND...]"
+                    .into(),
+            );
+        }
+        Ok(self)
+    }
 }
 
 /// `--accel auto|kvm|tcg`, listed in `--help` and checked by clap.
@@ -345,5 +466,181 @@ pub(crate) fn accel_parser() -> impl clap::builder::TypedValueParser<Value = ski
         "tcg" => skiff_spec::Accel::Tcg,
         _ => skiff_spec::Accel::Auto,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        let argv = std::iter::once("skiff").chain(args.iter().copied());
+        Cli::try_parse_from(docker_run_argv(argv.map(Into::into).collect()))
+    }
+
+    #[test]
+    fn what_follows_a_run_s_image_is_its_command() {
+        let argv = |args: &[&str]| -> Vec<String> {
+            let v = std::iter::once("skiff").chain(args.iter().copied());
+            docker_run_argv(v.map(Into::into).collect())
+                .into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .skip(1)
+                .collect()
+        };
+        assert_eq!(
+            argv(&["run", "-q", "alpine", "ls", "-q"]),
+            ["run", "-q", "alpine", "--", "ls", "-q"]
+        );
+        // Options with a value skip it, in either spelling.
+        assert_eq!(
+            argv(&[
+                "run",
+                "-e",
+                "A=1",
+                "--memory=1G",
+                "-m",
+                "512m",
+                "-it",
+                "app:1",
+                "sh"
+            ]),
+            [
+                "run",
+                "-e",
+                "A=1",
+                "--memory=1G",
+                "-m",
+                "512m",
+                "-it",
+                "app:1",
+                "--",
+                "sh"
+            ]
+        );
+        // Already split, no image, or not a run: unchanged.
+        for v in [
+            &["run", "alpine", "--", "ls"][..],
+            &["run", "--", "true"],
+            &["run", "--image", "x"],
+            &["exec", "web", "ls"],
+            &["run", "app:1"],
+        ] {
+            assert_eq!(argv(v), v, "{v:?}");
+        }
+    }
+
+    fn run(args: &[&str]) -> RunArgs {
+        match parse(args)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .command
+        {
+            Command::Run(a) => a.normalized().unwrap_or_else(|e| panic!("{args:?}: {e}")),
+            _ => panic!("not run"),
+        }
+    }
+
+    fn exec(args: &[&str]) -> ExecArgs {
+        match parse(args)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+            .command
+        {
+            Command::Exec(a) => a,
+            _ => panic!("not exec"),
+        }
+    }
+
+    #[test]
+    fn exec_takes_its_command_with_or_without_dashes() {
+        let a = exec(&["exec", "web", "ls", "-l", "/"]);
+        assert_eq!(
+            (a.name.as_str(), a.command),
+            ("web", vec!["ls".to_owned(), "-l".into(), "/".into()])
+        );
+        let a = exec(&["exec", "web", "--", "ls", "-l"]);
+        assert_eq!(a.command, ["ls", "-l"]);
+        let a = exec(&[
+            "exec", "-it", "-e", "A=1", "-u", "0", "-w", "/tmp", "web", "sh", "-c", "echo -e",
+        ]);
+        assert!(a.interactive && a.tty);
+        assert_eq!(a.env, [("A".to_owned(), "1".to_owned())]);
+        assert_eq!(
+            (a.user.as_deref(), a.workdir.as_deref()),
+            (Some("0"), Some("/tmp"))
+        );
+        assert_eq!(a.command, ["sh", "-c", "echo -e"]);
+        // Flags after the command belong to the command.
+        let a = exec(&["exec", "web", "grep", "-e", "x"]);
+        assert!(a.env.is_empty());
+        assert_eq!(a.command, ["grep", "-e", "x"]);
+        assert!(parse(&["exec", "web"]).is_err(), "a command is required");
+    }
+
+    #[test]
+    fn run_takes_docker_s_forms() {
+        let a = run(&["run", "alpine:3.20", "ls", "-l"]);
+        assert_eq!(
+            (a.image.as_deref(), a.command),
+            (Some("alpine:3.20"), vec!["ls".to_owned(), "-l".into()])
+        );
+        let a = run(&["run", "-q", "--", "true"]);
+        assert_eq!((a.image, a.command), (None, vec!["true".to_owned()]));
+        let a = run(&["run", "alpine", "--", "echo", "hi"]);
+        assert_eq!(
+            (a.image.as_deref(), a.command),
+            (Some("alpine"), vec!["echo".to_owned(), "hi".into()])
+        );
+        let a = run(&["run", "--image", "app:1"]);
+        assert_eq!((a.image.as_deref(), a.command.len()), (Some("app:1"), 0));
+        let a = run(&[
+            "run", "-d", "--name", "web", "-m", "512m", "--cpus", "2", "nginx:1",
+        ]);
+        assert!(a.detach);
+        assert_eq!((a.name.as_deref(), a.memory, a.cpus), (Some("web"), 512, 2));
+        assert_eq!(run(&["run", "--memory", "2G", "--", "true"]).memory, 2048);
+        assert_eq!(run(&["run", "--memory", "300", "--", "true"]).memory, 300);
+    }
+
+    #[test]
+    fn bad_run_forms_say_what_is_wrong() {
+        let err = |args: &[&str]| match parse(args) {
+            Err(e) => e.to_string(),
+            Ok(cli) => match cli.command {
+                Command::Run(a) => a.normalized().err().unwrap_or_default(),
+                _ => String::new(),
+            },
+        };
+        assert!(err(&["run", "-m", "12k", "--", "true"]).contains("whole number of MiB"));
+        assert!(err(&["run", "-m", "32M", "--", "true"]).contains("at least 64 MiB"));
+        assert!(err(&["run"]).contains("no command given"));
+        assert!(err(&["run", "--name", "x", "--", "true"]).contains("--detach"));
+        assert!(err(&["run", "-d", "-i", "--", "true"]).contains("cannot be used with"));
+        assert!(err(&["run", "--image", "a", "b"]).contains("cannot be used with"));
+    }
+
+    #[test]
+    fn lifecycle_verbs_take_several_names() {
+        match parse(&["stop", "-t", "3", "a", "b"]).expect("stop").command {
+            Command::Stop { names, timeout, .. } => {
+                assert_eq!((names, timeout), (vec!["a".to_owned(), "b".into()], 3))
+            }
+            _ => panic!("not stop"),
+        }
+        assert!(parse(&["start"]).is_err());
+        assert!(parse(&["inspect", "a", "b"]).is_ok());
+        match parse(&["ls", "-aq", "--filter", "state=running"])
+            .expect("ls")
+            .command
+        {
+            Command::Ls {
+                all, quiet, filter, ..
+            } => {
+                assert!(all && quiet);
+                assert_eq!(filter.len(), 1);
+            }
+            _ => panic!("not ls"),
+        }
+        assert!(parse(&["ls", "--filter", "colour=red"])
+            .is_err_and(|e| e.to_string().contains("state=STATE")));
+    }
 }
 

@@ -67,3 +67,38 @@ pub fn rootfs_arg(
     }
     Ok(Some(run_spec::RunRootFs { source, writable }))
 }
+
+/// `--memory`: MiB, or a size with a unit (`512m`, `2G`), within QEMU's
+/// limits.
+pub fn parse_memory(s: &str) -> Result<u32, String> {
+    // Docker writes units in lower case; the spec's parser wants them up.
+    let mib = skiff_spec::parse_size_mib(&s.to_ascii_uppercase()).map_err(|e| e.to_string())?;
+    let (min, max) = (
+        u64::from(skiff_vmm::plan::MIN_MEMORY_MIB),
+        u64::from(skiff_vmm::plan::MAX_MEMORY_MIB),
+    );
+    if !(min..=max).contains(&mib) {
+        return Err(format!(
+            "{s}: memory must be at least {min} MiB and at most {max} MiB"
+        ));
+    }
+    u32::try_from(mib).map_err(|_| format!("{s}: too large"))
+}
+
+/// One `ls --filter KEY=VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VmFilter {
+    State(String),
+    /// A part of the name.
+    Name(String),
+}
+
+pub fn parse_filter(s: &str) -> Result<VmFilter, String> {
+    match s.split_once('=') {
+        Some(("state", v)) => Ok(VmFilter::State(v.to_owned())),
+        Some(("name", v)) => Ok(VmFilter::Name(v.to_owned())),
+        _ => Err(format!(
+            "{s:?} is not a filter; use state=STATE or name=PART"
+        )),
+    }
+}

@@ -153,7 +153,12 @@ pub async fn run_in_pool(
         )
         .await?;
     let vm = typed::<skiff_api::Sandbox>(&body)?.vm;
-    let result = crate::cli_vm::exec(c, &vm, argv, env, workdir, interactive, None).await;
+    let opts = crate::cli_vm::ExecOptions {
+        env,
+        workdir,
+        user: None,
+    };
+    let result = crate::cli_vm::exec(c, &vm, argv, opts, interactive).await;
     // Destroyed, never reused, whatever the command did.
     let removed = c
         .call(

@@ -1,5 +1,6 @@
 //! CLI verbs for long-lived VMs, all through the daemon's API.
 
+use crate::cli_parse::VmFilter;
 use crate::client::Client;
 use crate::frames::{self, FrameReader};
 use anyhow::{bail, Context, Result};
@@ -53,11 +54,7 @@ async fn fetch_images(spec: &str) -> Result<()> {
 
 pub async fn create(c: &Client, file: &Path, json: bool) -> Result<i32> {
     let spec = read_spec(file)?;
-    fetch_images(&spec).await?;
-    let body = c
-        .call(Method::POST, "/v1/vms", Some(spec_text(spec)?))
-        .await?;
-    let vms: Vec<skiff_api::Vm> = typed(&body)?;
+    let vms = create_from_text(c, spec, false).await?;
     if json {
         print_json(&vms)?;
     } else {
@@ -66,6 +63,26 @@ pub async fn create(c: &Client, file: &Path, json: bool) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Create the VMs of `spec` (pulling what images they lack first,
+/// `quiet`: without progress).
+pub async fn create_from_text(c: &Client, spec: String, quiet: bool) -> Result<Vec<skiff_api::Vm>> {
+    if !quiet {
+        fetch_images(&spec).await?;
+    }
+    let body = c
+        .call(Method::POST, "/v1/vms", Some(spec_text(spec)?))
+        .await?;
+    typed(&body)
+}
+
+/// Start `name`, printing nothing.
+pub async fn start_quietly(c: &Client, name: &str) -> Result<skiff_api::Vm> {
+    let body = c
+        .call(Method::POST, &format!("/v1/vms/{name}/start"), None)
+        .await?;
+    typed(&body)
 }
 
 pub async fn apply(c: &Client, file: &Path, json: bool) -> Result<i32> {
@@ -90,17 +107,36 @@ pub async fn apply(c: &Client, file: &Path, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-pub async fn lifecycle(c: &Client, verb: &str, name: &str, query: &str, json: bool) -> Result<i32> {
-    let body = c
-        .call(Method::POST, &format!("/v1/vms/{name}/{verb}{query}"), None)
-        .await?;
-    let vm: skiff_api::Vm = typed(&body)?;
-    if json {
-        print_json(&vm)?;
-    } else {
-        println!("{name} {}", vm.state.as_str());
+/// POST `verb` to each VM, printing its new state (or the VMs, with
+/// `json`); a failure for one is reported and the others still go (exit
+/// code 1 if any failed).
+pub async fn lifecycle(
+    c: &Client,
+    verb: &str,
+    names: &[String],
+    query: &str,
+    json: bool,
+) -> Result<i32> {
+    let mut code = 0;
+    let mut done = Vec::new();
+    for name in names {
+        let answer = c
+            .call(Method::POST, &format!("/v1/vms/{name}/{verb}{query}"), None)
+            .await
+            .and_then(|body| typed::<skiff_api::Vm>(&body));
+        match answer {
+            Ok(vm) if json => done.push(vm),
+            Ok(vm) => println!("{name} {}", vm.state.as_str()),
+            Err(e) => {
+                eprintln!("skiff: error: {e:#}");
+                code = 1;
+            }
+        }
     }
-    Ok(0)
+    if json {
+        print_json(&done)?;
+    }
+    Ok(code)
 }
 
 /// Remove each VM; a failure for one is reported and the others still go.
@@ -130,11 +166,26 @@ pub async fn delete_each(
     Ok(code)
 }
 
-pub async fn list(c: &Client, json: bool) -> Result<i32> {
+/// Whether `vm` passes every `ls --filter`.
+fn passes(vm: &skiff_api::Vm, filters: &[VmFilter]) -> bool {
+    filters.iter().all(|f| match f {
+        VmFilter::State(s) => vm.state.as_str() == s,
+        VmFilter::Name(part) => vm.name.contains(part.as_str()),
+    })
+}
+
+pub async fn list(c: &Client, json: bool, quiet: bool, filters: &[VmFilter]) -> Result<i32> {
     let body = c.call(Method::GET, "/v1/vms", None).await?;
     let vms: Vec<skiff_api::Vm> = typed(&body)?;
+    let vms: Vec<skiff_api::Vm> = vms.into_iter().filter(|v| passes(v, filters)).collect();
     if json {
         return print_json(&vms).map(|_| 0);
+    }
+    if quiet {
+        for vm in vms {
+            println!("{}", vm.name);
+        }
+        return Ok(0);
     }
     println!(
         "{:<24} {:<10} {:>5} {:>8} {:>8}  NOTE",
@@ -154,12 +205,19 @@ pub async fn list(c: &Client, json: bool) -> Result<i32> {
     Ok(0)
 }
 
-pub async fn inspect(c: &Client, name: &str) -> Result<i32> {
-    let body = c
-        .call(Method::GET, &format!("/v1/vms/{name}"), None)
-        .await?;
-    let v: Value = serde_json::from_slice(&body)?;
-    print_json(&v)?;
+/// One VM's record as JSON; an array of them when several are named.
+pub async fn inspect(c: &Client, names: &[String]) -> Result<i32> {
+    let mut found = Vec::new();
+    for name in names {
+        let body = c
+            .call(Method::GET, &format!("/v1/vms/{name}"), None)
+            .await?;
+        found.push(serde_json::from_slice::<Value>(&body)?);
+    }
+    match found.as_slice() {
+        [one] => print_json(one)?,
+        many => print_json(&many)?,
+    }
     Ok(0)
 }
 
@@ -177,18 +235,24 @@ pub async fn logs(c: &Client, name: &str, follow: bool) -> Result<i32> {
     Ok(0)
 }
 
+/// What `exec` and `shell` may set for the command besides its argv.
+#[derive(Default)]
+pub struct ExecOptions {
+    pub env: Vec<(String, String)>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+}
+
 /// `skiff exec`: same streaming and exit-code rules as `skiff run`.
 pub async fn exec(
     c: &Client,
     name: &str,
     argv: Vec<String>,
-    env: Vec<(String, String)>,
-    workdir: Option<String>,
+    opts: ExecOptions,
     interactive: bool,
-    user: Option<String>,
 ) -> Result<i32> {
     let forward_stdin = interactive || !std::io::stdin().is_terminal();
-    let body = json!({ "argv": argv, "env": env, "workdir": workdir, "stdin": forward_stdin, "user": user });
+    let body = json!({ "argv": argv, "env": opts.env, "workdir": opts.workdir, "stdin": forward_stdin, "user": opts.user });
     exec_stream(
         c,
         &format!("/v1/vms/{name}/exec"),
@@ -199,13 +263,14 @@ pub async fn exec(
     .await
 }
 
-/// `skiff shell`: an interactive command on a pseudo-terminal in the guest.
-/// The local terminal goes to raw mode (restored on every exit path), so
-/// Ctrl-C and friends travel to the guest; window size changes follow.
-pub async fn shell(c: &Client, name: &str, argv: Vec<String>) -> Result<i32> {
+/// `skiff shell` (and `exec -t`): an interactive command on a
+/// pseudo-terminal in the guest. The local terminal goes to raw mode
+/// (restored on every exit path), so Ctrl-C and friends travel to the
+/// guest; window size changes follow.
+pub async fn shell(c: &Client, name: &str, argv: Vec<String>, opts: ExecOptions) -> Result<i32> {
     if !std::io::stdin().is_terminal() {
         bail!(
-            "skiff shell needs a terminal on stdin; for scripts use `skiff exec {name} -- COMMAND`"
+            "a terminal session needs a terminal on stdin; for scripts use `skiff exec {name} COMMAND` (without -t)"
         );
     }
     let argv = if argv.is_empty() {
@@ -215,8 +280,10 @@ pub async fn shell(c: &Client, name: &str, argv: Vec<String>) -> Result<i32> {
     };
     let size = crate::tty::window_size().unwrap_or(WindowSize { rows: 24, cols: 80 });
     let term = std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into());
+    let mut env = vec![("TERM".to_owned(), term)];
+    env.extend(opts.env);
     let _raw = crate::tty::RawMode::enable().context("cannot put the terminal in raw mode")?;
-    let body = json!({ "argv": argv, "stdin": true, "tty": size, "env": [["TERM", term]] });
+    let body = json!({ "argv": argv, "stdin": true, "tty": size, "env": env, "workdir": opts.workdir, "user": opts.user });
     exec_stream(c, &format!("/v1/vms/{name}/exec"), body, true, true).await
 }
 

@@ -1,6 +1,7 @@
 //! The `skiff` command line.
 
 mod cli_cp;
+mod cli_detach;
 mod cli_image;
 mod cli_net;
 mod cli_parse;
@@ -122,6 +123,35 @@ fn init_logging() -> Result<()> {
     Ok(())
 }
 
+/// `skiff run`, by where the VM runs: in a pool's sandbox, detached in
+/// the daemon, attached through the daemon, or in this process.
+async fn run(a: RunArgs) -> Result<i32> {
+    let client = || client::Client::new(paths::socket_path());
+    if let Some(pool) = a.pool.clone() {
+        return cli_pool::run_in_pool(&client(), &pool, a.command, a.env, a.workdir, a.interactive)
+            .await;
+    }
+    if a.detach {
+        return cli_detach::run_detached(&client(), a).await;
+    }
+    if !a.standalone && a.timings.is_none() {
+        return run_via_daemon(a).await;
+    }
+    let forward_stdin = a.interactive || !std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let (interactive, timings) = (a.interactive, a.timings);
+    let body = run_body(a, forward_stdin).await?;
+    let mut io = cli_run::TerminalIo::new(interactive)?;
+    let outcome = run::run_standalone(body, &mut io).await?;
+    match timings {
+        Some(TimingsFormat::Human) => eprint!("{}", outcome.timings.render()),
+        Some(TimingsFormat::Json) => {
+            eprintln!("{}", serde_json::to_string(&outcome.timings.to_json())?)
+        }
+        None => {}
+    }
+    Ok(outcome.code)
+}
+
 fn kernel_choice(k: &KernelArgs) -> image::KernelChoice {
     image::KernelChoice {
         kernel: k.kernel.clone(),
@@ -161,72 +191,53 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         }
         Command::Create(a) => cli_vm::create(&client(), &a.file, a.json).await,
         Command::Apply(a) => cli_vm::apply(&client(), &a.file, a.json).await,
-        Command::Start { name, json } => {
-            cli_vm::lifecycle(&client(), "start", &name, "", json).await
+        Command::Start { names, json } => {
+            cli_vm::lifecycle(&client(), "start", &names, "", json).await
         }
         Command::Stop {
-            name,
+            names,
             timeout,
             json,
         } => {
-            cli_vm::lifecycle(
-                &client(),
-                "stop",
-                &name,
-                &format!("?timeout={timeout}"),
-                json,
-            )
-            .await
+            let query = format!("?timeout={timeout}");
+            cli_vm::lifecycle(&client(), "stop", &names, &query, json).await
         }
-        Command::Restart { name, json } => {
-            cli_vm::lifecycle(&client(), "restart", &name, "", json).await
+        Command::Restart { names, json } => {
+            cli_vm::lifecycle(&client(), "restart", &names, "", json).await
         }
         Command::Rm {
             names,
             force,
             volumes,
         } => cli_vm::remove(&client(), &names, force, volumes).await,
-        Command::Ls { json } => cli_vm::list(&client(), json).await,
-        Command::Inspect { name } => cli_vm::inspect(&client(), &name).await,
+        // Every VM is listed anyway: -a changes nothing.
+        Command::Ls {
+            all: _,
+            quiet,
+            filter,
+            json,
+        } => cli_vm::list(&client(), json, quiet, &filter).await,
+        Command::Inspect { names } => cli_vm::inspect(&client(), &names).await,
         Command::Logs { name, follow } => cli_vm::logs(&client(), &name, follow).await,
         Command::Volume(v) => cli_vm::volume(&client(), v).await,
         Command::Network(n) => cli_net::network(&client(), n).await,
         Command::Pool(p) => cli_pool::pool(&client(), p).await,
-        Command::Run(a) if a.pool.is_some() => {
-            let pool = a.pool.clone().unwrap_or_default();
-            cli_pool::run_in_pool(&client(), &pool, a.command, a.env, a.workdir, a.interactive)
-                .await
-        }
+        Command::Run(a) => run(a.normalized().map_err(anyhow::Error::msg)?).await,
         Command::Cp { src, dst } => cli_cp::cp(&client(), &src, &dst).await,
-        Command::Shell { name, command } => cli_vm::shell(&client(), &name, command).await,
-        Command::Exec(a) => {
-            cli_vm::exec(
-                &client(),
-                &a.name,
-                a.command,
-                a.env,
-                a.workdir,
-                a.interactive,
-                a.user,
-            )
-            .await
+        Command::Shell { name, command } => {
+            cli_vm::shell(&client(), &name, command, Default::default()).await
         }
-        Command::Run(a) if !a.standalone && a.timings.is_none() => run_via_daemon(a).await,
-        Command::Run(a) => {
-            let forward_stdin =
-                a.interactive || !std::io::IsTerminal::is_terminal(&std::io::stdin());
-            let (interactive, timings) = (a.interactive, a.timings);
-            let body = run_body(a, forward_stdin).await?;
-            let mut io = cli_run::TerminalIo::new(interactive)?;
-            let outcome = run::run_standalone(body, &mut io).await?;
-            match timings {
-                Some(TimingsFormat::Human) => eprint!("{}", outcome.timings.render()),
-                Some(TimingsFormat::Json) => {
-                    eprintln!("{}", serde_json::to_string(&outcome.timings.to_json())?)
-                }
-                None => {}
+        Command::Exec(a) => {
+            let opts = cli_vm::ExecOptions {
+                env: a.env,
+                workdir: a.workdir,
+                user: a.user,
+            };
+            if a.tty {
+                cli_vm::shell(&client(), &a.name, a.command, opts).await
+            } else {
+                cli_vm::exec(&client(), &a.name, a.command, opts, a.interactive).await
             }
-            Ok(outcome.code)
         }
         Command::Image(ImageCommand::Build { file, json }) => cli_image::build(file, json).await,
         Command::Image(ImageCommand::Pull {
@@ -273,7 +284,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(docker_run_argv(std::env::args_os().collect()));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
