@@ -28,12 +28,15 @@ pub struct RemoveQuery {
     pub volumes: bool,
 }
 
-/// `GET /v1/vms/{name}/logs?follow=`.
+/// `GET /v1/vms/{name}/logs?follow=&tail=`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
     #[serde(default)]
     pub follow: bool,
+    /// Start this many lines before the end (default: the whole log).
+    #[serde(default)]
+    pub tail: Option<u64>,
 }
 
 /// A terminal's size, for commands on a pseudo-terminal.

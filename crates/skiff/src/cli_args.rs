@@ -96,6 +96,9 @@ pub(crate) enum Command {
         /// Keep printing new output.
         #[arg(short, long)]
         follow: bool,
+        /// Start this many lines before the end.
+        #[arg(short = 'n', long, value_name = "LINES")]
+        tail: Option<u64>,
     },
     /// Run a command in a running VM; exits with the command's status.
     Exec(ExecArgs),
@@ -643,4 +646,3 @@ mod tests {
             .is_err_and(|e| e.to_string().contains("state=STATE")));
     }
 }
-

@@ -221,8 +221,11 @@ pub async fn inspect(c: &Client, names: &[String]) -> Result<i32> {
     Ok(0)
 }
 
-pub async fn logs(c: &Client, name: &str, follow: bool) -> Result<i32> {
-    let q = if follow { "?follow=true" } else { "" };
+pub async fn logs(c: &Client, name: &str, follow: bool, tail: Option<u64>) -> Result<i32> {
+    let mut q = format!("?follow={follow}");
+    if let Some(n) = tail {
+        q += &format!("&tail={n}");
+    }
     let mut body = c.stream(&format!("/v1/vms/{name}/logs{q}")).await?;
     let mut out = std::io::stdout();
     while let Some(frame) = body.frame().await {

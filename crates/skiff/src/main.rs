@@ -218,7 +218,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             json,
         } => cli_vm::list(&client(), json, quiet, &filter).await,
         Command::Inspect { names } => cli_vm::inspect(&client(), &names).await,
-        Command::Logs { name, follow } => cli_vm::logs(&client(), &name, follow).await,
+        Command::Logs { name, follow, tail } => cli_vm::logs(&client(), &name, follow, tail).await,
         Command::Volume(v) => cli_vm::volume(&client(), v).await,
         Command::Network(n) => cli_net::network(&client(), n).await,
         Command::Pool(p) => cli_pool::pool(&client(), p).await,

@@ -25,8 +25,17 @@ pub async fn logs(
     m.inspect(&name)?;
     let path = m.paths.vm_dir(&name).join("console.log");
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(8);
+    let start = match q.tail {
+        None => 0,
+        Some(n) => {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || tail_offset(&path, n))
+                .await
+                .unwrap_or(0)
+        }
+    };
     tokio::spawn(async move {
-        let mut offset = 0u64;
+        let mut offset = start;
         loop {
             let chunk = tokio::task::spawn_blocking({
                 let path = path.clone();
@@ -52,6 +61,48 @@ pub async fn logs(
         .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| Response::new(Body::empty())))
+}
+
+/// Where the last `lines` lines of `path` begin (0: the file has no more).
+/// Read backwards 64 KiB at a time: a long log is not read whole.
+fn tail_offset(path: &std::path::Path, lines: u64) -> u64 {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return 0;
+    };
+    let Ok(len) = f.metadata().map(|m| m.len()) else {
+        return 0;
+    };
+    if lines == 0 {
+        return len;
+    }
+    // A last line without its newline counts as a line too.
+    let mut newlines_wanted = lines;
+    let mut end = len;
+    let mut last_byte_seen = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    while end > 0 {
+        let start = end.saturating_sub(buf.len() as u64);
+        let chunk = &mut buf[..(end - start) as usize];
+        if f.seek(SeekFrom::Start(start)).is_err() || f.read_exact(chunk).is_err() {
+            return 0;
+        }
+        for (i, b) in chunk.iter().enumerate().rev() {
+            if !last_byte_seen {
+                last_byte_seen = true;
+                if *b == b'\n' {
+                    continue; // the file's own final newline ends the last line
+                }
+            }
+            if *b == b'\n' {
+                newlines_wanted -= 1;
+                if newlines_wanted == 0 {
+                    return start + i as u64 + 1;
+                }
+            }
+        }
+        end = start;
+    }
+    0
 }
 
 /// Bytes of `path` from `offset` (at most 1 MiB at a time), and the new
@@ -297,4 +348,27 @@ pub async fn copy_out(
     req: Request,
 ) -> Result<Response, ApiError> {
     copy(m, name, req, false).await
+}
+
+#[cfg(test)]
+mod tail_tests {
+    use super::tail_offset;
+
+    #[test]
+    fn the_tail_starts_that_many_lines_before_the_end() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("log");
+        let text: String = (1..=100_000).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&p, &text).expect("write");
+        let from = |n| text[tail_offset(&p, n) as usize..].to_owned();
+        assert_eq!(from(1), "line 100000\n");
+        assert_eq!(from(3), "line 99998\nline 99999\nline 100000\n");
+        assert_eq!(from(0), "");
+        assert_eq!(from(200_000), text, "more lines than there are: all");
+        // Across the 64 KiB reads.
+        assert_eq!(from(20_000).lines().count(), 20_000);
+        std::fs::write(&p, "a\nb").expect("write");
+        assert_eq!(tail_offset(&p, 1), 2, "an unfinished last line is a line");
+        assert_eq!(tail_offset(&dir.path().join("none"), 5), 0);
+    }
 }

@@ -1,0 +1,112 @@
+//! End-to-end tests of the command line as docker users type it, against
+//! a real daemon and real VMs: `run -d --name`, `exec` without `--`,
+//! `logs --tail`, several names per verb, `ls -q --filter`.
+
+mod common;
+
+use common::daemon::Daemon;
+use common::{stderr, stdout};
+use std::time::Duration;
+
+#[test]
+fn a_detached_run_keeps_running_and_answers_docker_style_verbs() {
+    let d = Daemon::start();
+    let ticker = "i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.2; done";
+    // -d --name: this returns once the VM is up; its service is the command.
+    let out = d.ok(&[
+        "run", "-d", "--name", "tick", "-m", "128m", "--", "sh", "-c", ticker,
+    ]);
+    assert_eq!(out, "tick\n");
+    let vm = d.inspect("tick");
+    assert_eq!(vm["state"], "running");
+    assert_eq!(vm["spec"]["memory_mib"], 128);
+
+    // exec takes the command without `--`, its own flags included.
+    let out = d.cli(&[
+        "exec",
+        "tick",
+        "sh",
+        "-c",
+        "printf %s-%s \"$0\" \"$1\"",
+        "-x",
+        "y",
+    ]);
+    assert_eq!(stdout(&out), "-x-y", "{}", stderr(&out));
+    let out = d.cli(&[
+        "exec",
+        "-e",
+        "A=1",
+        "-w",
+        "/tmp",
+        "tick",
+        "sh",
+        "-c",
+        "echo $A $(pwd)",
+    ]);
+    assert_eq!(stdout(&out), "1 /tmp\n", "{}", stderr(&out));
+    let out = d.cli(&["exec", "tick", "sh", "-c", "exit 3"]);
+    assert_eq!(out.status.code(), Some(3));
+
+    // logs --tail: the last lines only.
+    d.wait_for("ticks in the log", Duration::from_secs(30), || {
+        d.ok(&["logs", "tick"]).contains("tick-5")
+    });
+    let tail = d.ok(&["logs", "--tail", "2", "tick"]);
+    let ticks: Vec<u32> = tail
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tick-")?.parse().ok())
+        .collect();
+    assert_eq!(tail.lines().count(), 2, "{tail:?}");
+    assert_eq!(ticks.len(), 2, "{tail:?}");
+    assert_eq!(ticks[1], ticks[0] + 1, "{tail:?}");
+
+    // A second detached VM, named by skiff; both stopped with one verb.
+    let other = d.ok(&["run", "-d", "--", "sleep", "600"]);
+    let other = other.trim().to_owned();
+    assert!(other.starts_with("run-"), "{other}");
+    assert_eq!(
+        d.ok(&["ls", "-q", "--filter", "state=running"])
+            .lines()
+            .count(),
+        2
+    );
+    let out = d.ok(&["stop", "-t", "5", "tick", &other]);
+    assert_eq!(out, format!("tick stopped\n{other} stopped\n"));
+    assert_eq!(
+        d.ok(&[
+            "ls",
+            "-q",
+            "--filter",
+            "state=stopped",
+            "--filter",
+            "name=ic"
+        ]),
+        "tick\n"
+    );
+    assert_eq!(d.ok(&["ls", "-q", "--filter", "name=nothing-like-it"]), "");
+    let both: serde_json::Value =
+        serde_json::from_str(&d.ok(&["inspect", "tick", &other])).expect("json");
+    assert_eq!(both.as_array().map(Vec::len), Some(2));
+
+    // Bad forms are one clear line each.
+    let out = d.cli(&["run", "-d", "--rm", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("--rm with -d is not supported"),
+        "{}",
+        stderr(&out)
+    );
+    let out = d.cli(&["run", "-m", "12q", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+    assert!(stderr(&out).contains("unknown unit"), "{}", stderr(&out));
+    let out = d.cli(&["stop", "tick", "no-such-vm"]);
+    assert_eq!(out.status.code(), Some(1), "one of them failed");
+    assert!(
+        stderr(&out).contains("no VM named \"no-such-vm\""),
+        "{}",
+        stderr(&out)
+    );
+
+    d.ok(&["rm", "tick", &other]);
+    assert_eq!(d.ok(&["ls", "-q"]), "");
+}
