@@ -20,6 +20,10 @@ pub use schema::Version;
 pub const API_VERSION: &str = "v1";
 /// The header carrying the daemon's version in every response.
 pub const VERSION_HEADER: &str = "x-skiff-version";
+/// The header carrying the daemon's API version in every response: a
+/// client works with a daemon of the same API version, whatever their
+/// package versions.
+pub const API_HEADER: &str = "x-skiff-api";
 /// The `Upgrade:` token of connections that switch to skiff-proto frames
 /// (exec, run, copy).
 pub const EXEC_UPGRADE: &str = "skiff-exec";

@@ -119,6 +119,12 @@ pub(crate) enum Command {
     /// Manage warm pools of sandboxes (`skiff run --pool NAME -- CMD`).
     #[command(subcommand)]
     Pool(cli_pool::PoolCommand),
+    /// Show the versions of this command, of the daemon and of their API
+    /// (they work together when the API versions match).
+    Version {
+        #[arg(long)]
+        json: bool,
+    },
     /// Open an interactive shell (or COMMAND) on a terminal in a running VM.
     Shell {
         name: String,

@@ -119,6 +119,12 @@ impl Client {
             if e.kind() == std::io::ErrorKind::InvalidData {
                 return anyhow!("refusing {}: {e}", self.socket.display());
             }
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                return anyhow!(
+                    "cannot connect to the skiff daemon at {}: {e}; you may not open its socket: ask its owner to add you to the socket's group (the system daemon's is `skiff`: `sudo usermod -aG skiff $USER`, then log in again), or set SKIFF_SOCKET to a daemon of your own",
+                    self.socket.display()
+                );
+            }
             let hint = if self.socket.exists() {
                 "the socket exists but nothing answers: the daemon is not running (a stale socket); start it with `skiff daemon`"
             } else {
@@ -181,6 +187,23 @@ impl Client {
         Ok(bytes)
     }
 
+    /// The daemon's versions, asked even when they do not match ours
+    /// (what `skiff version` shows).
+    pub async fn daemon_version(&self) -> Result<skiff_api::Version> {
+        let mut sender = self.connect().await?;
+        let res = sender
+            .send_request(Self::build(Method::GET, "/v1/version", None)?)
+            .await
+            .context("the daemon did not answer")?;
+        let bytes = res
+            .into_body()
+            .collect()
+            .await
+            .context("cannot read the daemon's answer")?
+            .to_bytes();
+        serde_json::from_slice(&bytes).context("the daemon's version answer is not JSON")
+    }
+
     /// Start a streaming GET; returns the response body to read from.
     pub async fn stream(&self, path: &str) -> Result<hyper::body::Incoming> {
         let mut sender = self.connect().await?;
@@ -240,14 +263,55 @@ async fn error_from(res: hyper::Response<hyper::body::Incoming>) -> anyhow::Erro
 }
 
 fn check_version<B>(res: &hyper::Response<B>) -> Result<()> {
-    let theirs = res
-        .headers()
-        .get(VERSION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("unknown");
+    let header = |name| {
+        res.headers()
+            .get(name)
+            .and_then(|v: &hyper::header::HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    compatible(
+        header(skiff_api::API_HEADER).as_deref(),
+        header(VERSION_HEADER).as_deref(),
+    )
+}
+
+/// Whether a daemon that answered with these API and package versions
+/// serves this CLI: the same API version. A daemon too old to say its API
+/// version must be this very version.
+fn compatible(api: Option<&str>, version: Option<&str>) -> Result<()> {
     let ours = env!("CARGO_PKG_VERSION");
-    if theirs != ours {
-        bail!("the daemon is skiff {theirs} but this command is skiff {ours}; restart the daemon with this version");
+    match api {
+        Some(api) if api == skiff_api::API_VERSION => Ok(()),
+        Some(api) => bail!(
+            "the daemon speaks API {api} (skiff {}) but this command speaks {}; use a skiff of the daemon's API, or restart the daemon with this version",
+            version.unwrap_or("unknown"),
+            skiff_api::API_VERSION
+        ),
+        None if version == Some(ours) => Ok(()),
+        None => bail!(
+            "the daemon is skiff {} but this command is skiff {ours}; restart the daemon with this version",
+            version.unwrap_or("unknown")
+        ),
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::compatible;
+
+    #[test]
+    fn compatibility_is_decided_by_the_api_version() {
+        let ours = env!("CARGO_PKG_VERSION");
+        assert!(compatible(Some(skiff_api::API_VERSION), Some("0.0.1-other")).is_ok());
+        let e = compatible(Some("v2"), Some("9.0.0"))
+            .expect_err("v2")
+            .to_string();
+        assert!(
+            e.contains("API v2 (skiff 9.0.0)") && e.contains("speaks v1"),
+            "{e}"
+        );
+        assert!(compatible(None, Some(ours)).is_ok());
+        assert!(compatible(None, Some("0.0.1-other")).is_err());
+        assert!(compatible(None, None).is_err());
+    }
 }

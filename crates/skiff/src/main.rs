@@ -123,6 +123,41 @@ fn init_logging() -> Result<()> {
     Ok(())
 }
 
+/// `skiff version`: ours, and the daemon's if one answers (exit 1 if not).
+async fn version(c: &client::Client, json: bool) -> Result<i32> {
+    let ours = skiff_api::Version {
+        version: env!("CARGO_PKG_VERSION").into(),
+        api: skiff_api::API_VERSION.into(),
+    };
+    let theirs = c.daemon_version().await;
+    if json {
+        let v = serde_json::json!({
+            "client": ours,
+            "daemon": theirs.as_ref().ok(),
+            "compatible": theirs.as_ref().is_ok_and(|t| t.api == ours.api),
+            "error": theirs.as_ref().err().map(|e| format!("{e:#}")),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("client  skiff {} (API {})", ours.version, ours.api);
+        match &theirs {
+            Ok(t) => println!(
+                "daemon  skiff {} (API {}) at {}{}",
+                t.version,
+                t.api,
+                paths::socket_path().display(),
+                if t.api == ours.api {
+                    ""
+                } else {
+                    "; not compatible: the API versions differ"
+                }
+            ),
+            Err(e) => println!("daemon  not reachable: {e:#}"),
+        }
+    }
+    Ok(if theirs.is_ok() { 0 } else { 1 })
+}
+
 /// `skiff run`, by where the VM runs: in a pool's sandbox, detached in
 /// the daemon, attached through the daemon, or in this process.
 async fn run(a: RunArgs) -> Result<i32> {
@@ -218,6 +253,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             json,
         } => cli_vm::list(&client(), json, quiet, &filter).await,
         Command::Inspect { names } => cli_vm::inspect(&client(), &names).await,
+        Command::Version { json } => version(&client(), json).await,
         Command::Logs { name, follow, tail } => cli_vm::logs(&client(), &name, follow, tail).await,
         Command::Volume(v) => cli_vm::volume(&client(), v).await,
         Command::Network(n) => cli_net::network(&client(), n).await,

@@ -110,3 +110,34 @@ fn a_detached_run_keeps_running_and_answers_docker_style_verbs() {
     d.ok(&["rm", "tick", &other]);
     assert_eq!(d.ok(&["ls", "-q"]), "");
 }
+
+#[test]
+fn version_shows_the_client_the_daemon_and_their_api() {
+    let d = Daemon::start();
+    let v = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        d.ok(&["version"]),
+        format!(
+            "client  skiff {v} (API v1)\ndaemon  skiff {v} (API v1) at {}\n",
+            d.socket().display()
+        )
+    );
+    let j: serde_json::Value = serde_json::from_str(&d.ok(&["version", "--json"])).expect("json");
+    assert_eq!(
+        (j["daemon"]["api"].as_str(), j["compatible"].as_bool()),
+        (Some("v1"), Some(true))
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .env("SKIFF_SOCKET", d.runtime().join("nothing-here.sock"))
+        .arg("version")
+        .output()
+        .expect("skiff version");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).starts_with(&format!(
+            "client  skiff {v} (API v1)\ndaemon  not reachable: "
+        )) && stdout(&out).contains("no daemon is running"),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -25,7 +25,7 @@ use std::time::Duration;
 /// Every response carries the daemon's version, so that a CLI of another
 /// version can say so instead of misreading answers.
 pub use skiff_api::{ErrorBody, RemoveQuery, SpecText, StopQuery};
-pub use skiff_api::{API_VERSION, VERSION_HEADER};
+pub use skiff_api::{API_HEADER, API_VERSION, VERSION_HEADER};
 pub const OPENAPI: &str = include_str!("../../../../docs/openapi.json");
 
 pub use error::{api_error, ApiError};
@@ -152,6 +152,8 @@ async fn add_version_header(mut res: Response) -> Response {
         VERSION_HEADER,
         HeaderValue::from_static(env!("CARGO_PKG_VERSION")),
     );
+    res.headers_mut()
+        .insert(API_HEADER, HeaderValue::from_static(API_VERSION));
     res
 }
 
@@ -343,6 +345,11 @@ mod tests {
                 .and_then(|v| v.to_str().ok()),
             Some(env!("CARGO_PKG_VERSION")),
             "{method} {path} lacks the version header"
+        );
+        assert_eq!(
+            res.headers().get(API_HEADER).and_then(|v| v.to_str().ok()),
+            Some(API_VERSION),
+            "{method} {path} lacks the API header"
         );
         let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
             .await
