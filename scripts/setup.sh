@@ -67,6 +67,22 @@ say "building the guest agent and skiff"
 scripts/build-agent.sh --quiet >/dev/null
 cargo build --release --locked --quiet -p skiff
 
+# 4b. Shell completions (bash, zsh, fish) and man pages, generated from the
+#     command line's own definition, under /usr/local/share.
+say "installing shell completions and man pages"
+share=/usr/local/share
+completions=$(mktemp -d)
+target/release/skiff completions bash >"$completions/skiff"
+target/release/skiff completions zsh >"$completions/_skiff"
+target/release/skiff completions fish >"$completions/skiff.fish"
+target/release/skiff man "$completions/man" >/dev/null
+as_root install -D -m 0644 "$completions/skiff" "$share/bash-completion/completions/skiff"
+as_root install -D -m 0644 "$completions/_skiff" "$share/zsh/site-functions/_skiff"
+as_root install -D -m 0644 "$completions/skiff.fish" "$share/fish/vendor_completions.d/skiff.fish"
+as_root install -d "$share/man/man1"
+as_root install -m 0644 "$completions"/man/*.1 "$share/man/man1/"
+rm -rf "$completions"
+
 # 5. The default guest image: Debian's cloud kernel plus an initramfs with the agent.
 say "preparing the default guest image"
 target/release/skiff image prepare

@@ -119,6 +119,17 @@ pub(crate) enum Command {
     /// Manage warm pools of sandboxes (`skiff run --pool NAME -- CMD`).
     #[command(subcommand)]
     Pool(cli_pool::PoolCommand),
+    /// Print a shell completion script: `source <(skiff completions bash)`
+    /// (zsh, fish too; setup installs them).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (skiff.1, skiff-run.1, ...) into DIR.
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Show the versions of this command, of the daemon and of their API
     /// (they work together when the API versions match).
     Version {

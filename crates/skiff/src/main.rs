@@ -254,6 +254,24 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         } => cli_vm::list(&client(), json, quiet, &filter).await,
         Command::Inspect { names } => cli_vm::inspect(&client(), &names).await,
         Command::Version { json } => version(&client(), json).await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            // Into memory first: clap_complete panics on a write error,
+            // and `| head` is a closed pipe, not a bug.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "skiff", &mut script);
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&script);
+            Ok(0)
+        }
+        Command::Man { dir } => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            clap_mangen::generate_to(<Cli as clap::CommandFactory>::command(), &dir)
+                .with_context(|| format!("cannot write the man pages into {}", dir.display()))?;
+            println!("wrote the man pages into {}", dir.display());
+            Ok(0)
+        }
         Command::Logs { name, follow, tail } => cli_vm::logs(&client(), &name, follow, tail).await,
         Command::Volume(v) => cli_vm::volume(&client(), v).await,
         Command::Network(n) => cli_net::network(&client(), n).await,

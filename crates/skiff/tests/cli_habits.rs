@@ -141,3 +141,48 @@ fn version_shows_the_client_the_daemon_and_their_api() {
         stdout(&out)
     );
 }
+
+#[test]
+fn completions_load_in_bash_and_man_pages_are_written() {
+    let skiff = env!("CARGO_BIN_EXE_skiff");
+    let script = format!(
+        "source <({skiff} completions bash) || exit 9
+COMP_WORDS=(skiff ex); COMP_CWORD=1; _skiff skiff ex skiff; echo \"${{COMPREPLY[@]}}\"
+COMP_WORDS=(skiff run --de); COMP_CWORD=2; _skiff skiff --de run; echo \"${{COMPREPLY[@]}}\""
+    );
+    let out = std::process::Command::new("bash")
+        .args(["-c", &script])
+        .output()
+        .expect("bash");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(lines[0], "exec", "{lines:?}");
+    assert_eq!(lines[1], "--detach", "{lines:?}");
+    for shell in ["zsh", "fish"] {
+        let out = std::process::Command::new(skiff)
+            .args(["completions", shell])
+            .output()
+            .expect("completions");
+        assert!(
+            out.status.success() && stdout(&out).contains("skiff"),
+            "{shell}"
+        );
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(skiff)
+        .arg("man")
+        .arg(dir.path())
+        .output()
+        .expect("man");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = std::fs::read_to_string(dir.path().join("skiff-run.1")).expect("skiff-run.1");
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH skiff-run"),
+        "{}",
+        &page[..200.min(page.len())]
+    );
+    assert!(page.contains("detach"), "the page lists -d");
+    assert!(
+        dir.path().join("skiff.1").is_file() && dir.path().join("skiff-image-pull.1").is_file()
+    );
+}
