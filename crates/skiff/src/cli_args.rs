@@ -66,6 +66,8 @@ pub(crate) enum Command {
         /// Also delete the VMs' named volumes (kept otherwise).
         #[arg(long)]
         volumes: bool,
+        #[arg(long)]
+        json: bool,
     },
     /// List VMs: every VM the daemon has, stopped ones too (they are
     /// declared, like units; `--filter state=running` for the running).
@@ -158,6 +160,8 @@ pub(crate) enum VolumeCommand {
         /// Size, like 512M or 2G (default 1G).
         #[arg(long)]
         size: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// List volumes and the VMs that use them.
     Ls {
@@ -168,6 +172,8 @@ pub(crate) enum VolumeCommand {
     Rm {
         #[arg(required = true)]
         names: Vec<String>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -283,10 +289,17 @@ pub(crate) enum ImageCommand {
     },
     /// Remove every build of an image (refused while a VM or pool of the
     /// daemon boots it).
-    Rm { name: String },
+    Rm {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Delete the stored OCI blobs no image uses (after `image rm`), and
     /// what interrupted pulls left.
-    Prune,
+    Prune {
+        #[arg(long)]
+        json: bool,
+    },
     /// Fetch the kernel and build the default image now (otherwise the
     /// first `skiff run` does it).
     Prepare {

@@ -103,7 +103,7 @@ pub fn ls(json: bool) -> Result<i32> {
     Ok(0)
 }
 
-pub async fn rm(name: &str) -> Result<i32> {
+pub async fn rm(name: &str, json: bool) -> Result<i32> {
     let cache = paths::cache_dir()?;
     let found = find(name).map(|i| i.name);
     let target = found.as_deref().unwrap_or(name);
@@ -115,7 +115,11 @@ pub async fn rm(name: &str) -> Result<i32> {
         );
     }
     if skiff_image::remove_image(&cache, target)? {
-        println!("removed image {target}");
+        if json {
+            println!("{}", serde_json::json!({ "removed": target }));
+        } else {
+            println!("removed image {target}");
+        }
         Ok(0)
     } else {
         anyhow::bail!("no image named {name:?} (see skiff image ls)")
@@ -163,9 +167,13 @@ async fn users_of(names: &[&str]) -> Vec<String> {
 }
 
 /// `skiff image prune`: blobs no image uses, and partial downloads.
-pub fn prune() -> Result<i32> {
+pub fn prune(json: bool) -> Result<i32> {
     let (files, bytes) = skiff_oci::Store::new(&paths::cache_dir()?).prune()?;
-    println!("removed {files} unused blobs ({bytes} bytes)");
+    if json {
+        println!("{}", serde_json::json!({ "blobs": files, "bytes": bytes }));
+    } else {
+        println!("removed {files} unused blobs ({bytes} bytes)");
+    }
     Ok(0)
 }
 

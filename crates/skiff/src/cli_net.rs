@@ -17,6 +17,8 @@ pub enum NetworkCommand {
         /// Name server for its VMs (default: the host's first one).
         #[arg(long)]
         dns: Option<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// List networks with their VMs' addresses.
     Ls {
@@ -27,6 +29,8 @@ pub enum NetworkCommand {
     Rm {
         #[arg(required = true)]
         names: Vec<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// Remove bridges, TAPs, rules and leases left by crashed runs.
     Prune {
@@ -37,7 +41,12 @@ pub enum NetworkCommand {
 
 pub async fn network(c: &Client, cmd: NetworkCommand) -> Result<i32> {
     match cmd {
-        NetworkCommand::Create { name, subnet, dns } => {
+        NetworkCommand::Create {
+            name,
+            subnet,
+            dns,
+            json,
+        } => {
             let body = c
                 .call(
                     Method::POST,
@@ -50,6 +59,10 @@ pub async fn network(c: &Client, cmd: NetworkCommand) -> Result<i32> {
                 )
                 .await?;
             let net: skiff_api::Network = crate::cli_vm::typed(&body)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&net)?);
+                return Ok(0);
+            }
             println!(
                 "created network {name}: {} on bridge {}, gateway {}",
                 net.subnet, net.bridge, net.gateway
@@ -84,8 +97,9 @@ pub async fn network(c: &Client, cmd: NetworkCommand) -> Result<i32> {
             }
             Ok(0)
         }
-        NetworkCommand::Rm { names } => {
-            crate::cli_vm::delete_each(c, &names, "network ", |n| format!("/v1/networks/{n}")).await
+        NetworkCommand::Rm { names, json } => {
+            crate::cli_vm::delete_each(c, &names, "network ", json, |n| format!("/v1/networks/{n}"))
+                .await
         }
         NetworkCommand::Prune { json } => {
             let body = c.call(Method::POST, "/v1/networks/prune", None).await?;

@@ -30,6 +30,8 @@ pub enum PoolCommand {
         /// Seconds a taken sandbox lives (default 600).
         #[arg(long)]
         ttl: Option<u64>,
+        #[arg(long)]
+        json: bool,
     },
     /// List pools: ready, booting and taken sandboxes.
     Ls {
@@ -40,9 +42,16 @@ pub enum PoolCommand {
     Rm {
         #[arg(required = true)]
         names: Vec<String>,
+        #[arg(long)]
+        json: bool,
     },
     /// Change how many sandboxes a pool keeps ready.
-    Resize { name: String, size: u32 },
+    Resize {
+        name: String,
+        size: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Take a ready sandbox and print its name (use it with exec, cp,
     /// shell; `skiff rm --force NAME` destroys it, or its time to live).
     Take {
@@ -65,6 +74,7 @@ pub async fn pool(c: &Client, cmd: PoolCommand) -> Result<i32> {
             memory,
             net,
             ttl,
+            json,
         } => {
             // An OCI image the cache lacks is pulled here, with progress.
             if let Some(image) = &image {
@@ -79,8 +89,14 @@ pub async fn pool(c: &Client, cmd: PoolCommand) -> Result<i32> {
                 net,
                 ttl_secs: ttl,
             };
-            c.call(Method::POST, "/v1/pools", Some(serde_json::to_value(body)?))
+            let created = c
+                .call(Method::POST, "/v1/pools", Some(serde_json::to_value(body)?))
                 .await?;
+            if json {
+                let v: serde_json::Value = serde_json::from_slice(&created)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(0);
+            }
             println!("created pool {name} ({size} ready sandboxes)");
             Ok(0)
         }
@@ -103,17 +119,21 @@ pub async fn pool(c: &Client, cmd: PoolCommand) -> Result<i32> {
             }
             Ok(0)
         }
-        PoolCommand::Rm { names } => {
-            crate::cli_vm::delete_each(c, &names, "pool ", |n| format!("/v1/pools/{n}")).await
+        PoolCommand::Rm { names, json } => {
+            crate::cli_vm::delete_each(c, &names, "pool ", json, |n| format!("/v1/pools/{n}")).await
         }
-        PoolCommand::Resize { name, size } => {
+        PoolCommand::Resize { name, size, json } => {
             c.call(
                 Method::POST,
                 &format!("/v1/pools/{name}/resize"),
                 Some(json!({ "size": size })),
             )
             .await?;
-            println!("pool {name} keeps {size} sandboxes ready");
+            if json {
+                println!("{}", json!({ "name": name, "size": size }));
+            } else {
+                println!("pool {name} keeps {size} sandboxes ready");
+            }
             Ok(0)
         }
         PoolCommand::Take { name, ttl, json } => {

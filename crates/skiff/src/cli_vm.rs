@@ -140,28 +140,44 @@ pub async fn lifecycle(
 }
 
 /// Remove each VM; a failure for one is reported and the others still go.
-pub async fn remove(c: &Client, names: &[String], force: bool, volumes: bool) -> Result<i32> {
+pub async fn remove(
+    c: &Client,
+    names: &[String],
+    force: bool,
+    volumes: bool,
+    json: bool,
+) -> Result<i32> {
     let q = format!("?force={force}&volumes={volumes}");
-    delete_each(c, names, "", |name| format!("/v1/vms/{name}{q}")).await
+    delete_each(c, names, "", json, |name| format!("/v1/vms/{name}{q}")).await
 }
 
-/// DELETE each name's resource, saying `removed WHAT NAME` or the error;
-/// exit code 1 if any failed, after trying them all.
+/// DELETE each name's resource, saying `removed WHAT NAME` or the error
+/// (with `json`: one array of `{name, removed, error}`); exit code 1 if
+/// any failed, after trying them all.
 pub async fn delete_each(
     c: &Client,
     names: &[String],
     what: &str,
+    json: bool,
     path: impl Fn(&str) -> String,
 ) -> Result<i32> {
     let mut code = 0;
+    let mut report = Vec::new();
     for name in names {
-        match c.call(Method::DELETE, &path(name), None).await {
-            Ok(_) => println!("removed {what}{name}"),
+        let result = c.call(Method::DELETE, &path(name), None).await;
+        match &result {
+            Ok(_) if !json => println!("removed {what}{name}"),
             Err(e) => {
                 eprintln!("skiff: error: {e:#}");
                 code = 1;
             }
+            Ok(_) => {}
         }
+        let error = result.err().map(|e| format!("{e:#}"));
+        report.push(json!({ "name": name, "removed": error.is_none(), "error": error }));
+    }
+    if json {
+        print_json(&report)?;
     }
     Ok(code)
 }
@@ -393,14 +409,19 @@ where
 
 pub async fn volume(c: &Client, cmd: crate::VolumeCommand) -> Result<i32> {
     match cmd {
-        crate::VolumeCommand::Create { name, size } => {
-            c.call(
-                Method::POST,
-                "/v1/volumes",
-                Some(json!({ "name": name, "size": size })),
-            )
-            .await?;
-            println!("created volume {name}");
+        crate::VolumeCommand::Create { name, size, json } => {
+            let body = c
+                .call(
+                    Method::POST,
+                    "/v1/volumes",
+                    Some(json!({ "name": name, "size": size })),
+                )
+                .await?;
+            if json {
+                print_json(&serde_json::from_slice::<Value>(&body)?)?;
+            } else {
+                println!("created volume {name}");
+            }
             Ok(0)
         }
         crate::VolumeCommand::Ls { json } => {
@@ -420,8 +441,8 @@ pub async fn volume(c: &Client, cmd: crate::VolumeCommand) -> Result<i32> {
             }
             Ok(0)
         }
-        crate::VolumeCommand::Rm { names } => {
-            delete_each(c, &names, "volume ", |n| format!("/v1/volumes/{n}")).await
+        crate::VolumeCommand::Rm { names, json } => {
+            delete_each(c, &names, "volume ", json, |n| format!("/v1/volumes/{n}")).await
         }
     }
 }

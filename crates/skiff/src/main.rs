@@ -244,7 +244,8 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             names,
             force,
             volumes,
-        } => cli_vm::remove(&client(), &names, force, volumes).await,
+            json,
+        } => cli_vm::remove(&client(), &names, force, volumes, json).await,
         // Every VM is listed anyway: -a changes nothing.
         Command::Ls {
             all: _,
@@ -303,8 +304,8 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             cli_image::import(path, name, json).await
         }
         Command::Image(ImageCommand::Ls { json }) => cli_image::ls(json),
-        Command::Image(ImageCommand::Rm { name }) => cli_image::rm(&name).await,
-        Command::Image(ImageCommand::Prune) => cli_image::prune(),
+        Command::Image(ImageCommand::Rm { name, json }) => cli_image::rm(&name, json).await,
+        Command::Image(ImageCommand::Prune { json }) => cli_image::prune(json),
         Command::Image(ImageCommand::Prepare { kernel, json }) => {
             let choice = kernel_choice(&kernel);
             let img = tokio::task::spawn_blocking(move || image::prepare(&choice, false)).await??;

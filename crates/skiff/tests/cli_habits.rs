@@ -107,8 +107,30 @@ fn a_detached_run_keeps_running_and_answers_docker_style_verbs() {
         stderr(&out)
     );
 
-    d.ok(&["rm", "tick", &other]);
+    // --json on the verbs that change things.
+    let removed: serde_json::Value =
+        serde_json::from_str(&d.ok(&["rm", "--json", "tick", &other])).expect("json");
+    assert_eq!(removed[0]["name"], "tick");
+    assert_eq!(removed[1]["removed"], true);
     assert_eq!(d.ok(&["ls", "-q"]), "");
+    let vol: serde_json::Value =
+        serde_json::from_str(&d.ok(&["volume", "create", "--json", "--size", "64M", "v1"]))
+            .expect("json");
+    assert_eq!(
+        (vol["name"].as_str(), vol["size_mib"].as_u64()),
+        (Some("v1"), Some(64))
+    );
+    let out = d.cli(&["volume", "rm", "--json", "v1", "v2"]);
+    assert_eq!(out.status.code(), Some(1), "v2 does not exist");
+    let gone: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(
+        (gone[0]["removed"].as_bool(), gone[1]["removed"].as_bool()),
+        (Some(true), Some(false))
+    );
+    assert!(
+        gone[1]["error"].as_str().is_some_and(|e| e.contains("v2")),
+        "{gone}"
+    );
 }
 
 #[test]
