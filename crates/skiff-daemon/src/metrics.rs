@@ -251,9 +251,62 @@ impl Metrics {
     }
 }
 
+/// The pools' gauges: the size each keeps, and its sandboxes by state.
+pub fn render_pools(pools: &[skiff_api::Pool]) -> String {
+    let mut out = String::from(
+        "# HELP skiff_pool_size Sandboxes the pool keeps ready.\n# TYPE skiff_pool_size gauge\n",
+    );
+    for p in pools {
+        let _ = writeln!(
+            out,
+            "skiff_pool_size{{pool=\"{}\"}} {}",
+            label(&p.name),
+            p.size
+        );
+    }
+    out.push_str("# HELP skiff_pool_sandboxes The pool's sandboxes by state.\n# TYPE skiff_pool_sandboxes gauge\n");
+    for p in pools {
+        for (state, n) in [
+            ("ready", p.ready),
+            ("booting", p.booting),
+            ("taken", p.taken),
+        ] {
+            let _ = writeln!(
+                out,
+                "skiff_pool_sandboxes{{pool=\"{}\",state=\"{state}\"}} {n}",
+                label(&p.name)
+            );
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pools_have_a_size_and_sandboxes_by_state() {
+        let pool = skiff_api::Pool {
+            name: "sb".into(),
+            template: skiff_spec::VmSpec::with_defaults("sb"),
+            size: 3,
+            ttl_secs: 60,
+            created_at: 0,
+            ready: 2,
+            booting: 1,
+            taken: 4,
+        };
+        let text = render_pools(&[pool]);
+        for line in [
+            "skiff_pool_size{pool=\"sb\"} 3",
+            "skiff_pool_sandboxes{pool=\"sb\",state=\"ready\"} 2",
+            "skiff_pool_sandboxes{pool=\"sb\",state=\"booting\"} 1",
+            "skiff_pool_sandboxes{pool=\"sb\",state=\"taken\"} 4",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}: {text}");
+        }
+    }
 
     #[test]
     fn a_forgotten_vm_leaves_no_series() {

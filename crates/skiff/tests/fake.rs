@@ -233,6 +233,21 @@ fn pools_keep_fake_sandboxes_ready_hand_each_out_once_and_refill() {
         ready() == 2
     });
     assert_eq!(d.fake_guests().len(), 4, "two taken, two ready");
+    // The pool's gauges, as Prometheus scrapes them (curl on the socket).
+    let metrics = std::process::Command::new("curl")
+        .args(["-sS", "--unix-socket"])
+        .arg(d.socket())
+        .arg("http://skiff/metrics")
+        .output()
+        .expect("curl metrics");
+    let text = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    for line in [
+        "skiff_pool_size{pool=\"sb\"} 2",
+        "skiff_pool_sandboxes{pool=\"sb\",state=\"ready\"} 2",
+        "skiff_pool_sandboxes{pool=\"sb\",state=\"taken\"} 2",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} in: {text}");
+    }
 
     d.ok(&["pool", "rm", "sb"]);
     for name in [a.trim(), b.trim()] {
