@@ -10,7 +10,7 @@ mod responses;
 mod run;
 pub mod schema;
 
-pub use lifecycle::{Event, IllegalTransition, VmState};
+pub use lifecycle::{Event, IllegalTransition, VmEvent, VmState};
 pub use requests::*;
 pub use responses::*;
 pub use run::{RunBody, RunRootFs, RunShare};

@@ -24,7 +24,8 @@ pub enum VmState {
 }
 
 /// What happens to a VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
 pub enum Event {
     /// `start` (or a restart policy, or autostart) begins a boot.
     Start,
@@ -176,6 +177,39 @@ mod tests {
         );
         for s in ALL {
             assert_eq!(s.is_active(), s.after(Event::Adopted).is_ok());
+        }
+    }
+}
+
+/// One thing that happened to a VM, as `GET /v1/events` streams it (one
+/// JSON object per line).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VmEvent {
+    /// Seconds since the Unix epoch.
+    pub time: i64,
+    pub vm: String,
+    /// `created`, `removed`, or a state change: `start`, `booted`,
+    /// `boot-failed`, `stop`, `halted`, `ended`, `adopted`, `lost`.
+    pub action: String,
+    /// The state it is in afterwards (none once removed).
+    pub state: Option<VmState>,
+    /// Why, for humans.
+    #[serde(default)]
+    pub note: String,
+}
+
+impl Event {
+    /// The event's name in the events stream.
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::Start => "start",
+            Event::Booted => "booted",
+            Event::BootFailed => "boot-failed",
+            Event::Stop => "stop",
+            Event::Halted => "halted",
+            Event::Ended => "ended",
+            Event::Adopted => "adopted",
+            Event::Lost => "lost",
         }
     }
 }

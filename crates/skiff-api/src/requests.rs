@@ -28,6 +28,17 @@ pub struct RemoveQuery {
     pub volumes: bool,
 }
 
+/// `GET /v1/events?vm=&action=`: only the events of that VM, or of that
+/// action.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    #[serde(default)]
+    pub vm: Option<String>,
+    #[serde(default)]
+    pub action: Option<String>,
+}
+
 /// `GET /v1/vms/{name}/logs?follow=&tail=`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -38,6 +38,7 @@ pub fn components() -> Map<String, Value> {
         TakeBody,
         TtlBody,
         RunBody,
+        EventsQuery,
         // responses
         ErrorBody,
         Version,
@@ -49,6 +50,7 @@ pub fn components() -> Map<String, Value> {
         Network,
         Pool,
         Sandbox,
+        VmEvent,
     );
     gen.take_definitions()
         .into_iter()

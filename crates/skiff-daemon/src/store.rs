@@ -120,6 +120,9 @@ pub enum StoreError {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Every change to a VM, for `GET /v1/events` (nobody listening: the
+    /// events are dropped).
+    events: tokio::sync::broadcast::Sender<skiff_api::VmEvent>,
 }
 
 pub fn now() -> i64 {
@@ -152,7 +155,23 @@ impl Store {
         }
         Ok(Store {
             conn: Mutex::new(conn),
+            events: tokio::sync::broadcast::channel(1024).0,
         })
+    }
+
+    /// The events from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<skiff_api::VmEvent> {
+        self.events.subscribe()
+    }
+
+    fn emit(&self, vm: &str, action: &str, state: Option<VmState>, note: &str) {
+        let _ = self.events.send(skiff_api::VmEvent {
+            time: now(),
+            vm: vm.to_owned(),
+            action: action.to_owned(),
+            state,
+            note: note.to_owned(),
+        });
     }
 
     /// A number that changes whenever a write changed a row: what was read
@@ -183,6 +202,7 @@ impl Store {
             }
             other => other?,
         };
+        self.emit(&spec.name, "created", Some(VmState::Created), "");
         self.get(&spec.name)?
             .ok_or_else(|| StoreError::Exists(spec.name.clone()))
     }
@@ -232,6 +252,8 @@ impl Store {
             "UPDATE vms SET state = ?2, note = ?3, updated_at = ?4 WHERE name = ?1",
             params![name, next.as_str(), note, now()],
         )?;
+        drop(conn);
+        self.emit(name, event.name(), Some(next), note);
         Ok(next)
     }
 
@@ -317,8 +339,12 @@ impl Store {
 
     pub fn delete(&self, name: &str) -> Result<(), StoreError> {
         let conn = self.conn();
-        conn.execute("DELETE FROM vms WHERE name = ?1", [name])?;
+        let gone = conn.execute("DELETE FROM vms WHERE name = ?1", [name])?;
         conn.execute("DELETE FROM helpers WHERE vm = ?1", [name])?;
+        drop(conn);
+        if gone > 0 {
+            self.emit(name, "removed", None, "");
+        }
         Ok(())
     }
 }

@@ -121,6 +121,19 @@ pub(crate) enum Command {
     /// Manage warm pools of sandboxes (`skiff run --pool NAME -- CMD`).
     #[command(subcommand)]
     Pool(cli_pool::PoolCommand),
+    /// Stream what happens to VMs (created, start, booted, stop, halted,
+    /// ended, removed, ...) as it happens, until interrupted.
+    Events {
+        /// Only this VM's.
+        #[arg(long, value_name = "NAME")]
+        vm: Option<String>,
+        /// Only this action's (start, ended, removed, ...).
+        #[arg(long)]
+        action: Option<String>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script: `source <(skiff completions bash)`
     /// (zsh, fish too; setup installs them).
     Completions {

@@ -2,6 +2,7 @@
 
 mod cli_cp;
 mod cli_detach;
+mod cli_events;
 mod cli_image;
 mod cli_net;
 mod cli_parse;
@@ -255,6 +256,9 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         } => cli_vm::list(&client(), json, quiet, &filter).await,
         Command::Inspect { names } => cli_vm::inspect(&client(), &names).await,
         Command::Version { json } => version(&client(), json).await,
+        Command::Events { vm, action, json } => {
+            cli_events::events(&client(), vm.as_deref(), action.as_deref(), json).await
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             // Into memory first: clap_complete panics on a write error,

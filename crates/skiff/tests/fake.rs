@@ -451,3 +451,64 @@ fn idle_proxy_connections_cannot_starve_the_daemon() {
     );
     d.ok(&["rm", "--force", "box"]);
 }
+
+#[test]
+fn events_stream_each_step_of_a_vm_s_life() {
+    use std::io::BufRead;
+    let d = Daemon::start_fake();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .env("SKIFF_SOCKET", d.socket())
+        .args(["events", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("skiff events");
+    let lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str(&line) {
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    // Subscribed once a VM made after the start shows up.
+    let probe = d.write_spec("probe.toml", "[vm.probe]\n");
+    d.ok(&["create", "-f", probe.to_str().expect("utf8")]);
+    let first = rx.recv_timeout(Duration::from_secs(10)).expect("an event");
+    assert_eq!(
+        (first["vm"].as_str(), first["action"].as_str()),
+        (Some("probe"), Some("created"))
+    );
+    assert_eq!(first["state"], "created");
+
+    d.boot("ev", "[vm.ev]\n");
+    d.ok(&["stop", "ev"]);
+    d.ok(&["rm", "ev", "probe"]);
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("probe removed") {
+        let e = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("events so far: {seen:?}"));
+        seen.push(format!(
+            "{} {}",
+            e["vm"].as_str().unwrap_or("?"),
+            e["action"].as_str().unwrap_or("?")
+        ));
+    }
+    assert_eq!(
+        seen,
+        [
+            "ev created",
+            "ev start",
+            "ev booted",
+            "ev stop",
+            "ev halted",
+            "ev removed",
+            "probe removed"
+        ]
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -39,6 +39,7 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 #[cfg_attr(not(test), allow(dead_code))]
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/version"),
+    ("get", "/v1/events"),
     ("get", "/openapi.json"),
     ("get", "/v1/vms"),
     ("post", "/v1/vms"),
@@ -75,6 +76,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub fn router(manager: Arc<Manager>) -> Router {
     Router::new()
         .route("/v1/version", get(version))
+        .route("/v1/events", get(crate::http::streams::events))
         .route("/openapi.json", get(openapi))
         .route("/v1/vms", get(list).post(create))
         .route("/v1/vms/{name}", get(inspect).delete(remove))

@@ -63,6 +63,51 @@ pub async fn logs(
         .unwrap_or_else(|_| Response::new(Body::empty())))
 }
 
+/// `GET /v1/events`: every VM event from now on, one JSON object per line,
+/// until the client goes away. A client too slow to keep up is told how
+/// many it missed (an event with action `lagged`) rather than slowing the
+/// daemon.
+pub async fn events(
+    State(m): State<Arc<Manager>>,
+    Query(q): Query<skiff_api::EventsQuery>,
+) -> Response {
+    let mut rx = m.store.subscribe();
+    let (tx, out) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(16);
+    tokio::spawn(async move {
+        loop {
+            let event = match rx.recv().await {
+                Ok(e) => e,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => skiff_api::VmEvent {
+                    time: crate::store::now(),
+                    vm: String::new(),
+                    action: "lagged".into(),
+                    state: None,
+                    note: format!("{n} events were missed"),
+                },
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let wanted =
+                q.vm.as_ref()
+                    .is_none_or(|v| *v == event.vm || event.action == "lagged")
+                    && q.action.as_ref().is_none_or(|a| *a == event.action);
+            if !wanted {
+                continue;
+            }
+            let Ok(mut line) = serde_json::to_vec(&event) else {
+                continue;
+            };
+            line.push(b'\n');
+            if tx.send(Ok(line)).await.is_err() {
+                return; // the client went away
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(tokio_stream_from(out)))
+        .unwrap_or_else(|_| Response::new(Body::empty()))
+}
+
 /// Where the last `lines` lines of `path` begin (0: the file has no more).
 /// Read backwards 64 KiB at a time: a long log is not read whole.
 fn tail_offset(path: &std::path::Path, lines: u64) -> u64 {
