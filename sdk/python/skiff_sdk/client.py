@@ -98,6 +98,34 @@ class Client:
         finally:
             conn.close()
 
+    def events(self, vm: Optional[str] = None, action: Optional[str] = None) -> Iterator[Dict[str, Any]]:
+        """What happens to VMs from now on (`GET /v1/events`), as an iterator of
+        dicts with `time`, `vm`, `action` (created, start, booted, stop, halted,
+        ended, removed, ...), `state` and `note`. Subscribed when this returns;
+        it runs until the caller stops iterating (no read timeout while it waits)."""
+        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in (("vm", vm), ("action", action)) if v)
+        path = f"/v1/events?{query}"
+        conn = _UnixConnection(self.socket_path, None)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            if resp.status >= 400:
+                raise _error(resp.status, resp.read(), path)
+        except BaseException:
+            conn.close()
+            raise
+
+        def lines() -> Iterator[Dict[str, Any]]:
+            try:
+                for line in resp:
+                    line = line.strip()
+                    if line:
+                        yield json.loads(line)
+            finally:
+                conn.close()
+
+        return lines()
+
     @staticmethod
     def vm_path(name: str, rest: str = "") -> str:
         return f"/v1/vms/{quote(name, safe='')}{rest}"

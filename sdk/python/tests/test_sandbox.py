@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -107,6 +108,25 @@ def test_a_killed_or_expired_sandbox_is_gone(client, pool):
             break
         assert time.monotonic() < deadline, "the sandbox outlived its time to live"
         time.sleep(0.5)
+
+
+def test_events_show_a_sandbox_killed(client, pool):
+    sb = Sandbox.create(pool=pool, client=client)
+    events = client.events(vm=sb.name)  # subscribed from here on
+    seen = []
+
+    def watch():
+        for e in events:
+            seen.append(e["action"])
+            if e["action"] == "removed":
+                return
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    sb.kill()
+    t.join(30)
+    assert seen[-1:] == ["removed"], seen
+    assert seen[0] == "stop", seen  # rm --force: a shutdown, then the record goes
 
 
 def test_errors_say_what_happened(client, pool):
