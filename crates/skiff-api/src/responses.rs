@@ -137,3 +137,27 @@ pub struct Sandbox {
     /// The address on its managed network, if it has one.
     pub address: Option<String>,
 }
+
+/// What a VM uses now, as `GET /v1/stats` answers: counters since its
+/// QEMU started (a rate needs two samples; `time_ms` says when each was
+/// taken). A value the host cannot see (a stopped VM, user-mode
+/// networking) is null.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct VmStats {
+    pub vm: String,
+    pub state: crate::VmState,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// CPU time of its QEMU, user and system.
+    pub cpu_seconds: Option<f64>,
+    /// Resident memory of its QEMU.
+    pub memory_bytes: Option<u64>,
+    /// The memory the guest was given.
+    pub memory_limit_bytes: u64,
+    /// Received by the guest through its TAP (bridge networking only).
+    pub net_rx_bytes: Option<u64>,
+    pub net_tx_bytes: Option<u64>,
+    /// Read and written by its QEMU to storage: the VM's disks, mostly.
+    pub disk_read_bytes: Option<u64>,
+    pub disk_write_bytes: Option<u64>,
+}

@@ -51,6 +51,7 @@ pub fn components() -> Map<String, Value> {
         Pool,
         Sandbox,
         VmEvent,
+        VmStats,
     );
     gen.take_definitions()
         .into_iter()

@@ -24,6 +24,7 @@ pub mod resolve;
 pub mod rootdisk;
 pub mod run;
 pub mod run_spec;
+pub mod stats;
 pub mod store;
 pub mod support;
 pub mod timings;

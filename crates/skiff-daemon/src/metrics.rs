@@ -105,14 +105,6 @@ impl Metrics {
     /// health checks) and the counters kept here.
     pub fn render(&self, vms: &[VmRecord], unhealthy: impl Fn(&str) -> bool) -> String {
         let mut out = String::new();
-        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .ok()
-            .flatten()
-            .unwrap_or(100) as f64;
-        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-            .ok()
-            .flatten()
-            .unwrap_or(4096) as u64;
         let mut section = |name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
@@ -168,16 +160,11 @@ impl Metrics {
             "Restarts by the restart policy or health check.",
             per_vm(&|v| Some(v.restarts.to_string())),
         );
-        let stat = |pid: i32| -> Option<(f64, u64)> {
-            let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let after = s.rsplit_once(')')?.1;
-            let f: Vec<&str> = after.split_whitespace().collect();
-            let cpu = (f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks;
-            let rss = f.get(21)?.parse::<u64>().ok()? * page;
-            Some((cpu, rss))
+        let live = |v: &crate::store::VmRecord| {
+            v.qemu
+                .filter(|q| q.is_alive())
+                .and_then(|q| crate::stats::process_usage(q.pid))
         };
-        let live =
-            |v: &crate::store::VmRecord| v.qemu.filter(|q| q.is_alive()).and_then(|q| stat(q.pid));
         table(
             &mut out,
             "skiff_vm_cpu_seconds_total",

@@ -121,6 +121,18 @@ pub(crate) enum Command {
     /// Manage warm pools of sandboxes (`skiff run --pool NAME -- CMD`).
     #[command(subcommand)]
     Pool(cli_pool::PoolCommand),
+    /// Show what VMs use: CPU, memory, network and disk (all, or the VMs
+    /// named), refreshed every 2 s until interrupted.
+    Stats {
+        #[arg(value_name = "NAME")]
+        names: Vec<String>,
+        /// One table, then exit.
+        #[arg(long)]
+        no_stream: bool,
+        /// JSON rows (a line per refresh).
+        #[arg(long)]
+        json: bool,
+    },
     /// Stream what happens to VMs (created, start, booted, stop, halted,
     /// ended, removed, ...) as it happens, until interrupted.
     Events {

@@ -8,6 +8,7 @@ mod cli_net;
 mod cli_parse;
 mod cli_pool;
 mod cli_run;
+mod cli_stats;
 use cli_parse::rootfs_arg;
 mod cli_args;
 use cli_args::*;
@@ -256,6 +257,11 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         } => cli_vm::list(&client(), json, quiet, &filter).await,
         Command::Inspect { names } => cli_vm::inspect(&client(), &names).await,
         Command::Version { json } => version(&client(), json).await,
+        Command::Stats {
+            names,
+            no_stream,
+            json,
+        } => cli_stats::stats(&client(), &names, no_stream, json).await,
         Command::Events { vm, action, json } => {
             cli_events::events(&client(), vm.as_deref(), action.as_deref(), json).await
         }

@@ -47,6 +47,31 @@ fn a_detached_run_keeps_running_and_answers_docker_style_verbs() {
     let out = d.cli(&["exec", "tick", "sh", "-c", "exit 3"]);
     assert_eq!(out.status.code(), Some(3));
 
+    // stats: what the VM's QEMU uses, from two samples.
+    let rows: serde_json::Value =
+        serde_json::from_str(&d.ok(&["stats", "--no-stream", "--json", "tick"])).expect("json");
+    let row = &rows[0];
+    assert_eq!(row["vm"], "tick");
+    let cpu = row["cpu_percent"].as_f64().expect("a CPU rate");
+    assert!((0.0..=400.0).contains(&cpu), "{row}");
+    assert!(
+        row["memory_bytes"].as_u64().is_some_and(|m| m > 16 << 20),
+        "{row}"
+    );
+    assert_eq!(row["memory_limit_bytes"], 128u64 << 20);
+    assert!(row["net_rx_bytes"].is_null(), "no network, no TAP: {row}");
+    let table = d.ok(&["stats", "--no-stream"]);
+    assert!(
+        table.starts_with("NAME") && table.lines().nth(1).is_some_and(|l| l.starts_with("tick ")),
+        "{table}"
+    );
+    let out = d.cli(&["stats", "--no-stream", "nope"]);
+    assert!(
+        stderr(&out).contains("no VM named \"nope\""),
+        "{}",
+        stderr(&out)
+    );
+
     // logs --tail: the last lines only.
     d.wait_for("ticks in the log", Duration::from_secs(30), || {
         d.ok(&["logs", "tick"]).contains("tick-5")

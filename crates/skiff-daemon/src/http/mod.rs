@@ -40,6 +40,7 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/v1/version"),
     ("get", "/v1/events"),
+    ("get", "/v1/stats"),
     ("get", "/openapi.json"),
     ("get", "/v1/vms"),
     ("post", "/v1/vms"),
@@ -77,6 +78,7 @@ pub fn router(manager: Arc<Manager>) -> Router {
     Router::new()
         .route("/v1/version", get(version))
         .route("/v1/events", get(crate::http::streams::events))
+        .route("/v1/stats", get(stats))
         .route("/openapi.json", get(openapi))
         .route("/v1/vms", get(list).post(create))
         .route("/v1/vms/{name}", get(inspect).delete(remove))
@@ -171,6 +173,16 @@ async fn version() -> Json<skiff_api::Version> {
         version: env!("CARGO_PKG_VERSION").into(),
         api: API_VERSION.into(),
     })
+}
+
+/// `GET /v1/stats`: what each VM uses now.
+async fn stats(State(m): State<AppState>) -> ApiResult<Vec<skiff_api::VmStats>> {
+    let vms = m.store.list().map_err(ManagerError::from)?;
+    let samples =
+        tokio::task::spawn_blocking(move || vms.iter().map(crate::stats::sample).collect())
+            .await
+            .map_err(|e| ManagerError::internal("read the VMs' usage", e))?;
+    Ok(Json(samples))
 }
 
 async fn openapi() -> Response {
@@ -353,10 +365,16 @@ mod tests {
             Some(API_VERSION),
             "{method} {path} lacks the API header"
         );
-        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
-            .await
-            .expect("body");
-        (status, String::from_utf8_lossy(&bytes).into_owned())
+        // A stream that does not end (GET /v1/events) is served all the
+        // same: its head came.
+        let body = axum::body::to_bytes(res.into_body(), 1 << 20);
+        match tokio::time::timeout(std::time::Duration::from_secs(3), body).await {
+            Ok(bytes) => (
+                status,
+                String::from_utf8_lossy(&bytes.expect("body")).into_owned(),
+            ),
+            Err(_) => (status, "(a stream, still open)".to_owned()),
+        }
     }
 
     #[test]
