@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
 VIRTIOFSD_VERSION=1.14.0
 # libseccomp-dev and libcap-ng-dev are build dependencies of virtiofsd.
-PACKAGES=(qemu-system-x86 qemu-utils openssh-client busybox-static cpio e2fsprogs kmod ca-certificates libseccomp-dev libcap-ng-dev debootstrap nftables iproute2 curl openssl docker-registry skopeo umoci apache2-utils)
+PACKAGES=(qemu-system-x86 qemu-utils openssh-client busybox-static cpio e2fsprogs kmod ca-certificates libseccomp-dev libcap-ng-dev debootstrap nftables iproute2 curl openssl docker-registry skopeo umoci apache2-utils systemd)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -21,7 +21,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 #    `ip netns` and fetch from guests with curl), docker-registry, skopeo,
 #    umoci and apache2-utils (the OCI tests run a real registry on loopback,
 #    with htpasswd credentials, and build and push their images with umoci
-#    and skopeo).
+#    and skopeo), systemd (systemd-socket-activate hands the daemon its socket
+#    in the socket-activation test; nothing starts systemd itself).
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -27,6 +27,7 @@ pub mod run_spec;
 pub mod stats;
 pub mod store;
 pub mod support;
+pub mod systemd;
 pub mod timings;
 pub mod ui;
 
@@ -218,7 +219,18 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
     }
     // Refuse to start rather than run every VM's QEMU as root by surprise.
     support::qemu_user()?;
-    let listener = bind_socket(&cfg.socket).await?;
+    // Under skiff.socket, systemd holds the socket and passes it; the
+    // daemon then neither binds nor removes it.
+    let activated = systemd::activated_listener()?;
+    let from_systemd = activated.is_some();
+    let listener = match activated {
+        Some(l) => {
+            l.set_nonblocking(true)
+                .context("cannot use the socket systemd passed")?;
+            UnixListener::from_std(l).context("cannot use the socket systemd passed")?
+        }
+        None => bind_socket(&cfg.socket).await?,
+    };
     let store = store::Store::open(&cfg.state_dir.join("state.db"))?;
     let manager = Manager::new(
         store,
@@ -243,6 +255,7 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
         version = env!("CARGO_PKG_VERSION"),
         socket = %cfg.socket.display(),
         backend = ?manager.backend_kind(),
+        from_systemd,
         "listening"
     );
     let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -263,17 +276,22 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
             }
         });
     }
+    // VMs adopted, autostarts done, the socket accepting: ready.
+    systemd::notify("READY=1");
     axum::serve(listener, http::router(manager))
         .with_graceful_shutdown(async move {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
             }
+            systemd::notify("STOPPING=1");
         })
         .await
         .context("the API server failed")?;
     // VMs keep running: the next daemon adopts them.
-    let _ = std::fs::remove_file(socket);
+    if !from_systemd {
+        let _ = std::fs::remove_file(socket);
+    }
     let _ = std::fs::remove_file(pid_file);
     Ok(())
 }

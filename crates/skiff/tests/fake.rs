@@ -512,3 +512,52 @@ fn events_stream_each_step_of_a_vm_s_life() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn under_systemd_the_daemon_takes_its_socket_and_says_when_it_is_ready() {
+    // Socket activation by systemd's own tool: it binds the socket and
+    // execs the daemon with it as fd 3 (LISTEN_PID, LISTEN_FDS).
+    // (On the fixture's socket path, which the daemon is told too: it
+    // must not bind it itself.)
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wrapper: Vec<String> = [
+        "sh",
+        "-c",
+        "exec systemd-socket-activate -l \"$SKIFF_SOCKET\" \"$@\"",
+        "sh",
+    ]
+    .map(str::to_owned)
+    .into();
+    let mut d = Daemon::start_fake_wrapped(&[], &wrapper);
+    assert_eq!(d.ok(&["ls", "--json"]).trim(), "[]");
+    assert!(d.log().contains("from_systemd=true"), "{}", d.log());
+    d.kill9();
+    assert!(d.socket().exists(), "systemd's socket is left to systemd");
+
+    // Readiness: READY=1 once it serves, STOPPING=1 when told to stop.
+    let notify = dir.path().join("notify");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).expect("bind");
+    listener
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let d = Daemon::start_with_env(vec![(
+        "NOTIFY_SOCKET",
+        notify.to_string_lossy().into_owned(),
+    )]);
+    let mut buf = [0u8; 256];
+    let n = listener.recv(&mut buf).expect("READY=1");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert_eq!(d.ok(&["ls", "--json"]).trim(), "[]", "ready means serving");
+    let pid: i32 = std::fs::read_to_string(d.state().join("daemon.pid"))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let n = listener.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}
