@@ -287,7 +287,13 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Volume(v) => cli_vm::volume(&client(), v).await,
         Command::Network(n) => cli_net::network(&client(), n).await,
         Command::Pool(p) => cli_pool::pool(&client(), p).await,
-        Command::Run(a) => run(a.normalized().map_err(anyhow::Error::msg)?).await,
+        Command::Run(a) => match a.normalized() {
+            Ok(a) => run(a).await,
+            // A usage error, as clap's own: exit code 2.
+            Err(why) => <Cli as clap::CommandFactory>::command()
+                .error(clap::error::ErrorKind::MissingRequiredArgument, why)
+                .exit(),
+        },
         Command::Cp { src, dst } => cli_cp::cp(&client(), &src, &dst).await,
         Command::Shell { name, command } => {
             cli_vm::shell(&client(), &name, command, Default::default()).await
