@@ -222,6 +222,7 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
     // Under skiff.socket, systemd holds the socket and passes it; the
     // daemon then neither binds nor removes it.
     let activated = systemd::activated_listener()?;
+    systemd::take_notify_socket();
     let from_systemd = activated.is_some();
     let listener = match activated {
         Some(l) => {

@@ -252,8 +252,9 @@ impl Store {
             "UPDATE vms SET state = ?2, note = ?3, updated_at = ?4 WHERE name = ?1",
             params![name, next.as_str(), note, now()],
         )?;
-        drop(conn);
+        // Sent under the lock: events leave in the order of the writes.
         self.emit(name, event.name(), Some(next), note);
+        drop(conn);
         Ok(next)
     }
 
@@ -341,10 +342,10 @@ impl Store {
         let conn = self.conn();
         let gone = conn.execute("DELETE FROM vms WHERE name = ?1", [name])?;
         conn.execute("DELETE FROM helpers WHERE vm = ?1", [name])?;
-        drop(conn);
         if gone > 0 {
             self.emit(name, "removed", None, "");
         }
+        drop(conn);
         Ok(())
     }
 }

@@ -16,6 +16,8 @@ pub enum ActivationError {
     BadCount(String),
     #[error("the descriptor systemd passed (fd 3) is not a Unix stream socket; check ListenStream= in skiff.socket")]
     NotAUnixSocket,
+    #[error("cannot keep the socket systemd passed from the daemon's children")]
+    Cloexec(#[source] nix::errno::Errno),
 }
 
 /// Whether this process was socket-activated: `LISTEN_PID` names it.
@@ -51,16 +53,48 @@ pub fn activated_listener() -> Result<Option<std::os::unix::net::UnixListener>, 
     // process (checked above); nothing else in the daemon owns it, and the
     // listener made here becomes its only owner.
     let listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTEN_FDS_START) };
+    // systemd passes it without close-on-exec, and the variables say to
+    // whoever reads them that the socket is theirs: QEMU (run as another
+    // user) and every helper would inherit the API, which is root here.
+    nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&listener),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(ActivationError::Cloexec)?;
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        // Read once, above, before any other thread of the daemon looks at
+        // the environment.
+        std::env::remove_var(var);
+    }
     Ok(Some(listener))
+}
+
+/// Where systemd wants to hear from the daemon: `$NOTIFY_SOCKET`, taken
+/// out of the environment the first time (the VMs' processes are not to
+/// speak for the daemon).
+fn notify_socket() -> Option<&'static std::ffi::OsStr> {
+    static SOCKET: std::sync::OnceLock<Option<std::ffi::OsString>> = std::sync::OnceLock::new();
+    SOCKET
+        .get_or_init(|| {
+            let v = std::env::var_os("NOTIFY_SOCKET");
+            std::env::remove_var("NOTIFY_SOCKET");
+            v
+        })
+        .as_deref()
+}
+
+/// Take `$NOTIFY_SOCKET` now, at start, before the daemon spawns anything.
+pub fn take_notify_socket() {
+    let _ = notify_socket();
 }
 
 /// Tell systemd (if it asked, through `$NOTIFY_SOCKET`) how the daemon is:
 /// `READY=1`, `STOPPING=1`. Failures are logged, never fatal.
 pub fn notify(state: &str) {
-    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
+    let Some(target) = notify_socket() else {
         return;
     };
-    if let Err(e) = notify_to(&target, state) {
+    if let Err(e) = notify_to(target, state) {
         tracing::warn!(error = %e, "cannot notify systemd ({state})");
     }
 }

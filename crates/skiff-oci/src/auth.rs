@@ -143,6 +143,17 @@ fn ask_helper(program: &str, server: &str) -> Result<Option<String>, String> {
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(server.as_bytes());
     }
+    // Read while it runs: a helper that writes more than a pipe holds
+    // would otherwise wait for us until the timeout. Helpers print a line
+    // or two of JSON; past 64 KiB the pipe is closed on it.
+    let stdout = child.stdout.take();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(s) = stdout {
+            let _ = s.take(64 * 1024).read_to_end(&mut out);
+        }
+        out
+    });
     let deadline = Instant::now() + HELPER_TIMEOUT;
     let status = loop {
         match child.try_wait() {
@@ -158,11 +169,7 @@ fn ask_helper(program: &str, server: &str) -> Result<Option<String>, String> {
             Err(e) => return Err(format!("{program}: {e}")),
         }
     };
-    // Helpers print a line or two of JSON; more is not read.
-    let mut out = Vec::new();
-    if let Some(stdout) = child.stdout.take() {
-        let _ = stdout.take(64 * 1024).read_to_end(&mut out);
-    }
+    let out = reader.join().unwrap_or_default();
     if !status.success() {
         // "credentials not found in native keychain": nothing stored.
         return Ok(None);

@@ -32,7 +32,10 @@ pub struct Registry {
     reference: Reference,
     shown: String,
     base: String,
-    basic: Option<String>,
+    /// The Basic credential for this registry: looked up (docker's config,
+    /// its credential helper) at the first challenge, not before, so an
+    /// anonymous pull never runs a helper.
+    basic: Option<Option<String>>,
     token: Option<String>,
 }
 
@@ -114,16 +117,24 @@ impl Registry {
         Ok(Registry {
             client,
             base: format!("{scheme}://{host}/v2/{}", reference.repository),
-            basic: crate::auth::basic_credentials(&reference.registry),
+            basic: None,
             reference: reference.clone(),
             shown,
             token: None,
         })
     }
 
+    /// The Basic credential, looked up once.
+    fn credentials(&mut self) -> Option<String> {
+        let registry = self.reference.registry.clone();
+        self.basic
+            .get_or_insert_with(|| crate::auth::basic_credentials(&registry))
+            .clone()
+    }
+
     /// What to do about a refusal, by whether credentials were sent.
     fn credentials_advice(&self) -> &'static str {
-        if self.basic.is_some() {
+        if matches!(self.basic, Some(Some(_))) {
             "the credentials in docker's config file were refused"
         } else {
             "it does not exist, or it needs credentials: log in with `docker login` (skiff reads ~/.docker/config.json and runs its credential helpers)"
@@ -147,8 +158,10 @@ impl Registry {
             let mut req = self.client.get(url).headers(headers.clone());
             if let Some(t) = &self.token {
                 req = req.header(AUTHORIZATION, format!("Bearer {t}"));
-            } else if let (Some(b), true) = (&self.basic, challenged) {
-                req = req.header(AUTHORIZATION, format!("Basic {b}"));
+            } else if challenged {
+                if let Some(b) = self.credentials() {
+                    req = req.header(AUTHORIZATION, format!("Basic {b}"));
+                }
             }
             let resp = match req.send() {
                 Ok(r) => r,
@@ -189,7 +202,7 @@ impl Registry {
     fn authenticate(&mut self, challenge: &str) -> Result<(), OciError> {
         let (scheme, params) = challenge.split_once(' ').unwrap_or((challenge, ""));
         if scheme.eq_ignore_ascii_case("basic") {
-            if self.basic.is_none() {
+            if self.credentials().is_none() {
                 return Err(self.fail(self.credentials_advice()));
             }
             return Ok(());
@@ -202,17 +215,25 @@ impl Registry {
         let p = crate::auth::challenge_params(params);
         let realm = p
             .get("realm")
-            .ok_or_else(|| self.fail("its bearer challenge names no realm"))?;
+            .ok_or_else(|| self.fail("its bearer challenge names no realm"))?
+            .clone();
         let scope = p
             .get("scope")
             .cloned()
             .unwrap_or_else(|| format!("repository:{}:pull", self.reference.repository));
-        let mut req = self.client.get(realm).query(&[("scope", scope.as_str())]);
+        let mut req = self.client.get(&realm).query(&[("scope", scope.as_str())]);
         if let Some(service) = p.get("service") {
             req = req.query(&[("service", service.as_str())]);
         }
-        if let Some(b) = &self.basic {
-            req = req.header(AUTHORIZATION, format!("Basic {b}"));
+        // The password goes to the realm only over HTTPS, or to a realm as
+        // local as a plain-HTTP registry may be: a challenge must not send
+        // it in clear text across the network.
+        if realm_may_have_credentials(&realm) {
+            if let Some(b) = self.credentials() {
+                req = req.header(AUTHORIZATION, format!("Basic {b}"));
+            }
+        } else {
+            tracing::warn!(%realm, "not sending credentials to a plain-HTTP token realm");
         }
         let resp = req
             .send()
@@ -234,8 +255,9 @@ impl Registry {
             #[serde(default)]
             access_token: Option<String>,
         }
-        let t: Token = resp
-            .json()
+        let body = read_limited(resp, 1 << 20)
+            .map_err(|e| self.fail(format!("token from {realm}: {e}")))?;
+        let t: Token = serde_json::from_slice(&body)
             .map_err(|e| self.fail(format!("token from {realm}: {e}")))?;
         self.token = Some(
             t.token
@@ -266,12 +288,8 @@ impl Registry {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let body = resp
-            .bytes()
+        let body = read_limited(resp, 4 << 20)
             .map_err(|e| self.fail(format!("the manifest {what}: {e}")))?;
-        if body.len() > 4 << 20 {
-            return Err(self.fail(format!("the manifest {what} is over 4 MiB")));
-        }
         let digest = format!(
             "sha256:{}",
             hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body))
@@ -284,7 +302,7 @@ impl Registry {
                 why: format!("the manifest's bytes hash to {digest}"),
             });
         }
-        Ok((digest, media, body.to_vec()))
+        Ok((digest, media, body))
     }
 
     /// Download blob `digest` into the store, resuming a partial one.
@@ -345,6 +363,36 @@ impl Registry {
         }
         Err(last.unwrap_or_else(|| self.fail(format!("blob {digest} did not arrive"))))
     }
+}
+
+/// A response body of at most `limit` bytes, refused (not read on) past
+/// that: a registry's document is small, and a hostile one must not fill
+/// the daemon's memory.
+fn read_limited(resp: Response, limit: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Err(format!("it is over {} KiB", limit >> 10));
+    }
+    let mut body = Vec::new();
+    resp.take(limit + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| e.to_string())?;
+    if body.len() as u64 > limit {
+        return Err(format!("it is over {} KiB", limit >> 10));
+    }
+    Ok(body)
+}
+
+/// Whether credentials may go to a token realm: over HTTPS, or plain HTTP
+/// to a host that may be reached so (loopback, or listed as insecure).
+fn realm_may_have_credentials(realm: &str) -> bool {
+    if realm.starts_with("https://") {
+        return true;
+    }
+    realm
+        .strip_prefix("http://")
+        .map(|rest| rest.split(['/', '?']).next().unwrap_or(""))
+        .is_some_and(plain_http)
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -450,6 +498,15 @@ mod tests {
                 && seen[1].contains("service=test"),
             "{seen:?}"
         );
+    }
+
+    #[test]
+    fn passwords_go_to_token_realms_over_https_or_loopback_only() {
+        assert!(realm_may_have_credentials("https://auth.docker.io/token"));
+        assert!(realm_may_have_credentials("http://127.0.0.1:5001/token"));
+        assert!(realm_may_have_credentials("http://localhost/token?x=1"));
+        assert!(!realm_may_have_credentials("http://auth.example.com/token"));
+        assert!(!realm_may_have_credentials("ftp://auth.example.com/token"));
     }
 
     #[test]

@@ -407,7 +407,7 @@ pub(crate) struct RunArgs {
     #[arg(short, long)]
     pub(crate) interactive: bool,
     /// Print how long each phase took, on stderr.
-    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "human", value_name = "FORMAT")]
+    #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "human", value_name = "FORMAT")]
     pub(crate) timings: Option<TimingsFormat>,
     /// CPU accelerator: hardware KVM, TCG emulation, or auto-detect.
     #[arg(long, default_value = "auto", value_parser = accel_parser())]
@@ -432,8 +432,8 @@ pub(crate) struct RunArgs {
     /// The detached VM's name (default: run-ID).
     #[arg(long, requires = "detach")]
     pub(crate) name: Option<String>,
-    /// Remove the VM when its command ends. An attached run always is; a
-    /// detached one (-d --rm) then also goes when the daemon restarts.
+    /// Remove the VM when its command ends: an attached run always is, so
+    /// this is accepted for docker's habit; with -d it is not supported yet.
     #[arg(long)]
     pub(crate) rm: bool,
     /// The image, as docker takes it: `skiff run alpine:3.20 ls -l` (the
@@ -503,8 +503,14 @@ pub(crate) fn docker_run_argv(mut argv: Vec<std::ffi::OsString>) -> Vec<std::ffi
 impl RunArgs {
     /// One image and one command, however they were written.
     pub(crate) fn normalized(mut self) -> Result<RunArgs, String> {
-        if let Some(image) = self.image_arg.take() {
-            self.image = Some(image);
+        if let Some(first) = self.image_arg.take() {
+            if self.pool.is_some() {
+                // A pool's sandboxes have their image: the first word is
+                // the command's (`run --pool sb python3 -c ...`).
+                self.command.insert(0, first);
+            } else {
+                self.image = Some(first);
+            }
         }
         if self.command.is_empty() && self.image.is_none() {
             return Err(
@@ -646,6 +652,21 @@ mod tests {
         assert_eq!(
             (a.image.as_deref(), a.command),
             (Some("alpine"), vec!["echo".to_owned(), "hi".into()])
+        );
+        let a = run(&["run", "--pool", "sb", "python3", "-c", "print(1)"]);
+        assert_eq!(
+            (a.image, a.command),
+            (
+                None,
+                vec!["python3".to_owned(), "-c".into(), "print(1)".into()]
+            )
+        );
+        let a = run(&["run", "--timings", "--", "true"]);
+        assert!(a.timings.is_some());
+        let a = run(&["run", "--timings=json", "alpine", "ls"]);
+        assert_eq!(
+            (a.image.as_deref(), a.command),
+            (Some("alpine"), vec!["ls".to_owned()])
         );
         let a = run(&["run", "--image", "app:1"]);
         assert_eq!((a.image.as_deref(), a.command.len()), (Some("app:1"), 0));

@@ -8,9 +8,12 @@ use crate::client::Client;
 use anyhow::{bail, Result};
 use skiff_image::ContainerConfig;
 
-/// A TOML string (JSON's escapes are TOML's basic-string escapes).
+/// A TOML string (JSON's escapes are TOML's basic-string escapes; DEL,
+/// which JSON leaves as it is and TOML refuses, is escaped too).
 fn quoted(s: &str) -> String {
-    serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into())
+    serde_json::to_string(s)
+        .unwrap_or_else(|_| "\"\"".into())
+        .replace('\u{7f}', "\\u007f")
 }
 
 fn quoted_list(items: &[String]) -> String {
@@ -107,6 +110,8 @@ pub async fn run_detached(c: &Client, a: RunArgs) -> Result<i32> {
         let id = skiff_daemon::paths::new_vm_id();
         format!("run-{}", &id[..id.len().min(8)])
     });
+    // The name becomes a table key of the spec: only a valid name may.
+    skiff_spec::check_name(&name).map_err(|e| anyhow::anyhow!("--name {name:?}: {e}"))?;
     let config = match &a.image {
         Some(image) => crate::cli_image::resolve(image, a.quiet).await?.config,
         None => None,
@@ -166,6 +171,10 @@ mod tests {
         assert_eq!(vm.env["GREETING"], "a \"quoted\" value");
         assert_eq!(vm.forward_ports.len(), 1);
         assert_eq!(vm.network.len(), 1, "-p implies user networking");
+        let a = args(&["run", "-d", "-e", "X=a\u{7f}b", "--", "true"]);
+        let text = detached_spec("web", &a, None).expect("spec");
+        let vm = &skiff_spec::parse_file(&text).unwrap_or_else(|e| panic!("{text}\n{e}"))[0];
+        assert_eq!(vm.env["X"], "a\u{7f}b");
     }
 
     #[test]

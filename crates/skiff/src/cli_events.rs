@@ -7,12 +7,23 @@ use std::io::Write;
 
 /// `skiff events`: the daemon's event stream, a line per event.
 pub async fn events(c: &Client, vm: Option<&str>, action: Option<&str>, json: bool) -> Result<i32> {
+    // Percent-encoded: a value is data, never more of the query.
+    let encode = |v: &str| -> String {
+        v.bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
     let mut query = Vec::new();
     if let Some(vm) = vm {
-        query.push(format!("vm={vm}"));
+        query.push(format!("vm={}", encode(vm)));
     }
     if let Some(a) = action {
-        query.push(format!("action={a}"));
+        query.push(format!("action={}", encode(a)));
     }
     let path = format!("/v1/events?{}", query.join("&"));
     let mut body = c.stream(&path).await?;

@@ -108,8 +108,9 @@ pub async fn apply(c: &Client, file: &Path, json: bool) -> Result<i32> {
 }
 
 /// POST `verb` to each VM, printing its new state (or the VMs, with
-/// `json`); a failure for one is reported and the others still go (exit
-/// code 1 if any failed).
+/// `json`). With several, a failure for one is reported and the others
+/// still go (exit code 1 if any failed); with one, its error is the
+/// command's.
 pub async fn lifecycle(
     c: &Client,
     verb: &str,
@@ -127,6 +128,8 @@ pub async fn lifecycle(
         match answer {
             Ok(vm) if json => done.push(vm),
             Ok(vm) => println!("{name} {}", vm.state.as_str()),
+            // One VM: its error is the command's (exit 125).
+            Err(e) if names.len() == 1 => return Err(e),
             Err(e) => {
                 eprintln!("skiff: error: {e:#}");
                 code = 1;

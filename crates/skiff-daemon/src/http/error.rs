@@ -18,7 +18,17 @@ impl From<ManagerError> for ApiError {
             | ManagerError::WrongState { .. }
             | ManagerError::Conflict(_) => StatusCode::CONFLICT,
             ManagerError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ManagerError::Pull { .. } => StatusCode::BAD_GATEWAY,
+            // The registry failed us: 502; the image is not one skiff can
+            // run, or the reference is wrong: 422; the cache itself: 500.
+            ManagerError::Pull { source, .. } => match source {
+                skiff_oci::OciError::Unsupported { .. }
+                | skiff_oci::OciError::BadReference { .. }
+                | skiff_oci::OciError::HostileLayer { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                skiff_oci::OciError::Io { .. } | skiff_oci::OciError::Busy => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+                _ => StatusCode::BAD_GATEWAY,
+            },
             ManagerError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ManagerError::StartFailed { .. } | ManagerError::Agent { .. } => {
                 StatusCode::BAD_GATEWAY

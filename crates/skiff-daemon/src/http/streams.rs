@@ -75,7 +75,13 @@ pub async fn events(
     let (tx, out) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(16);
     tokio::spawn(async move {
         loop {
-            let event = match rx.recv().await {
+            // A client that filters may hear nothing for a long time: its
+            // going away is watched for, not only noticed at a send.
+            let received = tokio::select! {
+                r = rx.recv() => r,
+                _ = tx.closed() => return,
+            };
+            let event = match received {
                 Ok(e) => e,
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => skiff_api::VmEvent {
                     time: crate::store::now(),
