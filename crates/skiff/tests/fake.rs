@@ -531,7 +531,9 @@ fn under_systemd_the_daemon_takes_its_socket_and_says_when_it_is_ready() {
     let wrapper: Vec<String> = [
         "sh",
         "-c",
-        "exec systemd-socket-activate -l \"$SKIFF_SOCKET\" \"$@\"",
+        // systemd-socket-activate passes only the variables named with -E.
+        "exec systemd-socket-activate -l \"$SKIFF_SOCKET\" -E SKIFF_SOCKET -E SKIFF_STATE_DIR \
+         -E SKIFF_RUNTIME_DIR -E SKIFF_BACKEND -E SKIFF_FAKE_VM -E PATH -E HOME \"$@\"",
         "sh",
     ]
     .map(str::to_owned)
@@ -539,6 +541,26 @@ fn under_systemd_the_daemon_takes_its_socket_and_says_when_it_is_ready() {
     let mut d = Daemon::start_fake_wrapped(&[], &wrapper);
     assert_eq!(d.ok(&["ls", "--json"]).trim(), "[]");
     assert!(d.log().contains("from_systemd=true"), "{}", d.log());
+    // The VMs' processes inherit neither the API socket nor the variables
+    // that would hand it to them.
+    d.boot("kid", "[vm.kid]\n");
+    let daemon_pid = std::fs::read_to_string(d.state().join("daemon.pid")).expect("its pid file");
+    let api = std::fs::read_link(format!("/proc/{}/fd/3", daemon_pid.trim())).expect("fd 3");
+    assert!(api.to_string_lossy().starts_with("socket:"), "{api:?}");
+    let guests = d.fake_guests();
+    assert_eq!(guests.len(), 1, "{guests:?}");
+    let pid = guests[0].split(':').next().expect("pid").to_owned();
+    let fds: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .collect();
+    assert!(!fds.is_empty() && !fds.contains(&api), "{api:?} in {fds:?}");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        !environ.contains("LISTEN_PID=") && !environ.contains("LISTEN_FDS="),
+        "{environ}"
+    );
     d.kill9();
     assert!(d.socket().exists(), "systemd's socket is left to systemd");
 
