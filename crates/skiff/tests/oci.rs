@@ -312,23 +312,28 @@ fn oci_images_are_pulled_with_credentials_run_with_their_config_and_imported() {
     // for commands instead of running the image's Cmd.
     let app4 = registry.push(&layout, "app2", "team/app4:1.0");
     let socket = env.runtime.path().join("skiff.sock");
+    // POST /v1/pools with curl: the answer's body, then its status code.
+    let create_pool = |body: &str| {
+        let out = ok(
+            Command::new("curl").args([
+                "-sS",
+                "--unix-socket",
+                socket.to_str().expect("utf8"),
+                "-H",
+                "content-type: application/json",
+                "-d",
+                body,
+                "-w",
+                "\n%{http_code}",
+                "http://skiff/v1/pools",
+            ]),
+            "curl",
+        );
+        stdout(&out)
+    };
     let body = format!(r#"{{"name":"p","size":1,"image":"{app4}"}}"#);
-    let out = ok(
-        Command::new("curl").args([
-            "-sS",
-            "--unix-socket",
-            socket.to_str().expect("utf8"),
-            "-H",
-            "content-type: application/json",
-            "-d",
-            &body,
-            "-w",
-            "\n%{http_code}",
-            "http://skiff/v1/pools",
-        ]),
-        "curl",
-    );
-    assert!(stdout(&out).ends_with("\n201"), "{}", stdout(&out));
+    let answer = create_pool(&body);
+    assert!(answer.ends_with("\n201"), "{answer}");
     let listed = stdout(&cli(&["image", "ls"]));
     assert!(listed.lines().any(|l| l.starts_with(&app4)), "{listed}");
     let out = cli(&["pool", "take", "--json", "p"]);
@@ -347,22 +352,7 @@ fn oci_images_are_pulled_with_credentials_run_with_their_config_and_imported() {
         r#"{{"name":"q","size":1,"image":"127.0.0.1:{}/team/none:9"}}"#,
         registry.port
     );
-    let out = ok(
-        Command::new("curl").args([
-            "-sS",
-            "--unix-socket",
-            socket.to_str().expect("utf8"),
-            "-H",
-            "content-type: application/json",
-            "-d",
-            &body,
-            "-w",
-            "\n%{http_code}",
-            "http://skiff/v1/pools",
-        ]),
-        "curl",
-    );
-    let answer = stdout(&out);
+    let answer = create_pool(&body);
     assert!(
         answer.ends_with("\n502")
             && answer.contains("cannot pull image")
