@@ -326,10 +326,12 @@ fn secrets_drive(
 
 /// A host directory a spec names that is not there.
 #[derive(Debug, thiserror::Error)]
-#[error("{what} {} is not an existing directory", path.display())]
+#[error("{what} {} is not an existing {kind}", path.display())]
 pub struct MissingSource {
     pub what: &'static str,
     pub path: PathBuf,
+    /// "directory" or "file".
+    pub kind: &'static str,
 }
 
 /// Check that the host directories a spec names exist (its shares and its
@@ -338,7 +340,24 @@ pub fn check_sources(spec: &skiff_spec::VmSpec) -> Result<(), MissingSource> {
     let missing = |what, path: &Path| MissingSource {
         what,
         path: path.to_owned(),
+        kind: "directory",
     };
+    // A guest's own kernel and initrd are used as they are: say which one
+    // is missing before QEMU starts.
+    if let (Some(initrd), Some(kernel)) = (
+        spec.own_initrd(),
+        spec.kernel.as_ref().and_then(|k| k.path.as_deref()),
+    ) {
+        for (what, path) in [("kernel.path", kernel), ("kernel.initrd", initrd)] {
+            if !path.is_file() {
+                return Err(MissingSource {
+                    what,
+                    path: path.to_owned(),
+                    kind: "file",
+                });
+            }
+        }
+    }
     for s in &spec.shares {
         if !s.source.is_dir() {
             return Err(missing("share source", &s.source));

@@ -46,6 +46,8 @@ pub struct DaemonConfig {
     pub tcp: Option<(std::net::SocketAddr, String)>,
     /// The reverse proxy's listeners (none: no proxy).
     pub proxy: proxy::ProxyConfig,
+    /// How long a VM may take to become ready.
+    pub boot_timeout: std::time::Duration,
 }
 
 /// Read a bearer token: the file's first line, at least 16 characters.
@@ -242,6 +244,7 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
         backend_from_env()?,
         std::sync::Arc::new(hostops::LinuxHost::detect()),
     );
+    manager.set_boot_timeout(cfg.boot_timeout);
     manager
         .adopt_and_autostart()
         .await

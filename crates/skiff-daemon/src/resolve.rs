@@ -8,7 +8,9 @@
 
 use skiff_spec::{Egress, NetMode, VmSpec};
 use skiff_vmm::cgroup::Limits;
-use skiff_vmm::{Accel, Backend, Drive, LaunchPlan, PlanError, ShareDir, TapNic, VmConfig};
+use skiff_vmm::{
+    Accel, Backend, Drive, LaunchPlan, PlanError, ReadyProbe, ShareDir, TapNic, VmConfig,
+};
 use std::path::PathBuf;
 
 /// What the plan needs to know about this host.
@@ -31,18 +33,19 @@ pub struct Host {
 }
 
 impl Host {
-    /// This host: the prepared guest image, the programs found where skiff
-    /// looks for them (environment, PATH, ~/.cargo/bin).
+    /// This host: the guest's kernel and initrd (skiff's prepared image, or
+    /// the guest's own), the programs found where skiff looks for them
+    /// (environment, PATH, ~/.cargo/bin).
     pub fn here(
-        guest: &crate::image::GuestImage,
+        (kernel, initrd): (PathBuf, PathBuf),
         accel: Accel,
         run_dir: PathBuf,
         console_log: PathBuf,
         run_as: Option<String>,
     ) -> Host {
         Host {
-            kernel: guest.kernel.image.clone(),
-            initrd: guest.initrd.clone(),
+            kernel,
+            initrd,
             accel,
             run_dir,
             console_log,
@@ -78,6 +81,8 @@ pub struct VmPlan {
     pub launch: LaunchPlan,
     /// Host-side limits of those processes (a cgroup).
     pub limits: Limits,
+    /// When a guest without skiff's agent is up (none: once QEMU runs).
+    pub ready: Option<ReadyProbe>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,17 +224,29 @@ pub fn resolve(
     if spec.disk.is_some() && artifacts.root_disk.is_none() {
         return Err(ResolveError::DiskNotPrepared { name: name() });
     }
-    let init = match &spec.init {
-        skiff_spec::InitSpec::Agent => skiff_vmm::GuestInit::Agent,
-        skiff_spec::InitSpec::System { target } => skiff_vmm::GuestInit::System {
+    let init = match (&spec.init, spec.own_initrd()) {
+        (_, Some(_)) => skiff_vmm::GuestInit::Own,
+        (skiff_spec::InitSpec::Agent, None) => skiff_vmm::GuestInit::Agent,
+        (skiff_spec::InitSpec::System { target }, None) => skiff_vmm::GuestInit::System {
             target: target.clone(),
         },
     };
+    let ready = ready_probe(spec, artifacts.tap.as_ref());
     let config = VmConfig {
         cpus: spec.vcpus,
         memory_mib: spec.memory_mib,
-        kernel: host.kernel.clone(),
-        initrd: host.initrd.clone(),
+        // A guest's own initrd goes with its own kernel (the spec names
+        // both); skiff's initramfs with the kernel it was built for.
+        kernel: match (
+            spec.own_initrd(),
+            spec.kernel.as_ref().and_then(|k| k.path.clone()),
+        ) {
+            (Some(_), Some(path)) => path,
+            _ => host.kernel.clone(),
+        },
+        initrd: spec
+            .own_initrd()
+            .map_or_else(|| host.initrd.clone(), PathBuf::from),
         accel: host.accel,
         extra_cmdline: spec
             .kernel
@@ -260,7 +277,49 @@ pub fn resolve(
         limits: Limits::for_vm(spec.memory_mib, spec.vcpus),
         config,
         launch,
+        ready,
     })
+}
+
+/// Where the daemon checks that a guest without an agent is up: its
+/// console, or its `ready.tcp` port at its address on a managed network
+/// (an accept answers), or through the user-mode forward of that port
+/// (loopback when the forward listens on every address; there the guest's
+/// server must greet, see [`ReadyProbe::Tcp`]).
+pub fn ready_probe(spec: &VmSpec, tap: Option<&TapNic>) -> Option<ReadyProbe> {
+    match spec.ready.as_ref()? {
+        skiff_spec::ReadySpec::Console(pattern) => Some(ReadyProbe::Console(pattern.clone())),
+        skiff_spec::ReadySpec::Tcp(port) => {
+            let on_tap = tap
+                .and_then(|t| {
+                    t.address
+                        .split('/')
+                        .next()?
+                        .parse::<std::net::IpAddr>()
+                        .ok()
+                })
+                .map(|ip| ReadyProbe::Tcp {
+                    addr: std::net::SocketAddr::new(ip, *port),
+                    direct: true,
+                });
+            let forwarded = spec
+                .forward_ports
+                .iter()
+                .find(|f| f.guest_port == *port && f.protocol == skiff_spec::Protocol::Tcp)
+                .map(|f| {
+                    let ip = if f.host_address.is_unspecified() {
+                        std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+                    } else {
+                        f.host_address
+                    };
+                    ReadyProbe::Tcp {
+                        addr: std::net::SocketAddr::new(ip, f.host_port),
+                        direct: false,
+                    }
+                });
+            on_tap.or(forwarded)
+        }
+    }
 }
 
 #[cfg(test)]

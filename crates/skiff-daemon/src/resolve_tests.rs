@@ -155,6 +155,7 @@ fn unsupported_features_and_bad_kernel_arguments_are_refused_by_name() {
     quoted.kernel = Some(skiff_spec::KernelSpec {
         path: None,
         modules: None,
+        initrd: None,
         params: vec!["a=\"b\"".into()],
     });
     let err = resolve(&quoted, "id", &host(), Artifacts::default(), &Qemu).expect_err("refused");
@@ -235,4 +236,74 @@ fn a_full_os_vm_boots_its_root_disk_with_its_own_init() {
         append.contains("skiff.root=skiff-root skiff.init=system skiff.target=multi-user.target"),
         "{append}"
     );
+}
+
+#[test]
+fn a_guest_with_its_own_initrd_boots_its_files_and_is_probed_where_it_answers() {
+    let own = "kernel = { path = \"/img/vmlinuz\", initrd = \"/img/initrd.img\" }\n";
+    let user = spec(&format!(
+        "[vm.old]\n{own}network = [{{ mode = \"user\" }}]\nforward_ports = [\"2223:7777\", \"0.0.0.0:2224:22\"]\nready = {{ tcp = 7777 }}\n"
+    ));
+    let p = resolve(&user, "abc", &host(), Artifacts::default(), &Qemu).expect("plan");
+    assert_eq!(p.config.init, skiff_vmm::GuestInit::Own);
+    assert_eq!(arg_after(&p.launch.qemu.args, "-kernel"), ["/img/vmlinuz"]);
+    assert_eq!(
+        arg_after(&p.launch.qemu.args, "-initrd"),
+        ["/img/initrd.img"]
+    );
+    assert_eq!(
+        p.ready,
+        Some(ReadyProbe::Tcp {
+            addr: "127.0.0.1:2223".parse().expect("addr"),
+            direct: false
+        })
+    );
+    // A forward on every address is probed on loopback.
+    let mut ssh = user.clone();
+    ssh.ready = Some(skiff_spec::ReadySpec::Tcp(22));
+    assert_eq!(
+        ready_probe(&ssh, None),
+        Some(ReadyProbe::Tcp {
+            addr: "127.0.0.1:2224".parse().expect("addr"),
+            direct: false
+        })
+    );
+    // On a managed network: the guest's own address.
+    let bridged = spec(&format!(
+        "[vm.old]\n{own}network = [{{ mode = \"bridge\", network = \"lan\" }}]\nready = {{ tcp = 22 }}\n"
+    ));
+    let tap = TapNic {
+        ifname: "sk-t0".into(),
+        address: "10.88.0.7/24".into(),
+        gateway: "10.88.0.1".into(),
+        dns: None,
+    };
+    assert_eq!(
+        ready_probe(&bridged, Some(&tap)),
+        Some(ReadyProbe::Tcp {
+            addr: "10.88.0.7:22".parse().expect("addr"),
+            direct: true
+        })
+    );
+    let console = spec(&format!(
+        "[vm.old]\n{own}ready = {{ console = \"login:\" }}\n"
+    ));
+    assert_eq!(
+        ready_probe(&console, None),
+        Some(ReadyProbe::Console("login:".into()))
+    );
+    // An agent VM keeps skiff's kernel and initramfs and has no probe.
+    let agent = resolve(
+        &spec("[vm.a]\n"),
+        "abc",
+        &host(),
+        Artifacts::default(),
+        &Qemu,
+    )
+    .expect("plan");
+    assert_eq!(
+        arg_after(&agent.launch.qemu.args, "-initrd"),
+        ["/cache/initrd.cpio"]
+    );
+    assert_eq!(agent.ready, None);
 }

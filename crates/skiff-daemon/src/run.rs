@@ -83,7 +83,7 @@ pub async fn run_standalone<IO: RunIo>(body: RunBody, io: &mut IO) -> Result<Run
     }
     let run_dir = paths::runtime_dir().join("vms").join(&vm_id);
     let host = Host::here(
-        &guest,
+        (guest.kernel.image.clone(), guest.initrd.clone()),
         decision.accel,
         run_dir.clone(),
         run_dir.join("console.log"),

@@ -60,6 +60,7 @@ pub fn run_spec(name: &str, body: &RunBody) -> Result<VmSpec, RunSpecError> {
         spec.kernel = Some(KernelSpec {
             path: body.kernel.clone(),
             modules: body.modules.clone(),
+            initrd: None,
             params: Vec::new(),
         });
     }

@@ -68,6 +68,10 @@ pub struct VmSpec {
     /// Login users created at boot, with their SSH keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<UserSpec>,
+    /// When a guest without skiff's agent counts as up (none: once QEMU
+    /// runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<ReadySpec>,
     pub env: BTreeMap<String, String>,
     /// Files of the secrets drive, by name, and where the daemon reads them
     /// at each boot (never stored).
@@ -134,6 +138,21 @@ impl InitSpec {
         *self == InitSpec::Agent
     }
 }
+
+/// How the daemon tells that a guest without skiff's agent (one that boots
+/// its own initrd) is up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadySpec {
+    /// A TCP port of the guest accepts a connection and keeps it open or
+    /// sends something (reached through its forward or its address).
+    Tcp(u16),
+    /// A line of the serial console matches this regular expression.
+    Console(String),
+}
+
+/// The longest `ready.console` pattern accepted.
+pub const MAX_READY_PATTERN: usize = 256;
 
 /// The unit a guest with its own init is ready at, unless the spec names one.
 pub const DEFAULT_TARGET: &str = "multi-user.target";
@@ -202,6 +221,7 @@ impl VmSpec {
             hostname: None,
             timezone: None,
             users: Vec::new(),
+            ready: None,
             env: BTreeMap::new(),
             secrets: BTreeMap::new(),
             command: None,
@@ -210,6 +230,17 @@ impl VmSpec {
             restart: RestartPolicy::No,
             http: None,
         }
+    }
+
+    /// Whether skiff's agent runs in the guest: not when the guest boots
+    /// its own initrd (`kernel.initrd`).
+    pub fn has_agent(&self) -> bool {
+        self.own_initrd().is_none()
+    }
+
+    /// The guest's own initrd, when it brings one.
+    pub fn own_initrd(&self) -> Option<&std::path::Path> {
+        self.kernel.as_ref().and_then(|k| k.initrd.as_deref())
     }
 
     /// A stable hash of the spec's content, to tell whether it changed.
@@ -226,6 +257,10 @@ impl VmSpec {
 pub struct KernelSpec {
     pub path: Option<PathBuf>,
     pub modules: Option<PathBuf>,
+    /// The guest's own initrd (built elsewhere: initramfs-tools, dracut,
+    /// a microvm.nix runner), booted instead of skiff's, with no agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<PathBuf>,
     /// Extra kernel command-line arguments.
     pub params: Vec<String>,
 }

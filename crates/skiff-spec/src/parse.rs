@@ -321,6 +321,7 @@ const VM_FIELDS: &[&str] = &[
     "hostname",
     "timezone",
     "users",
+    "ready",
     "env",
     "secrets",
     "command",
@@ -453,6 +454,9 @@ fn vm_table(name: &str, body: &Table, path: &str, errs: &mut Errs) -> Option<VmS
     if let Some(v) = f.get("users") {
         spec.users = identity::users(v, &f.sub("users"), errs);
     }
+    if let Some(v) = f.get("ready") {
+        spec.ready = boot::ready(v, &f.sub("ready"), errs);
+    }
     if let Some(v) = f.get("data") {
         spec.data = storage::data(v, &f.sub("data"), errs);
     }
@@ -515,6 +519,7 @@ fn vm_table(name: &str, body: &Table, path: &str, errs: &mut Errs) -> Option<VmS
     }
     f.finish(VM_FIELDS, errs);
     boot::check_root(&spec, path, errs);
+    boot::check_own_initrd(&spec, path, errs);
     let has_nic = spec.network.iter().any(|n| n.mode != NetMode::None);
     if !spec.forward_ports.is_empty() && !has_nic {
         let p = if path.is_empty() {
@@ -534,6 +539,7 @@ fn kernel(v: &Value, p: &str, errs: &mut Errs) -> Option<KernelSpec> {
     let mut k = KernelSpec {
         path: None,
         modules: None,
+        initrd: None,
         params: Vec::new(),
     };
     match v {
@@ -552,6 +558,12 @@ fn kernel(v: &Value, p: &str, errs: &mut Errs) -> Option<KernelSpec> {
                 let pp = f.sub("modules");
                 if let Some(s) = expect_str(v, &pp, errs) {
                     absolute(&pp, s, errs).then(|| k.modules = Some(s.into()));
+                }
+            }
+            if let Some(v) = f.get("initrd") {
+                let pp = f.sub("initrd");
+                if let Some(s) = expect_str(v, &pp, errs) {
+                    absolute(&pp, s, errs).then(|| k.initrd = Some(s.into()));
                 }
             }
             if let Some(v) = f.get("params") {
@@ -587,7 +599,19 @@ fn kernel(v: &Value, p: &str, errs: &mut Errs) -> Option<KernelSpec> {
                     "given without kernel.path; modules belong to a kernel you name",
                 );
             }
-            f.finish(&["path", "modules", "params"], errs);
+            if k.initrd.is_some() && k.path.is_none() {
+                errs.push(
+                    &f.sub("initrd"),
+                    "given without kernel.path; an initrd works with the kernel it was made for: name both",
+                );
+            }
+            if k.initrd.is_some() && k.modules.is_some() {
+                errs.push(
+                    &f.sub("modules"),
+                    "modules go into skiff's initramfs, which a guest with its own initrd does not boot; remove modules",
+                );
+            }
+            f.finish(&["path", "modules", "initrd", "params"], errs);
         }
         other => errs.push(
             p,

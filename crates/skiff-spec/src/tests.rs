@@ -267,3 +267,122 @@ fn identity_fields_parse_and_nonsense_is_refused() {
         );
     }
 }
+
+#[test]
+fn a_guest_with_its_own_initrd_names_kernel_initrd_and_readiness() {
+    let text = r#"
+[vm.legacy]
+kernel = { path = "/img/vmlinuz", initrd = "/img/initrd.img", params = ["root=/dev/vda", "rw"] }
+disk = "/img/root.qcow2"
+network = [{ mode = "user" }]
+forward_ports = ["2223:7777"]
+ready = { tcp = 7777 }
+"#;
+    let spec = parse_file(text).expect("valid").remove(0);
+    assert!(!spec.has_agent());
+    assert_eq!(
+        spec.own_initrd(),
+        Some(std::path::Path::new("/img/initrd.img"))
+    );
+    assert_eq!(spec.ready, Some(ReadySpec::Tcp(7777)));
+    let console = parse_file(
+        "[vm.c]\nkernel = { path = \"/k\", initrd = \"/i\" }\nready = { console = \"login: *$\" }\n",
+    )
+    .expect("valid")
+    .remove(0);
+    assert_eq!(console.ready, Some(ReadySpec::Console("login: *$".into())));
+    // The stored form of an agent VM is as before (no ready, no initrd).
+    let json = serde_json::to_string(&VmSpec::with_defaults("old")).expect("json");
+    assert!(
+        !json.contains("ready") && !json.contains("initrd"),
+        "{json}"
+    );
+}
+
+#[test]
+fn what_needs_the_agent_is_refused_for_a_guest_with_its_own_initrd() {
+    let own = "kernel = { path = \"/k\", initrd = \"/i\" }\n";
+    let cases = [
+        (
+            "kernel = { initrd = \"/i\" }\n".to_owned(),
+            "vm.a.kernel.initrd",
+            "given without kernel.path",
+        ),
+        (
+            "kernel = { path = \"/k\", initrd = \"/i\", modules = \"/m\" }\n".into(),
+            "vm.a.kernel.modules",
+            "does not boot",
+        ),
+        (
+            format!("{own}disk = \"/d\"\ninit = \"system\"\n"),
+            "vm.a.init",
+            "starts its own init",
+        ),
+        (
+            format!("{own}command = \"x\"\n"),
+            "vm.a.command",
+            "service of the guest's init",
+        ),
+        (
+            format!("{own}image = \"base\"\n"),
+            "vm.a.image",
+            "disk = { image",
+        ),
+        (
+            format!("{own}hostname = \"h\"\n"),
+            "vm.a.hostname",
+            "configure it in the guest's image",
+        ),
+        (
+            format!("{own}env = {{ A = \"1\" }}\n"),
+            "vm.a.env",
+            "does not have",
+        ),
+        (
+            format!("{own}ready = {{ tcp = 22 }}\n"),
+            "vm.a.ready.tcp",
+            "forward_ports = [\"HOSTPORT:22\"]",
+        ),
+        (
+            format!("{own}network = [{{ mode = \"user\" }}]\nforward_ports = [\"2222:80\"]\nready = {{ tcp = 22 }}\n"),
+            "vm.a.ready.tcp",
+            "add one",
+        ),
+        (
+            format!("{own}ready = {{ tcp = 0 }}\n"),
+            "vm.a.ready.tcp",
+            "not a TCP port",
+        ),
+        (
+            format!("{own}ready = {{ console = \"(\" }}\n"),
+            "vm.a.ready.console",
+            "not a regular expression",
+        ),
+        (
+            format!("{own}ready = {{ tcp = 22, console = \"x\" }}\n"),
+            "vm.a.ready",
+            "give one way",
+        ),
+        (
+            format!("{own}ready = \"up\"\n"),
+            "vm.a.ready",
+            "expected { tcp = PORT }",
+        ),
+        (
+            "ready = { console = \"login:\" }\n".into(),
+            "vm.a.ready",
+            "a VM with the agent is ready when its agent answers",
+        ),
+    ];
+    for (body, path, want) in cases {
+        let text = format!("[vm.a]\n{body}");
+        let errs = parse_file(&text).expect_err(&text).to_string();
+        assert!(
+            errs.contains(&format!("{path}: ")) && errs.contains(want),
+            "{text}: {errs}"
+        );
+    }
+    // On a managed network the daemon reaches the guest's address itself.
+    let bridged = format!("[vm.a]\n{own}network = [{{ mode = \"bridge\", network = \"lan\" }}]\nready = {{ tcp = 22 }}\n");
+    assert!(parse_file(&bridged).is_ok());
+}

@@ -62,6 +62,14 @@ pub enum LaunchError {
     },
     #[error("the guest did not become ready within {timeout:?}; last console lines:\n{console}")]
     BootTimeout { timeout: Duration, console: String },
+    #[error("the guest did not become ready within {timeout:?}: no {waited_for}; last console lines:\n{console}")]
+    ProbeTimeout {
+        timeout: Duration,
+        waited_for: String,
+        console: String,
+    },
+    #[error("the readiness pattern {0:?} is not a regular expression: {1}")]
+    BadPattern(String, String),
     #[error("the guest agent did not complete its handshake")]
     Agent(#[from] AgentError),
 }
@@ -108,9 +116,54 @@ pub struct Launched {
     ready_socket: PathBuf,
     qemu_log: PathBuf,
     console_log: PathBuf,
+    /// The console log's length before this boot (it keeps earlier ones).
+    console_start: u64,
 }
 
 impl Launched {
+    /// Wait for a guest without an agent to pass its readiness probe
+    /// (none: it counts as up once QEMU runs), watching QEMU so that a VM
+    /// that dies during boot fails at once.
+    pub async fn wait_probe(
+        &mut self,
+        probe: Option<&crate::ReadyProbe>,
+        timeout: Duration,
+    ) -> Result<(), LaunchError> {
+        use crate::ReadyProbe;
+        let deadline = Instant::now() + timeout;
+        let mut console = crate::ready::ConsoleWatch::new(&self.console_log, self.console_start);
+        let pattern = match probe {
+            Some(ReadyProbe::Console(p)) => Some(
+                regex::Regex::new(p)
+                    .map_err(|e| LaunchError::BadPattern(p.clone(), e.to_string()))?,
+            ),
+            _ => None,
+        };
+        loop {
+            if !self.qemu.process.is_alive() {
+                return Err(self.exited_during_boot().await);
+            }
+            let up = match probe {
+                None => true,
+                Some(ReadyProbe::Console(_)) => pattern.as_ref().is_some_and(|p| console.poll(p)),
+                Some(ReadyProbe::Tcp { addr, direct }) => {
+                    crate::ready::tcp_answers(*addr, *direct).await
+                }
+            };
+            if up {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(LaunchError::ProbeTimeout {
+                    timeout,
+                    waited_for: probe.map(|p| p.describe()).unwrap_or_default(),
+                    console: crate::console::tail(&self.console_log),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Wait for the agent's ready connection and check its hello, watching
     /// QEMU so that a VM that dies during boot fails at once.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<AgentConn, LaunchError> {
@@ -501,6 +554,7 @@ pub async fn launch(plan: &LaunchPlan, opts: &LaunchOptions) -> Result<Launched,
             other => other,
         })?;
     }
+    let console_start = std::fs::metadata(&plan.console_log).map_or(0, |m| m.len());
     partial.spawn(&plan.qemu, QEMU_HINT, &log("qemu.log"), opts.tied)?;
 
     // Everything runs: hand the processes over (QEMU was started last).
@@ -523,5 +577,6 @@ pub async fn launch(plan: &LaunchPlan, opts: &LaunchOptions) -> Result<Launched,
         ready_socket: plan.ready_socket.clone(),
         qemu_log: log("qemu.log"),
         console_log: plan.console_log.clone(),
+        console_start,
     })
 }

@@ -10,6 +10,8 @@ pub mod console;
 pub mod launch;
 pub mod plan;
 pub mod process;
+pub mod qmp;
+pub mod ready;
 pub mod running;
 pub mod setid_filter;
 pub mod tap;
@@ -24,6 +26,7 @@ pub use plan::{
     VmConfig, ROOT_DISK_SERIAL,
 };
 pub use process::ProcessRef;
+pub use ready::ReadyProbe;
 pub use running::RunningVm;
 pub use tap::TapNic;
 pub use usernet::UserNet;

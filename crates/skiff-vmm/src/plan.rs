@@ -126,6 +126,17 @@ pub enum GuestInit {
     /// The guest's own init (`/sbin/init`); the agent runs as its service
     /// and reports ready when `target` is active.
     System { target: String },
+    /// The guest's own initrd (`VmConfig::initrd` is the guest's) and init:
+    /// no skiff agent, no `skiff.*` arguments; stopped through the ACPI
+    /// power button (QMP `system_powerdown`).
+    Own,
+}
+
+impl GuestInit {
+    /// Whether skiff's agent runs in the guest.
+    pub fn has_agent(&self) -> bool {
+        *self != GuestInit::Own
+    }
 }
 
 /// The `-sandbox` options QEMU runs with.
@@ -233,6 +244,9 @@ pub struct LaunchPlan {
     pub qemu: ProcessPlan,
     /// The file the guest's serial console is appended to.
     pub console_log: PathBuf,
+    /// QEMU's QMP socket, for a guest without an agent (to press its power
+    /// button).
+    pub qmp_socket: Option<PathBuf>,
 }
 
 /// Why a config cannot be planned.
@@ -252,6 +266,8 @@ pub enum PlanError {
     TwoRoots,
     #[error("the guest's own init needs a root disk to boot from")]
     InitWithoutRoot,
+    #[error("a guest with its own initrd boots from a disk: a shared-directory root is mounted by skiff's agent, which it does not have")]
+    OwnInitrdWithSharedRoot,
 }
 
 pub use skiff_spec::{MAX_MEMORY_MIB, MAX_VCPUS as MAX_CPUS, MIN_MEMORY_MIB};
@@ -266,6 +282,9 @@ pub fn plan(cfg: &VmConfig) -> Result<LaunchPlan, PlanError> {
     }
     if cfg.root_disk.is_none() && matches!(cfg.init, GuestInit::System { .. }) {
         return Err(PlanError::InitWithoutRoot);
+    }
+    if cfg.rootfs.is_some() && cfg.init == GuestInit::Own {
+        return Err(PlanError::OwnInitrdWithSharedRoot);
     }
     if cfg.cpus == 0 || cfg.cpus > MAX_CPUS {
         return Err(PlanError::OutOfRange {
@@ -301,6 +320,7 @@ pub fn plan(cfg: &VmConfig) -> Result<LaunchPlan, PlanError> {
     let vhost_socket = run.join("vhost-vsock.sock");
     let vsock_socket = run.join("vsock.sock");
     let ready_socket = ready_socket_path(&vsock_socket, skiff_proto::READY_PORT);
+    let qmp_socket = (!cfg.init.has_agent()).then(|| run.join("qmp.sock"));
     let virtiofsd = cfg
         .all_shares()
         .iter()
@@ -324,9 +344,10 @@ pub fn plan(cfg: &VmConfig) -> Result<LaunchPlan, PlanError> {
         },
         qemu: ProcessPlan {
             program: cfg.qemu_binary.clone(),
-            args: qemu_args(cfg, &vhost_socket, &virtiofsd),
+            args: qemu_args(cfg, &vhost_socket, &virtiofsd, qmp_socket.as_deref()),
             ..ProcessPlan::default()
         },
+        qmp_socket,
         vhost_socket,
         vsock_socket,
         ready_socket,
@@ -416,6 +437,16 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> String {
     if cfg.accel == Accel::Tcg {
         args.push(TCG_TSC_KHZ.into());
     }
+    if cfg.init == GuestInit::Own {
+        // Nothing of skiff's in the guest reads skiff.* arguments. Its root
+        // disk is /dev/vda; an initrd made for another VMM may not know.
+        let gives_root = cfg.extra_cmdline.iter().any(|a| a.starts_with("root="));
+        if cfg.root_disk.is_some() && !gives_root {
+            args.extend(["root=/dev/vda".to_owned(), "rw".to_owned()]);
+        }
+        args.extend(cfg.extra_cmdline.iter().cloned());
+        return args.join(" ");
+    }
     if cfg.net.is_some() {
         args.extend(crate::usernet::UserNet::kernel_args());
     }
@@ -457,6 +488,7 @@ fn qemu_args(
     cfg: &VmConfig,
     vhost_socket: &Path,
     virtiofsd: &[(ProcessPlan, PathBuf)],
+    qmp_socket: Option<&Path>,
 ) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
@@ -514,6 +546,13 @@ fn qemu_args(
         "-device".into(),
         format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04"),
     ]);
+    if let Some(qmp) = qmp_socket {
+        a.push("-qmp".into());
+        a.push(format!(
+            "unix:{},server=on,wait=off",
+            path_arg(qmp).replace(',', ",,")
+        ));
+    }
     if let Some(net) = &cfg.net {
         a.extend(net.qemu_args(&crate::usernet::mac_for(&cfg.vm_id)));
     }

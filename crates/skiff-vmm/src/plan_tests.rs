@@ -495,3 +495,57 @@ fn tcg_gets_a_bounded_translation_cache_that_fits_the_cgroup_overhead() {
     .expect("plan");
     assert_eq!(value_after(&kvm.qemu.args, "-accel"), ["kvm"]);
 }
+
+#[test]
+fn a_guest_with_its_own_initrd_gets_its_files_a_monitor_and_no_skiff_arguments() {
+    let c = VmConfig {
+        kernel: "/img/vmlinuz".into(),
+        initrd: "/img/initrd.img".into(),
+        init: GuestInit::Own,
+        root_disk: Some(RootDisk {
+            path: "/v/root.qcow2".into(),
+            format: DiskFormat::Qcow2,
+        }),
+        net: Some(crate::usernet::UserNet {
+            forwards: Vec::new(),
+            no_egress: false,
+        }),
+        extra_cmdline: vec!["loglevel=4".into()],
+        ..cfg()
+    };
+    let p = plan(&c).expect("plan");
+    assert_eq!(value_after(&p.qemu.args, "-kernel"), ["/img/vmlinuz"]);
+    assert_eq!(value_after(&p.qemu.args, "-initrd"), ["/img/initrd.img"]);
+    let qmp = p.qmp_socket.clone().expect("a monitor socket");
+    assert_eq!(qmp, c.run_dir.join("qmp.sock"));
+    assert_eq!(
+        value_after(&p.qemu.args, "-qmp"),
+        [format!("unix:{},server=on,wait=off", qmp.display())]
+    );
+    let cmdline = kernel_cmdline(&c);
+    assert!(!cmdline.contains("skiff."), "{cmdline}");
+    assert!(
+        cmdline.ends_with(" root=/dev/vda rw loglevel=4"),
+        "the disk is the root unless the spec says otherwise: {cmdline}"
+    );
+    let own_root = VmConfig {
+        extra_cmdline: vec!["root=LABEL=nixos".into(), "ro".into()],
+        ..c.clone()
+    };
+    let cmdline = kernel_cmdline(&own_root);
+    assert!(!cmdline.contains("/dev/vda"), "{cmdline}");
+    assert!(cmdline.ends_with(" root=LABEL=nixos ro"), "{cmdline}");
+    // An agent VM has no monitor socket, and a shared-directory root needs
+    // the agent.
+    assert_eq!(plan(&cfg()).expect("plan").qmp_socket, None);
+    let shared_root = VmConfig {
+        root_disk: None,
+        rootfs: Some(RootFs {
+            source: "/dir".into(),
+            writable: false,
+            owner: None,
+        }),
+        ..c
+    };
+    assert_eq!(plan(&shared_root), Err(PlanError::OwnInitrdWithSharedRoot));
+}

@@ -234,6 +234,10 @@ pub(crate) struct DaemonArgs {
     /// Seconds a connection may sit idle between requests.
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub(crate) proxy_idle_timeout: u64,
+    /// Seconds a VM may take to become ready when it starts (its agent
+    /// answers, or its `ready` check passes) before the boot fails.
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) boot_timeout: u64,
 }
 
 #[derive(clap::Args)]

@@ -222,6 +222,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                         ..Default::default()
                     },
                 },
+                boot_timeout: std::time::Duration::from_secs(a.boot_timeout),
             };
             daemon::serve(cfg).await?;
             Ok(0)

@@ -83,20 +83,30 @@ impl Manager {
         timeout: Duration,
     ) -> Result<(), BootError> {
         let spec = &rec.spec;
-        let choice = KernelChoice {
-            kernel: spec.kernel.as_ref().and_then(|k| k.path.clone()),
-            modules: spec.kernel.as_ref().and_then(|k| k.modules.clone()),
+        crate::drives::check_sources(spec)?;
+        let boot_files = match (
+            spec.own_initrd(),
+            spec.kernel.as_ref().and_then(|k| k.path.clone()),
+        ) {
+            // The guest's own kernel and initrd, used as they are.
+            (Some(initrd), Some(kernel)) => (kernel, initrd.to_owned()),
+            _ => {
+                let choice = KernelChoice {
+                    kernel: spec.kernel.as_ref().and_then(|k| k.path.clone()),
+                    modules: spec.kernel.as_ref().and_then(|k| k.modules.clone()),
+                };
+                let guest = tokio::task::spawn_blocking(move || image::prepare(&choice, true))
+                    .await
+                    .map_err(BootError::ImageTask)??;
+                (guest.kernel.image, guest.initrd)
+            }
         };
-        let guest = tokio::task::spawn_blocking(move || image::prepare(&choice, true))
-            .await
-            .map_err(BootError::ImageTask)??;
         let decision = skiff_vmm::decide(spec.accel, &HostKvm::probe());
         let vm_dir = self.paths.vm_dir(&rec.name);
         std::fs::create_dir_all(&vm_dir).map_err(|source| BootError::VmDir {
             path: vm_dir.clone(),
             source,
         })?;
-        crate::drives::check_sources(spec)?;
         let share_owners = crate::drives::share_owners(spec)?;
         let image_root = match &spec.image {
             None => None,
@@ -126,7 +136,7 @@ impl Manager {
         // the file: QEMU keeps it open, so it lives exactly as long as the VM.
         let _secrets = SecretsImage(boot_drives.secrets_image.clone());
         let host = Host::here(
-            &guest,
+            boot_files,
             decision.accel,
             // A fresh directory per boot: the monitor of a previous boot may
             // still be cleaning up its own directory.
@@ -178,7 +188,14 @@ impl Manager {
             vm.vsock.child.take(),
             plan.launch.run_dir.clone(),
         );
-        let mut conn = match vm.wait_ready(timeout).await {
+        let waited = match plan.config.init.has_agent() {
+            true => vm.wait_ready(timeout).await.map(Some),
+            false => vm
+                .wait_probe(plan.ready.as_ref(), timeout)
+                .await
+                .map(|()| None),
+        };
+        let conn = match waited {
             Ok(conn) => conn,
             Err(source) => {
                 kill_processes(qemu, vsock);
@@ -215,6 +232,10 @@ impl Manager {
         if let Err(e) = self.store.add_helpers(&rec.name, &helpers) {
             tracing::warn!(vm = %rec.name, error = %e, "cannot record the share servers");
         }
+        // A guest without an agent is up: its services are its own.
+        let Some(mut conn) = conn else {
+            return Ok(());
+        };
         if !conn.hello.problems.is_empty() {
             kill_processes(qemu, vsock);
             return Err(BootError::GuestSetup {

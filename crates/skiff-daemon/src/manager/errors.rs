@@ -145,6 +145,8 @@ pub enum Invalid {
 /// A request that conflicts with what exists.
 #[derive(Debug, thiserror::Error)]
 pub enum Conflict {
+    #[error("VM {0:?} boots its own initrd and has no skiff agent: exec, cp, shell and the commands API need one; reach it over its network (ssh), or boot it through skiff's initramfs (remove kernel.initrd)")]
+    NoAgent(String),
     #[error("a pool named {0:?} already exists")]
     PoolExists(String),
     #[error(

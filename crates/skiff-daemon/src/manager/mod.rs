@@ -39,8 +39,10 @@ pub const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How long a clean stop of `spec`'s VM may take by default.
 pub fn stop_timeout(spec: &VmSpec) -> Duration {
     match spec.init {
-        skiff_spec::InitSpec::Agent => DEFAULT_STOP_TIMEOUT,
-        skiff_spec::InitSpec::System { .. } => SYSTEM_STOP_TIMEOUT,
+        // A guest with its own initrd runs its own init (systemd, most
+        // likely), whose shutdown takes as long.
+        skiff_spec::InitSpec::Agent if spec.has_agent() => DEFAULT_STOP_TIMEOUT,
+        _ => SYSTEM_STOP_TIMEOUT,
     }
 }
 
@@ -70,6 +72,9 @@ pub struct Manager {
     pub(super) health: crate::manager::health::HealthMap,
     /// The proxy's routing table, rebuilt when the store has changed.
     pub(super) routes: crate::proxy::RouteTable,
+    /// How long a boot may take, in milliseconds (`skiff daemon
+    /// --boot-timeout`; [`BOOT_TIMEOUT`] by default).
+    boot_timeout_ms: std::sync::atomic::AtomicU64,
 }
 
 pub(super) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -93,7 +98,22 @@ impl Manager {
             metrics: crate::metrics::Metrics::default(),
             health: crate::manager::health::HealthMap::default(),
             routes: crate::proxy::RouteTable::default(),
+            boot_timeout_ms: std::sync::atomic::AtomicU64::new(BOOT_TIMEOUT.as_millis() as u64),
         })
+    }
+
+    /// Give every boot (start, restart, autostart, pools) this long.
+    pub fn set_boot_timeout(&self, timeout: Duration) {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.boot_timeout_ms
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn boot_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.boot_timeout_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// The backend this daemon's VMs run on.
@@ -173,7 +193,7 @@ impl Manager {
 
     /// Boot a VM and wait until its agent is ready (and its service started).
     pub fn start(self: &Arc<Self>, name: &str) -> BoxFuture<Result<VmRecord, ManagerError>> {
-        self.start_within(name, BOOT_TIMEOUT)
+        self.start_within(name, self.boot_timeout())
     }
 
     /// [`Manager::start`], with a limit on how long the guest may take.
@@ -257,11 +277,19 @@ impl Manager {
     async fn halt(&self, rec: &VmRecord, timeout: Duration) {
         if let (Some(qemu), Some(run_dir)) = (rec.qemu, &rec.run_dir) {
             let sock = Path::new(run_dir).join("vsock.sock");
-            if qemu.is_alive() {
+            if qemu.is_alive() && rec.spec.has_agent() {
                 if let Ok(mut conn) =
                     AgentConn::connect(&sock, skiff_proto::AGENT_PORT, Duration::from_secs(2)).await
                 {
                     let _ = conn.writer.send(&Message::Shutdown).await;
+                }
+            } else if qemu.is_alive() {
+                // No agent: the ACPI power button, which the guest's init
+                // turns into a clean shutdown (or ignores, and is killed).
+                let qmp = Path::new(run_dir).join("qmp.sock");
+                if let Err(e) = skiff_vmm::qmp::system_powerdown(&qmp, Duration::from_secs(2)).await
+                {
+                    tracing::warn!(vm = %rec.name, error = %e, "cannot press the power button; the VM will be killed");
                 }
             }
             // Reading /proc is cheap: poll often, so a VM that powers off
@@ -343,6 +371,9 @@ impl Manager {
                 state: rec.state.as_str(),
             });
         };
+        if !rec.spec.has_agent() {
+            return Err(Conflict::NoAgent(name.to_owned()).into());
+        }
         let sock = Path::new(run_dir).join("vsock.sock");
         AgentConn::connect(&sock, skiff_proto::AGENT_PORT, Duration::from_secs(10))
             .await

@@ -2,7 +2,10 @@
 //! `target`).
 
 use super::{absolute, expect_str, type_name, Errs, Fields};
-use crate::{DiskSource, DiskSpec, InitSpec, VmSpec, DEFAULT_TARGET};
+use crate::{
+    DiskSource, DiskSpec, InitSpec, NetMode, Protocol, ReadySpec, VmSpec, DEFAULT_TARGET,
+    MAX_READY_PATTERN,
+};
 use toml::Value;
 
 /// `disk = "/path/base.qcow2"`, or `disk = { image = "NAME" | file = "/path",
@@ -140,6 +143,134 @@ pub(super) fn check_root(spec: &VmSpec, path: &str, errs: &mut Errs) {
             errs.push(
                 &at("command"),
                 "a guest with its own init runs its services as units of that init; remove command (or use init = \"agent\")",
+            );
+        }
+    }
+}
+
+/// `ready = { tcp = PORT }` or `ready = { console = "REGEX" }`.
+pub(super) fn ready(v: &Value, p: &str, errs: &mut Errs) -> Option<ReadySpec> {
+    let Value::Table(t) = v else {
+        errs.push(
+            p,
+            format!(
+                "expected {{ tcp = PORT }} or {{ console = \"PATTERN\" }}, found {}",
+                type_name(v)
+            ),
+        );
+        return None;
+    };
+    let mut f = Fields::new(t, p);
+    let tcp = f.get("tcp").cloned();
+    let console = f.get("console").cloned();
+    f.finish(&["tcp", "console"], errs);
+    match (tcp, console) {
+        (Some(_), Some(_)) | (None, None) => {
+            errs.push(
+                p,
+                "give one way to tell the guest is up: tcp = PORT (a guest port answers) or console = \"PATTERN\" (a console line matches)",
+            );
+            None
+        }
+        (Some(port), None) => {
+            let pp = format!("{p}.tcp");
+            let n = super::expect_int(&port, &pp, errs)?;
+            match u16::try_from(n) {
+                Ok(port) if port > 0 => Some(ReadySpec::Tcp(port)),
+                _ => {
+                    errs.push(&pp, format!("{n} is not a TCP port; allowed: 1 to 65535"));
+                    None
+                }
+            }
+        }
+        (None, Some(pattern)) => {
+            let pp = format!("{p}.console");
+            let pattern = expect_str(&pattern, &pp, errs)?;
+            if pattern.is_empty() || pattern.len() > MAX_READY_PATTERN {
+                errs.push(
+                    &pp,
+                    format!("the pattern must have 1 to {MAX_READY_PATTERN} characters"),
+                );
+                return None;
+            }
+            match regex::Regex::new(pattern) {
+                Ok(_) => Some(ReadySpec::Console(pattern.to_owned())),
+                Err(e) => {
+                    let why = e.to_string();
+                    let last = why.lines().last().unwrap_or("invalid").trim();
+                    errs.push(
+                        &pp,
+                        format!("{pattern:?} is not a regular expression: {last}"),
+                    );
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// What a guest that boots its own initrd (and so has no skiff agent) can
+/// and cannot ask for, and what `ready` needs.
+pub(super) fn check_own_initrd(spec: &VmSpec, path: &str, errs: &mut Errs) {
+    let at = |key: &str| {
+        if path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    if spec.has_agent() {
+        if spec.ready.is_some() {
+            errs.push(
+                &at("ready"),
+                "ready is for guests without skiff's agent (kernel.initrd); a VM with the agent is ready when its agent answers",
+            );
+        }
+        return;
+    }
+    const NO_AGENT: &str = "is done by skiff's agent, which a guest booting its own initrd (kernel.initrd) does not have";
+    if !spec.init.is_agent() {
+        errs.push(
+            &at("init"),
+            "a guest with its own initrd starts its own init; remove init (or kernel.initrd, to boot through skiff's initramfs)",
+        );
+    }
+    if spec.command.is_some() {
+        errs.push(
+            &at("command"),
+            format!("running a command {NO_AGENT}; make it a service of the guest's init"),
+        );
+    }
+    if spec.image.is_some() || spec.rootfs.is_some() {
+        errs.push(
+            &at(if spec.image.is_some() { "image" } else { "rootfs" }),
+            format!("mounting a directory root {NO_AGENT}; boot it from disk = {{ image = \"NAME\" }} or disk = \"/path/disk.qcow2\""),
+        );
+    }
+    let identity = [
+        ("users", !spec.users.is_empty()),
+        ("hostname", spec.hostname.is_some()),
+        ("timezone", spec.timezone.is_some()),
+        ("env", !spec.env.is_empty()),
+    ];
+    for (key, _) in identity.iter().filter(|(_, set)| *set) {
+        errs.push(
+            &at(key),
+            format!("setting {key} {NO_AGENT}; configure it in the guest's image"),
+        );
+    }
+    if let Some(ReadySpec::Tcp(port)) = spec.ready {
+        let bridged = spec.network.iter().any(|n| n.mode == NetMode::Bridge);
+        let user = spec.network.iter().any(|n| n.mode == NetMode::User);
+        let forwarded = spec
+            .forward_ports
+            .iter()
+            .any(|f| f.guest_port == port && f.protocol == Protocol::Tcp);
+        let reachable = bridged || (user && forwarded);
+        if !reachable {
+            errs.push(
+                &at("ready.tcp"),
+                format!("the daemon reaches guest port {port} through a forward in user mode (forward_ports = [\"HOSTPORT:{port}\"]) or at the guest's address on a managed network (mode = \"bridge\"); add one"),
             );
         }
     }
