@@ -175,19 +175,51 @@ fn secrets_dir(paths: &DaemonPaths) -> PathBuf {
     paths.runtime_dir.clone()
 }
 
+/// The labels of a VM's config, secrets and data drives, by the guest
+/// contract its spec names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DriveLabels {
+    pub config: &'static str,
+    pub secrets: &'static str,
+    pub data: &'static str,
+    /// Attach a secrets drive even with no secrets: an mvm guest finds its
+    /// drives in order (config vdb, secrets vdc, data vdd).
+    pub secrets_always: bool,
+}
+
+impl DriveLabels {
+    pub fn for_spec(spec: &skiff_spec::VmSpec) -> DriveLabels {
+        match spec.guest {
+            skiff_spec::GuestProfile::Skiff => DriveLabels {
+                config: CONFIG_LABEL,
+                secrets: SECRETS_LABEL,
+                data: DATA_LABEL,
+                secrets_always: false,
+            },
+            skiff_spec::GuestProfile::Mvm => DriveLabels {
+                config: "mvm-config",
+                secrets: "mvm-secrets",
+                data: "mvm-data",
+                secrets_always: true,
+            },
+        }
+    }
+}
+
 pub fn prepare(
     host: &dyn HostOps,
     paths: &DaemonPaths,
     rec: &VmRecord,
     vm_dir: &Path,
 ) -> Result<BootDrives, DriveError> {
+    let labels = DriveLabels::for_spec(&rec.spec);
     // A `skiff run` VM lives for one command and has no metadata worth a
     // drive: skipping it keeps mkfs off the run's boot path.
     let mut drives = Vec::new();
     if !rec.ephemeral {
-        drives.push(config_drive(host, rec, vm_dir)?);
+        drives.push(config_drive(host, rec, vm_dir, labels.config)?);
     }
-    let secrets_image = match secrets_drive(host, rec, &secrets_dir(paths))? {
+    let secrets_image = match secrets_drive(host, rec, &secrets_dir(paths), &labels)? {
         Some((drive, image)) => {
             drives.push(drive);
             Some(image)
@@ -196,12 +228,12 @@ pub fn prepare(
     };
     if let Some(data) = &rec.spec.data {
         let path = data_path(paths, &rec.name);
-        ensure_image(host, &path, DATA_LABEL, data.size_mib)
+        ensure_image(host, &path, labels.data, data.size_mib)
             .map_err(|e| DriveError::Data(Box::new(e)))?;
         drives.push(Drive {
             path,
             mount: MountArg {
-                label: DATA_LABEL.into(),
+                label: labels.data.into(),
                 target: data.target.clone(),
                 readonly: false,
                 noexec: false,
@@ -247,8 +279,9 @@ fn secrets_drive(
     host: &dyn HostOps,
     rec: &VmRecord,
     base: &Path,
+    labels: &DriveLabels,
 ) -> Result<Option<(Drive, PathBuf)>, DriveError> {
-    if rec.spec.secrets.is_empty() {
+    if rec.spec.secrets.is_empty() && !labels.secrets_always {
         return Ok(None);
     }
     let tag = format!(
@@ -299,13 +332,13 @@ fn secrets_drive(
             .open(&image)
             .map_err(io("create", &image))?;
         let size_mib = (total / (1024 * 1024) * 2 + 4).min(u64::from(u32::MAX)) as u32;
-        host.make_ext4(SECRETS_LABEL, Some(&staging), &image, size_mib, false)
+        host.make_ext4(labels.secrets, Some(&staging), &image, size_mib, false)
             .map_err(|source| DriveError::Build {
                 what: "secrets",
                 source,
             })?;
         let mount = MountArg {
-            label: SECRETS_LABEL.into(),
+            label: labels.secrets.into(),
             target: SECRETS_MOUNT.into(),
             readonly: true,
             noexec: true,
@@ -430,7 +463,12 @@ pub fn share_owners(
 
 /// The read-only config drive: `instance.json` with what the guest may want
 /// to know about itself.
-fn config_drive(host: &dyn HostOps, rec: &VmRecord, vm_dir: &Path) -> Result<Drive, DriveError> {
+fn config_drive(
+    host: &dyn HostOps,
+    rec: &VmRecord,
+    vm_dir: &Path,
+    label: &'static str,
+) -> Result<Drive, DriveError> {
     let staging = vm_dir.join("config");
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(io("create", &staging))?;
@@ -462,7 +500,7 @@ fn config_drive(host: &dyn HostOps, rec: &VmRecord, vm_dir: &Path) -> Result<Dri
             .map_err(io("write", &file))?;
     }
     let image = vm_dir.join("config.ext4");
-    host.make_ext4(CONFIG_LABEL, Some(&staging), &image, 4, false)
+    host.make_ext4(label, Some(&staging), &image, 4, false)
         .map_err(|source| DriveError::Build {
             what: "config",
             source,
@@ -471,7 +509,7 @@ fn config_drive(host: &dyn HostOps, rec: &VmRecord, vm_dir: &Path) -> Result<Dri
     Ok(Drive {
         path: image,
         mount: MountArg {
-            label: CONFIG_LABEL.into(),
+            label: label.into(),
             target: CONFIG_MOUNT.into(),
             readonly: true,
             noexec: true,

@@ -225,6 +225,7 @@ pub fn resolve(
         return Err(ResolveError::DiskNotPrepared { name: name() });
     }
     let init = match (&spec.init, spec.own_initrd()) {
+        (_, Some(_)) if spec.guest == skiff_spec::GuestProfile::Mvm => skiff_vmm::GuestInit::Mvm,
         (_, Some(_)) => skiff_vmm::GuestInit::Own,
         (skiff_spec::InitSpec::Agent, None) => skiff_vmm::GuestInit::Agent,
         (skiff_spec::InitSpec::System { target }, None) => skiff_vmm::GuestInit::System {

@@ -68,6 +68,9 @@ pub struct VmSpec {
     /// Login users created at boot, with their SSH keys.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub users: Vec<UserSpec>,
+    /// The guest contract the VM is booted with: skiff's own, or mvm's.
+    #[serde(default, skip_serializing_if = "GuestProfile::is_skiff")]
+    pub guest: GuestProfile,
     /// When a guest without skiff's agent counts as up (none: once QEMU
     /// runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,6 +154,28 @@ pub enum ReadySpec {
     Console(String),
 }
 
+/// What the guest expects of the host: which drives, labelled how, and
+/// which kernel arguments.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum GuestProfile {
+    /// skiff's: drives found by the agent by label, `skiff.*` arguments.
+    #[default]
+    Skiff,
+    /// mvm's (Firecracker guests, seed 000): root ext4 on /dev/vda, then
+    /// drives labelled `mvm-config` (ro), `mvm-secrets` (ro) and `mvm-data`
+    /// (rw) as vdb, vdc and vdd; `mvm.ip=<cidr> mvm.gw=<gateway>` with
+    /// mvm's console, panic, reboot and interface-name arguments. The
+    /// guest brings its own kernel and initrd and has no skiff agent.
+    Mvm,
+}
+
+impl GuestProfile {
+    pub fn is_skiff(&self) -> bool {
+        *self == GuestProfile::Skiff
+    }
+}
+
 /// The longest `ready.console` pattern accepted.
 pub const MAX_READY_PATTERN: usize = 256;
 
@@ -221,6 +246,7 @@ impl VmSpec {
             hostname: None,
             timezone: None,
             users: Vec::new(),
+            guest: GuestProfile::Skiff,
             ready: None,
             env: BTreeMap::new(),
             secrets: BTreeMap::new(),

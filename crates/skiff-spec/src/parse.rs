@@ -321,6 +321,7 @@ const VM_FIELDS: &[&str] = &[
     "hostname",
     "timezone",
     "users",
+    "guest",
     "ready",
     "env",
     "secrets",
@@ -453,6 +454,18 @@ fn vm_table(name: &str, body: &Table, path: &str, errs: &mut Errs) -> Option<VmS
     }
     if let Some(v) = f.get("users") {
         spec.users = identity::users(v, &f.sub("users"), errs);
+    }
+    if let Some(v) = f.get("guest") {
+        let p = f.sub("guest");
+        match expect_str(v, &p, errs) {
+            Some("skiff") => spec.guest = crate::GuestProfile::Skiff,
+            Some("mvm") => spec.guest = crate::GuestProfile::Mvm,
+            Some(other) => errs.push(
+                &p,
+                format!("unknown guest contract {other:?}; allowed: \"skiff\" (the default) or \"mvm\" (mvm's drives and kernel arguments)"),
+            ),
+            None => {}
+        }
     }
     if let Some(v) = f.get("ready") {
         spec.ready = boot::ready(v, &f.sub("ready"), errs);

@@ -386,3 +386,26 @@ fn what_needs_the_agent_is_refused_for_a_guest_with_its_own_initrd() {
     let bridged = format!("[vm.a]\n{own}network = [{{ mode = \"bridge\", network = \"lan\" }}]\nready = {{ tcp = 22 }}\n");
     assert!(parse_file(&bridged).is_ok());
 }
+
+#[test]
+fn an_mvm_guest_brings_its_kernel_initrd_and_root_disk() {
+    let own = "kernel = { path = \"/k\", initrd = \"/i\" }\ndisk = \"/root.img\"\n";
+    let spec = parse_file(&format!("[vm.m]\nguest = \"mvm\"\n{own}"))
+        .expect("valid")
+        .remove(0);
+    assert_eq!(spec.guest, GuestProfile::Mvm);
+    let json = serde_json::to_string(&VmSpec::with_defaults("old")).expect("json");
+    assert!(!json.contains("guest"), "{json}");
+    for (body, want) in [
+        ("guest = \"mvm\"\ndisk = \"/root.img\"\n", "add kernel = { path"),
+        (
+            "guest = \"mvm\"\nkernel = { path = \"/k\", initrd = \"/i\" }\n",
+            "ext4 on /dev/vda",
+        ),
+        ("guest = \"firecracker\"\n", "unknown guest contract"),
+    ] {
+        let text = format!("[vm.m]\n{body}");
+        let errs = parse_file(&text).expect_err(&text).to_string();
+        assert!(errs.contains("vm.m.guest: ") && errs.contains(want), "{text}: {errs}");
+    }
+}

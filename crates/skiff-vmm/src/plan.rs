@@ -130,14 +130,22 @@ pub enum GuestInit {
     /// no skiff agent, no `skiff.*` arguments; stopped through the ACPI
     /// power button (QMP `system_powerdown`).
     Own,
+    /// [`GuestInit::Own`] under mvm's contract (seed 000): mvm's kernel
+    /// arguments, `mvm.ip=`/`mvm.gw=` for its interface (the drives'
+    /// order and labels are the caller's).
+    Mvm,
 }
 
 impl GuestInit {
     /// Whether skiff's agent runs in the guest.
     pub fn has_agent(&self) -> bool {
-        *self != GuestInit::Own
+        matches!(self, GuestInit::Agent | GuestInit::System { .. })
     }
 }
+
+/// QEMU's user-mode network as its guest sees it (slirp's defaults).
+pub const USER_NET_GUEST: &str = "10.0.2.15/24";
+pub const USER_NET_GATEWAY: &str = "10.0.2.2";
 
 /// The `-sandbox` options QEMU runs with.
 pub const QEMU_SECCOMP: &str =
@@ -283,7 +291,7 @@ pub fn plan(cfg: &VmConfig) -> Result<LaunchPlan, PlanError> {
     if cfg.root_disk.is_none() && matches!(cfg.init, GuestInit::System { .. }) {
         return Err(PlanError::InitWithoutRoot);
     }
-    if cfg.rootfs.is_some() && cfg.init == GuestInit::Own {
+    if cfg.rootfs.is_some() && !cfg.init.has_agent() {
         return Err(PlanError::OwnInitrdWithSharedRoot);
     }
     if cfg.cpus == 0 || cfg.cpus > MAX_CPUS {
@@ -423,6 +431,9 @@ fn path_arg(p: &Path) -> String {
 
 /// The kernel command line for a VM.
 pub fn kernel_cmdline(cfg: &VmConfig) -> String {
+    if cfg.init == GuestInit::Mvm {
+        return mvm_cmdline(cfg);
+    }
     let mut args: Vec<String> = [
         "console=ttyS0",
         "quiet",
@@ -438,13 +449,7 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> String {
         args.push(TCG_TSC_KHZ.into());
     }
     if cfg.init == GuestInit::Own {
-        // Nothing of skiff's in the guest reads skiff.* arguments. Its root
-        // disk is /dev/vda; an initrd made for another VMM may not know.
-        let gives_root = cfg.extra_cmdline.iter().any(|a| a.starts_with("root="));
-        if cfg.root_disk.is_some() && !gives_root {
-            args.extend(["root=/dev/vda".to_owned(), "rw".to_owned()]);
-        }
-        args.extend(cfg.extra_cmdline.iter().cloned());
+        args.extend(own_root_and_params(cfg));
         return args.join(" ");
     }
     if cfg.net.is_some() {
@@ -478,6 +483,52 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> String {
         );
     }
     args.extend(cfg.extra_cmdline.iter().cloned());
+    args.join(" ")
+}
+
+/// Nothing of skiff's in a guest with its own initrd reads `skiff.*`
+/// arguments. Its root disk is /dev/vda; an initrd made for another VMM may
+/// not know that unless told.
+fn own_root_and_params(cfg: &VmConfig) -> Vec<String> {
+    let mut args = Vec::new();
+    let gives_root = cfg.extra_cmdline.iter().any(|a| a.starts_with("root="));
+    if cfg.root_disk.is_some() && !gives_root {
+        args.extend(["root=/dev/vda".to_owned(), "rw".to_owned()]);
+    }
+    args.extend(cfg.extra_cmdline.iter().cloned());
+    args
+}
+
+/// mvm's command line (seed 000's `boot.kernelParams`, as mvm's host passes
+/// them to Firecracker), the guest's address, then the spec's parameters.
+fn mvm_cmdline(cfg: &VmConfig) -> String {
+    let mut args: Vec<String> = [
+        "console=ttyS0",
+        "reboot=k",
+        "panic=1",
+        "net.ifnames=0",
+        "8250.nr_uarts=1",
+        "quiet",
+        "loglevel=4",
+        "pci=off",
+        "random.trust_cpu=on",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    if cfg.accel == Accel::Tcg {
+        args.push(TCG_TSC_KHZ.into());
+    }
+    let address = match (&cfg.tap, &cfg.net) {
+        (Some(tap), _) => Some((tap.address.clone(), tap.gateway.clone())),
+        (None, Some(_)) => Some((USER_NET_GUEST.to_owned(), USER_NET_GATEWAY.to_owned())),
+        (None, None) => None,
+    };
+    if let Some((ip, gw)) = address {
+        args.push(format!("mvm.ip={ip}"));
+        args.push(format!("mvm.gw={gw}"));
+    }
+    args.extend(own_root_and_params(cfg));
     args.join(" ")
 }
 

@@ -549,3 +549,53 @@ fn a_guest_with_its_own_initrd_gets_its_files_a_monitor_and_no_skiff_arguments()
     };
     assert_eq!(plan(&shared_root), Err(PlanError::OwnInitrdWithSharedRoot));
 }
+
+#[test]
+fn an_mvm_guest_gets_mvm_s_kernel_arguments_and_its_address() {
+    let tap = crate::TapNic {
+        ifname: "sk-t1".into(),
+        address: "10.88.0.5/24".into(),
+        gateway: "10.88.0.1".into(),
+        dns: None,
+    };
+    let c = VmConfig {
+        init: GuestInit::Mvm,
+        root_disk: Some(RootDisk {
+            path: "/v/root.qcow2".into(),
+            format: DiskFormat::Qcow2,
+        }),
+        tap: Some(tap),
+        ..cfg()
+    };
+    let cmdline = kernel_cmdline(&c);
+    let words: Vec<&str> = cmdline.split(' ').collect();
+    for want in [
+        "console=ttyS0",
+        "reboot=k",
+        "panic=1",
+        "net.ifnames=0",
+        "8250.nr_uarts=1",
+        "mvm.ip=10.88.0.5/24",
+        "mvm.gw=10.88.0.1",
+        "root=/dev/vda",
+        "rw",
+    ] {
+        assert!(words.contains(&want), "{want} missing: {cmdline}");
+    }
+    assert!(!cmdline.contains("skiff.") && !cmdline.contains("panic=-1"), "{cmdline}");
+    assert!(plan(&c).expect("plan").qmp_socket.is_some());
+    // In user mode the address is the one QEMU's network hands out.
+    let user = VmConfig {
+        tap: None,
+        net: Some(crate::usernet::UserNet {
+            forwards: Vec::new(),
+            no_egress: false,
+        }),
+        ..c
+    };
+    let cmdline = kernel_cmdline(&user);
+    assert!(
+        cmdline.contains("mvm.ip=10.0.2.15/24 mvm.gw=10.0.2.2"),
+        "{cmdline}"
+    );
+}

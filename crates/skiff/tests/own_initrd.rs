@@ -120,26 +120,13 @@ fn filesystem_state(layer: &std::path::Path) -> String {
 fn debian_boots_its_own_initramfs_tools_initrd_answers_on_its_port_and_powers_off_cleanly() {
     let d = Daemon::start();
     d.ok(&["image", "build", "-f", &recipe("debian-initrd")]);
-    let images: serde_json::Value =
-        serde_json::from_str(&d.ok(&["image", "ls", "--json"])).expect("json");
-    let root = images
-        .as_array()
-        .and_then(|a| a.iter().find(|i| i["name"] == "debian-initrd"))
-        .and_then(|i| i["root"].as_str())
-        .expect("the image is listed with its root")
-        .to_owned();
-    // Copied out, as a kernel and initrd made elsewhere would arrive.
     let files = tempfile::tempdir().expect("tempdir");
-    let kernel = files.path().join("vmlinuz");
-    let initrd = files.path().join("initrd.img");
-    std::fs::copy(format!("{root}/boot/vmlinuz"), &kernel).expect("kernel");
-    std::fs::copy(format!("{root}/boot/initrd.img"), &initrd).expect("initrd");
+    let (kernel, initrd) = image_boot_files(&d, "debian-initrd", files.path());
     // Debian's initramfs-tools made it: its boot scripts are in the archive.
     let listing = std::process::Command::new("bash")
         .arg("-c")
         .arg(format!(
-            "gzip -dc '{}' | grep -a -c 'scripts/local-top'",
-            initrd.display()
+            "gzip -dc '{initrd}' | grep -a -c 'scripts/local-top'"
         ))
         .output()
         .expect("bash");
@@ -148,12 +135,10 @@ fn debian_boots_its_own_initramfs_tools_initrd_answers_on_its_port_and_powers_of
     d.boot(
         "old",
         &format!(
-            "[vm.old]\nmemory = 512\nkernel = {{ path = \"{}\", initrd = \"{}\" }}\n\
+            "[vm.old]\nmemory = 512\nkernel = {{ path = \"{kernel}\", initrd = \"{initrd}\" }}\n\
              disk = {{ image = \"debian-initrd\", persistent = true }}\n\
              network = [{{ mode = \"user\" }}]\nforward_ports = [\"127.0.0.1:{port}:7777\"]\n\
-             ready = {{ tcp = 7777 }}\n",
-            kernel.display(),
-            initrd.display()
+             ready = {{ tcp = 7777 }}\n"
         ),
     );
     // Ready means the guest's service answers: at once, no retries.
@@ -205,13 +190,117 @@ fn debian_boots_its_own_initramfs_tools_initrd_answers_on_its_port_and_powers_of
     d.boot(
         "again",
         &format!(
-            "[vm.again]\nmemory = 512\nkernel = {{ path = \"{}\", initrd = \"{}\" }}\n\
-             disk = {{ image = \"debian-initrd\" }}\nready = {{ console = \"login: *$\" }}\n",
-            kernel.display(),
-            initrd.display()
+            "[vm.again]\nmemory = 512\nkernel = {{ path = \"{kernel}\", initrd = \"{initrd}\" }}\n\
+             disk = {{ image = \"debian-initrd\" }}\nready = {{ console = \"login: *$\" }}\n"
         ),
     );
     assert!(d.ok(&["logs", "again"]).contains("debian-initrd login:"));
     d.ok(&["rm", "--force", "again"]);
     assert_eq!(d.qemu_count(), 0);
+}
+
+/// The kernel and initrd of a built image, copied out as files of another
+/// VMM's would arrive.
+fn image_boot_files(d: &Daemon, image: &str, into: &std::path::Path) -> (String, String) {
+    let images: serde_json::Value =
+        serde_json::from_str(&d.ok(&["image", "ls", "--json"])).expect("json");
+    let root = images
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == image))
+        .and_then(|i| i["root"].as_str())
+        .expect("the image is listed with its root")
+        .to_owned();
+    let kernel = into.join("vmlinuz");
+    let initrd = into.join("initrd.img");
+    std::fs::copy(format!("{root}/boot/vmlinuz"), &kernel).expect("kernel");
+    std::fs::copy(format!("{root}/boot/initrd.img"), &initrd).expect("initrd");
+    (kernel.display().to_string(), initrd.display().to_string())
+}
+
+#[test]
+fn an_mvm_contract_guest_gets_its_address_and_three_drives_the_way_mvm_gives_them() {
+    let ns = common::netns::NetNs::new("mvm");
+    let d = Daemon::start_wrapped(&[], &ns.exec_prefix());
+    d.ok(&["image", "build", "-f", &recipe("mvm-guest")]);
+    let files = tempfile::tempdir().expect("tempdir");
+    let (kernel, initrd) = image_boot_files(&d, "mvm-guest", files.path());
+    let token = files.path().join("token");
+    std::fs::write(&token, "s3cret").expect("secret");
+    d.ok(&["network", "create", "lan", "--subnet", "10.92.1.0/24"]);
+    d.boot(
+        "m",
+        &format!(
+            "[vm.m]\nguest = \"mvm\"\nmemory = 512\n\
+             kernel = {{ path = \"{kernel}\", initrd = \"{initrd}\" }}\n\
+             disk = {{ image = \"mvm-guest\" }}\n\
+             network = [{{ mode = \"bridge\", network = \"lan\", address = \"10.92.1.20\" }}]\n\
+             secrets = {{ token = {{ file = \"{}\" }} }}\n\
+             data = {{ target = \"/mnt/data\", size = \"64M\" }}\n\
+             ready = {{ tcp = 7777 }}\n",
+            token.display()
+        ),
+    );
+    // The guest's own report, read at its static address from the host
+    // side of the managed network.
+    let read_report = || {
+        let out = ns
+            .command("bash")
+            .args([
+                "-c",
+                "exec 3<>/dev/tcp/10.92.1.20/7777 && timeout 10 cat <&3",
+            ])
+            .output()
+            .expect("bash");
+        let report = stdout(&out);
+        assert!(report.ends_with("end\n"), "{report}{}", stderr(&out));
+        report
+    };
+    // The optional data drive is mounted without holding the boot up
+    // (nofail), so it may come a moment after the port answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut report = read_report();
+    while !report.contains(" /mnt/data ") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_secs(1));
+        report = read_report();
+    }
+    let lines: Vec<&str> = report.lines().collect();
+    assert!(lines.contains(&"address 10.92.1.20/24"), "{report}");
+    let mount = |dir: &str| -> (String, Vec<String>) {
+        let line = lines
+            .iter()
+            .find(|l| l.starts_with("mount ") && l.split(' ').nth(2) == Some(dir))
+            .unwrap_or_else(|| {
+                panic!(
+                    "{dir} is not mounted: {report}\nconsole:\n{}",
+                    d.ok(&["logs", "m"])
+                )
+            });
+        let words: Vec<&str> = line.split(' ').collect();
+        (
+            words[1].to_owned(),
+            words[3].split(',').map(str::to_owned).collect(),
+        )
+    };
+    // Device order is mvm's contract: config vdb, secrets vdc, data vdd.
+    for (dir, device, mode) in [
+        ("/mnt/config", "/dev/vdb", "ro"),
+        ("/mnt/secrets", "/dev/vdc", "ro"),
+        ("/mnt/data", "/dev/vdd", "rw"),
+    ] {
+        let (dev, opts) = mount(dir);
+        assert_eq!(dev, device, "{dir}: {report}");
+        for want in [mode, "noexec", "nosuid", "nodev"] {
+            assert!(opts.iter().any(|o| o == want), "{dir} lacks {want}: {opts:?}");
+        }
+    }
+    assert!(lines.contains(&"secret token 6"), "{report}");
+    assert!(lines.contains(&"config instance.json"), "{report}");
+    let out = d.cli(&["exec", "m", "--", "true"]);
+    assert!(stderr(&out).contains("has no skiff agent"), "{}", stderr(&out));
+    let started = Instant::now();
+    d.ok(&["stop", "m"]);
+    assert!(started.elapsed() < Duration::from_secs(45));
+    assert!(d.ok(&["logs", "m"]).contains("reboot: Power down"));
+    d.ok(&["rm", "m"]);
+    d.ok(&["network", "rm", "lan"]);
 }

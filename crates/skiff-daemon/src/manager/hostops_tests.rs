@@ -163,3 +163,39 @@ async fn limits_and_drives_are_host_operations_named_after_the_vm() {
         .expect_err("injected");
     assert!(format!("{err:#}").contains("volume \"fresh\""), "{err:#}");
 }
+
+#[tokio::test]
+async fn an_mvm_guest_gets_config_secrets_and_data_drives_in_mvm_s_order_and_labels() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (m, host) = manager(dir.path());
+    let spec = skiff_spec::parse_file(
+        "[vm.m]\nguest = \"mvm\"\nkernel = { path = \"/k\", initrd = \"/i\" }\ndisk = \"/root.img\"\ndata = { target = \"/mnt/data\", size = \"64M\" }\n",
+    )
+    .expect("spec")
+    .remove(0);
+    let rec = m.create(&spec).expect("create");
+    let vm_dir = m.paths.vm_dir("m");
+    let drives = crate::drives::prepare(host.as_ref(), &m.paths, &rec, &vm_dir).expect("drives");
+    let labels: Vec<(&str, bool)> = drives
+        .drives
+        .iter()
+        .map(|d| (d.mount.label.as_str(), d.mount.readonly))
+        .collect();
+    // vdb, vdc, vdd after the root (vda); the secrets drive even empty.
+    assert_eq!(
+        labels,
+        [("mvm-config", true), ("mvm-secrets", true), ("mvm-data", false)]
+    );
+    let made: Vec<String> = host
+        .ops()
+        .iter()
+        .filter_map(|o| match o {
+            Op::MakeExt4 { label, .. } => Some(label.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(made, ["mvm-config", "mvm-secrets", "mvm-data"]);
+    if let Some(image) = drives.secrets_image {
+        let _ = std::fs::remove_file(image);
+    }
+}

@@ -3,7 +3,7 @@
 
 use super::{absolute, expect_str, type_name, Errs, Fields};
 use crate::{
-    DiskSource, DiskSpec, InitSpec, NetMode, Protocol, ReadySpec, VmSpec, DEFAULT_TARGET,
+    DiskSource, DiskSpec, GuestProfile, InitSpec, NetMode, Protocol, ReadySpec, VmSpec, DEFAULT_TARGET,
     MAX_READY_PATTERN,
 };
 use toml::Value;
@@ -219,6 +219,20 @@ pub(super) fn check_own_initrd(spec: &VmSpec, path: &str, errs: &mut Errs) {
             format!("{path}.{key}")
         }
     };
+    if spec.guest == GuestProfile::Mvm {
+        if spec.has_agent() {
+            errs.push(
+                &at("guest"),
+                "an mvm guest boots its own kernel and initrd, with no skiff agent: add kernel = { path = \"/…/vmlinuz\", initrd = \"/…/initrd\" }",
+            );
+        }
+        if spec.disk.is_none() {
+            errs.push(
+                &at("guest"),
+                "an mvm guest's root is ext4 on /dev/vda: add disk = { image = \"NAME\" } or disk = \"/path/root.img\"",
+            );
+        }
+    }
     if spec.has_agent() {
         if spec.ready.is_some() {
             errs.push(
