@@ -214,9 +214,12 @@ pub fn prepare(
 ) -> Result<BootDrives, DriveError> {
     let labels = DriveLabels::for_spec(&rec.spec);
     // A `skiff run` VM lives for one command and has no metadata worth a
-    // drive: skipping it keeps mkfs off the run's boot path.
+    // drive: skipping it keeps mkfs off the run's boot path. A guest with
+    // its own initrd has no agent to read it, unless its contract (mvm's)
+    // has a config drive.
+    let wants_config = rec.spec.has_agent() || rec.spec.guest == skiff_spec::GuestProfile::Mvm;
     let mut drives = Vec::new();
-    if !rec.ephemeral {
+    if !rec.ephemeral && wants_config {
         drives.push(config_drive(host, rec, vm_dir, labels.config)?);
     }
     let secrets_image = match secrets_drive(host, rec, &secrets_dir(paths), &labels)? {

@@ -147,8 +147,10 @@ impl InitSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReadySpec {
-    /// A TCP port of the guest accepts a connection and keeps it open or
-    /// sends something (reached through its forward or its address).
+    /// A TCP port of the guest answers: at its address on a managed
+    /// network, it accepts a connection; through a user-mode forward, its
+    /// server sends something first (QEMU's forward accepts on the guest's
+    /// behalf even while it boots).
     Tcp(u16),
     /// A line of the serial console matches this regular expression.
     Console(String),
@@ -156,7 +158,9 @@ pub enum ReadySpec {
 
 /// What the guest expects of the host: which drives, labelled how, and
 /// which kernel arguments.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum GuestProfile {
     /// skiff's: drives found by the agent by label, `skiff.*` arguments.

@@ -592,15 +592,6 @@ fn kernel(v: &Value, p: &str, errs: &mut Errs) -> Option<KernelSpec> {
                             .any(|c| c.is_whitespace() || c.is_control() || c == '"')
                     {
                         errs.push(&format!("{pp}[{i}]"), format!("{param:?} must be one word without spaces, quotes or control characters"));
-                    } else if let Some(reserved) =
-                        RESERVED_PARAMS.iter().find(|r| param.starts_with(**r))
-                    {
-                        errs.push(
-                            &format!("{pp}[{i}]"),
-                            format!(
-                                "{param:?} sets {reserved}, which skiff sets itself; remove it"
-                            ),
-                        );
                     } else {
                         k.params.push(param);
                     }
@@ -611,6 +602,22 @@ fn kernel(v: &Value, p: &str, errs: &mut Errs) -> Option<KernelSpec> {
                     &f.sub("modules"),
                     "given without kernel.path; modules belong to a kernel you name",
                 );
+            }
+            // skiff's initramfs reads init=, rdinit= and panic= of its own;
+            // a guest's own initrd may need them (a microvm.nix runner's
+            // init=), and only skiff.* stays skiff's.
+            let reserved: &[&str] = if k.initrd.is_some() {
+                &["skiff."]
+            } else {
+                RESERVED_PARAMS
+            };
+            for (i, param) in k.params.iter().enumerate() {
+                if let Some(r) = reserved.iter().find(|r| param.starts_with(**r)) {
+                    errs.push(
+                        &format!("{}[{i}]", f.sub("params")),
+                        format!("{param:?} sets {r}, which skiff sets itself; remove it"),
+                    );
+                }
             }
             if k.initrd.is_some() && k.path.is_none() {
                 errs.push(

@@ -397,7 +397,10 @@ fn an_mvm_guest_brings_its_kernel_initrd_and_root_disk() {
     let json = serde_json::to_string(&VmSpec::with_defaults("old")).expect("json");
     assert!(!json.contains("guest"), "{json}");
     for (body, want) in [
-        ("guest = \"mvm\"\ndisk = \"/root.img\"\n", "add kernel = { path"),
+        (
+            "guest = \"mvm\"\ndisk = \"/root.img\"\n",
+            "add kernel = { path",
+        ),
         (
             "guest = \"mvm\"\nkernel = { path = \"/k\", initrd = \"/i\" }\n",
             "ext4 on /dev/vda",
@@ -406,6 +409,40 @@ fn an_mvm_guest_brings_its_kernel_initrd_and_root_disk() {
     ] {
         let text = format!("[vm.m]\n{body}");
         let errs = parse_file(&text).expect_err(&text).to_string();
-        assert!(errs.contains("vm.m.guest: ") && errs.contains(want), "{text}: {errs}");
+        assert!(
+            errs.contains("vm.m.guest: ") && errs.contains(want),
+            "{text}: {errs}"
+        );
+    }
+}
+
+#[test]
+fn a_guest_with_its_own_initrd_may_set_init_and_panic_but_not_skiff_s_arguments() {
+    let spec = parse_file(
+        "[vm.n]\nkernel = { path = \"/k\", initrd = \"/i\", params = [\"init=/nix/store/x-init\", \"panic=1\"] }\n",
+    )
+    .expect("valid")
+    .remove(0);
+    assert_eq!(
+        spec.kernel.expect("kernel").params,
+        ["init=/nix/store/x-init", "panic=1"]
+    );
+    for (body, path) in [
+        (
+            "kernel = { path = \"/k\", initrd = \"/i\", params = [\"skiff.root=x\"] }\n",
+            "vm.n.kernel.params[0]",
+        ),
+        (
+            "kernel = { params = [\"init=/x\"] }\n",
+            "vm.n.kernel.params[0]",
+        ),
+        (
+            "kernel = { path = \"/k\", initrd = \"/i\" }\nready = { console = \".*\" }\n",
+            "vm.n.ready.console",
+        ),
+    ] {
+        let text = format!("[vm.n]\n{body}");
+        let errs = parse_file(&text).expect_err(&text).to_string();
+        assert!(errs.contains(&format!("{path}: ")), "{text}: {errs}");
     }
 }

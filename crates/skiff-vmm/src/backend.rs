@@ -89,6 +89,9 @@ impl Backend for Fake {
         if let Some(user) = &cfg.run_as {
             guest.extend(["--runas".into(), user.clone()]);
         }
+        if let Some(qmp) = &real.qmp_socket {
+            guest.extend(["--qmp".into(), arg(qmp)]);
+        }
         Ok(LaunchPlan {
             vsock_backend: ProcessPlan {
                 program: self.program.clone(),

@@ -449,6 +449,8 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> String {
         args.push(TCG_TSC_KHZ.into());
     }
     if cfg.init == GuestInit::Own {
+        // The leased address, in the form the guest's own tools know.
+        args.extend(cfg.tap.as_ref().and_then(|t| t.ip_arg()));
         args.extend(own_root_and_params(cfg));
         return args.join(" ");
     }

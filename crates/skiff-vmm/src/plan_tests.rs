@@ -535,6 +535,22 @@ fn a_guest_with_its_own_initrd_gets_its_files_a_monitor_and_no_skiff_arguments()
     let cmdline = kernel_cmdline(&own_root);
     assert!(!cmdline.contains("/dev/vda"), "{cmdline}");
     assert!(cmdline.ends_with(" root=LABEL=nixos ro"), "{cmdline}");
+    let bridged = VmConfig {
+        net: None,
+        tap: Some(crate::TapNic {
+            ifname: "sk-t2".into(),
+            address: "10.88.0.9/24".into(),
+            gateway: "10.88.0.1".into(),
+            dns: None,
+        }),
+        ..c.clone()
+    };
+    let cmdline = kernel_cmdline(&bridged);
+    assert!(
+        cmdline.contains(" ip=10.88.0.9::10.88.0.1:255.255.255.0:::off ")
+            && !cmdline.contains("skiff."),
+        "{cmdline}"
+    );
     // An agent VM has no monitor socket, and a shared-directory root needs
     // the agent.
     assert_eq!(plan(&cfg()).expect("plan").qmp_socket, None);
@@ -582,7 +598,10 @@ fn an_mvm_guest_gets_mvm_s_kernel_arguments_and_its_address() {
     ] {
         assert!(words.contains(&want), "{want} missing: {cmdline}");
     }
-    assert!(!cmdline.contains("skiff.") && !cmdline.contains("panic=-1"), "{cmdline}");
+    assert!(
+        !cmdline.contains("skiff.") && !cmdline.contains("panic=-1"),
+        "{cmdline}"
+    );
     assert!(plan(&c).expect("plan").qmp_socket.is_some());
     // In user mode the address is the one QEMU's network hands out.
     let user = VmConfig {

@@ -16,6 +16,10 @@ pub enum QmpError {
     },
     #[error("QEMU's monitor did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("QEMU's monitor closed the connection (QEMU is exiting?)")]
+    Closed,
+    #[error("{0} is not QEMU's monitor (its greeting is missing)")]
+    NotQmp(String),
     #[error("QEMU's monitor refused {command}: {answer}")]
     Refused {
         command: &'static str,
@@ -41,7 +45,13 @@ async fn powerdown(socket: &Path) -> Result<(), QmpError> {
     let stream = tokio::net::UnixStream::connect(socket).await.map_err(io)?;
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(tokio::io::AsyncReadExt::take(read, 1 << 20));
-    read_line(&mut lines).await.map_err(io)?; // the greeting
+    let greeting = read_line(&mut lines).await.map_err(io)?;
+    if greeting.is_empty() {
+        return Err(QmpError::Closed);
+    }
+    if !greeting.contains("\"QMP\"") {
+        return Err(QmpError::NotQmp(socket.display().to_string()));
+    }
     for command in ["qmp_capabilities", "system_powerdown"] {
         let request = format!("{{\"execute\":\"{command}\"}}\n");
         write.write_all(request.as_bytes()).await.map_err(io)?;
@@ -51,7 +61,10 @@ async fn powerdown(socket: &Path) -> Result<(), QmpError> {
             if line.contains("\"return\"") {
                 break;
             }
-            if line.contains("\"error\"") || line.is_empty() {
+            if line.is_empty() {
+                return Err(QmpError::Closed);
+            }
+            if line.contains("\"error\"") {
                 return Err(QmpError::Refused {
                     command,
                     answer: line.chars().take(200).collect(),
@@ -132,6 +145,18 @@ mod tests {
             err.to_string().contains("refused qmp_capabilities"),
             "{err}"
         );
+        // A monitor that greets and then says nothing: bounded by the timeout.
+        let silent = dir.path().join("silent.sock");
+        let listener = tokio::net::UnixListener::bind(&silent).expect("bind");
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.expect("accept");
+            s.write_all(b"{\"QMP\": {}}\n").await.expect("w");
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        assert!(matches!(
+            system_powerdown(&silent, Duration::from_millis(300)).await,
+            Err(QmpError::Timeout(_))
+        ));
         let nobody = dir.path().join("none.sock");
         assert!(matches!(
             system_powerdown(&nobody, Duration::from_secs(1)).await,

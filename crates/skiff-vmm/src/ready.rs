@@ -45,8 +45,8 @@ pub const GREETING_WAIT: Duration = Duration::from_secs(2);
 /// The longest console line kept while looking for a match: a guest that
 /// prints without newlines cannot make the daemon hold more.
 const LINE_MAX: usize = 4096;
-/// How much console is read per poll.
-const READ_CHUNK: u64 = 64 * 1024;
+/// How much console is read per poll (every 100 ms).
+const POLL_MAX: u64 = 1024 * 1024;
 
 /// Follows a console log from an offset, line by line.
 #[derive(Debug)]
@@ -67,44 +67,65 @@ impl ConsoleWatch {
         }
     }
 
-    /// Read what is new; true when a line matched.
+    /// Read what is new (up to [`POLL_MAX`] bytes, so one poll stays
+    /// short and a chatty guest is still read faster than it can print);
+    /// true when a line matched.
     pub fn poll(&mut self, pattern: &regex::Regex) -> bool {
-        let Ok(mut f) = std::fs::File::open(&self.path) else {
-            return false;
-        };
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let len = std::fs::metadata(&self.path).map_or(0, |m| m.len());
         if len < self.offset {
-            // The log was cut back to its tail (console::bound): go on
-            // from its new start.
+            // The log was cut back (console::trim): what was not read yet
+            // is at the end of console.log.1, the log goes on from 0.
             self.offset = 0;
             self.line.clear();
-        }
-        if f.seek(SeekFrom::Start(self.offset)).is_err() {
-            return false;
-        }
-        let mut buf = Vec::new();
-        let Ok(n) = f.take(READ_CHUNK).read_to_end(&mut buf) else {
-            return false;
-        };
-        self.offset += n as u64;
-        for &b in &buf {
-            if b == b'\n' {
-                if self.matches(pattern) {
-                    return true;
-                }
-                self.line.clear();
-            } else if self.line.len() < LINE_MAX {
-                self.line.push(b);
+            let kept = self.path.with_extension("log.1");
+            if scan(&kept, 0, POLL_MAX, &mut self.line, pattern).1 {
+                return true;
             }
+            self.line.clear();
         }
-        // The unfinished line: a prompt has no newline after it.
-        self.matches(pattern)
+        let (read, found) = scan(&self.path, self.offset, POLL_MAX, &mut self.line, pattern);
+        self.offset += read;
+        found
     }
+}
 
-    fn matches(&self, pattern: &regex::Regex) -> bool {
-        let text = String::from_utf8_lossy(&self.line);
-        pattern.is_match(text.trim_end_matches('\r'))
+/// Read `path` from `offset`, at most `max` bytes, feeding lines to
+/// `pattern` (`line` carries the unfinished one across calls). Returns the
+/// bytes read and whether a line, or the unfinished last one (a prompt has
+/// no newline after it), matched.
+fn scan(
+    path: &Path,
+    offset: u64,
+    max: u64,
+    line: &mut Vec<u8>,
+    pattern: &regex::Regex,
+) -> (u64, bool) {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return (0, false);
+    };
+    if f.seek(SeekFrom::Start(offset)).is_err() {
+        return (0, false);
     }
+    let mut buf = Vec::new();
+    let Ok(n) = f.take(max).read_to_end(&mut buf) else {
+        return (0, false);
+    };
+    for &b in &buf {
+        if b == b'\n' {
+            if matches(line, pattern) {
+                return (n as u64, true);
+            }
+            line.clear();
+        } else if line.len() < LINE_MAX {
+            line.push(b);
+        }
+    }
+    (n as u64, matches(line, pattern))
+}
+
+fn matches(line: &[u8], pattern: &regex::Regex) -> bool {
+    let text = String::from_utf8_lossy(line);
+    pattern.is_match(text.trim_end_matches('\r'))
 }
 
 /// One try at a TCP readiness probe: connected (`direct`), or connected
@@ -156,14 +177,26 @@ mod tests {
     fn an_endless_console_line_is_bounded_and_a_cut_log_is_followed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("console.log");
-        std::fs::write(&log, vec![b'x'; 3 * READ_CHUNK as usize]).expect("write");
+        std::fs::write(&log, vec![b'x'; 3 * POLL_MAX as usize]).expect("write");
         let mut watch = ConsoleWatch::new(&log, 0);
         let ready = regex::Regex::new("^READY$").expect("regex");
         for _ in 0..3 {
             assert!(!watch.poll(&ready));
         }
+        assert_eq!(watch.offset, 3 * POLL_MAX);
         assert!(watch.line.len() <= LINE_MAX);
-        // The log cut back (shorter than the offset): read from its start.
+        // Cut back by console::trim while unread: the line went to
+        // console.log.1, and the log starts again.
+        std::fs::write(dir.path().join("console.log.1"), "booting\nREADY\n").expect("write");
+        std::fs::write(&log, "later\n").expect("write");
+        assert!(
+            watch.poll(&ready),
+            "the line moved to console.log.1 is seen"
+        );
+        // Cut back again, the new log holding the line itself.
+        std::fs::write(dir.path().join("console.log.1"), "nothing\n").expect("write");
+        std::fs::write(&log, vec![b'y'; 4 * POLL_MAX as usize]).expect("write");
+        let mut watch = ConsoleWatch::new(&log, 4 * POLL_MAX);
         std::fs::write(&log, "READY\n").expect("write");
         assert!(watch.poll(&ready));
     }

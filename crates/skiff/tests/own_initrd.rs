@@ -27,7 +27,7 @@ fn boot_files(d: &Daemon) -> (String, String) {
 
 #[test]
 fn a_guest_without_an_agent_is_ready_by_its_console_and_refuses_exec_clearly() {
-    let d = Daemon::start_fake_wrapped(&["--boot-timeout".into(), "3".into()], &[]);
+    let mut d = Daemon::start_fake_wrapped(&["--boot-timeout".into(), "3".into()], &[]);
     let (kernel, initrd) = boot_files(&d);
     let own = format!("kernel = {{ path = \"{kernel}\", initrd = \"{initrd}\" }}\n");
     // The fake guest prints "[fake guest] ready" on its console once it
@@ -44,15 +44,38 @@ fn a_guest_without_an_agent_is_ready_by_its_console_and_refuses_exec_clearly() {
         "{}",
         stderr(&out)
     );
-    let out = d.cli(&["cp", "old:/etc/hostname", "/tmp/never-written"]);
+    let into = tempfile::tempdir().expect("tempdir");
+    let target = into.path().join("hostname");
+    let out = d.cli(&["cp", "old:/etc/hostname", target.to_str().expect("utf8")]);
     assert_ne!(out.status.code(), Some(0));
     assert!(
         stderr(&out).contains("has no skiff agent"),
         "{}",
         stderr(&out)
     );
-    assert!(!std::path::Path::new("/tmp/never-written").exists());
-    d.ok(&["stop", "--timeout", "1", "old"]);
+    assert!(!target.exists());
+    // A new daemon adopts it, and still knows it has no agent.
+    d.kill9();
+    d.spawn();
+    assert_eq!(d.inspect("old")["state"], "running");
+    let out = d.cli(&["exec", "old", "--", "true"]);
+    assert!(
+        stderr(&out).contains("has no skiff agent"),
+        "{}",
+        stderr(&out)
+    );
+    // Stop presses the power button (QMP), which the fake guest honours
+    // at once: well before the 10 s kill.
+    let started = Instant::now();
+    d.ok(&["stop", "old"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(d
+        .ok(&["logs", "old"])
+        .contains("[fake guest] power button: powering off"));
     assert_eq!(d.fake_guests().len(), 0);
 
     // A pattern that never shows: the boot fails within the daemon's boot
@@ -290,13 +313,20 @@ fn an_mvm_contract_guest_gets_its_address_and_three_drives_the_way_mvm_gives_the
         let (dev, opts) = mount(dir);
         assert_eq!(dev, device, "{dir}: {report}");
         for want in [mode, "noexec", "nosuid", "nodev"] {
-            assert!(opts.iter().any(|o| o == want), "{dir} lacks {want}: {opts:?}");
+            assert!(
+                opts.iter().any(|o| o == want),
+                "{dir} lacks {want}: {opts:?}"
+            );
         }
     }
     assert!(lines.contains(&"secret token 6"), "{report}");
     assert!(lines.contains(&"config instance.json"), "{report}");
     let out = d.cli(&["exec", "m", "--", "true"]);
-    assert!(stderr(&out).contains("has no skiff agent"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("has no skiff agent"),
+        "{}",
+        stderr(&out)
+    );
     let started = Instant::now();
     d.ok(&["stop", "m"]);
     assert!(started.elapsed() < Duration::from_secs(45));

@@ -184,7 +184,11 @@ async fn an_mvm_guest_gets_config_secrets_and_data_drives_in_mvm_s_order_and_lab
     // vdb, vdc, vdd after the root (vda); the secrets drive even empty.
     assert_eq!(
         labels,
-        [("mvm-config", true), ("mvm-secrets", true), ("mvm-data", false)]
+        [
+            ("mvm-config", true),
+            ("mvm-secrets", true),
+            ("mvm-data", false)
+        ]
     );
     let made: Vec<String> = host
         .ops()

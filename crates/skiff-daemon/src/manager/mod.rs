@@ -37,6 +37,13 @@ pub const SYSTEM_STOP_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// How long a clean stop of `spec`'s VM may take by default.
+/// The QMP socket of a boot without skiff's agent (see
+/// [`skiff_vmm::LaunchPlan::qmp_socket`]); none for an agent's boot.
+fn booted_without_agent(run_dir: &str) -> Option<std::path::PathBuf> {
+    let qmp = Path::new(run_dir).join("qmp.sock");
+    qmp.exists().then_some(qmp)
+}
+
 pub fn stop_timeout(spec: &VmSpec) -> Duration {
     match spec.init {
         // A guest with its own initrd runs its own init (systemd, most
@@ -277,21 +284,32 @@ impl Manager {
     async fn halt(&self, rec: &VmRecord, timeout: Duration) {
         if let (Some(qemu), Some(run_dir)) = (rec.qemu, &rec.run_dir) {
             let sock = Path::new(run_dir).join("vsock.sock");
-            if qemu.is_alive() && rec.spec.has_agent() {
-                if let Ok(mut conn) =
-                    AgentConn::connect(&sock, skiff_proto::AGENT_PORT, Duration::from_secs(2)).await
-                {
-                    let _ = conn.writer.send(&Message::Shutdown).await;
+            // How this boot was made decides, not the spec (which `apply`
+            // may have changed since): a guest without an agent has QMP.
+            let qmp = booted_without_agent(run_dir);
+            let mut pressed = true;
+            match (qemu.is_alive(), qmp) {
+                (false, _) => {}
+                (true, None) => {
+                    if let Ok(mut conn) =
+                        AgentConn::connect(&sock, skiff_proto::AGENT_PORT, Duration::from_secs(2))
+                            .await
+                    {
+                        let _ = conn.writer.send(&Message::Shutdown).await;
+                    }
                 }
-            } else if qemu.is_alive() {
-                // No agent: the ACPI power button, which the guest's init
-                // turns into a clean shutdown (or ignores, and is killed).
-                let qmp = Path::new(run_dir).join("qmp.sock");
-                if let Err(e) = skiff_vmm::qmp::system_powerdown(&qmp, Duration::from_secs(2)).await
-                {
-                    tracing::warn!(vm = %rec.name, error = %e, "cannot press the power button; the VM will be killed");
+                (true, Some(qmp)) => {
+                    // The ACPI power button, which the guest's init turns
+                    // into a clean shutdown (or ignores, and is killed).
+                    if let Err(e) =
+                        skiff_vmm::qmp::system_powerdown(&qmp, Duration::from_secs(2)).await
+                    {
+                        tracing::warn!(vm = %rec.name, error = %e, "cannot press the power button; killing the VM");
+                        pressed = false;
+                    }
                 }
             }
+            let timeout = if pressed { timeout } else { Duration::ZERO };
             // Reading /proc is cheap: poll often, so a VM that powers off
             // quickly is done with quickly (a `skiff run` waits for this).
             let deadline = Instant::now() + timeout;
@@ -364,6 +382,13 @@ impl Manager {
     /// Open a connection to a running VM's agent.
     pub async fn connect(&self, name: &str) -> Result<AgentConn, ManagerError> {
         let rec = self.get(name)?;
+        let no_agent = match &rec.run_dir {
+            Some(dir) => booted_without_agent(dir).is_some(),
+            None => !rec.spec.has_agent(),
+        };
+        if no_agent {
+            return Err(Conflict::NoAgent(name.to_owned()).into());
+        }
         let (VmState::Running, Some(run_dir)) = (rec.state, &rec.run_dir) else {
             return Err(ManagerError::WrongState {
                 name: name.to_owned(),
@@ -371,9 +396,6 @@ impl Manager {
                 state: rec.state.as_str(),
             });
         };
-        if !rec.spec.has_agent() {
-            return Err(Conflict::NoAgent(name.to_owned()).into());
-        }
         let sock = Path::new(run_dir).join("vsock.sock");
         AgentConn::connect(&sock, skiff_proto::AGENT_PORT, Duration::from_secs(10))
             .await

@@ -3,8 +3,8 @@
 
 use super::{absolute, expect_str, type_name, Errs, Fields};
 use crate::{
-    DiskSource, DiskSpec, GuestProfile, InitSpec, NetMode, Protocol, ReadySpec, VmSpec, DEFAULT_TARGET,
-    MAX_READY_PATTERN,
+    DiskSource, DiskSpec, GuestProfile, InitSpec, NetMode, Protocol, ReadySpec, VmSpec,
+    DEFAULT_TARGET, MAX_READY_PATTERN,
 };
 use toml::Value;
 
@@ -189,11 +189,19 @@ pub(super) fn ready(v: &Value, p: &str, errs: &mut Errs) -> Option<ReadySpec> {
             if pattern.is_empty() || pattern.len() > MAX_READY_PATTERN {
                 errs.push(
                     &pp,
-                    format!("the pattern must have 1 to {MAX_READY_PATTERN} characters"),
+                    format!("the pattern must have 1 to {MAX_READY_PATTERN} bytes"),
                 );
                 return None;
             }
             match regex::Regex::new(pattern) {
+                // It would hold before the guest printed anything.
+                Ok(re) if re.is_match("") => {
+                    errs.push(
+                        &pp,
+                        format!("{pattern:?} matches an empty line, so it says nothing about the guest; match text the guest prints (\"login: *$\")"),
+                    );
+                    None
+                }
                 Ok(_) => Some(ReadySpec::Console(pattern.to_owned())),
                 Err(e) => {
                     let why = e.to_string();
@@ -284,7 +292,7 @@ pub(super) fn check_own_initrd(spec: &VmSpec, path: &str, errs: &mut Errs) {
         if !reachable {
             errs.push(
                 &at("ready.tcp"),
-                format!("the daemon reaches guest port {port} through a forward in user mode (forward_ports = [\"HOSTPORT:{port}\"]) or at the guest's address on a managed network (mode = \"bridge\"); add one"),
+                format!("the daemon reaches guest port {port} through a forward in user mode (forward_ports = [\"HOSTPORT:{port}\"]; there the guest's server must speak first, as SSH does) or at the guest's address on a managed network (mode = \"bridge\"); add one"),
             );
         }
     }

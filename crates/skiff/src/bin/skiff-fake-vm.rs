@@ -80,14 +80,49 @@ fn main() {
             else {
                 usage()
             };
+            if let Some(qmp) = flag("--qmp") {
+                serve_qmp(&qmp, &console);
+            }
             guest(uds, ready, console)
         }
         _ => usage(),
     }
 }
 
+/// QEMU's monitor, as much of it as skiff uses: a greeting, `{"return":
+/// {}}` to every command, and `system_powerdown` as a guest whose init
+/// honours the power button (it says so on the console and powers off).
+fn serve_qmp(path: &std::path::Path, console_path: &std::path::Path) {
+    let listener = match UnixListener::bind(path) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("skiff-fake-vm: cannot listen on {}: {e}", path.display());
+            exit(1)
+        }
+    };
+    let console_path = console_path.to_owned();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut out = &stream;
+            if out.write_all(b"{\"QMP\": {\"version\": {}}}\n").is_err() {
+                continue;
+            }
+            for line in BufReader::new(&stream).lines().map_while(Result::ok) {
+                let _ = out.write_all(b"{\"return\": {}}\n");
+                if line.contains("system_powerdown") {
+                    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&console_path)
+                    {
+                        let _ = writeln!(f, "[fake guest] power button: powering off");
+                    }
+                    exit(0);
+                }
+            }
+        }
+    });
+}
+
 fn usage() -> ! {
-    eprintln!("usage: skiff-fake-vm vsock --socket PATH | guest --uds PATH --ready PATH --console PATH [--cmdline TEXT]");
+    eprintln!("usage: skiff-fake-vm vsock --socket PATH | guest --uds PATH --ready PATH --console PATH [--cmdline TEXT] [--qmp PATH]");
     exit(2)
 }
 
