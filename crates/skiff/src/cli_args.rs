@@ -43,9 +43,11 @@ pub(crate) enum Command {
     Stop {
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
-        /// Seconds to wait for a clean power-off.
-        #[arg(short = 't', long, default_value_t = 10)]
-        timeout: u64,
+        /// Seconds to wait for a clean power-off before killing (default:
+        /// 10, or 60 for a guest with its own init, whose shutdown stops
+        /// every unit).
+        #[arg(short = 't', long)]
+        timeout: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -704,7 +706,10 @@ mod tests {
     fn lifecycle_verbs_take_several_names() {
         match parse(&["stop", "-t", "3", "a", "b"]).expect("stop").command {
             Command::Stop { names, timeout, .. } => {
-                assert_eq!((names, timeout), (vec!["a".to_owned(), "b".into()], 3))
+                assert_eq!(
+                    (names, timeout),
+                    (vec!["a".to_owned(), "b".into()], Some(3))
+                )
             }
             _ => panic!("not stop"),
         }

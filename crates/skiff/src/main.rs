@@ -237,7 +237,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             timeout,
             json,
         } => {
-            let query = format!("?timeout={timeout}");
+            let query = timeout.map(|t| format!("?timeout={t}")).unwrap_or_default();
             cli_vm::lifecycle(&client(), "stop", &names, &query, json).await
         }
         Command::Restart { names, json } => {
