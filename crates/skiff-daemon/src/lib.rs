@@ -16,6 +16,7 @@ pub mod http;
 pub mod image;
 pub mod manager;
 pub mod metrics;
+pub mod modules_drive;
 pub mod netstore;
 pub mod paths;
 pub mod poolstore;

@@ -84,6 +84,7 @@ impl Manager {
     ) -> Result<(), BootError> {
         let spec = &rec.spec;
         crate::drives::check_sources(spec)?;
+        let mut modules_dir = None;
         let boot_files = match (
             spec.own_initrd(),
             spec.kernel.as_ref().and_then(|k| k.path.clone()),
@@ -98,6 +99,7 @@ impl Manager {
                 let guest = tokio::task::spawn_blocking(move || image::prepare(&choice, true))
                     .await
                     .map_err(BootError::ImageTask)??;
+                modules_dir = guest.kernel.modules_dir;
                 (guest.kernel.image, guest.initrd)
             }
         };
@@ -130,8 +132,19 @@ impl Manager {
                 Some(prepared)
             }
         };
-        let boot_drives = crate::drives::prepare(self.host.as_ref(), &self.paths, rec, &vm_dir)
+        let mut boot_drives = crate::drives::prepare(self.host.as_ref(), &self.paths, rec, &vm_dir)
             .map_err(BootError::Drives)?;
+        // The guest's own init runs skiff's kernel: its modules come along.
+        if let (skiff_spec::InitSpec::System { .. }, Some(dir)) = (&spec.init, &modules_dir) {
+            let (host, dir) = (self.host.clone(), dir.clone());
+            let drive = tokio::task::spawn_blocking(move || {
+                crate::modules_drive::ensure(host.as_ref(), &dir)
+            })
+            .await
+            .map_err(BootError::ImageTask)?
+            .map_err(BootError::Drives)?;
+            boot_drives.drives.push(drive);
+        }
         // The secrets image goes away as soon as this boot no longer needs
         // the file: QEMU keeps it open, so it lives exactly as long as the VM.
         let _secrets = SecretsImage(boot_drives.secrets_image.clone());
