@@ -79,6 +79,32 @@ fn systemd_guests_boot_from_shared_disks_stop_cleanly_and_keep_what_they_should(
         "absent\n"
     );
 
+    // Services are units of the guest's init, as many as it likes: one
+    // that fails and one that ends leave the VM and the others running.
+    sh(
+        &d,
+        "dev",
+        "systemd-run -q --unit=lasting sleep 600 && systemd-run -q --unit=brief true && \
+         systemd-run -q --unit=broken sh -c 'exit 3'",
+    );
+    d.wait_for(
+        "the failing unit to fail",
+        std::time::Duration::from_secs(30),
+        || {
+            d.cli(&["exec", "dev", "--", "systemctl", "is-failed", "broken"])
+                .status
+                .success()
+        },
+    );
+    assert_eq!(sh(&d, "dev", "systemctl is-active lasting"), "active\n");
+    assert_eq!(d.inspect("dev")["state"], "running");
+    // Its console is the kernel's and systemd's, as `skiff logs` shows.
+    let console = d.ok(&["logs", "dev"]);
+    assert!(
+        console.contains("handing PID 1 to /sbin/init") && console.contains("login:"),
+        "{console}"
+    );
+
     // A clean stop through systemd: the next boot finds no journal to
     // replay, and the dev box's file is still there.
     assert_eq!(d.ok(&["stop", "dev"]), "dev stopped\n");
