@@ -172,3 +172,66 @@ fn bad_root_disks_are_named_and_leave_nothing_running() {
     );
     d.ok(&["rm", "-f", "gone", "blank"]);
 }
+
+/// A raw disk with an MBR partition table as cloud images have one: a small
+/// partition without a filesystem (an EFI system partition's place) first,
+/// then the root as ext4 made from `root`.
+fn partitioned_disk(root: &str, out: &std::path::Path) {
+    const SECTOR: u64 = 512;
+    let total: u64 = 1536 * 1024 * 1024 / SECTOR;
+    let (efi_start, efi_len, root_start) = (2048u64, 2048u64, 4096u64);
+    let entry = |kind: u8, start: u64, len: u64| {
+        let mut e = vec![0u8, 0xfe, 0xff, 0xff, kind, 0xfe, 0xff, 0xff];
+        e.extend_from_slice(&(start as u32).to_le_bytes());
+        e.extend_from_slice(&(len as u32).to_le_bytes());
+        e
+    };
+    let mut mbr = vec![0u8; 512];
+    mbr[446..462].copy_from_slice(&entry(0xef, efi_start, efi_len));
+    mbr[462..478].copy_from_slice(&entry(0x83, root_start, total - root_start));
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    let f = std::fs::File::create(out).expect("disk");
+    f.set_len(total * SECTOR).expect("size");
+    std::os::unix::fs::FileExt::write_all_at(&f, &mbr, 0).expect("mbr");
+    let out_path = out.to_str().expect("utf8");
+    let made = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E"])
+        .arg(format!("offset={}", root_start * SECTOR))
+        .args(["-d", root, out_path])
+        .arg(format!("{}k", (total - root_start) * SECTOR / 1024))
+        .output()
+        .expect("mkfs.ext4");
+    assert!(made.status.success(), "{}", stderr(&made));
+}
+
+#[test]
+fn a_disk_with_a_partition_table_boots_from_its_ext4_partition() {
+    let d = Daemon::start();
+    d.ok(&["image", "build", "-f", &recipe("systemd")]);
+    let images: serde_json::Value =
+        serde_json::from_str(&d.ok(&["image", "ls", "--json"])).expect("json");
+    let root = images
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == "systemd"))
+        .and_then(|i| i["root"].as_str())
+        .expect("the image's root")
+        .to_owned();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = dir.path().join("cloud.raw");
+    partitioned_disk(&root, &disk);
+    d.boot(
+        "cloud",
+        &format!(
+            "[vm.cloud]\nmemory = 512\ndisk = \"{}\"\ninit = \"system\"\n",
+            disk.display()
+        ),
+    );
+    assert_eq!(
+        sh(&d, "cloud", "findmnt -n -o SOURCE,FSTYPE /"),
+        "/dev/vda2 ext4\n"
+    );
+    assert_eq!(sh(&d, "cloud", "cat /proc/1/comm"), "systemd\n");
+    d.ok(&["rm", "-f", "cloud"]);
+    assert_eq!(d.qemu_count(), 0);
+}
