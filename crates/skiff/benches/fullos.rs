@@ -4,6 +4,10 @@
 //! - boot: `skiff start` of a systemd dev box (images/devbox.toml, root
 //!   disk, `init = "system"`, ready at multi-user.target) ÷ `skiff start`
 //!   of an agent-as-init VM of the same kernel and size;
+//! - trimming: the dev box as shipped (Docker socket-activated, no
+//!   e2scrub_reap) ÷ the same image booted with those units wanted at boot
+//!   again (`systemd.wants=` on the kernel command line), as it booted
+//!   before the image was trimmed;
 //! - command round trip: `skiff exec dev -- true` ÷ `ssh dev true` into the
 //!   same running guest (key login through a user-mode port forward).
 //!
@@ -36,6 +40,9 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
+/// The units the dev-box image no longer starts at boot, wanted again.
+const UNTRIMMED: &str = "\"systemd.wants=docker.service\", \"systemd.wants=containerd.service\", \"systemd.wants=e2scrub_reap.service\"";
+
 fn main() {
     let runs = arg("--runs", 3) as usize;
     let execs = arg("--execs", 10) as usize;
@@ -64,7 +71,7 @@ fn main() {
         .map(|a| a.port())
         .expect("port");
     let spec = format!(
-        "[vm.dev]\nmemory = 512\ndisk = {{ image = \"devbox\" }}\ninit = \"system\"\nnetwork = \"user\"\nforward_ports = [\"127.0.0.1:{port}:22\"]\n[[vm.dev.users]]\nname = \"me\"\nssh_authorized_keys = [\"{}\"]\n\n[vm.agent]\nmemory = 512\n",
+        "[vm.dev]\nmemory = 512\ndisk = {{ image = \"devbox\" }}\ninit = \"system\"\nnetwork = \"user\"\nforward_ports = [\"127.0.0.1:{port}:22\"]\n[[vm.dev.users]]\nname = \"me\"\nssh_authorized_keys = [\"{}\"]\n\n[vm.agent]\nmemory = 512\n\n[vm.untrimmed]\nmemory = 512\ndisk = {{ image = \"devbox\" }}\ninit = \"system\"\nkernel = {{ params = [{UNTRIMMED}] }}\n",
         public.trim()
     );
     let file = d.work.path().join("bench.toml");
@@ -76,9 +83,13 @@ fn main() {
         "create",
     );
 
-    let (mut full, mut agent) = (Vec::new(), Vec::new());
+    let (mut full, mut agent, mut untrimmed) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..runs {
-        for (vm, samples) in [("dev", &mut full), ("agent", &mut agent)] {
+        for (vm, samples) in [
+            ("untrimmed", &mut untrimmed),
+            ("dev", &mut full),
+            ("agent", &mut agent),
+        ] {
             samples.push(timed(d.cmd(&["start", vm]), "start"));
             if !(vm == "dev" && i + 1 == runs) {
                 ok(d.cmd(&["stop", vm]).output().expect("stop"), "stop");
@@ -115,13 +126,15 @@ fn main() {
         sshs.push(timed(ssh(), "ssh"));
     }
     let (f, a) = (median(&mut full), median(&mut agent));
+    let u = median(&mut untrimmed);
     let (e, s) = (median(&mut exec), median(&mut sshs));
     println!("boot to ready (median of {runs}): systemd dev box {f:.2} s, agent-as-init {a:.2} s, ratio {:.2}", f / a);
+    println!("trimming (median of {runs}): dev box as shipped {f:.2} s, with docker/containerd/e2scrub_reap at boot {u:.2} s, ratio {:.2}; untrimmed ÷ agent-as-init {:.2}", f / u, u / a);
     println!(
         "command round trip (median of {execs}): skiff exec {:.1} ms, ssh {:.1} ms, ratio {:.3}",
         e * 1000.0,
         s * 1000.0,
         e / s
     );
-    let _ = d.cmd(&["rm", "-f", "dev", "agent"]).output();
+    let _ = d.cmd(&["rm", "-f", "dev", "agent", "untrimmed"]).output();
 }

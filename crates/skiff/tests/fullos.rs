@@ -235,3 +235,68 @@ fn a_disk_with_a_partition_table_boots_from_its_ext4_partition() {
     d.ok(&["rm", "-f", "cloud"]);
     assert_eq!(d.qemu_count(), 0);
 }
+
+#[test]
+fn a_root_without_an_init_and_a_qcow2_without_its_backing_file_are_named() {
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A disk of data, not an operating system: no /sbin/init on it.
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("etc")).expect("root");
+    std::fs::write(root.join("etc/hostname"), "data\n").expect("file");
+    let noinit = dir.path().join("noinit.raw");
+    let made = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&root)
+        .arg(&noinit)
+        .arg("64M")
+        .output()
+        .expect("mkfs.ext4");
+    assert!(made.status.success(), "{}", stderr(&made));
+    let file = d.write_spec(
+        "noinit.toml",
+        &format!(
+            "[vm.noinit]\ndisk = \"{}\"\ninit = \"system\"\n",
+            noinit.display()
+        ),
+    );
+    d.ok(&["create", "-f", file.to_str().expect("utf8")]);
+    let out = d.cli(&["start", "noinit"]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = stderr(&out);
+    assert!(
+        err.contains("/sbin/init") && err.contains("is systemd installed in the image?"),
+        "{err}"
+    );
+    assert_eq!(d.qemu_count(), 0);
+
+    // A qcow2 whose backing file was deleted: named before QEMU starts,
+    // and no layer is left for the VM.
+    let orphan = dir.path().join("orphan.qcow2");
+    let vanished = dir.path().join("vanished.raw");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-u", "-b"])
+        .arg(&vanished)
+        .arg(&orphan)
+        .arg("64M")
+        .output()
+        .expect("qemu-img");
+    assert!(made.status.success(), "{}", stderr(&made));
+    let file = d.write_spec(
+        "orphan.toml",
+        &format!(
+            "[vm.orphan]\ndisk = \"{}\"\ninit = \"system\"\n",
+            orphan.display()
+        ),
+    );
+    d.ok(&["create", "-f", file.to_str().expect("utf8")]);
+    let out = d.cli(&["start", "orphan"]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = stderr(&out);
+    assert!(
+        err.contains("root disk") && err.contains("vanished.raw"),
+        "{err}"
+    );
+    assert_eq!(d.qemu_count(), 0);
+    assert!(!d.state().join("vms/orphan/root.qcow2").exists());
+}
