@@ -41,12 +41,22 @@ pub fn mount_from_cmdline(cmdline: &str) {
     let mut pending = wanted;
     loop {
         let labels = block_device_labels();
-        pending.retain(|m| match labels.iter().find(|(_, l)| *l == m.label) {
-            Some((dev, _)) => {
-                mount_one(dev, m);
-                false
+        pending.retain(|m| {
+            let mut found = labels.iter().filter(|(_, l)| *l == m.label);
+            match (found.next(), found.next()) {
+                (Some((dev, _)), None) => {
+                    mount_one(dev, m);
+                    false
+                }
+                (Some((a, _)), Some((b, _))) => {
+                    crate::problem(format!(
+                        "two drives are labelled {:?} ({a} and {b}); not mounting either at {}",
+                        m.label, m.target
+                    ));
+                    false
+                }
+                (None, _) => true,
             }
-            None => true,
         });
         if pending.is_empty() || Instant::now() > deadline {
             break;
@@ -67,9 +77,17 @@ fn block_device_labels() -> Vec<(String, String)> {
         return Vec::new();
     };
     let mut out = Vec::new();
+    // The host's drives are whole disks; the root disk (and its
+    // partitions, which the image's author labelled) is not one of them.
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let root_serial = crate::rootdisk::wanted(&cmdline).map(str::to_owned);
     for e in entries.filter_map(Result::ok) {
         let name = e.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("vd") {
+        if !name.starts_with("vd") || e.path().join("partition").exists() {
+            continue;
+        }
+        let serial = std::fs::read_to_string(e.path().join("serial")).unwrap_or_default();
+        if root_serial.as_deref().is_some_and(|r| serial.trim() == r) {
             continue;
         }
         let dev = format!("/dev/{name}");

@@ -74,8 +74,7 @@ struct Partition {
     sectors: u64,
 }
 
-/// The disk's partitions, from /sys/block/DISK/DISKn (waiting a moment for
-/// the kernel to read the table).
+/// The disk's partitions, from /sys/block/DISK/DISKn.
 fn partitions(disk: &std::path::Path) -> Vec<Partition> {
     let Some(name) = disk.file_name().map(|n| n.to_string_lossy().into_owned()) else {
         return Vec::new();
@@ -110,17 +109,24 @@ fn pick_root(
     if is_ext4(disk) {
         return Some(disk.to_owned());
     }
+    // The largest; of equal ones, the first by name (vda1 before vda2).
     parts
         .iter()
         .filter(|p| is_ext4(&p.dev))
-        .max_by_key(|p| p.sectors)
+        .max_by(|a, b| a.sectors.cmp(&b.sectors).then_with(|| b.dev.cmp(&a.dev)))
         .map(|p| p.dev.clone())
 }
 
 fn try_switch(serial: &str) -> Result<(), String> {
     let disk = find_device(serial)
         .ok_or_else(|| format!("no block device with serial {serial:?} appeared"))?;
-    let parts = partitions(&disk);
+    // The kernel lists a table's partitions a moment after the disk.
+    let mut parts = partitions(&disk);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while parts.is_empty() && !is_ext4(&disk) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        parts = partitions(&disk);
+    }
     let dev = pick_root(&disk, &parts, is_ext4).ok_or_else(|| {
         let what = if parts.is_empty() {
             "it holds no ext4 filesystem and no partition table".to_owned()
@@ -180,10 +186,12 @@ mod tests {
         // A cloud image: BIOS boot and EFI (vfat) beside the ext4 root.
         let ext4 = |p: &Path| p == Path::new("/dev/vda1");
         assert_eq!(pick_root(disk, &cloud, ext4), Some("/dev/vda1".into()));
-        // Two ext4 partitions: the larger one.
+        // Two ext4 partitions: the larger one; of equal ones, the first.
         let two = [part("/dev/vda1", 1000), part("/dev/vda2", 5000)];
         let both = |p: &Path| p != disk;
         assert_eq!(pick_root(disk, &two, both), Some("/dev/vda2".into()));
+        let equal = [part("/dev/vda2", 5000), part("/dev/vda1", 5000)];
+        assert_eq!(pick_root(disk, &equal, both), Some("/dev/vda1".into()));
         // ext4 straight on the disk wins.
         assert_eq!(pick_root(disk, &two, |_| true), Some(disk.to_owned()));
         assert_eq!(pick_root(disk, &cloud, |_| false), None);

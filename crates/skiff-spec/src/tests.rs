@@ -406,13 +406,15 @@ fn an_mvm_guest_brings_its_kernel_initrd_and_root_disk() {
             "ext4 on /dev/vda",
         ),
         ("guest = \"firecracker\"\n", "unknown guest contract"),
+        (
+            "guest = \"mvm\"\nkernel = { path = \"/k\", initrd = \"/i\" }\ndisk = \"/r\"\nvolumes = [{ name = \"v\", target = \"/v\" }]\n",
+            "/dev/vdd",
+        ),
     ] {
         let text = format!("[vm.m]\n{body}");
         let errs = parse_file(&text).expect_err(&text).to_string();
-        assert!(
-            errs.contains("vm.m.guest: ") && errs.contains(want),
-            "{text}: {errs}"
-        );
+        let at_field = errs.contains("vm.m.guest: ") || errs.contains("vm.m.volumes: ");
+        assert!(at_field && errs.contains(want), "{text}: {errs}");
     }
 }
 

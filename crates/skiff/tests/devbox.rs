@@ -198,6 +198,13 @@ sudo = true
         "lsmod | cut -d ' ' -f 1 | grep -c -x -e overlay -e bridge -e veth",
     ]);
     assert_eq!(stdout(&out), "3\n", "{}", stderr(&out));
+    // They came from the read-only modules drive, which root cannot change.
+    let out = ssh(
+        &key,
+        port,
+        "findmnt -n -o OPTIONS /lib/modules/$(uname -r) | cut -d , -f 1; sudo -n touch /lib/modules/$(uname -r)/x 2>/dev/null && echo WROTE || echo refused",
+    );
+    assert_eq!(stdout(&out), "ro\nrefused\n", "{}", stderr(&out));
 
     // /home is a volume: the VM removed and made again (a new root layer),
     // the user's files are still there.

@@ -134,20 +134,23 @@ impl Manager {
         };
         let mut boot_drives = crate::drives::prepare(self.host.as_ref(), &self.paths, rec, &vm_dir)
             .map_err(BootError::Drives)?;
+        // The secrets image goes away as soon as this boot no longer needs
+        // the file: QEMU keeps it open, so it lives exactly as long as the VM.
+        let _secrets = SecretsImage(boot_drives.secrets_image.clone());
         // The guest's own init runs skiff's kernel: its modules come along.
         if let (skiff_spec::InitSpec::System { .. }, Some(dir)) = (&spec.init, &modules_dir) {
             let (host, dir) = (self.host.clone(), dir.clone());
+            let cache = paths::cache_dir()
+                .map_err(BootError::Cache)?
+                .join("modules");
             let drive = tokio::task::spawn_blocking(move || {
-                crate::modules_drive::ensure(host.as_ref(), &dir)
+                crate::modules_drive::ensure(host.as_ref(), &dir, &cache)
             })
             .await
             .map_err(BootError::ImageTask)?
             .map_err(BootError::Drives)?;
             boot_drives.drives.push(drive);
         }
-        // The secrets image goes away as soon as this boot no longer needs
-        // the file: QEMU keeps it open, so it lives exactly as long as the VM.
-        let _secrets = SecretsImage(boot_drives.secrets_image.clone());
         let host = Host::here(
             boot_files,
             decision.accel,

@@ -240,6 +240,12 @@ pub(super) fn check_own_initrd(spec: &VmSpec, path: &str, errs: &mut Errs) {
                 "an mvm guest's root is ext4 on /dev/vda: add disk = { image = \"NAME\" } or disk = \"/path/root.img\"",
             );
         }
+        if !spec.volumes.is_empty() && spec.data.is_none() {
+            errs.push(
+                &at("volumes"),
+                "an mvm guest finds its data drive as /dev/vdd, where the first volume would go without one: add data = { target = \"/mnt/data\", size = \"1G\" }",
+            );
+        }
     }
     if spec.has_agent() {
         if spec.ready.is_some() {
