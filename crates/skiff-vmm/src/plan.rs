@@ -429,25 +429,31 @@ fn path_arg(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// A command line's first words, and the TSC workaround under TCG.
+fn base_args(cfg: &VmConfig, words: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = words.iter().map(|s| (*s).to_owned()).collect();
+    if cfg.accel == Accel::Tcg {
+        args.push(TCG_TSC_KHZ.into());
+    }
+    args
+}
+
 /// The kernel command line for a VM.
 pub fn kernel_cmdline(cfg: &VmConfig) -> String {
     if cfg.init == GuestInit::Mvm {
         return mvm_cmdline(cfg);
     }
-    let mut args: Vec<String> = [
-        "console=ttyS0",
-        "quiet",
-        "panic=-1",
-        "pci=off",
-        "8250.nr_uarts=1",
-        "random.trust_cpu=on",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    if cfg.accel == Accel::Tcg {
-        args.push(TCG_TSC_KHZ.into());
-    }
+    let mut args = base_args(
+        cfg,
+        &[
+            "console=ttyS0",
+            "quiet",
+            "panic=-1",
+            "pci=off",
+            "8250.nr_uarts=1",
+            "random.trust_cpu=on",
+        ],
+    );
     if cfg.init == GuestInit::Own {
         // The leased address, in the form the guest's own tools know.
         args.extend(cfg.tap.as_ref().and_then(|t| t.ip_arg()));
@@ -504,23 +510,20 @@ fn own_root_and_params(cfg: &VmConfig) -> Vec<String> {
 /// mvm's command line (seed 000's `boot.kernelParams`, as mvm's host passes
 /// them to Firecracker), the guest's address, then the spec's parameters.
 fn mvm_cmdline(cfg: &VmConfig) -> String {
-    let mut args: Vec<String> = [
-        "console=ttyS0",
-        "reboot=k",
-        "panic=1",
-        "net.ifnames=0",
-        "8250.nr_uarts=1",
-        "quiet",
-        "loglevel=4",
-        "pci=off",
-        "random.trust_cpu=on",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    if cfg.accel == Accel::Tcg {
-        args.push(TCG_TSC_KHZ.into());
-    }
+    let mut args = base_args(
+        cfg,
+        &[
+            "console=ttyS0",
+            "reboot=k",
+            "panic=1",
+            "net.ifnames=0",
+            "8250.nr_uarts=1",
+            "quiet",
+            "loglevel=4",
+            "pci=off",
+            "random.trust_cpu=on",
+        ],
+    );
     let address = match (&cfg.tap, &cfg.net) {
         (Some(tap), _) => Some((tap.address.clone(), tap.gateway.clone())),
         (None, Some(_)) => Some((USER_NET_GUEST.to_owned(), USER_NET_GATEWAY.to_owned())),
