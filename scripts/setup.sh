@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
 VIRTIOFSD_VERSION=1.14.0
+CARGO_DEB_VERSION=3.8.0
 # libseccomp-dev and libcap-ng-dev are build dependencies of virtiofsd.
 PACKAGES=(qemu-system-x86 qemu-utils openssh-client busybox-static cpio e2fsprogs kmod ca-certificates libseccomp-dev libcap-ng-dev debootstrap nftables iproute2 curl openssl docker-registry skopeo umoci apache2-utils systemd)
 
@@ -54,6 +55,12 @@ fi
 if ! virtiofsd --version 2>/dev/null | grep -q "$VIRTIOFSD_VERSION"; then
   say "building virtiofsd $VIRTIOFSD_VERSION (once; about 2 minutes)"
   cargo install --locked --quiet virtiofsd --version "$VIRTIOFSD_VERSION"
+fi
+
+# 3d. cargo-deb, which scripts/package-deb.sh builds the Debian package with.
+if ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
+  say "building cargo-deb $CARGO_DEB_VERSION (once; about 2 minutes)"
+  cargo install --locked --quiet cargo-deb --version "$CARGO_DEB_VERSION"
 fi
 
 # 3c. The Python SDK (sdk/python) and pytest, which its tests use; the proxy

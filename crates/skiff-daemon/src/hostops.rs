@@ -27,6 +27,12 @@ pub enum HostError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot put the VM's processes in their systemd scope {name}")]
+    Scope {
+        name: String,
+        #[source]
+        source: skiff_vmm::scope::ScopeError,
+    },
     #[error("cannot make the copy-on-write disk {}", path.display())]
     Overlay {
         path: PathBuf,
@@ -87,24 +93,78 @@ pub trait HostOps: Send + Sync {
     ) -> Result<(), HostError>;
 }
 
+/// Where a VM's limits go.
+#[derive(Debug)]
+pub enum LimitPlace {
+    /// A cgroup of its own under the daemon's (no systemd as init).
+    Cgroups(Hierarchy),
+    /// A transient systemd scope per VM (systemd is init): outside the
+    /// daemon's service, so VMs outlive its restart.
+    Scopes,
+    /// No usable cgroups: limits are off (said at start).
+    Off,
+}
+
 /// The host itself.
 pub struct LinuxHost {
-    /// Where VMs get their cgroups; None: no usable cgroups (limits off).
-    pub cgroups: Option<Hierarchy>,
+    pub limits: LimitPlace,
+    /// The scopes this daemon has started (later processes are attached).
+    scopes_started: Mutex<std::collections::HashSet<String>>,
 }
 
 impl LinuxHost {
-    pub fn detect() -> LinuxHost {
+    pub fn new(limits: LimitPlace) -> LinuxHost {
         LinuxHost {
-            cgroups: skiff_vmm::cgroup::detect(),
+            limits,
+            scopes_started: Mutex::default(),
         }
     }
 
+    pub fn detect() -> LinuxHost {
+        let root = nix::unistd::geteuid().is_root();
+        let place = if skiff_vmm::scope::systemd_manages_cgroups(
+            Path::new("/run/systemd/system"),
+            root,
+        ) {
+            tracing::info!("systemd is init: each VM runs in a scope of its own (skiff-vm-ID.scope)");
+            LimitPlace::Scopes
+        } else if let Some(h) = skiff_vmm::cgroup::detect() {
+            LimitPlace::Cgroups(h)
+        } else {
+            tracing::warn!("no writable cgroup with the memory and cpu controllers: VMs run without host memory and CPU limits");
+            LimitPlace::Off
+        };
+        LinuxHost::new(place)
+    }
+
     fn cgroup(&self, name: &str) -> Option<VmCgroup> {
-        let h = self.cgroups.as_ref()?;
+        let LimitPlace::Cgroups(h) = &self.limits else {
+            return None;
+        };
         // The directories do not depend on the limits.
         let (dirs, _) = skiff_vmm::cgroup::plan(h, name, &Limits::for_vm(64, 1));
         Some(VmCgroup { dirs })
+    }
+
+    fn scope(&self, name: &str, limits: &Limits, pids: &[i32]) -> Result<(), HostError> {
+        use skiff_vmm::scope;
+        let unit = scope::unit_name(name);
+        let mut started = self
+            .scopes_started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let result = if started.contains(&unit) {
+            scope::run(&scope::attach_call(scope::bus(), &unit, pids), "attaching processes", &unit)
+        } else {
+            let call = scope::start_call(scope::bus(), &unit, &format!("skiff VM {name}"), pids, limits);
+            scope::run(&call, "a scope", &unit).map(|()| {
+                started.insert(unit.clone());
+            })
+        };
+        result.map_err(|source| HostError::Scope {
+            name: unit,
+            source,
+        })
     }
 }
 
@@ -173,8 +233,10 @@ impl HostOps for LinuxHost {
     }
 
     fn create_cgroup(&self, name: &str, limits: &Limits, pids: &[i32]) -> Result<(), HostError> {
-        let Some(h) = &self.cgroups else {
-            return Ok(());
+        let h = match &self.limits {
+            LimitPlace::Cgroups(h) => h,
+            LimitPlace::Scopes => return self.scope(name, limits, pids),
+            LimitPlace::Off => return Ok(()),
         };
         let err = |source| HostError::Cgroup {
             name: name.to_owned(),
@@ -188,6 +250,12 @@ impl HostOps for LinuxHost {
     }
 
     fn remove_cgroup<'a>(&'a self, name: &'a str) -> HostFuture<'a, ()> {
+        // systemd removes an emptied scope by itself; the VM's next boot
+        // starts a new one.
+        self.scopes_started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&skiff_vmm::scope::unit_name(name));
         Box::pin(async move {
             let Some(cg) = self.cgroup(name) else {
                 return Ok(());

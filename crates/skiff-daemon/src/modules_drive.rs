@@ -166,7 +166,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let src = tree(dir.path(), "k");
         let cache = dir.path().join("cache");
-        let host = crate::hostops::LinuxHost { cgroups: None };
+        let host = crate::hostops::LinuxHost::new(crate::hostops::LimitPlace::Off);
         // Two boots at once: both get the one image, nothing else is left.
         let (one, two) = std::thread::scope(|s| {
             let a = s.spawn(|| ensure(&host, &src, &cache));

@@ -217,12 +217,24 @@ pub fn vsock_backend() -> PathBuf {
     helper("vhost-device-vsock", "SKIFF_VSOCK_BACKEND")
 }
 
-/// A helper program: `$ENV_VAR`, `PATH`, or where `cargo install` puts it.
+/// Where skiff's own files are installed: by hand (docs/daemon.md), or by
+/// the Debian package, which also carries the helpers.
+const LIB_DIRS: [&str; 2] = ["/usr/local/lib/skiff", "/usr/lib/skiff"];
+
+/// A helper program: `$ENV_VAR`, `PATH`, skiff's lib directories, or
+/// where `cargo install` puts it.
 pub fn helper(name: &str, env_var: &str) -> PathBuf {
     if let Some(p) = env::var_os(env_var).filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
     if let Some(p) = which(name) {
+        return p;
+    }
+    if let Some(p) = LIB_DIRS
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| is_executable(p))
+    {
         return p;
     }
     let cargo_home = env::var_os("CARGO_HOME")
@@ -258,8 +270,7 @@ pub fn agent_binary() -> Result<PathBuf, PathError> {
             }
         }
     }
-    candidates.push(PathBuf::from("/usr/local/lib/skiff/skiff-agent"));
-    candidates.push(PathBuf::from("/usr/lib/skiff/skiff-agent"));
+    candidates.extend(LIB_DIRS.iter().map(|d| Path::new(d).join("skiff-agent")));
     // A host (dynamically linked) build of the agent can sit next to skiff
     // after `cargo build --workspace`; only a static one can run as /init.
     let usable = |p: &PathBuf| {

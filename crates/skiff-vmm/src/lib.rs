@@ -13,6 +13,7 @@ pub mod process;
 pub mod qmp;
 pub mod ready;
 pub mod running;
+pub mod scope;
 pub mod setid_filter;
 pub mod tap;
 pub mod usernet;

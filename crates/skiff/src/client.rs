@@ -98,6 +98,14 @@ impl Client {
 
     /// Refuse a socket that neither this user nor root owns: whoever made
     /// it would see every request (and could answer them).
+    /// Whether the daemon on the socket runs as this user, and so (with
+    /// this environment) shares this user's cache. The system daemon (a
+    /// group member's, or root's under systemd) keeps its own.
+    pub fn socket_is_mine(&self) -> bool {
+        std::fs::symlink_metadata(&self.socket)
+            .is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw())
+    }
+
     fn check_socket_owner(&self) -> Result<()> {
         let Ok(meta) = std::fs::symlink_metadata(&self.socket) else {
             return Ok(()); // nothing there yet: connecting says so

@@ -83,16 +83,19 @@ async fn run_body(a: RunArgs, forward_stdin: bool) -> Result<run_spec::RunBody> 
 async fn run_via_daemon(a: RunArgs) -> Result<i32> {
     let forward_stdin = a.interactive || !std::io::IsTerminal::is_terminal(&std::io::stdin());
     let body = run_body(a, forward_stdin).await?;
-    // Build the image here, where the user sees the progress; the daemon
-    // then finds it in the shared cache.
-    let choice = image::KernelChoice {
-        kernel: body.kernel.clone(),
-        modules: body.modules.clone(),
-    };
-    let quiet = body.quiet;
-    tokio::task::spawn_blocking(move || image::prepare(&choice, quiet)).await??;
     let client = client::Client::new(paths::socket_path());
     client.ensure_daemon().await?;
+    // The user's own daemon shares this cache: build the image here, where
+    // the user sees the progress. Another user's daemon (the system's)
+    // builds in its own cache.
+    if client.socket_is_mine() {
+        let choice = image::KernelChoice {
+            kernel: body.kernel.clone(),
+            modules: body.modules.clone(),
+        };
+        let quiet = body.quiet;
+        tokio::task::spawn_blocking(move || image::prepare(&choice, quiet)).await??;
+    }
     cli_vm::exec_stream(
         &client,
         "/v1/run",
