@@ -91,7 +91,12 @@ as_root install -d "$share/man/man1"
 as_root install -m 0644 "$completions"/man/*.1 "$share/man/man1/"
 rm -rf "$completions"
 
+# 4c. The Debian package (target/debian/skiff_VERSION-1_amd64.deb), which
+#     the README installs; tests/package.rs installs and removes it.
+say "building the Debian package"
+deb=$(scripts/package-deb.sh)
+
 # 5. The default guest image: Debian's cloud kernel plus an initramfs with the agent.
 say "preparing the default guest image"
 target/release/skiff image prepare
-say "ready: target/release/skiff run -- uname -a"
+say "ready: sudo apt-get install ./$deb (then: skiff run -- uname -a), or without it: target/release/skiff run -- uname -a"

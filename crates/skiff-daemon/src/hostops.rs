@@ -126,7 +126,9 @@ impl LinuxHost {
             Path::new("/run/systemd/system"),
             root,
         ) {
-            tracing::info!("systemd is init: each VM runs in a scope of its own (skiff-vm-ID.scope)");
+            tracing::info!(
+                "systemd is init: each VM runs in a scope of its own (skiff-vm-ID.scope)"
+            );
             LimitPlace::Scopes
         } else if let Some(h) = skiff_vmm::cgroup::detect() {
             LimitPlace::Cgroups(h)
@@ -154,17 +156,24 @@ impl LinuxHost {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let result = if started.contains(&unit) {
-            scope::run(&scope::attach_call(scope::bus(), &unit, pids), "attaching processes", &unit)
+            scope::run(
+                &scope::attach_call(Path::new(scope::SYSTEM_BUS), &unit, pids),
+                "attaching processes",
+                &unit,
+            )
         } else {
-            let call = scope::start_call(scope::bus(), &unit, &format!("skiff VM {name}"), pids, limits);
+            let call = scope::start_call(
+                Path::new(scope::SYSTEM_BUS),
+                &unit,
+                &format!("skiff VM {name}"),
+                pids,
+                limits,
+            );
             scope::run(&call, "a scope", &unit).map(|()| {
                 started.insert(unit.clone());
             })
         };
-        result.map_err(|source| HostError::Scope {
-            name: unit,
-            source,
-        })
+        result.map_err(|source| HostError::Scope { name: unit, source })
     }
 }
 

@@ -80,6 +80,28 @@ pub fn socket_path() -> PathBuf {
     runtime_dir().join("skiff.sock")
 }
 
+/// The system daemon's socket (skiff.socket, the Debian package).
+pub const SYSTEM_SOCKET: &str = "/run/skiff/skiff.sock";
+
+/// The socket the CLI talks to: the daemon's ([`socket_path`]), except
+/// that a member of the `skiff` group without `$SKIFF_SOCKET` uses the
+/// system daemon when its socket exists, rather than a private one.
+pub fn client_socket_path() -> PathBuf {
+    let explicit = env::var_os("SKIFF_SOCKET").is_some_and(|p| !p.is_empty());
+    let member = || {
+        let Ok(Some(group)) = nix::unistd::Group::from_name("skiff") else {
+            return false;
+        };
+        nix::unistd::getgroups().is_ok_and(|gs| gs.contains(&group.gid))
+            || nix::unistd::getegid() == group.gid
+    };
+    let system = Path::new(SYSTEM_SOCKET);
+    if !explicit && !nix::unistd::getuid().is_root() && system.exists() && member() {
+        return system.to_owned();
+    }
+    socket_path()
+}
+
 /// The daemon's persistent state (database, VM directories):
 /// `$SKIFF_STATE_DIR`, else `/var/lib/skiff` for root, else
 /// `$XDG_DATA_HOME/skiff` or `~/.local/share/skiff`.

@@ -13,14 +13,14 @@ use crate::cgroup::Limits;
 use std::path::Path;
 use std::process::Command;
 
-/// systemd's private bus: always there when systemd is PID 1, root only,
-/// and needs no D-Bus daemon (a minimal Debian has none).
-pub const PRIVATE_BUS: &str = "/run/systemd/private";
-/// The system bus, when a D-Bus daemon runs.
+/// The system bus. (systemd's private socket, /run/systemd/private, is
+/// no bus: busctl refuses it with "Invalid request descriptor".)
 pub const SYSTEM_BUS: &str = "/run/dbus/system_bus_socket";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScopeError {
+    #[error("systemd is the init system but no D-Bus system bus answers at {SYSTEM_BUS}, and the VM's scope is asked for over it; install dbus (or dbus-broker)")]
+    NoBus,
     #[error("cannot run busctl (part of systemd) to reach systemd")]
     Spawn(#[source] std::io::Error),
     #[error("systemd refused {what} for {unit}: {message}")]
@@ -38,9 +38,9 @@ pub fn systemd_manages_cgroups(run_systemd_system: &Path, euid_is_root: bool) ->
     euid_is_root && run_systemd_system.is_dir()
 }
 
-/// The unit of VM `id`.
-pub fn unit_name(id: &str) -> String {
-    format!("skiff-vm-{id}.scope")
+/// The scope of the VM whose cgroup is named `cgroup` (`vm-ID`).
+pub fn unit_name(cgroup: &str) -> String {
+    format!("skiff-{cgroup}.scope")
 }
 
 /// A `busctl` call as data: its arguments.
@@ -82,10 +82,18 @@ pub fn start_call(
     let per_second = limits.cpu_quota_us * 1_000_000 / limits.cpu_period_us.max(1);
     let properties: Vec<[String; 3]> = vec![
         ["Description".into(), "s".into(), description.into()],
-        ["MemoryMax".into(), "t".into(), limits.memory_bytes.to_string()],
+        [
+            "MemoryMax".into(),
+            "t".into(),
+            limits.memory_bytes.to_string(),
+        ],
         // No swap: the limit is the limit.
         ["MemorySwapMax".into(), "t".into(), "0".into()],
-        ["CPUQuotaPerSecUSec".into(), "t".into(), per_second.to_string()],
+        [
+            "CPUQuotaPerSecUSec".into(),
+            "t".into(),
+            per_second.to_string(),
+        ],
         // A VM that was killed leaves a failed scope behind; collected at
         // once, so that the VM's next boot can make its scope again.
         [
@@ -116,18 +124,11 @@ pub fn attach_call(bus: &Path, unit: &str, pids: &[i32]) -> BusCall {
     BusCall { args }
 }
 
-/// The bus to use: the system bus when a D-Bus daemon serves it, else
-/// systemd's private one.
-pub fn bus() -> &'static Path {
-    if Path::new(SYSTEM_BUS).exists() {
-        Path::new(SYSTEM_BUS)
-    } else {
-        Path::new(PRIVATE_BUS)
-    }
-}
-
 /// Carry out `call`; `what` and `unit` name it in the error.
 pub fn run(call: &BusCall, what: &'static str, unit: &str) -> Result<(), ScopeError> {
+    if !Path::new(SYSTEM_BUS).exists() {
+        return Err(ScopeError::NoBus);
+    }
     let out = Command::new("busctl")
         .args(&call.args)
         .output()
@@ -154,8 +155,8 @@ mod tests {
     #[test]
     fn a_scope_is_asked_for_with_the_vms_processes_and_limits() {
         let call = start_call(
-            Path::new(PRIVATE_BUS),
-            &unit_name("ab12"),
+            Path::new(SYSTEM_BUS),
+            &unit_name("vm-ab12"),
             "skiff VM web",
             &[10, 11],
             &Limits::for_vm(128, 1),
@@ -163,7 +164,7 @@ mod tests {
         let line = call.args.join(" ");
         assert_eq!(
             line,
-            "--address=unix:path=/run/systemd/private --quiet call org.freedesktop.systemd1 \
+            "--address=unix:path=/run/dbus/system_bus_socket --quiet call org.freedesktop.systemd1 \
              /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager StartTransientUnit \
              ssa(sv)a(sa(sv)) skiff-vm-ab12.scope fail 6 Description s skiff VM web \
              MemoryMax t 402653184 MemorySwapMax t 0 CPUQuotaPerSecUSec t 2000000 \
@@ -178,11 +179,14 @@ mod tests {
         let call = attach_call(Path::new(SYSTEM_BUS), "skiff-vm-x.scope", &[42]);
         assert_eq!(
             &call.args[6..],
-            ["AttachProcessesToUnit", "ssau", "skiff-vm-x.scope", "", "1", "42"]
-        );
-        assert_eq!(
-            call.args[0],
-            "--address=unix:path=/run/dbus/system_bus_socket"
+            [
+                "AttachProcessesToUnit",
+                "ssau",
+                "skiff-vm-x.scope",
+                "",
+                "1",
+                "42"
+            ]
         );
     }
 

@@ -130,7 +130,7 @@ pub async fn rm(name: &str, json: bool) -> Result<i32> {
 /// the image called any of `names`.
 async fn users_of(names: &[&str]) -> Vec<String> {
     use hyper::Method;
-    let client = crate::client::Client::new(paths::socket_path());
+    let client = crate::client::Client::new(paths::client_socket_path());
     // Compared as references, so that `alpine` in a spec is `alpine:latest`.
     let norm =
         |i: &str| skiff_oci::Reference::parse(i).map_or_else(|_| i.to_owned(), |r| r.familiar());

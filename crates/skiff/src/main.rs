@@ -83,7 +83,7 @@ async fn run_body(a: RunArgs, forward_stdin: bool) -> Result<run_spec::RunBody> 
 async fn run_via_daemon(a: RunArgs) -> Result<i32> {
     let forward_stdin = a.interactive || !std::io::IsTerminal::is_terminal(&std::io::stdin());
     let body = run_body(a, forward_stdin).await?;
-    let client = client::Client::new(paths::socket_path());
+    let client = client::Client::new(paths::client_socket_path());
     client.ensure_daemon().await?;
     // The user's own daemon shares this cache: build the image here, where
     // the user sees the progress. Another user's daemon (the system's)
@@ -150,7 +150,7 @@ async fn version(c: &client::Client, json: bool) -> Result<i32> {
                 "daemon  skiff {} (API {}) at {}{}",
                 t.version,
                 t.api,
-                paths::socket_path().display(),
+                paths::client_socket_path().display(),
                 if t.api == ours.api {
                     ""
                 } else {
@@ -166,7 +166,7 @@ async fn version(c: &client::Client, json: bool) -> Result<i32> {
 /// `skiff run`, by where the VM runs: in a pool's sandbox, detached in
 /// the daemon, attached through the daemon, or in this process.
 async fn run(a: RunArgs) -> Result<i32> {
-    let client = || client::Client::new(paths::socket_path());
+    let client = || client::Client::new(paths::client_socket_path());
     if let Some(pool) = a.pool.clone() {
         return cli_pool::run_in_pool(&client(), &pool, a.command, a.env, a.workdir, a.interactive)
             .await;
@@ -200,7 +200,7 @@ fn kernel_choice(k: &KernelArgs) -> image::KernelChoice {
 }
 
 async fn dispatch(cli: Cli) -> Result<i32> {
-    let client = || client::Client::new(paths::socket_path());
+    let client = || client::Client::new(paths::client_socket_path());
     match cli.command {
         Command::Daemon(a) => {
             init_logging()?;

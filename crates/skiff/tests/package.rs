@@ -43,14 +43,6 @@ fn installed_files() -> Vec<String> {
         .collect()
 }
 
-fn build_package() -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/package-deb.sh");
-    let out = ok(script, &[]);
-    let deb = out.lines().last().expect("the script prints the package");
-    assert!(deb.ends_with("_amd64.deb"), "{out}");
-    format!("{}/../../{deb}", env!("CARGO_MANIFEST_DIR"))
-}
-
 /// Undo what an earlier, failed run may have left.
 fn clean_machine() {
     let _ = run("dpkg", &["--purge", "skiff"]);
@@ -66,7 +58,7 @@ fn the_package_installs_serves_a_group_member_and_removes_cleanly() {
         );
         return;
     }
-    let deb = build_package();
+    let deb = common::debian_package();
     clean_machine();
 
     // Its contents: the binaries, the agent and helpers, the units, the
@@ -106,7 +98,10 @@ fn the_package_installs_serves_a_group_member_and_removes_cleanly() {
     );
     let unit = std::fs::read_to_string("/usr/lib/systemd/system/skiff.service").expect("unit");
     assert!(unit.contains("ExecStart=/usr/bin/skiff daemon\n"), "{unit}");
-    assert!(unit.contains("SKIFF_AGENT=/usr/lib/skiff/skiff-agent"), "{unit}");
+    assert!(
+        unit.contains("SKIFF_AGENT=/usr/lib/skiff/skiff-agent"),
+        "{unit}"
+    );
     assert!(
         Path::new("/etc/systemd/system/sockets.target.wants/skiff.socket").exists(),
         "the socket is enabled"
@@ -136,7 +131,10 @@ fn the_package_installs_serves_a_group_member_and_removes_cleanly() {
     let mut daemon = Command::new("/usr/bin/skiff")
         .arg("daemon")
         .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .env("SKIFF_AGENT", "/usr/lib/skiff/skiff-agent")
         .env("SKIFF_CACHE_DIR", &cache)
         .env("SKIFF_STATE_DIR", dir.path().join("state"))
@@ -158,7 +156,13 @@ fn the_package_installs_serves_a_group_member_and_removes_cleanly() {
         argv.extend_from_slice(args);
         run("runuser", &argv)
     };
-    let out = as_member(&["run", "--", "sh", "-c", "echo hello from the package; exit 7"]);
+    let out = as_member(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "echo hello from the package; exit 7",
+    ]);
     let daemon_log = || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
     assert_eq!(
         (out.status.code(), stdout(&out).as_str()),
@@ -192,7 +196,10 @@ fn the_package_installs_serves_a_group_member_and_removes_cleanly() {
         assert!(!Path::new(f).exists(), "{f} survived dpkg --remove");
     }
     ok("dpkg", &["--purge", "skiff"]);
-    assert!(!Path::new("/var/cache/skiff").exists(), "purge drops the cache");
+    assert!(
+        !Path::new("/var/cache/skiff").exists(),
+        "purge drops the cache"
+    );
     assert!(
         !Path::new("/etc/systemd/system/sockets.target.wants/skiff.socket").exists(),
         "purge drops the unit links"

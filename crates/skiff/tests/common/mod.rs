@@ -6,6 +6,20 @@
 
 pub mod daemon;
 pub mod netns;
+
+/// Build the Debian package with scripts/package-deb.sh; its path.
+pub fn debian_package() -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/package-deb.sh");
+    let out = Command::new(script)
+        .stdin(Stdio::null())
+        .output()
+        .expect("package-deb.sh");
+    assert!(out.status.success(), "package-deb.sh: {}", stderr(&out));
+    let text = stdout(&out);
+    let deb = text.lines().last().unwrap_or_default();
+    assert!(deb.ends_with("_amd64.deb"), "{text}");
+    format!("{}/../../{deb}", env!("CARGO_MANIFEST_DIR"))
+}
 pub mod registry;
 
 use std::path::{Path, PathBuf};
