@@ -18,6 +18,15 @@ pub struct StopQuery {
     pub timeout: Option<u64>,
 }
 
+/// `POST /v1/vms?remove_when_ended=true`: the VMs are removed when they
+/// end or are stopped (`skiff run -d --rm`, as docker's `--rm`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateQuery {
+    #[serde(default)]
+    pub remove_when_ended: bool,
+}
+
 /// `DELETE /v1/vms/{name}?force=&volumes=`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

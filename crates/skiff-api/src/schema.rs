@@ -25,6 +25,7 @@ pub fn components() -> Map<String, Value> {
         // requests
         SpecText,
         StopQuery,
+        CreateQuery,
         RemoveQuery,
         LogsQuery,
         ExecBody,

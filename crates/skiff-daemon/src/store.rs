@@ -66,6 +66,8 @@ CREATE TABLE sandboxes (
     // A VM's other helpers (virtiofsd and its workers), by pid and start
     // time, so that a later daemon can end them too.
     "CREATE TABLE helpers (vm TEXT NOT NULL, pid INTEGER NOT NULL, start INTEGER NOT NULL);",
+    // VMs of `skiff run -d --rm`: removed when they end or are stopped.
+    "ALTER TABLE vms ADD COLUMN remove_when_ended INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// One VM as stored (the API shows it as `skiff_api::Vm`).
@@ -182,6 +184,31 @@ impl Store {
 
     pub(super) fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remove VM `name` when it ends or is stopped (`run -d --rm`).
+    pub fn mark_remove_when_ended(&self, name: &str) -> Result<(), StoreError> {
+        let n = self.conn().execute(
+            "UPDATE vms SET remove_when_ended = 1 WHERE name = ?1",
+            params![name],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NotFound(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Whether VM `name` goes when it ends (false for a VM that is gone).
+    pub fn removes_when_ended(&self, name: &str) -> Result<bool, StoreError> {
+        let found = self
+            .conn()
+            .query_row(
+                "SELECT remove_when_ended FROM vms WHERE name = ?1",
+                params![name],
+                |r| r.get::<_, bool>(0),
+            )
+            .optional()?;
+        Ok(found.unwrap_or(false))
     }
 
     pub fn insert(&self, id: &str, spec: &VmSpec, ephemeral: bool) -> Result<VmRecord, StoreError> {
@@ -503,6 +530,29 @@ mod tests {
         assert_eq!(rec.spec, spec);
         assert_eq!(rec.boots, 1);
         assert!(!rec.ephemeral);
+    }
+
+    #[test]
+    fn removal_when_ended_is_kept_per_vm_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("s.db");
+        {
+            let store = Store::open(&db).expect("open");
+            for (id, name) in [("i1", "once"), ("i2", "kept")] {
+                store
+                    .insert(id, &VmSpec::with_defaults(name), false)
+                    .expect("insert");
+            }
+            store.mark_remove_when_ended("once").expect("mark");
+            assert!(matches!(
+                store.mark_remove_when_ended("gone"),
+                Err(StoreError::NotFound(_))
+            ));
+        }
+        let store = Store::open(&db).expect("reopen");
+        assert!(store.removes_when_ended("once").expect("query"));
+        assert!(!store.removes_when_ended("kept").expect("query"));
+        assert!(!store.removes_when_ended("gone").expect("query"));
     }
 
     #[test]

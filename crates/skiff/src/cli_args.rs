@@ -438,8 +438,9 @@ pub(crate) struct RunArgs {
     /// The detached VM's name (default: run-ID).
     #[arg(long, requires = "detach")]
     pub(crate) name: Option<String>,
-    /// Remove the VM when its command ends: an attached run always is, so
-    /// this is accepted for docker's habit; with -d it is not supported yet.
+    /// Remove the VM when its command ends (an attached run always is, so
+    /// this is for docker's habit there); with -d, the daemon removes the
+    /// VM when its service ends or it is stopped.
     #[arg(long)]
     pub(crate) rm: bool,
     /// The image, as docker takes it: `skiff run alpine:3.20 ls -l` (the

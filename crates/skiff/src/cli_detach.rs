@@ -103,9 +103,6 @@ pub(crate) fn detached_spec(
 
 /// `skiff run -d`: create and start the VM; print its name.
 pub async fn run_detached(c: &Client, a: RunArgs) -> Result<i32> {
-    if a.rm {
-        bail!("--rm with -d is not supported yet; remove the VM with `skiff rm -f NAME` when done");
-    }
     let name = a.name.clone().unwrap_or_else(|| {
         let id = skiff_daemon::paths::new_vm_id();
         format!("run-{}", &id[..id.len().min(8)])
@@ -118,7 +115,7 @@ pub async fn run_detached(c: &Client, a: RunArgs) -> Result<i32> {
     };
     let spec = detached_spec(&name, &a, config.as_ref())?;
     c.ensure_daemon().await?;
-    crate::cli_vm::create_from_text(c, spec, true).await?;
+    crate::cli_vm::create_from_text(c, spec, true, a.rm).await?;
     crate::cli_vm::start_quietly(c, &name).await?;
     println!("{name}");
     Ok(0)

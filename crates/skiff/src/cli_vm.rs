@@ -54,7 +54,7 @@ async fn fetch_images(spec: &str) -> Result<()> {
 
 pub async fn create(c: &Client, file: &Path, json: bool) -> Result<i32> {
     let spec = read_spec(file)?;
-    let vms = create_from_text(c, spec, false).await?;
+    let vms = create_from_text(c, spec, false, false).await?;
     if json {
         print_json(&vms)?;
     } else {
@@ -67,13 +67,22 @@ pub async fn create(c: &Client, file: &Path, json: bool) -> Result<i32> {
 
 /// Create the VMs of `spec` (pulling what images they lack first,
 /// `quiet`: without progress).
-pub async fn create_from_text(c: &Client, spec: String, quiet: bool) -> Result<Vec<skiff_api::Vm>> {
+/// Create the VMs of `spec`; `remove_when_ended`: the daemon removes them
+/// when they end or are stopped (`run -d --rm`).
+pub async fn create_from_text(
+    c: &Client,
+    spec: String,
+    quiet: bool,
+    remove_when_ended: bool,
+) -> Result<Vec<skiff_api::Vm>> {
     if !quiet {
         fetch_images(&spec).await?;
     }
-    let body = c
-        .call(Method::POST, "/v1/vms", Some(spec_text(spec)?))
-        .await?;
+    let path = match remove_when_ended {
+        true => "/v1/vms?remove_when_ended=true",
+        false => "/v1/vms",
+    };
+    let body = c.call(Method::POST, path, Some(spec_text(spec)?)).await?;
     typed(&body)
 }
 

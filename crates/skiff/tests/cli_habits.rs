@@ -113,14 +113,19 @@ fn a_detached_run_keeps_running_and_answers_docker_style_verbs() {
         serde_json::from_str(&d.ok(&["inspect", "tick", &other])).expect("json");
     assert_eq!(both.as_array().map(Vec::len), Some(2));
 
-    // Bad forms are one clear line each.
-    let out = d.cli(&["run", "-d", "--rm", "--", "true"]);
-    assert_eq!(out.status.code(), Some(125));
-    assert!(
-        stderr(&out).contains("--rm with -d is not supported"),
-        "{}",
-        stderr(&out)
+    // -d --rm: the VM goes when its command ends, or when it is stopped.
+    assert_eq!(
+        d.ok(&["run", "-d", "--rm", "--name", "once", "--", "sh", "-c", "echo bye"]),
+        "once\n"
     );
+    d.wait_for("the ended --rm VM removed", Duration::from_secs(60), || {
+        d.ok(&["ls", "-q", "--filter", "name=once"]).is_empty()
+    });
+    d.ok(&["run", "-d", "--rm", "--name", "held", "--", "sleep", "600"]);
+    assert_eq!(d.ok(&["stop", "-t", "5", "held"]), "held stopped\n");
+    assert_eq!(d.ok(&["ls", "-q", "--filter", "name=held"]), "");
+
+    // Bad forms are one clear line each.
     let out = d.cli(&["run", "-m", "12q", "--", "true"]);
     assert_eq!(out.status.code(), Some(2), "clap's usage error");
     assert!(stderr(&out).contains("unknown unit"), "{}", stderr(&out));

@@ -245,6 +245,7 @@ fn bad_json(e: axum::extract::rejection::JsonRejection) -> ApiError {
 
 async fn create(
     State(m): State<AppState>,
+    Query(q): Query<skiff_api::CreateQuery>,
     body: Result<Json<SpecText>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<Vec<skiff_api::Vm>>), ApiError> {
     let Json(body) = body.map_err(bad_json)?;
@@ -258,7 +259,16 @@ async fn create(
     pull_missing_images(&m, &specs).await?;
     let mut created = Vec::new();
     for s in &specs {
-        match m.create(s) {
+        let made = m.create(s).and_then(|r| {
+            if q.remove_when_ended {
+                if let Err(e) = m.store.mark_remove_when_ended(&r.name) {
+                    created.push(r);
+                    return Err(e.into());
+                }
+            }
+            Ok(r)
+        });
+        match made {
             Ok(r) => created.push(r),
             Err(e) => {
                 for r in &created {

@@ -278,7 +278,12 @@ impl Manager {
         self.store
             .transition(name, Event::Halted, "stopped on request")?;
         tracing::info!(vm = %name, "stopped");
-        self.get(name)
+        let stopped = self.get(name)?;
+        drop(_guard);
+        if self.store.removes_when_ended(name)? {
+            self.remove_ended(name).await;
+        }
+        Ok(stopped)
     }
 
     async fn halt(&self, rec: &VmRecord, timeout: Duration) {

@@ -63,6 +63,10 @@ impl Manager {
                             "the VM stopped while the daemon was down",
                         )?;
                         state = VmState::Exited;
+                        if self.store.removes_when_ended(&rec.name)? {
+                            self.remove_ended(&rec.name).await;
+                            continue;
+                        }
                         // Its end went unseen: a death, as far as the
                         // policy is concerned.
                         if restart_wanted(&rec, true).is_some() {
@@ -85,6 +89,17 @@ impl Manager {
             }
         }
         Ok(())
+    }
+
+    /// Remove a `run -d --rm` VM that ended or was stopped (its volumes
+    /// stay, as docker keeps named volumes).
+    pub(super) async fn remove_ended(self: &Arc<Self>, name: &str) {
+        match self.remove(name, true, false).await {
+            Ok(()) => tracing::info!(vm = %name, "removed when it ended (--rm)"),
+            Err(e) => {
+                tracing::error!(vm = %name, error = %crate::support::error_chain(&e), "cannot remove the VM that ended (--rm)")
+            }
+        }
     }
 
     /// Watch a VM's QEMU until it exits, then clean up and apply the
@@ -150,6 +165,10 @@ impl Manager {
         self.stop_forwards(name);
         self.remove_tap(&rec.id).await;
         self.remove_cgroup(&rec).await;
+        if self.store.removes_when_ended(name).unwrap_or(false) {
+            self.remove_ended(name).await;
+            return;
+        }
         let failed = matches!(exit, GuestExit::ServiceFailed | GuestExit::Crashed);
         let Some((backoff, max_backoff)) = restart_wanted(&rec, failed) else {
             return;
