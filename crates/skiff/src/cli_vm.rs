@@ -86,11 +86,11 @@ pub async fn create_from_text(
     typed(&body)
 }
 
-/// Start `name`, printing nothing.
+/// Start `name`, printing nothing but the boot's progress on a terminal.
 pub async fn start_quietly(c: &Client, name: &str) -> Result<skiff_api::Vm> {
-    let body = c
-        .call(Method::POST, &format!("/v1/vms/{name}/start"), None)
-        .await?;
+    let path = format!("/v1/vms/{name}/start");
+    let start = c.call(Method::POST, &path, None);
+    let body = crate::cli_progress::while_booting(c, name, false, start).await?;
     typed(&body)
 }
 
@@ -130,10 +130,13 @@ pub async fn lifecycle(
     let mut code = 0;
     let mut done = Vec::new();
     for name in names {
-        let answer = c
-            .call(Method::POST, &format!("/v1/vms/{name}/{verb}{query}"), None)
-            .await
-            .and_then(|body| typed::<skiff_api::Vm>(&body));
+        let path = format!("/v1/vms/{name}/{verb}{query}");
+        let call = c.call(Method::POST, &path, None);
+        let answer = match verb {
+            "start" | "restart" => crate::cli_progress::while_booting(c, name, json, call).await,
+            _ => call.await,
+        }
+        .and_then(|body| typed::<skiff_api::Vm>(&body));
         match answer {
             Ok(vm) if json => done.push(vm),
             Ok(vm) => println!("{name} {}", vm.state.as_str()),

@@ -7,6 +7,7 @@ mod cli_image;
 mod cli_net;
 mod cli_parse;
 mod cli_pool;
+mod cli_progress;
 mod cli_run;
 mod cli_stats;
 use cli_parse::rootfs_arg;

@@ -102,6 +102,29 @@ fn a_guest_without_an_agent_is_ready_by_its_console_and_refuses_exec_clearly() {
         d.fake_guests().is_empty()
     });
 
+    // On a terminal (script(1) gives the CLI one), the boot shows that it
+    // moves: the VM, the time spent and the console's last line.
+    let shell = format!(
+        "{} {} start never",
+        d.shell_env(),
+        env!("CARGO_BIN_EXE_skiff")
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &shell, "/dev/null"])
+        .output()
+        .expect("script");
+    let screen = stdout(&out);
+    assert!(
+        screen
+            .split(['\r', '\n'])
+            .any(|l| l.contains("booting never (") && l.contains("[fake guest] ready")),
+        "a spinner line with the console's last line: {screen:?}"
+    );
+    assert!(screen.contains("did not become ready"), "{screen}");
+    d.wait_for("the VM's processes to end", Duration::from_secs(10), || {
+        d.fake_guests().is_empty()
+    });
+
     // A missing initrd is named before anything starts.
     let spec = d.write_spec(
         "gone.toml",
