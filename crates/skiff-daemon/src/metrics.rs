@@ -1,6 +1,9 @@
 //! `GET /metrics`: Prometheus text exposition of the daemon: per-VM state,
-//! boots, restarts, CPU and memory of its QEMU, health, exec counts and
-//! latency, and proxy requests by status with their latency.
+//! boots, restarts, CPU and memory of its QEMU, health, exec counts, and
+//! proxy requests by status with their latency; and two histograms with
+//! few labels (a label per VM would multiply every bucket by every VM a
+//! pool ever made): boot time by the kind of init, command time by the
+//! API that ran it.
 
 use crate::store::{VmRecord, VmState};
 use std::collections::BTreeMap;
@@ -13,19 +16,36 @@ const BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-#[derive(Default, Clone)]
+/// Boot time buckets in seconds: a warm agent VM is ready in about 1 s
+/// under TCG, a systemd guest in half a minute.
+const BOOT_BUCKETS: &[f64] = &[0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0];
+
+#[derive(Clone)]
 struct Histogram {
+    buckets: &'static [f64],
     counts: Vec<u64>,
     sum: f64,
     count: u64,
 }
 
+impl Default for Histogram {
+    fn default() -> Histogram {
+        Histogram::with(BUCKETS)
+    }
+}
+
 impl Histogram {
-    fn observe(&mut self, secs: f64) {
-        if self.counts.is_empty() {
-            self.counts = vec![0; BUCKETS.len()];
+    fn with(buckets: &'static [f64]) -> Histogram {
+        Histogram {
+            buckets,
+            counts: vec![0; buckets.len()],
+            sum: 0.0,
+            count: 0,
         }
-        for (i, b) in BUCKETS.iter().enumerate() {
+    }
+
+    fn observe(&mut self, secs: f64) {
+        for (i, b) in self.buckets.iter().enumerate() {
             if secs <= *b {
                 self.counts[i] += 1;
             }
@@ -35,7 +55,7 @@ impl Histogram {
     }
 
     fn render(&self, out: &mut String, name: &str, labels: &str) {
-        for (i, b) in BUCKETS.iter().enumerate() {
+        for (i, b) in self.buckets.iter().enumerate() {
             let n = self.counts.get(i).copied().unwrap_or(0);
             let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{b}\"}} {n}");
         }
@@ -50,7 +70,10 @@ struct Inner {
     proxy: BTreeMap<(String, u16), u64>,
     proxy_latency: BTreeMap<String, Histogram>,
     exec: BTreeMap<String, u64>,
-    exec_latency: BTreeMap<String, Histogram>,
+    /// By API: `commands`, `exec`, `run`.
+    exec_latency: BTreeMap<&'static str, Histogram>,
+    /// By init: `agent`, `system`, `own`.
+    boot_latency: BTreeMap<&'static str, Histogram>,
 }
 
 #[derive(Default)]
@@ -86,18 +109,27 @@ impl Metrics {
         i.proxy.retain(|(v, _), _| v != vm);
         i.proxy_latency.remove(vm);
         i.exec.remove(vm);
-        i.exec_latency.remove(vm);
     }
 
     pub fn exec_started(&self, vm: &str) {
         *self.lock().exec.entry(vm.to_owned()).or_default() += 1;
     }
 
-    pub fn exec_finished(&self, vm: &str, took: Duration) {
+    /// A command ended, run through `api` (`commands`, `exec`, `run`).
+    pub fn exec_finished(&self, api: &'static str, took: Duration) {
         self.lock()
             .exec_latency
-            .entry(vm.to_owned())
+            .entry(api)
             .or_default()
+            .observe(took.as_secs_f64());
+    }
+
+    /// A boot reached ready; `init` is `agent`, `system` or `own`.
+    pub fn booted(&self, init: &'static str, took: Duration) {
+        self.lock()
+            .boot_latency
+            .entry(init)
+            .or_insert_with(|| Histogram::with(BOOT_BUCKETS))
             .observe(took.as_secs_f64());
     }
 
@@ -203,12 +235,20 @@ impl Metrics {
                 .map(|(vm, n)| (format!("vm=\"{}\"", label(vm)), n.to_string()))
                 .collect(),
         );
-        let _ = writeln!(out, "# HELP skiff_exec_duration_seconds Duration of commands run through the commands API.\n# TYPE skiff_exec_duration_seconds histogram");
-        for (vm, h) in &i.exec_latency {
+        let _ = writeln!(out, "# HELP skiff_exec_duration_seconds Duration of commands, by the API that ran them (commands, exec, run).\n# TYPE skiff_exec_duration_seconds histogram");
+        for (api, h) in &i.exec_latency {
             h.render(
                 &mut out,
                 "skiff_exec_duration_seconds",
-                &format!("vm=\"{}\"", label(vm)),
+                &format!("api=\"{api}\""),
+            );
+        }
+        let _ = writeln!(out, "# HELP skiff_boot_duration_seconds Time from start to ready, by the guest's init (agent, system, own).\n# TYPE skiff_boot_duration_seconds histogram");
+        for (init, h) in &i.boot_latency {
+            h.render(
+                &mut out,
+                "skiff_boot_duration_seconds",
+                &format!("init=\"{init}\""),
             );
         }
         table(
@@ -300,14 +340,39 @@ mod tests {
         let m = Metrics::default();
         for vm in ["web", "run-1"] {
             m.exec_started(vm);
-            m.exec_finished(vm, Duration::from_millis(5));
+            m.exec_finished("exec", Duration::from_millis(5));
             m.proxied(vm, 200, Duration::from_millis(3));
         }
         m.forget("run-1");
         let i = m.lock();
         assert_eq!(i.exec.keys().collect::<Vec<_>>(), ["web"]);
-        assert_eq!(i.exec_latency.keys().collect::<Vec<_>>(), ["web"]);
         assert_eq!(i.proxy_latency.keys().collect::<Vec<_>>(), ["web"]);
         assert!(i.proxy.keys().all(|(v, _)| v == "web"));
+    }
+
+    #[test]
+    fn boot_and_command_times_are_histograms_labelled_by_kind_not_by_vm() {
+        let m = Metrics::default();
+        m.booted("agent", Duration::from_millis(1500));
+        m.booted("system", Duration::from_secs(25));
+        m.exec_finished("commands", Duration::from_millis(30));
+        m.exec_finished("commands", Duration::from_millis(300));
+        let text = m.render(&[], |_| false);
+        for line in [
+            "skiff_boot_duration_seconds_bucket{init=\"agent\",le=\"1\"} 0",
+            "skiff_boot_duration_seconds_bucket{init=\"agent\",le=\"2\"} 1",
+            "skiff_boot_duration_seconds_bucket{init=\"system\",le=\"20\"} 0",
+            "skiff_boot_duration_seconds_bucket{init=\"system\",le=\"30\"} 1",
+            "skiff_boot_duration_seconds_count{init=\"system\"} 1",
+            "skiff_exec_duration_seconds_bucket{api=\"commands\",le=\"0.05\"} 1",
+            "skiff_exec_duration_seconds_bucket{api=\"commands\",le=\"0.5\"} 2",
+            "skiff_exec_duration_seconds_count{api=\"commands\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}:\n{text}");
+        }
+        assert!(
+            !text.contains("vm=\""),
+            "no per-VM series without VMs: {text}"
+        );
     }
 }

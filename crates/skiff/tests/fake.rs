@@ -248,6 +248,30 @@ fn pools_keep_fake_sandboxes_ready_hand_each_out_once_and_refill() {
     ] {
         assert!(text.lines().any(|l| l == line), "{line} in: {text}");
     }
+    // Boots and commands are timed by kind, not by VM: four sandboxes
+    // booted, and the pool run's command ended.
+    let count = |prefix: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        count("skiff_boot_duration_seconds_count{init=\"agent\"}") >= 4,
+        "{text}"
+    );
+    let commands: u64 = ["exec", "run", "commands"]
+        .iter()
+        .map(|api| {
+            count(&format!(
+                "skiff_exec_duration_seconds_count{{api=\"{api}\"}}"
+            ))
+        })
+        .sum();
+    assert!(commands >= 1, "{text}");
+    assert!(
+        !text.contains("skiff_boot_duration_seconds_bucket{vm="),
+        "no per-VM boot series"
+    );
 
     d.ok(&["pool", "rm", "sb"]);
     for name in [a.trim(), b.trim()] {

@@ -146,7 +146,7 @@ pub async fn run(
                     let exit = json!({"type": "exit", "exit_code": status.shell_code(),
                         "signal": signal, "timed_out": timed_out});
                     let _ = tx.send(event(exit)).await;
-                    m.metrics.exec_finished(&name, started.elapsed());
+                    m.metrics.exec_finished("commands", started.elapsed());
                     return;
                 }
                 Ok(Ok(Some(Message::Error(msg)))) => (error_event(&msg), true),

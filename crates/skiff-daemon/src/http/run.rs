@@ -80,9 +80,11 @@ where
     }
     let mut conn = m.connect(name).await?;
     m.metrics.exec_started(name);
+    let started = std::time::Instant::now();
     let request = run::exec_request(body, io.forwards_stdin());
     // If the VM dies, its agent connection closes: no other watch needed.
     let ended = run::exec(&mut conn, request, io, std::future::pending()).await?;
+    m.metrics.exec_finished("run", started.elapsed());
     if matches!(ended, run::Ended::Command(_)) {
         let _ = conn.writer.send(&Message::Shutdown).await;
     }

@@ -265,7 +265,11 @@ pub async fn exec(
             })
         })?;
     m.metrics.exec_started(&name);
-    tokio::spawn(proxy(on_upgrade, conn, Direction::EXEC));
+    let started = std::time::Instant::now();
+    tokio::spawn(async move {
+        proxy(on_upgrade, conn, Direction::EXEC).await;
+        m.metrics.exec_finished("exec", started.elapsed());
+    });
     Ok(switching_protocols())
 }
 

@@ -224,9 +224,16 @@ impl Manager {
                 });
             }
             this.store.transition(&name, Event::Start, "")?;
+            let started = std::time::Instant::now();
             match this.boot(&rec, timeout).await {
                 Ok(()) => {
                     this.store.transition(&name, Event::Booted, "")?;
+                    let init = match (&rec.spec.init, rec.spec.has_agent()) {
+                        (_, false) => "own",
+                        (skiff_spec::InitSpec::System { .. }, true) => "system",
+                        (skiff_spec::InitSpec::Agent, true) => "agent",
+                    };
+                    this.metrics.booted(init, started.elapsed());
                     tracing::info!(vm = %name, "running");
                     this.get(&name)
                 }
