@@ -57,6 +57,13 @@ pub struct LogsQuery {
     /// Start this many lines before the end (default: the whole log).
     #[serde(default)]
     pub tail: Option<u64>,
+    /// Begin each line with the time the daemon first saw it (RFC 3339,
+    /// UTC, milliseconds), within a quarter of a second.
+    #[serde(default)]
+    pub timestamps: bool,
+    /// Only lines seen at or after this time (Unix seconds).
+    #[serde(default)]
+    pub since: Option<u64>,
 }
 
 /// A terminal's size, for commands on a pseudo-terminal.

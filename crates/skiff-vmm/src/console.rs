@@ -65,9 +65,158 @@ pub fn trim(path: &Path) {
     }
 }
 
+/// The times of a console log: QEMU writes the file and records no time,
+/// so the daemon notes, as it watches, when the log grew to which size
+/// (`console.times`, a line `SIZE UNIX_MS` per growth). A line's time is
+/// then the first note at or past its end: when the daemon first saw it,
+/// within one watch interval. Lines written while no daemon watched get
+/// the time of the next note.
+pub fn times_path(log: &Path) -> std::path::PathBuf {
+    log.with_extension("times")
+}
+
+/// The notes file is thinned (every other note dropped) past this size,
+/// so a guest that trickles output for months cannot grow it for ever.
+const TIMES_MAX: u64 = 256 * 1024;
+
+/// Note that `log` is `size` bytes long at `now_ms`, if it grew since
+/// `last` (the size last noted, kept by the watcher). Returns the size.
+pub fn note_growth(log: &Path, last: u64, now_ms: u64) -> u64 {
+    let Ok(size) = std::fs::metadata(log).map(|m| m.len()) else {
+        return last;
+    };
+    if size == last {
+        return last;
+    }
+    let times = times_path(log);
+    if size < last {
+        // Trimmed: the offsets start again.
+        let _ = std::fs::remove_file(&times);
+    }
+    if std::fs::metadata(&times).is_ok_and(|m| m.len() > TIMES_MAX) {
+        let kept: String = Stamps::load(&times)
+            .notes
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 2 == 1)
+            .map(|(_, (s, t))| format!("{s} {t}\n"))
+            .collect();
+        let _ = std::fs::write(&times, kept);
+    }
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&times)
+    {
+        let _ = writeln!(f, "{size} {now_ms}");
+    }
+    size
+}
+
+/// The notes of a console log, in order of size.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Stamps {
+    /// (size, unix ms), sizes increasing.
+    pub notes: Vec<(u64, u64)>,
+}
+
+impl Stamps {
+    /// Read the notes; lines that do not parse, or that go back, are
+    /// skipped (the file is the daemon's own, but a crash may cut one).
+    pub fn load(times: &Path) -> Stamps {
+        let text = std::fs::read_to_string(times).unwrap_or_default();
+        let mut notes: Vec<(u64, u64)> = Vec::new();
+        for line in text.lines() {
+            let mut parts = line.split(' ');
+            let (Some(Ok(size)), Some(Ok(ms))) = (
+                parts.next().map(str::parse::<u64>),
+                parts.next().map(str::parse::<u64>),
+            ) else {
+                continue;
+            };
+            if notes.last().is_none_or(|(s, _)| size > *s) {
+                notes.push((size, ms));
+            }
+        }
+        Stamps { notes }
+    }
+
+    /// When the byte before `end` was first seen; None if no note covers it
+    /// yet (it was written since the last one: "now").
+    pub fn time_of(&self, end: u64) -> Option<u64> {
+        let i = self.notes.partition_point(|(size, _)| *size < end);
+        self.notes.get(i).map(|(_, ms)| *ms)
+    }
+}
+
+/// Split `bytes` (read from offset `start` of the log) into whole lines,
+/// each with its time (`now_ms` when no note covers it yet); the bytes of
+/// an unfinished last line are left (their count is returned).
+pub fn timed_lines<'a>(
+    bytes: &'a [u8],
+    start: u64,
+    stamps: &Stamps,
+    now_ms: u64,
+) -> (Vec<(u64, &'a [u8])>, usize) {
+    let mut lines = Vec::new();
+    let mut from = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'\n' {
+            let end = start + i as u64 + 1;
+            lines.push((stamps.time_of(end).unwrap_or(now_ms), &bytes[from..=i]));
+            from = i + 1;
+        }
+    }
+    (lines, bytes.len() - from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_get_the_time_their_end_was_first_seen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("console.log");
+        std::fs::write(&log, "one\n").expect("write");
+        let last = note_growth(&log, 0, 1_000);
+        assert_eq!(last, 4);
+        assert_eq!(note_growth(&log, last, 1_500), 4, "no growth, no note");
+        std::fs::write(&log, "one\ntwo\nthr").expect("write");
+        let last = note_growth(&log, last, 2_000);
+        let stamps = Stamps::load(&times_path(&log));
+        assert_eq!(stamps.notes, [(4, 1_000), (11, 2_000)]);
+        let bytes = std::fs::read(&log).expect("read");
+        let (lines, rest) = timed_lines(&bytes, 0, &stamps, 9_999);
+        assert_eq!(lines, [(1_000, &b"one\n"[..]), (2_000, &b"two\n"[..])]);
+        assert_eq!(rest, 3, "the unfinished line waits");
+        // From an offset, and past the last note: now.
+        std::fs::write(&log, "one\ntwo\nthree\n").expect("write");
+        let bytes = std::fs::read(&log).expect("read");
+        let (lines, _) = timed_lines(&bytes[8..], 8, &stamps, 9_999);
+        assert_eq!(lines, [(9_999, &b"three\n"[..])]);
+        // Trimmed (shorter): the notes start again.
+        std::fs::write(&log, "x\n").expect("write");
+        note_growth(&log, last, 3_000);
+        assert_eq!(Stamps::load(&times_path(&log)).notes, [(2, 3_000)]);
+    }
+
+    #[test]
+    fn bad_or_backward_notes_are_skipped_and_the_file_is_thinned() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let times = dir.path().join("console.times");
+        std::fs::write(&times, "10 1\ngarbage\n5 2\n20 x\n30 3\n40").expect("write");
+        assert_eq!(Stamps::load(&times).notes, [(10, 1), (30, 3)]);
+        let log = dir.path().join("console.log");
+        let big: String = (1..40_000u64).map(|i| format!("{i} {i}\n")).collect();
+        std::fs::write(&times, big).expect("write");
+        std::fs::write(&log, vec![b'a'; 50_000]).expect("write");
+        note_growth(&log, 1, 7);
+        let after = Stamps::load(&times);
+        assert!(std::fs::metadata(&times).expect("times").len() < TIMES_MAX);
+        assert_eq!(after.notes.last(), Some(&(50_000, 7)));
+    }
 
     #[test]
     fn tail_keeps_the_last_lines_and_bounds_each() {

@@ -103,6 +103,14 @@ pub(crate) enum Command {
         /// Start this many lines before the end.
         #[arg(short = 'n', long, value_name = "LINES")]
         tail: Option<u64>,
+        /// Begin each line with the time the daemon first saw it (RFC 3339,
+        /// UTC; within a quarter of a second).
+        #[arg(short, long)]
+        timestamps: bool,
+        /// Only lines since this time: Unix seconds, RFC 3339, or a duration
+        /// before now (10m, 1h30m).
+        #[arg(long, value_name = "TIME", value_parser = crate::cli_parse::parse_since)]
+        since: Option<u64>,
     },
     /// Run a command in a running VM; exits with the command's status.
     Exec(ExecArgs),

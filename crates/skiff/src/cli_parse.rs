@@ -102,3 +102,80 @@ pub fn parse_filter(s: &str) -> Result<VmFilter, String> {
         )),
     }
 }
+
+/// `logs --since`: a Unix time in seconds, an RFC 3339 time
+/// (`2026-12-02T10:00:00Z`), or a time before now (`90s`, `10m`, `1h30m`,
+/// `2d`), as docker takes it. The answer is Unix seconds.
+pub fn parse_since(s: &str) -> Result<u64, String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    since_at(s, now)
+}
+
+fn since_at(s: &str, now: u64) -> Result<u64, String> {
+    let usage = || {
+        format!("{s:?} is not a time: give Unix seconds, an RFC 3339 time (2026-12-02T10:00:00Z) or a duration before now (90s, 10m, 1h30m, 2d)")
+    };
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(secs);
+    }
+    if let Ok(t) = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+        return u64::try_from(t.unix_timestamp()).map_err(|_| usage());
+    }
+    // A duration: number-unit pairs.
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return Err(usage()),
+        };
+        let n: u64 = digits.parse().map_err(|_| usage())?;
+        total = total.saturating_add(n.saturating_mul(unit));
+        digits.clear();
+    }
+    if !digits.is_empty() || total == 0 && !s.starts_with('0') {
+        return Err(usage());
+    }
+    Ok(now.saturating_sub(total))
+}
+
+#[cfg(test)]
+mod since_tests {
+    use super::since_at;
+
+    #[test]
+    fn since_takes_unix_seconds_rfc3339_and_durations_before_now() {
+        let now = 1_000_000;
+        assert_eq!(since_at("123", now), Ok(123));
+        assert_eq!(since_at("1970-01-02T00:00:00Z", now), Ok(86_400));
+        assert_eq!(since_at("1970-01-02T01:00:00+01:00", now), Ok(86_400));
+        assert_eq!(since_at("90s", now), Ok(now - 90));
+        assert_eq!(since_at("1h30m", now), Ok(now - 5400));
+        assert_eq!(since_at("2d", now), Ok(now - 172_800));
+        for bad in [
+            "",
+            "10",
+            "ten minutes",
+            "10x",
+            "m",
+            "-5m",
+            "2026-13-01T00:00:00Z",
+        ] {
+            if bad == "10" {
+                continue; // plain numbers are Unix seconds
+            }
+            let err = since_at(bad, now).expect_err(bad);
+            assert!(err.contains("is not a time"), "{err}");
+        }
+    }
+}

@@ -252,10 +252,20 @@ pub async fn inspect(c: &Client, names: &[String]) -> Result<i32> {
     Ok(0)
 }
 
-pub async fn logs(c: &Client, name: &str, follow: bool, tail: Option<u64>) -> Result<i32> {
-    let mut q = format!("?follow={follow}");
+pub async fn logs(
+    c: &Client,
+    name: &str,
+    follow: bool,
+    tail: Option<u64>,
+    timestamps: bool,
+    since: Option<u64>,
+) -> Result<i32> {
+    let mut q = format!("?follow={follow}&timestamps={timestamps}");
     if let Some(n) = tail {
         q += &format!("&tail={n}");
+    }
+    if let Some(t) = since {
+        q += &format!("&since={t}");
     }
     let mut body = c.stream(&format!("/v1/vms/{name}/logs{q}")).await?;
     let mut out = std::io::stdout();

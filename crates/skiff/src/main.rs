@@ -288,7 +288,13 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             println!("wrote the man pages into {}", dir.display());
             Ok(0)
         }
-        Command::Logs { name, follow, tail } => cli_vm::logs(&client(), &name, follow, tail).await,
+        Command::Logs {
+            name,
+            follow,
+            tail,
+            timestamps,
+            since,
+        } => cli_vm::logs(&client(), &name, follow, tail, timestamps, since).await,
         Command::Volume(v) => cli_vm::volume(&client(), v).await,
         Command::Network(n) => cli_net::network(&client(), n).await,
         Command::Pool(p) => cli_pool::pool(&client(), p).await,

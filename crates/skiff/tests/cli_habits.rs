@@ -85,6 +85,30 @@ fn a_detached_run_keeps_running_and_answers_docker_style_verbs() {
     assert_eq!(ticks.len(), 2, "{tail:?}");
     assert_eq!(ticks[1], ticks[0] + 1, "{tail:?}");
 
+    // logs -t: each line begins with the time the daemon saw it, in order,
+    // within the last minute; --since leaves out what came before.
+    let stamped = d.ok(&["logs", "-t", "--tail", "5", "tick"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let mut times = Vec::new();
+    for line in stamped.lines() {
+        let (time, rest) = line.split_once(' ').expect("a time, then the line");
+        assert!(time.ends_with('Z') && time.contains('T'), "{line}");
+        assert!(!rest.starts_with(' '), "{line}");
+        times.push(time.to_owned());
+    }
+    assert_eq!(times.len(), 5, "{stamped}");
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{stamped}");
+    let later = (now + 3600).to_string();
+    assert_eq!(d.ok(&["logs", "--since", &later, "tick"]), "");
+    let recent = d.ok(&["logs", "--since", "10m", "tick"]);
+    assert!(recent.lines().any(|l| l.trim_end() == "tick-5"), "{recent}");
+    let out = d.cli(&["logs", "--since", "yesterday", "tick"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("is not a time"), "{}", stderr(&out));
+
     // A second detached VM, named by skiff; both stopped with one verb.
     let other = d.ok(&["run", "-d", "--", "sleep", "600"]);
     let other = other.trim().to_owned();

@@ -4,6 +4,7 @@
 mod background;
 mod commands;
 pub mod error;
+mod log_lines;
 mod metrics;
 mod networks;
 mod pools;

@@ -34,6 +34,10 @@ pub async fn logs(
                 .unwrap_or(0)
         }
     };
+    // With timestamps or a start time, whole lines, each with its time.
+    let mut lines = (q.timestamps || q.since.is_some())
+        .then(|| super::log_lines::LineFilter::new(start, q.timestamps, q.since));
+    let times = skiff_vmm::console::times_path(&path);
     tokio::spawn(async move {
         let mut offset = start;
         loop {
@@ -43,14 +47,26 @@ pub async fn logs(
             })
             .await
             .unwrap_or_default();
-            if let Some((bytes, new_offset)) = chunk {
+            let still_there = matches!(m.store.get(&name), Ok(Some(_)));
+            let last = !q.follow || !still_there;
+            if let Some((mut bytes, new_offset)) = chunk {
+                if let Some(filter) = lines.as_mut() {
+                    let now_ms = unix_ms();
+                    let stamps = skiff_vmm::console::Stamps::load(&times);
+                    if new_offset < offset {
+                        filter.restart(new_offset - bytes.len() as u64);
+                    }
+                    bytes = filter.feed(&bytes, &stamps, now_ms);
+                    if last {
+                        bytes.extend(filter.flush(&stamps, now_ms));
+                    }
+                }
                 offset = new_offset;
                 if !bytes.is_empty() && tx.send(Ok(bytes)).await.is_err() {
                     return; // the client went away
                 }
             }
-            let still_there = matches!(m.store.get(&name), Ok(Some(_)));
-            if !q.follow || !still_there || tx.is_closed() {
+            if last || tx.is_closed() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -158,6 +174,13 @@ fn tail_offset(path: &std::path::Path, lines: u64) -> u64 {
 
 /// Bytes of `path` from `offset` (at most 1 MiB at a time), and the new
 /// offset. A file that shrank (the log was trimmed) is read from the start.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 fn read_from(path: &std::path::Path, mut offset: u64) -> Option<(Vec<u8>, u64)> {
     let mut f = std::fs::File::open(path).ok()?;
     let len = f.metadata().ok()?.len();

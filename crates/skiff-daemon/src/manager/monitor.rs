@@ -116,17 +116,20 @@ impl Manager {
         let this = self.clone();
         let fut: BoxFuture<()> = Box::pin(async move {
             let console = this.paths.vm_dir(&name).join("console.log");
+            // Every tick notes the console's growth (the times of `logs
+            // -t`); every eighth keeps it bounded.
+            let mut watch = ConsoleWatch::default();
             let code = match qemu_child {
                 Some(mut child) => loop {
                     tokio::select! {
                         status = child.wait() => break status.ok().and_then(|s| s.code()),
-                        _ = tokio::time::sleep(Duration::from_secs(2)) => skiff_vmm::console::trim(&console),
+                        _ = tokio::time::sleep(CONSOLE_TICK) => watch.tick(&console),
                     }
                 },
                 None => {
                     while qemu.is_alive() {
-                        skiff_vmm::console::trim(&console);
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        watch.tick(&console);
+                        tokio::time::sleep(CONSOLE_TICK).await;
                     }
                     None
                 }
@@ -183,6 +186,30 @@ impl Manager {
                 let _ = self.start(name).await;
             }
         }
+    }
+}
+
+/// How often a running VM's console is looked at.
+const CONSOLE_TICK: Duration = Duration::from_millis(250);
+
+/// The watcher's memory of a console log: its size last noted.
+#[derive(Default)]
+struct ConsoleWatch {
+    size: u64,
+    ticks: u64,
+}
+
+impl ConsoleWatch {
+    fn tick(&mut self, console: &std::path::Path) {
+        self.ticks += 1;
+        if self.ticks.is_multiple_of(8) {
+            skiff_vmm::console::trim(console);
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.size = skiff_vmm::console::note_growth(console, self.size, now_ms);
     }
 }
 
