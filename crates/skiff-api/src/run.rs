@@ -35,6 +35,10 @@ pub struct RunBody {
     pub quiet: bool,
     #[serde(default)]
     pub stdin: bool,
+    /// Run the command on a pseudo-terminal of this size (`run -t`): its
+    /// output is one stream, and the client's `Resize` frames follow.
+    #[serde(default)]
+    pub tty: Option<crate::TtySize>,
     /// "none" (default), "user", or the name of a managed network.
     #[serde(default)]
     pub net: Option<String>,

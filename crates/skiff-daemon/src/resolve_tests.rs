@@ -165,6 +165,7 @@ fn unsupported_features_and_bad_kernel_arguments_are_refused_by_name() {
 #[test]
 fn a_run_request_is_planned_like_a_spec() {
     let body = crate::run_spec::RunBody {
+        tty: None,
         argv: vec!["true".into()],
         cpus: 1,
         memory_mib: 256,

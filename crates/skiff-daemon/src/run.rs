@@ -44,6 +44,8 @@ pub enum IoEvent {
     Stdin(Vec<u8>),
     /// Abandon the run and exit with this code.
     Interrupted(i32),
+    /// The client's terminal changed size (a run on a pseudo-terminal).
+    Resize(skiff_proto::WindowSize),
 }
 
 /// `skiff run --standalone`: the run's VM planned exactly as the daemon
@@ -163,7 +165,10 @@ pub fn exec_request(body: &RunBody, stdin: bool) -> ExecRequest {
         workdir: body.workdir.clone(),
         stdin,
         service: false,
-        tty: None,
+        tty: body.tty.map(|t| skiff_proto::WindowSize {
+            rows: t.rows,
+            cols: t.cols,
+        }),
         user: body.user.clone(),
     }
 }
@@ -214,6 +219,8 @@ pub async fn exec<IO: RunIo>(
             event = io.next_event() => match event {
                 IoEvent::Stdin(chunk) => conn.writer.send(&Message::Stdin(chunk)).await.context("cannot send stdin to the guest")?,
                 IoEvent::Interrupted(code) => return Ok(Ended::Interrupted(code)),
+                // As for stdin: a failed resize is told by the command's end.
+                IoEvent::Resize(size) => { let _ = conn.writer.send(&Message::Resize(size)).await; }
             },
             why = &mut vm_gone => bail!("{why}"),
         }

@@ -118,6 +118,7 @@ mod tests {
 
     fn body() -> RunBody {
         RunBody {
+            tty: None,
             argv: vec!["true".into()],
             cpus: 2,
             memory_mib: 512,

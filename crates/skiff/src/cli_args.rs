@@ -420,6 +420,10 @@ pub(crate) struct RunArgs {
     /// when it is a pipe or a file).
     #[arg(short, long)]
     pub(crate) interactive: bool,
+    /// Give the command a terminal (a pseudo-terminal in the guest), as
+    /// `docker run -it` does; needs one on stdin.
+    #[arg(short, long, conflicts_with_all = ["standalone", "timings", "detach", "pool"])]
+    pub(crate) tty: bool,
     /// Print how long each phase took, on stderr.
     #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "human", value_name = "FORMAT")]
     pub(crate) timings: Option<TimingsFormat>,

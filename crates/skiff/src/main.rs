@@ -73,6 +73,7 @@ async fn run_body(a: RunArgs, forward_stdin: bool) -> Result<run_spec::RunBody> 
         boot_timeout_secs: a.boot_timeout,
         quiet: a.quiet,
         stdin: forward_stdin,
+        tty: None,
         net: a.net,
         publish: a.publish,
         shares: a.volume,
@@ -82,8 +83,22 @@ async fn run_body(a: RunArgs, forward_stdin: bool) -> Result<run_spec::RunBody> 
 /// `skiff run` through the daemon (starting one if none answers): the VM
 /// is the daemon's for the length of the connection.
 async fn run_via_daemon(a: RunArgs) -> Result<i32> {
-    let forward_stdin = a.interactive || !std::io::IsTerminal::is_terminal(&std::io::stdin());
-    let body = run_body(a, forward_stdin).await?;
+    let stdin_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stdin());
+    let tty = a.tty;
+    if tty && !stdin_is_terminal {
+        anyhow::bail!("-t needs a terminal on stdin; for scripts leave -t out (stdin is forwarded when it is a pipe or a file)");
+    }
+    let forward_stdin = tty || a.interactive || !stdin_is_terminal;
+    let mut body = run_body(a, forward_stdin).await?;
+    if tty {
+        let size = tty::window_size().unwrap_or(skiff_proto::WindowSize { rows: 24, cols: 80 });
+        body.tty = Some(skiff_api::TtySize {
+            rows: size.rows,
+            cols: size.cols,
+        });
+        let term = std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into());
+        body.env.insert(0, ("TERM".to_owned(), term));
+    }
     let client = client::Client::new(paths::client_socket_path());
     client.ensure_daemon().await?;
     // The user's own daemon shares this cache: build the image here, where
@@ -97,12 +112,17 @@ async fn run_via_daemon(a: RunArgs) -> Result<i32> {
         let quiet = body.quiet;
         tokio::task::spawn_blocking(move || image::prepare(&choice, quiet)).await??;
     }
+    // Raw mode last: progress and errors above print as usual.
+    let _raw = match tty {
+        true => Some(tty::RawMode::enable().context("cannot put the terminal in raw mode")?),
+        false => None,
+    };
     cli_vm::exec_stream(
         &client,
         "/v1/run",
         serde_json::to_value(body)?,
         forward_stdin,
-        false,
+        tty,
     )
     .await
 }

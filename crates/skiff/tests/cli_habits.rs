@@ -262,3 +262,37 @@ COMP_WORDS=(skiff run --de); COMP_CWORD=2; _skiff skiff --de run; echo \"${{COMP
         dir.path().join("skiff.1").is_file() && dir.path().join("skiff-image-pull.1").is_file()
     );
 }
+
+#[test]
+fn run_t_gives_the_command_a_terminal_of_the_clients_size() {
+    let d = Daemon::start();
+    // script(1) gives the CLI a terminal (80x24 by default, as it has none
+    // of its own here); the guest's command sees a pseudo-terminal.
+    let shell = format!(
+        "{} {} run -t -- sh -c 'tty; stty size; exit 4'",
+        d.shell_env(),
+        env!("CARGO_BIN_EXE_skiff")
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &shell, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("script");
+    let screen = stdout(&out);
+    assert!(screen.contains("/dev/pts/"), "{screen:?}");
+    assert!(
+        screen.contains("24 80"),
+        "the default size when the client's terminal has none: {screen:?}"
+    );
+    assert_eq!(out.status.code(), Some(4), "{screen:?}");
+
+    // Without a terminal: one clear line, nothing booted.
+    let out = d.cli(&["run", "-t", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("-t needs a terminal on stdin"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(d.qemu_count(), 0);
+}

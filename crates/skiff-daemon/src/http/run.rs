@@ -98,6 +98,7 @@ struct ConnectionIo<W> {
     writer: WriteHalf<W>,
     stdin: mpsc::Receiver<Vec<u8>>,
     gone: watch::Receiver<bool>,
+    resize: mpsc::Receiver<skiff_proto::WindowSize>,
     forward_stdin: bool,
     stdin_done: bool,
 }
@@ -108,6 +109,7 @@ impl<S: tokio::io::AsyncRead + AsyncWrite + Send + 'static> ConnectionIo<S> {
     fn new(reader: tokio::io::ReadHalf<S>, writer: WriteHalf<S>, forward_stdin: bool) -> Self {
         let (stdin_tx, stdin) = mpsc::channel(4);
         let (gone_tx, gone) = watch::channel(false);
+        let (resize_tx, resize) = mpsc::channel(4);
         tokio::spawn(async move {
             let mut frames = FrameReader::new(reader);
             loop {
@@ -116,6 +118,10 @@ impl<S: tokio::io::AsyncRead + AsyncWrite + Send + 'static> ConnectionIo<S> {
                         if stdin_tx.send(chunk).await.is_err() {
                             // The run no longer reads stdin; keep watching for the end.
                         }
+                    }
+                    // A full queue drops a resize: the next one follows.
+                    Ok(Some(Message::Resize(size))) => {
+                        let _ = resize_tx.try_send(size);
                     }
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => break,
@@ -127,6 +133,7 @@ impl<S: tokio::io::AsyncRead + AsyncWrite + Send + 'static> ConnectionIo<S> {
             writer,
             stdin,
             gone,
+            resize,
             forward_stdin,
             stdin_done: false,
         }
@@ -156,6 +163,7 @@ impl<S: tokio::io::AsyncRead + AsyncWrite + Send + 'static> RunIo for Connection
                 self.stdin_done = chunk.is_empty();
                 IoEvent::Stdin(chunk)
             }
+            Some(size) = self.resize.recv() => IoEvent::Resize(size),
             _ = wait_gone(&mut self.gone) => IoEvent::Interrupted(CLIENT_GONE),
         }
     }
