@@ -28,6 +28,7 @@ for unit in skiff.service skiff.socket; do
     "contrib/$unit" >"$stage/systemd/$unit"
 done
 cp contrib/skiff.sysusers "$stage/systemd/skiff.sysusers"
+cp contrib/skiff.tmpfiles "$stage/systemd/skiff.tmpfile"
 cp target/x86_64-unknown-linux-gnu/release/skiff-agent "$(command -v vhost-device-vsock)" "$(command -v virtiofsd)" "$stage/lib/"
 target/release/skiff completions bash >"$stage/completions/skiff"
 target/release/skiff completions zsh >"$stage/completions/_skiff"

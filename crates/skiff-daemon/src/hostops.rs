@@ -108,8 +108,9 @@ pub enum LimitPlace {
 /// The host itself.
 pub struct LinuxHost {
     pub limits: LimitPlace,
-    /// The scopes this daemon has started (later processes are attached).
-    scopes_started: Mutex<std::collections::HashSet<String>>,
+    /// The scope of each VM's boot, by cgroup name (later processes of
+    /// the boot are attached to it).
+    scopes_started: Mutex<std::collections::HashMap<String, String>>,
 }
 
 impl LinuxHost {
@@ -122,15 +123,17 @@ impl LinuxHost {
 
     pub fn detect() -> LinuxHost {
         let root = nix::unistd::geteuid().is_root();
-        let place = if skiff_vmm::scope::systemd_manages_cgroups(
-            Path::new("/run/systemd/system"),
-            root,
-        ) {
+        let under_systemd =
+            skiff_vmm::scope::systemd_manages_cgroups(Path::new("/run/systemd/system"), root);
+        let place = if under_systemd && skiff_vmm::scope::bus_present() {
             tracing::info!(
-                "systemd is init: each VM runs in a scope of its own (skiff-vm-ID.scope)"
+                "systemd is init: each VM runs in a scope of its own (skiff-vm-ID-N.scope)"
             );
             LimitPlace::Scopes
         } else if let Some(h) = skiff_vmm::cgroup::detect() {
+            if under_systemd {
+                tracing::warn!("systemd is init but no D-Bus system bus answers at {}: VMs get cgroups under the daemon's own, and stopping its unit stops them; install dbus", skiff_vmm::scope::SYSTEM_BUS);
+            }
             LimitPlace::Cgroups(h)
         } else {
             tracing::warn!("no writable cgroup with the memory and cpu controllers: VMs run without host memory and CPU limits");
@@ -150,28 +153,36 @@ impl LinuxHost {
 
     fn scope(&self, name: &str, limits: &Limits, pids: &[i32]) -> Result<(), HostError> {
         use skiff_vmm::scope;
-        let unit = scope::unit_name(name);
-        let mut started = self
+        let bus = Path::new(scope::SYSTEM_BUS);
+        // The lock is not held across the call to systemd.
+        let existing = self
             .scopes_started
             .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let result = if started.contains(&unit) {
-            scope::run(
-                &scope::attach_call(Path::new(scope::SYSTEM_BUS), &unit, pids),
-                "attaching processes",
-                &unit,
-            )
-        } else {
-            let call = scope::start_call(
-                Path::new(scope::SYSTEM_BUS),
-                &unit,
-                &format!("skiff VM {name}"),
-                pids,
-                limits,
-            );
-            scope::run(&call, "a scope", &unit).map(|()| {
-                started.insert(unit.clone());
-            })
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned();
+        let (unit, result) = match existing {
+            Some(unit) => {
+                let call = scope::attach_call(bus, &unit, pids);
+                let result = scope::run(&call, "attaching processes", &unit);
+                (unit, result)
+            }
+            None => {
+                let tag = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                let unit = scope::unit_name(name, tag);
+                let call = scope::start_call(bus, &unit, &format!("skiff VM {name}"), pids, limits);
+                let result = scope::run(&call, "a scope", &unit);
+                if result.is_ok() {
+                    self.scopes_started
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(name.to_owned(), unit.clone());
+                }
+                (unit, result)
+            }
         };
         result.map_err(|source| HostError::Scope { name: unit, source })
     }
@@ -264,7 +275,7 @@ impl HostOps for LinuxHost {
         self.scopes_started
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&skiff_vmm::scope::unit_name(name));
+            .remove(name);
         Box::pin(async move {
             let Some(cg) = self.cgroup(name) else {
                 return Ok(());

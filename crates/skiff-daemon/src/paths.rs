@@ -85,7 +85,9 @@ pub const SYSTEM_SOCKET: &str = "/run/skiff/skiff.sock";
 
 /// The socket the CLI talks to: the daemon's ([`socket_path`]), except
 /// that a member of the `skiff` group without `$SKIFF_SOCKET` uses the
-/// system daemon when its socket exists, rather than a private one.
+/// system daemon when it is installed (its socket is there, or /run/skiff
+/// cannot be looked into: then connecting says why), rather than a
+/// private one.
 pub fn client_socket_path() -> PathBuf {
     let explicit = env::var_os("SKIFF_SOCKET").is_some_and(|p| !p.is_empty());
     let member = || {
@@ -96,7 +98,11 @@ pub fn client_socket_path() -> PathBuf {
             || nix::unistd::getegid() == group.gid
     };
     let system = Path::new(SYSTEM_SOCKET);
-    if !explicit && !nix::unistd::getuid().is_root() && system.exists() && member() {
+    let installed = || match std::fs::symlink_metadata(system) {
+        Ok(_) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::PermissionDenied,
+    };
+    if !explicit && !nix::unistd::getuid().is_root() && member() && installed() {
         return system.to_owned();
     }
     socket_path()

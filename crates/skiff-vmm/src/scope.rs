@@ -38,9 +38,16 @@ pub fn systemd_manages_cgroups(run_systemd_system: &Path, euid_is_root: bool) ->
     euid_is_root && run_systemd_system.is_dir()
 }
 
-/// The scope of the VM whose cgroup is named `cgroup` (`vm-ID`).
-pub fn unit_name(cgroup: &str) -> String {
-    format!("skiff-{cgroup}.scope")
+/// Whether the system bus the scopes are asked for over is there.
+pub fn bus_present() -> bool {
+    Path::new(SYSTEM_BUS).exists()
+}
+
+/// The scope of one boot of the VM whose cgroup is named `cgroup`
+/// (`vm-ID`): a name per boot (`tag`), since systemd lets an emptied scope
+/// go in its own time and the next boot must not wait for that.
+pub fn unit_name(cgroup: &str, tag: u64) -> String {
+    format!("skiff-{cgroup}-{tag}.scope")
 }
 
 /// A `busctl` call as data: its arguments.
@@ -59,6 +66,8 @@ fn base(bus: &Path, method: &str, signature: &str) -> Vec<String> {
     let mut args = vec![
         format!("--address=unix:path={}", bus.display()),
         "--quiet".into(),
+        // A bus that does not answer must not hold a boot for ever.
+        "--timeout=10".into(),
         "call".into(),
     ];
     args.extend(MANAGER.iter().map(|s| s.to_string()));
@@ -156,7 +165,7 @@ mod tests {
     fn a_scope_is_asked_for_with_the_vms_processes_and_limits() {
         let call = start_call(
             Path::new(SYSTEM_BUS),
-            &unit_name("vm-ab12"),
+            &unit_name("vm-ab12", 7),
             "skiff VM web",
             &[10, 11],
             &Limits::for_vm(128, 1),
@@ -164,9 +173,9 @@ mod tests {
         let line = call.args.join(" ");
         assert_eq!(
             line,
-            "--address=unix:path=/run/dbus/system_bus_socket --quiet call org.freedesktop.systemd1 \
-             /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager StartTransientUnit \
-             ssa(sv)a(sa(sv)) skiff-vm-ab12.scope fail 6 Description s skiff VM web \
+            "--address=unix:path=/run/dbus/system_bus_socket --quiet --timeout=10 call \
+             org.freedesktop.systemd1 /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager \
+             StartTransientUnit ssa(sv)a(sa(sv)) skiff-vm-ab12-7.scope fail 6 Description s skiff VM web \
              MemoryMax t 402653184 MemorySwapMax t 0 CPUQuotaPerSecUSec t 2000000 \
              CollectMode s inactive-or-failed PIDs au 2 10 11 0"
         );
@@ -178,7 +187,7 @@ mod tests {
     fn later_processes_join_the_scope() {
         let call = attach_call(Path::new(SYSTEM_BUS), "skiff-vm-x.scope", &[42]);
         assert_eq!(
-            &call.args[6..],
+            &call.args[7..],
             [
                 "AttachProcessesToUnit",
                 "ssau",

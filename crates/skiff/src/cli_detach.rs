@@ -116,7 +116,7 @@ pub async fn run_detached(c: &Client, a: RunArgs) -> Result<i32> {
     let spec = detached_spec(&name, &a, config.as_ref())?;
     c.ensure_daemon().await?;
     crate::cli_vm::create_from_text(c, spec, true, a.rm).await?;
-    crate::cli_vm::start_quietly(c, &name).await?;
+    crate::cli_vm::start_quietly(c, &name, a.quiet).await?;
     println!("{name}");
     Ok(0)
 }

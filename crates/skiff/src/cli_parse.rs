@@ -162,18 +162,7 @@ mod since_tests {
         assert_eq!(since_at("90s", now), Ok(now - 90));
         assert_eq!(since_at("1h30m", now), Ok(now - 5400));
         assert_eq!(since_at("2d", now), Ok(now - 172_800));
-        for bad in [
-            "",
-            "10",
-            "ten minutes",
-            "10x",
-            "m",
-            "-5m",
-            "2026-13-01T00:00:00Z",
-        ] {
-            if bad == "10" {
-                continue; // plain numbers are Unix seconds
-            }
+        for bad in ["", "ten minutes", "10x", "m", "-5m", "2026-13-01T00:00:00Z"] {
             let err = since_at(bad, now).expect_err(bad);
             assert!(err.contains("is not a time"), "{err}");
         }

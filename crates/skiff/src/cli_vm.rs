@@ -75,7 +75,9 @@ pub async fn create_from_text(
     quiet: bool,
     remove_when_ended: bool,
 ) -> Result<Vec<skiff_api::Vm>> {
-    if !quiet {
+    // Pulled here only into a cache the daemon shares; the system daemon
+    // pulls into its own.
+    if !quiet && c.socket_is_mine() {
         fetch_images(&spec).await?;
     }
     let path = match remove_when_ended {
@@ -86,17 +88,20 @@ pub async fn create_from_text(
     typed(&body)
 }
 
-/// Start `name`, printing nothing but the boot's progress on a terminal.
-pub async fn start_quietly(c: &Client, name: &str) -> Result<skiff_api::Vm> {
+/// Start `name`, printing nothing but the boot's progress on a terminal
+/// (none when `quiet`).
+pub async fn start_quietly(c: &Client, name: &str, quiet: bool) -> Result<skiff_api::Vm> {
     let path = format!("/v1/vms/{name}/start");
     let start = c.call(Method::POST, &path, None);
-    let body = crate::cli_progress::while_booting(c, name, false, start).await?;
+    let body = crate::cli_progress::while_booting(c, name, quiet, start).await?;
     typed(&body)
 }
 
 pub async fn apply(c: &Client, file: &Path, json: bool) -> Result<i32> {
     let spec = read_spec(file)?;
-    fetch_images(&spec).await?;
+    if c.socket_is_mine() {
+        fetch_images(&spec).await?;
+    }
     let body = c
         .call(Method::POST, "/v1/apply", Some(spec_text(spec)?))
         .await?;

@@ -96,16 +96,21 @@ impl Client {
         Ok(stream)
     }
 
-    /// Refuse a socket that neither this user nor root owns: whoever made
-    /// it would see every request (and could answer them).
     /// Whether the daemon on the socket runs as this user, and so (with
-    /// this environment) shares this user's cache. The system daemon (a
-    /// group member's, or root's under systemd) keeps its own.
+    /// this environment) shares this user's cache. The system daemon keeps
+    /// its own (/var/cache/skiff): a group member's, and root's when systemd
+    /// runs it (the system socket with systemd as init).
     pub fn socket_is_mine(&self) -> bool {
-        std::fs::symlink_metadata(&self.socket)
-            .is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw())
+        let systemd_daemon = self.socket
+            == std::path::Path::new(skiff_daemon::paths::SYSTEM_SOCKET)
+            && std::path::Path::new("/run/systemd/system").is_dir();
+        !systemd_daemon
+            && std::fs::symlink_metadata(&self.socket)
+                .is_ok_and(|m| m.uid() == nix::unistd::geteuid().as_raw())
     }
 
+    /// Refuse a socket that neither this user nor root owns: whoever made
+    /// it would see every request (and could answer them).
     fn check_socket_owner(&self) -> Result<()> {
         let Ok(meta) = std::fs::symlink_metadata(&self.socket) else {
             return Ok(()); // nothing there yet: connecting says so

@@ -105,7 +105,7 @@ fn a_guest_without_an_agent_is_ready_by_its_console_and_refuses_exec_clearly() {
     // On a terminal (script(1) gives the CLI one), the boot shows that it
     // moves: the VM, the time spent and the console's last line.
     let shell = format!(
-        "{} {} start never",
+        "{} '{}' start never",
         d.shell_env(),
         env!("CARGO_BIN_EXE_skiff")
     );

@@ -58,6 +58,11 @@ fn the_package_installs_serves_a_group_member_and_removes_cleanly() {
         );
         return;
     }
+    // Only a machine without a skiff of its own in use: the test purges.
+    assert!(
+        !Path::new("/var/lib/skiff/state.db").exists(),
+        "/var/lib/skiff/state.db exists: a system skiff is in use here, and this test installs and purges the package"
+    );
     let deb = common::debian_package();
     clean_machine();
 
@@ -72,6 +77,7 @@ fn the_package_installs_serves_a_group_member_and_removes_cleanly() {
         "./usr/lib/systemd/system/skiff.service",
         "./usr/lib/systemd/system/skiff.socket",
         "./usr/lib/sysusers.d/skiff.conf",
+        "./usr/lib/tmpfiles.d/skiff.conf",
         "./usr/share/bash-completion/completions/skiff",
         "./usr/share/zsh/vendor-completions/_skiff",
         "./usr/share/fish/vendor_completions.d/skiff.fish",
@@ -149,6 +155,11 @@ fn the_package_installs_serves_a_group_member_and_removes_cleanly() {
     while !socket.exists() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
+    assert!(
+        socket.exists(),
+        "the packaged daemon did not listen: {}",
+        std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default()
+    );
     ok("useradd", &["--no-create-home", "--groups", "skiff", USER]);
     let socket_env = format!("SKIFF_SOCKET={}", socket.display());
     let as_member = |args: &[&str]| {

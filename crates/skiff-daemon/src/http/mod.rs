@@ -318,7 +318,7 @@ async fn stop(
     let timeout = q
         .timeout
         .map(|secs| Duration::from_secs(secs.min(MAX_STOP_TIMEOUT.as_secs())));
-    Ok(Json(vm(m.stop(&name, timeout).await?)))
+    Ok(Json(vm(m.stop_on_request(&name, timeout).await?)))
 }
 
 async fn restart(State(m): State<AppState>, Path(name): Path<String>) -> ApiResult<skiff_api::Vm> {

@@ -83,8 +83,9 @@ where
     let started = std::time::Instant::now();
     let request = run::exec_request(body, io.forwards_stdin());
     // If the VM dies, its agent connection closes: no other watch needed.
-    let ended = run::exec(&mut conn, request, io, std::future::pending()).await?;
+    let ended = run::exec(&mut conn, request, io, std::future::pending()).await;
     m.metrics.exec_finished("run", started.elapsed());
+    let ended = ended?;
     if matches!(ended, run::Ended::Command(_)) {
         let _ = conn.writer.send(&Message::Shutdown).await;
     }
@@ -98,7 +99,8 @@ struct ConnectionIo<W> {
     writer: WriteHalf<W>,
     stdin: mpsc::Receiver<Vec<u8>>,
     gone: watch::Receiver<bool>,
-    resize: mpsc::Receiver<skiff_proto::WindowSize>,
+    /// The client's newest terminal size (only the last one matters).
+    resize: watch::Receiver<skiff_proto::WindowSize>,
     forward_stdin: bool,
     stdin_done: bool,
 }
@@ -109,7 +111,8 @@ impl<S: tokio::io::AsyncRead + AsyncWrite + Send + 'static> ConnectionIo<S> {
     fn new(reader: tokio::io::ReadHalf<S>, writer: WriteHalf<S>, forward_stdin: bool) -> Self {
         let (stdin_tx, stdin) = mpsc::channel(4);
         let (gone_tx, gone) = watch::channel(false);
-        let (resize_tx, resize) = mpsc::channel(4);
+        // The first value is never read: `changed` fires on sends only.
+        let (resize_tx, resize) = watch::channel(skiff_proto::WindowSize { rows: 0, cols: 0 });
         tokio::spawn(async move {
             let mut frames = FrameReader::new(reader);
             loop {
@@ -119,9 +122,8 @@ impl<S: tokio::io::AsyncRead + AsyncWrite + Send + 'static> ConnectionIo<S> {
                             // The run no longer reads stdin; keep watching for the end.
                         }
                     }
-                    // A full queue drops a resize: the next one follows.
                     Ok(Some(Message::Resize(size))) => {
-                        let _ = resize_tx.try_send(size);
+                        let _ = resize_tx.send(size);
                     }
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => break,
@@ -163,7 +165,7 @@ impl<S: tokio::io::AsyncRead + AsyncWrite + Send + 'static> RunIo for Connection
                 self.stdin_done = chunk.is_empty();
                 IoEvent::Stdin(chunk)
             }
-            Some(size) = self.resize.recv() => IoEvent::Resize(size),
+            Ok(()) = self.resize.changed() => IoEvent::Resize(*self.resize.borrow_and_update()),
             _ = wait_gone(&mut self.gone) => IoEvent::Interrupted(CLIENT_GONE),
         }
     }

@@ -40,6 +40,8 @@ pub async fn logs(
     let times = skiff_vmm::console::times_path(&path);
     tokio::spawn(async move {
         let mut offset = start;
+        // Without -f the read ends even if the guest never stops writing.
+        let mut budget = 2 * skiff_vmm::console::CONSOLE_LOG_MAX;
         loop {
             let chunk = tokio::task::spawn_blocking({
                 let path = path.clone();
@@ -48,7 +50,12 @@ pub async fn logs(
             .await
             .unwrap_or_default();
             let still_there = matches!(m.store.get(&name), Ok(Some(_)));
-            let last = !q.follow || !still_there;
+            // A read of the whole allowance may have left more behind: read
+            // on before the end counts (a log is up to 8 MiB).
+            let read = chunk.as_ref().map_or(0, |(bytes, _)| bytes.len() as u64);
+            budget = budget.saturating_sub(read);
+            let more = read == READ_MAX && (q.follow || budget > 0);
+            let last = (!q.follow || !still_there) && !more;
             if let Some((mut bytes, new_offset)) = chunk {
                 if let Some(filter) = lines.as_mut() {
                     let now_ms = unix_ms();
@@ -68,6 +75,9 @@ pub async fn logs(
             }
             if last || tx.is_closed() {
                 return;
+            }
+            if more {
+                continue;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -172,8 +182,9 @@ fn tail_offset(path: &std::path::Path, lines: u64) -> u64 {
     0
 }
 
-/// Bytes of `path` from `offset` (at most 1 MiB at a time), and the new
-/// offset. A file that shrank (the log was trimmed) is read from the start.
+/// The most of a log read at once.
+const READ_MAX: u64 = 1024 * 1024;
+
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -181,6 +192,9 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes of `path` from `offset` (at most [`READ_MAX`] at a time), and the
+/// new offset. A file that shrank (the log was trimmed) is read from the
+/// start.
 fn read_from(path: &std::path::Path, mut offset: u64) -> Option<(Vec<u8>, u64)> {
     let mut f = std::fs::File::open(path).ok()?;
     let len = f.metadata().ok()?.len();
@@ -189,7 +203,7 @@ fn read_from(path: &std::path::Path, mut offset: u64) -> Option<(Vec<u8>, u64)> 
     }
     f.seek(SeekFrom::Start(offset)).ok()?;
     let mut buf = Vec::new();
-    f.take(1024 * 1024).read_to_end(&mut buf).ok()?;
+    f.take(READ_MAX).read_to_end(&mut buf).ok()?;
     let next = offset + buf.len() as u64;
     Some((buf, next))
 }

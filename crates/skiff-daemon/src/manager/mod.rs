@@ -285,8 +285,18 @@ impl Manager {
         self.store
             .transition(name, Event::Halted, "stopped on request")?;
         tracing::info!(vm = %name, "stopped");
-        let stopped = self.get(name)?;
-        drop(_guard);
+        self.get(name)
+    }
+
+    /// A stop a user asked for: [`Manager::stop`], then the removal of a
+    /// `run -d --rm` VM. (A restart or an `apply` stops VMs too, and
+    /// keeps them.)
+    pub async fn stop_on_request(
+        self: &Arc<Self>,
+        name: &str,
+        timeout: Option<Duration>,
+    ) -> Result<VmRecord, ManagerError> {
+        let stopped = self.stop(name, timeout).await?;
         if self.store.removes_when_ended(name)? {
             self.remove_ended(name).await;
         }

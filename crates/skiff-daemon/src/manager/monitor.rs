@@ -22,6 +22,11 @@ impl Manager {
                 }
                 continue;
             }
+            // A `run -d --rm` VM that had ended before the daemon went down.
+            if !rec.state.is_active() && self.store.removes_when_ended(&rec.name)? {
+                self.remove_ended(&rec.name).await;
+                continue;
+            }
             let mut state = rec.state;
             let mut restart_now = false;
             if rec.state.is_active() {
