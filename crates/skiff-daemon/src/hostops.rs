@@ -168,11 +168,7 @@ impl LinuxHost {
                 (unit, result)
             }
             None => {
-                let tag = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0);
-                let unit = scope::unit_name(name, tag);
+                let unit = scope::unit_name(name, skiff_vmm::console::unix_ms());
                 let call = scope::start_call(bus, &unit, &format!("skiff VM {name}"), pids, limits);
                 let result = scope::run(&call, "a scope", &unit);
                 if result.is_ok() {

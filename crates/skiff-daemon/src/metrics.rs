@@ -235,22 +235,20 @@ impl Metrics {
                 .map(|(vm, n)| (format!("vm=\"{}\"", label(vm)), n.to_string()))
                 .collect(),
         );
-        let _ = writeln!(out, "# HELP skiff_exec_duration_seconds Duration of commands, by the API that ran them (commands, exec, run).\n# TYPE skiff_exec_duration_seconds histogram");
-        for (api, h) in &i.exec_latency {
-            h.render(
-                &mut out,
-                "skiff_exec_duration_seconds",
-                &format!("api=\"{api}\""),
-            );
-        }
-        let _ = writeln!(out, "# HELP skiff_boot_duration_seconds Time from start to ready, by the guest's init (agent, system, own).\n# TYPE skiff_boot_duration_seconds histogram");
-        for (init, h) in &i.boot_latency {
-            h.render(
-                &mut out,
-                "skiff_boot_duration_seconds",
-                &format!("init=\"{init}\""),
-            );
-        }
+        histograms(
+            &mut out,
+            "skiff_exec_duration_seconds",
+            "Duration of commands, by the API that ran them (commands, exec, run).",
+            "api",
+            &i.exec_latency,
+        );
+        histograms(
+            &mut out,
+            "skiff_boot_duration_seconds",
+            "Time from start to ready, by the guest's init (agent, system, own).",
+            "init",
+            &i.boot_latency,
+        );
         table(
             &mut out,
             "skiff_proxy_requests_total",
@@ -275,6 +273,20 @@ impl Metrics {
             );
         }
         out
+    }
+}
+
+/// A histogram family with one label whose values are skiff's own words.
+fn histograms(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    key: &str,
+    by: &BTreeMap<&'static str, Histogram>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (value, h) in by {
+        h.render(out, name, &format!("{key}=\"{value}\""));
     }
 }
 

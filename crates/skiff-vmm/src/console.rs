@@ -75,6 +75,15 @@ pub fn times_path(log: &Path) -> std::path::PathBuf {
     log.with_extension("times")
 }
 
+/// Now, in Unix milliseconds (0 if the clock is before 1970): the unit of
+/// the notes, and of the times `logs -t` shows.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// The notes file is thinned (every other note dropped) past this size,
 /// so a guest that trickles output for months cannot grow it for ever.
 const TIMES_MAX: u64 = 256 * 1024;

@@ -268,16 +268,7 @@ fn run_t_gives_the_command_a_terminal_of_the_clients_size() {
     let d = Daemon::start();
     // script(1) gives the CLI a terminal (80x24 by default, as it has none
     // of its own here); the guest's command sees a pseudo-terminal.
-    let shell = format!(
-        "{} '{}' run -t -- sh -c 'tty; stty size; exit 4'",
-        d.shell_env(),
-        env!("CARGO_BIN_EXE_skiff")
-    );
-    let out = std::process::Command::new("script")
-        .args(["-qec", &shell, "/dev/null"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("script");
+    let out = d.cli_on_terminal("run -t -- sh -c 'tty; stty size; exit 4'");
     let screen = stdout(&out);
     assert!(screen.contains("/dev/pts/"), "{screen:?}");
     assert!(

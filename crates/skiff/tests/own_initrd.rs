@@ -104,15 +104,7 @@ fn a_guest_without_an_agent_is_ready_by_its_console_and_refuses_exec_clearly() {
 
     // On a terminal (script(1) gives the CLI one), the boot shows that it
     // moves: the VM, the time spent and the console's last line.
-    let shell = format!(
-        "{} '{}' start never",
-        d.shell_env(),
-        env!("CARGO_BIN_EXE_skiff")
-    );
-    let out = std::process::Command::new("script")
-        .args(["-qec", &shell, "/dev/null"])
-        .output()
-        .expect("script");
+    let out = d.cli_on_terminal("start never");
     let screen = stdout(&out);
     assert!(
         screen

@@ -58,7 +58,7 @@ pub async fn logs(
             let last = (!q.follow || !still_there) && !more;
             if let Some((mut bytes, new_offset)) = chunk {
                 if let Some(filter) = lines.as_mut() {
-                    let now_ms = unix_ms();
+                    let now_ms = skiff_vmm::console::unix_ms();
                     let stamps = skiff_vmm::console::Stamps::load(&times);
                     if new_offset < offset {
                         filter.restart(new_offset - bytes.len() as u64);
@@ -184,13 +184,6 @@ fn tail_offset(path: &std::path::Path, lines: u64) -> u64 {
 
 /// The most of a log read at once.
 const READ_MAX: u64 = 1024 * 1024;
-
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Bytes of `path` from `offset` (at most [`READ_MAX`] at a time), and the
 /// new offset. A file that shrank (the log was trimmed) is read from the

@@ -210,10 +210,7 @@ impl ConsoleWatch {
         if self.ticks.is_multiple_of(8) {
             skiff_vmm::console::trim(console);
         }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let now_ms = skiff_vmm::console::unix_ms();
         self.size = skiff_vmm::console::note_growth(console, self.size, now_ms);
     }
 }

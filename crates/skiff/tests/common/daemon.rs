@@ -152,6 +152,22 @@ impl Daemon {
             .join(" ")
     }
 
+    /// Run a CLI command against this daemon on a terminal (script(1)
+    /// gives it one, 80x24 as it has none of its own here): what the
+    /// terminal showed, and the exit status.
+    pub fn cli_on_terminal(&self, args: &str) -> Output {
+        let shell = format!(
+            "{} '{}' {args}",
+            self.shell_env(),
+            env!("CARGO_BIN_EXE_skiff")
+        );
+        Command::new("script")
+            .args(["-qec", &shell, "/dev/null"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("script")
+    }
+
     /// Run a CLI command against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.cli_with_input(args, None)
