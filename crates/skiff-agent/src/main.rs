@@ -13,6 +13,7 @@ mod pty;
 mod reaper;
 mod rootdisk;
 mod rootfs;
+mod serial;
 mod server;
 mod service;
 mod sysinit;

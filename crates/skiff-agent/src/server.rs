@@ -14,8 +14,44 @@ use std::thread;
 use std::time::Duration;
 use vsock::{VsockAddr, VsockListener, VsockStream, VMADDR_CID_ANY, VMADDR_CID_HOST};
 
-/// Serve for ever. Returns only if vsock is unusable.
-pub fn serve(mut boot: BootTimes, reaper: Reaper) {
+/// Serve for ever. Returns only if the control channel is unusable.
+pub fn serve(boot: BootTimes, reaper: Reaper) {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if crate::serial::wanted(&cmdline) {
+        serve_serial(boot, reaper);
+    } else {
+        serve_vsock(boot, reaper);
+    }
+}
+
+/// The control channel as channels of the virtio-serial port.
+fn serve_serial(mut boot: BootTimes, reaper: Reaper) {
+    let accept_reaper = reaper.clone();
+    let on_open = Box::new(move |r: crate::serial::ChannelReader, w| {
+        let reaper = accept_reaper.clone();
+        let sink: FrameSink = Arc::new(Mutex::new(w));
+        let spawned = thread::Builder::new()
+            .name("conn".into())
+            .spawn(move || serve_connection(Box::new(r), sink, boot, reaper));
+        if let Err(e) = spawned {
+            log(format_args!("cannot start a connection thread: {e}"));
+        }
+    });
+    let Some(mux) = crate::serial::start(on_open) else {
+        return;
+    };
+    // A host that attaches again (it restarted) refuses what was open.
+    let Some((r, w)) = (0..10).find_map(|_| mux.connect(READY_PORT)) else {
+        return;
+    };
+    boot.ready_ms = uptime_ms();
+    serve_connection(Box::new(r), Arc::new(Mutex::new(w)), boot, reaper);
+    loop {
+        thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn serve_vsock(mut boot: BootTimes, reaper: Reaper) {
     let listener = match VsockListener::bind(&VsockAddr::new(VMADDR_CID_ANY, AGENT_PORT)) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -44,7 +80,7 @@ pub fn serve(mut boot: BootTimes, reaper: Reaper) {
         return;
     };
     boot.ready_ms = uptime_ms();
-    serve_connection(ready, boot, reaper);
+    serve_vsock_stream(ready, boot, reaper);
     // The host closed the ready connection. Keep serving the listener.
     loop {
         thread::sleep(Duration::from_secs(3600));
@@ -72,22 +108,30 @@ fn connect_to_host() -> Option<VsockStream> {
 fn spawn_connection(stream: VsockStream, boot: BootTimes, reaper: Reaper) {
     let spawned = thread::Builder::new()
         .name("conn".into())
-        .spawn(move || serve_connection(stream, boot, reaper));
+        .spawn(move || serve_vsock_stream(stream, boot, reaper));
     if let Err(e) = spawned {
         log(format_args!("cannot start a connection thread: {e}"));
     }
 }
 
-/// Serve one connection until the host closes it.
-fn serve_connection(stream: VsockStream, mut boot: BootTimes, reaper: Reaper) {
-    let mut reader = match stream.try_clone() {
+fn serve_vsock_stream(stream: VsockStream, boot: BootTimes, reaper: Reaper) {
+    let reader = match stream.try_clone() {
         Ok(r) => r,
         Err(e) => {
             log(format_args!("cannot clone a vsock stream: {e}"));
             return;
         }
     };
-    let sink: FrameSink = Arc::new(Mutex::new(stream));
+    serve_connection(Box::new(reader), Arc::new(Mutex::new(stream)), boot, reaper);
+}
+
+/// Serve one connection until the host closes it.
+fn serve_connection(
+    mut reader: Box<dyn std::io::Read + Send>,
+    sink: FrameSink,
+    mut boot: BootTimes,
+    reaper: Reaper,
+) {
     if boot.ready_ms == 0 {
         boot.ready_ms = uptime_ms();
     }

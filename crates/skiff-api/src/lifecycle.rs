@@ -21,6 +21,13 @@ pub enum VmState {
     /// Ended without being asked to (crash, service exit, failed boot,
     /// died while the daemon was down).
     Exited,
+    /// Being saved to disk (`skiff pause`).
+    Pausing,
+    /// Saved to disk: no QEMU runs and its memory is free; `skiff resume`
+    /// brings it back as it was.
+    Paused,
+    /// Being restored from its snapshot.
+    Resuming,
 }
 
 /// What happens to a VM.
@@ -43,6 +50,18 @@ pub enum Event {
     Adopted,
     /// A new daemon found the VM's QEMU gone.
     Lost,
+    /// `pause` begins saving a running VM.
+    Pause,
+    /// The VM is saved and its QEMU gone.
+    Saved,
+    /// The save failed; the VM runs on.
+    PauseFailed,
+    /// `resume` begins restoring a paused VM.
+    Resume,
+    /// The VM runs again from its snapshot.
+    Resumed,
+    /// The restore failed; the VM stays paused, its snapshot kept.
+    ResumeFailed,
 }
 
 /// An event that cannot happen in the VM's current state.
@@ -55,13 +74,16 @@ pub struct IllegalTransition {
 
 impl VmState {
     /// Every state, in the order of a VM's life.
-    pub const ALL: [VmState; 6] = [
+    pub const ALL: [VmState; 9] = [
         VmState::Created,
         VmState::Starting,
         VmState::Running,
         VmState::Stopping,
         VmState::Stopped,
         VmState::Exited,
+        VmState::Pausing,
+        VmState::Paused,
+        VmState::Resuming,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -72,6 +94,9 @@ impl VmState {
             VmState::Stopping => "stopping",
             VmState::Stopped => "stopped",
             VmState::Exited => "exited",
+            VmState::Pausing => "pausing",
+            VmState::Paused => "paused",
+            VmState::Resuming => "resuming",
         }
     }
 
@@ -83,17 +108,26 @@ impl VmState {
             "running" => VmState::Running,
             "stopping" => VmState::Stopping,
             "stopped" => VmState::Stopped,
+            "pausing" => VmState::Pausing,
+            "paused" => VmState::Paused,
+            "resuming" => VmState::Resuming,
             // An unknown value can only come from a newer skiff; treat
             // the VM as not running rather than failing to load it.
             _ => VmState::Exited,
         }
     }
 
-    /// Whether processes may exist for a VM in this state.
+    /// Whether processes may exist for a VM in this state (a paused VM
+    /// keeps its control channel's bridge and its network).
     pub fn is_active(self) -> bool {
         matches!(
             self,
-            VmState::Starting | VmState::Running | VmState::Stopping
+            VmState::Starting
+                | VmState::Running
+                | VmState::Stopping
+                | VmState::Pausing
+                | VmState::Paused
+                | VmState::Resuming
         )
     }
 
@@ -105,11 +139,20 @@ impl VmState {
             (Created | Stopped | Exited, Start) => Starting,
             (Starting, Booted) => Running,
             (Starting, BootFailed) => Exited,
-            (Starting | Running, Stop) => Stopping,
+            (Starting | Running | Paused, Stop) => Stopping,
             (Stopping, Halted) => Stopped,
             (Starting | Running, Ended) => Exited,
-            (Starting | Running | Stopping, Adopted) => Running,
-            (Starting | Running | Stopping, Lost) => Exited,
+            // A daemon that died while pausing or resuming left the VM
+            // running (the save was undone, the restore finished) or paused.
+            (Starting | Running | Stopping | Pausing | Resuming, Adopted) => Running,
+            (Paused, Adopted) => Paused,
+            (Starting | Running | Stopping | Pausing | Paused | Resuming, Lost) => Exited,
+            (Running, Pause) => Pausing,
+            (Pausing, Saved) => Paused,
+            (Pausing, PauseFailed) => Running,
+            (Paused, Resume) => Resuming,
+            (Resuming, Resumed) => Running,
+            (Resuming, ResumeFailed) => Paused,
             (state, event) => return Err(IllegalTransition { state, event }),
         };
         Ok(next)
@@ -120,13 +163,14 @@ impl VmState {
 mod tests {
     use super::*;
 
-    const ALL: [VmState; 6] = VmState::ALL;
+    const ALL: [VmState; 9] = VmState::ALL;
 
     #[test]
     fn the_whole_table() {
         use Event::*;
         // (event, states it is allowed in, state after)
-        let table: [(Event, &[VmState], VmState); 8] = [
+        use VmState::{Paused, Pausing, Resuming};
+        let table: [(Event, &[VmState], VmState); 14] = [
             (
                 Start,
                 &[VmState::Created, VmState::Stopped, VmState::Exited],
@@ -136,7 +180,7 @@ mod tests {
             (BootFailed, &[VmState::Starting], VmState::Exited),
             (
                 Stop,
-                &[VmState::Starting, VmState::Running],
+                &[VmState::Starting, VmState::Running, Paused],
                 VmState::Stopping,
             ),
             (Halted, &[VmState::Stopping], VmState::Stopped),
@@ -147,15 +191,35 @@ mod tests {
             ),
             (
                 Adopted,
-                &[VmState::Starting, VmState::Running, VmState::Stopping],
+                &[
+                    VmState::Starting,
+                    VmState::Running,
+                    VmState::Stopping,
+                    Pausing,
+                    Resuming,
+                ],
                 VmState::Running,
             ),
             (
                 Lost,
-                &[VmState::Starting, VmState::Running, VmState::Stopping],
+                &[
+                    VmState::Starting,
+                    VmState::Running,
+                    VmState::Stopping,
+                    Pausing,
+                    Paused,
+                    Resuming,
+                ],
                 VmState::Exited,
             ),
+            (Pause, &[VmState::Running], Pausing),
+            (Saved, &[Pausing], Paused),
+            (PauseFailed, &[Pausing], VmState::Running),
+            (Resume, &[Paused], Resuming),
+            (Resumed, &[Resuming], VmState::Running),
+            (ResumeFailed, &[Resuming], Paused),
         ];
+        assert_eq!(Paused.after(Adopted), Ok(Paused));
         for (event, allowed, next) in table {
             for state in ALL {
                 let got = state.after(event);
@@ -189,7 +253,9 @@ pub struct VmEvent {
     pub time: i64,
     pub vm: String,
     /// `created`, `removed`, or a state change: `start`, `booted`,
-    /// `boot-failed`, `stop`, `halted`, `ended`, `adopted`, `lost`.
+    /// `boot-failed`, `stop`, `halted`, `ended`, `adopted`, `lost`,
+    /// `pause`, `saved`, `pause-failed`, `resume`, `resumed`,
+    /// `resume-failed`.
     pub action: String,
     /// The state it is in afterwards (none once removed).
     pub state: Option<VmState>,
@@ -210,6 +276,12 @@ impl Event {
             Event::Ended => "ended",
             Event::Adopted => "adopted",
             Event::Lost => "lost",
+            Event::Pause => "pause",
+            Event::Saved => "saved",
+            Event::PauseFailed => "pause-failed",
+            Event::Resume => "resume",
+            Event::Resumed => "resumed",
+            Event::ResumeFailed => "resume-failed",
         }
     }
 }

@@ -15,6 +15,7 @@ pub const GUEST_MODULE_GROUPS: &[(&str, &[&str])] = &[
     ("blk", &["virtio_blk"]),
     ("fs", &["virtiofs"]),
     ("rootfs", &["virtiofs", "overlay"]),
+    ("serial", &["virtio_console"]),
 ];
 
 /// Why the guest image could not be prepared.

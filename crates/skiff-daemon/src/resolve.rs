@@ -25,6 +25,9 @@ pub struct Host {
     pub console_log: PathBuf,
     pub qemu_binary: PathBuf,
     pub vsock_binary: PathBuf,
+    /// skiff itself, which serves a pausable VM's control channel
+    /// (`skiff serial-bridge`).
+    pub bridge_binary: PathBuf,
     pub virtiofsd_binary: PathBuf,
     /// Drop QEMU's privileges to this user (a daemon running as root).
     pub run_as: Option<String>,
@@ -51,6 +54,7 @@ impl Host {
             console_log,
             qemu_binary: PathBuf::from("qemu-system-x86_64"),
             vsock_binary: crate::paths::vsock_backend(),
+            bridge_binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("skiff")),
             virtiofsd_binary: crate::paths::helper("virtiofsd", "SKIFF_VIRTIOFSD"),
             run_as,
             privileged: nix::unistd::geteuid().is_root(),
@@ -257,6 +261,12 @@ pub fn resolve(
         run_dir: host.run_dir.clone(),
         qemu_binary: host.qemu_binary.clone(),
         vsock_binary: host.vsock_binary.clone(),
+        transport: match spec.pausable && init.has_agent() {
+            true => skiff_vmm::Transport::Serial {
+                bridge: host.bridge_binary.clone(),
+            },
+            false => skiff_vmm::Transport::Vsock,
+        },
         console_log: host.console_log.clone(),
         net: user_net(spec),
         tap: artifacts.tap,
@@ -275,7 +285,7 @@ pub fn resolve(
         source,
     })?;
     Ok(VmPlan {
-        limits: Limits::for_vm(spec.memory_mib, spec.vcpus),
+        limits: limits_for(spec),
         config,
         launch,
         ready,
@@ -326,3 +336,8 @@ pub fn ready_probe(spec: &VmSpec, tap: Option<&TapNic>) -> Option<ReadyProbe> {
 #[cfg(test)]
 #[path = "resolve_tests.rs"]
 mod tests;
+
+/// The host-side limits of a VM's processes.
+pub fn limits_for(spec: &VmSpec) -> Limits {
+    Limits::for_vm(spec.memory_mib, spec.vcpus)
+}

@@ -11,6 +11,7 @@ fn host() -> Host {
         console_log: "/var/lib/skiff/vms/web/console.log".into(),
         qemu_binary: "qemu-system-x86_64".into(),
         vsock_binary: "vhost-device-vsock".into(),
+        bridge_binary: "/usr/bin/skiff".into(),
         virtiofsd_binary: "virtiofsd".into(),
         run_as: Some("nobody".into()),
         privileged: true,

@@ -25,6 +25,7 @@ pub mod copy;
 mod extract;
 pub mod guest;
 mod message;
+pub mod mux;
 pub use message::{BootTimes, ExecRequest, ExitStatus, Hello, Message, WindowSize};
 
 /// Version of this protocol. Bump it on any incompatible change.

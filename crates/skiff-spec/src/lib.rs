@@ -83,6 +83,11 @@ pub struct VmSpec {
     /// takes `exec` requests.
     pub command: Option<Vec<String>>,
     pub autostart: bool,
+    /// The VM can be paused and resumed (`skiff pause`): its agent talks
+    /// over a virtio-serial port, which QEMU can save, and it has no
+    /// shared directories, which QEMU cannot.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pausable: bool,
     /// Whether `apply` restarts the VM when its spec changed.
     pub restart_if_changed: bool,
     pub restart: RestartPolicy,
@@ -256,6 +261,7 @@ impl VmSpec {
             secrets: BTreeMap::new(),
             command: None,
             autostart: false,
+            pausable: false,
             restart_if_changed: true,
             restart: RestartPolicy::No,
             http: None,

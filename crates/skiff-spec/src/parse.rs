@@ -327,6 +327,7 @@ const VM_FIELDS: &[&str] = &[
     "secrets",
     "command",
     "autostart",
+    "pausable",
     "restart_if_changed",
     "restart",
     "http",
@@ -512,6 +513,20 @@ fn vm_table(name: &str, body: &Table, path: &str, errs: &mut Errs) -> Option<VmS
     }
     if let Some(v) = f.get("autostart") {
         spec.autostart = expect_bool(v, &f.sub("autostart"), errs).unwrap_or(false);
+    }
+    if let Some(v) = f.get("pausable") {
+        spec.pausable = expect_bool(v, &f.sub("pausable"), errs).unwrap_or(false);
+        let shared = match (spec.shares.is_empty(), spec.rootfs.is_some()) {
+            (false, _) => Some("shares"),
+            (true, true) => Some("rootfs"),
+            _ => None,
+        };
+        if let (true, Some(key)) = (spec.pausable, shared) {
+            errs.push(
+                &f.sub(key),
+                "a pausable VM cannot share host directories (QEMU cannot save virtiofs); use volumes or a disk".to_owned(),
+            );
+        }
     }
     if let Some(v) = f.get("restart_if_changed") {
         spec.restart_if_changed =

@@ -227,6 +227,24 @@ impl Launched {
     }
 }
 
+/// Start QEMU alone with `extra` arguments after its planned ones, for a VM
+/// whose helpers still run (a resume); its stderr goes to `log`.
+pub fn spawn_qemu(qemu: &ProcessPlan, extra: &[&str], log: &Path) -> Result<Helper, LaunchError> {
+    let mut plan = qemu.clone();
+    plan.args.extend(extra.iter().map(|a| (*a).to_owned()));
+    // Nothing else to clean up on a failure: the VM's directory stays.
+    let mut partial = Partial {
+        run_dir: PathBuf::new(),
+        started: Vec::new(),
+        done: true,
+    };
+    partial.spawn(&plan, QEMU_HINT, log, false)?;
+    partial.started.pop().ok_or_else(|| LaunchError::Spawn {
+        program: plan.program.display().to_string(),
+        source: io::Error::other("lost track of the started process"),
+    })
+}
+
 /// Descriptors a process of [`ProcessPlan::run_as`] gets: its program (run
 /// as /proc/self/fd/4) and its listening socket (fd 3).
 struct PassedFds {

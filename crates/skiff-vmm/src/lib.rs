@@ -14,7 +14,9 @@ pub mod qmp;
 pub mod ready;
 pub mod running;
 pub mod scope;
+pub mod serial_bridge;
 pub mod setid_filter;
+pub mod snapshot;
 pub mod tap;
 pub mod usernet;
 
@@ -24,7 +26,7 @@ pub use backend::{Backend, BackendKind};
 pub use launch::{launch, Helper, LaunchError, LaunchOptions, Launched};
 pub use plan::{
     plan, DiskFormat, Drive, GuestInit, LaunchPlan, Owner, PlanError, RootDisk, RootFs, ShareDir,
-    VmConfig, ROOT_DISK_SERIAL,
+    Transport, VmConfig, ROOT_DISK_SERIAL,
 };
 pub use process::ProcessRef;
 pub use ready::ReadyProbe;

@@ -61,6 +61,8 @@ pub struct VmConfig {
     /// Programs to run (names are looked up in PATH).
     pub qemu_binary: PathBuf,
     pub vsock_binary: PathBuf,
+    /// How the host reaches the agent.
+    pub transport: Transport,
     /// Where the serial console goes: this file, appended to (so that it
     /// can be truncated while QEMU runs).
     pub console_log: PathBuf,
@@ -111,6 +113,21 @@ impl DiskFormat {
             DiskFormat::Qcow2 => "qcow2",
         }
     }
+}
+
+/// The QMP socket of a pausable VM, in its runtime directory.
+pub const MONITOR_SOCKET: &str = "monitor.sock";
+
+/// The channel between host and agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// vsock through vhost-device-vsock: QEMU 7.2 cannot save such a VM.
+    #[default]
+    Vsock,
+    /// A virtio-serial port, multiplexed by `bridge serial-bridge` (skiff's
+    /// own binary), which offers the vsock backend's sockets; such a VM can
+    /// be saved and restored.
+    Serial { bridge: PathBuf },
 }
 
 /// The virtio serial number of the root disk, by which the agent finds it
@@ -240,7 +257,8 @@ pub struct ProcessPlan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchPlan {
     pub run_dir: PathBuf,
-    /// vhost-user socket QEMU connects to (served by the vsock backend).
+    /// The socket QEMU connects to for the control channel: the vsock
+    /// backend's vhost-user socket, or the serial bridge's.
     pub vhost_socket: PathBuf,
     /// Unix socket for host-initiated vsock connections (`CONNECT <port>`).
     pub vsock_socket: PathBuf,
@@ -276,6 +294,8 @@ pub enum PlanError {
     InitWithoutRoot,
     #[error("a guest with its own initrd boots from a disk: a shared-directory root is mounted by skiff's agent, which it does not have")]
     OwnInitrdWithSharedRoot,
+    #[error("a pausable VM cannot have shared directories or a shared-directory root: QEMU cannot save virtiofs devices; use a disk or volumes instead")]
+    PausableWithShares,
 }
 
 pub use skiff_spec::{MAX_MEMORY_MIB, MAX_VCPUS as MAX_CPUS, MIN_MEMORY_MIB};
@@ -293,6 +313,10 @@ pub fn plan(cfg: &VmConfig) -> Result<LaunchPlan, PlanError> {
     }
     if cfg.rootfs.is_some() && !cfg.init.has_agent() {
         return Err(PlanError::OwnInitrdWithSharedRoot);
+    }
+    let serial = matches!(cfg.transport, Transport::Serial { .. });
+    if serial && !cfg.all_shares().is_empty() {
+        return Err(PlanError::PausableWithShares);
     }
     if cfg.cpus == 0 || cfg.cpus > MAX_CPUS {
         return Err(PlanError::OutOfRange {
@@ -325,10 +349,19 @@ pub fn plan(cfg: &VmConfig) -> Result<LaunchPlan, PlanError> {
         }
     }
     let run = &cfg.run_dir;
-    let vhost_socket = run.join("vhost-vsock.sock");
+    let vhost_socket = match cfg.transport {
+        Transport::Vsock => run.join("vhost-vsock.sock"),
+        Transport::Serial { .. } => run.join("serial.sock"),
+    };
     let vsock_socket = run.join("vsock.sock");
     let ready_socket = ready_socket_path(&vsock_socket, skiff_proto::READY_PORT);
-    let qmp_socket = (!cfg.init.has_agent()).then(|| run.join("qmp.sock"));
+    // QMP presses the power button of a guest without an agent (the daemon
+    // knows such a boot by its socket), and saves a pausable VM.
+    let qmp_socket = match (cfg.init.has_agent(), serial) {
+        (false, _) => Some(run.join("qmp.sock")),
+        (true, true) => Some(run.join(MONITOR_SOCKET)),
+        (true, false) => None,
+    };
     let virtiofsd = cfg
         .all_shares()
         .iter()
@@ -338,18 +371,7 @@ pub fn plan(cfg: &VmConfig) -> Result<LaunchPlan, PlanError> {
     Ok(LaunchPlan {
         virtiofsd: virtiofsd.clone(),
         run_dir: run.clone(),
-        vsock_backend: ProcessPlan {
-            program: cfg.vsock_binary.clone(),
-            args: vec![
-                "--guest-cid".into(),
-                GUEST_CID.to_string(),
-                "--socket".into(),
-                path_arg(&vhost_socket),
-                "--uds-path".into(),
-                path_arg(&vsock_socket),
-            ],
-            ..ProcessPlan::default()
-        },
+        vsock_backend: control_backend(cfg, &vhost_socket, &vsock_socket),
         qemu: ProcessPlan {
             program: cfg.qemu_binary.clone(),
             args: qemu_args(cfg, &vhost_socket, &virtiofsd, qmp_socket.as_deref()),
@@ -361,6 +383,34 @@ pub fn plan(cfg: &VmConfig) -> Result<LaunchPlan, PlanError> {
         ready_socket,
         console_log: cfg.console_log.clone(),
     })
+}
+
+/// The process behind the control channel's sockets.
+fn control_backend(cfg: &VmConfig, vhost_socket: &Path, vsock_socket: &Path) -> ProcessPlan {
+    let (program, mut args) = match &cfg.transport {
+        Transport::Vsock => (
+            cfg.vsock_binary.clone(),
+            vec![
+                "--guest-cid".to_owned(),
+                GUEST_CID.to_string(),
+                "--socket".into(),
+            ],
+        ),
+        Transport::Serial { bridge } => (
+            bridge.clone(),
+            vec!["serial-bridge".to_owned(), "--listen".into()],
+        ),
+    };
+    args.extend([
+        path_arg(vhost_socket),
+        "--uds-path".into(),
+        path_arg(vsock_socket),
+    ]);
+    ProcessPlan {
+        program,
+        args,
+        ..ProcessPlan::default()
+    }
 }
 
 /// One share's virtiofsd and its socket.
@@ -471,6 +521,10 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> String {
     }
     if cfg.root_disk.is_some() {
         args.push(format!("skiff.root={ROOT_DISK_SERIAL}"));
+    }
+    if matches!(cfg.transport, Transport::Serial { .. }) {
+        args.push("skiff.load=serial".into());
+        args.push("skiff.transport=serial".into());
     }
     if let GuestInit::System { target } = &cfg.init {
         args.push("skiff.init=system".into());
@@ -583,25 +637,50 @@ fn qemu_args(
         cfg.cpus.to_string(),
         "-m".into(),
         mem.clone(),
-        "-object".into(),
-        format!("memory-backend-memfd,id=mem,size={mem},share=on"),
-        "-numa".into(),
-        "node,memdev=mem".into(),
+    ]);
+    let serial = matches!(cfg.transport, Transport::Serial { .. });
+    if !serial {
+        // vhost-user devices map guest memory: it must be shareable.
+        a.extend([
+            "-object".into(),
+            format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+            "-numa".into(),
+            "node,memdev=mem".into(),
+        ]);
+    }
+    a.extend([
         "-kernel".into(),
         path_arg(&cfg.kernel),
         "-initrd".into(),
         path_arg(&cfg.initrd),
         "-append".into(),
         kernel_cmdline(cfg),
-        "-chardev".into(),
-        format!("socket,id=vsock0,path={}", path_arg(vhost_socket)),
-        "-device".into(),
-        "vhost-user-vsock-device,chardev=vsock0".into(),
         // Lets the guest's service report success (QEMU exits 1) or failure
         // (exits 3); a plain power-off exits 0.
         "-device".into(),
         format!("isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04"),
     ]);
+    let control = path_arg(vhost_socket).replace(',', ",,");
+    if serial {
+        a.extend([
+            "-device".into(),
+            "virtio-serial-device,max_ports=2".into(),
+            "-chardev".into(),
+            format!("socket,id=agent,path={control}"),
+            "-device".into(),
+            format!(
+                "virtserialport,chardev=agent,name={}",
+                skiff_proto::mux::PORT_NAME
+            ),
+        ]);
+    } else {
+        a.extend([
+            "-chardev".into(),
+            format!("socket,id=vsock0,path={control}"),
+            "-device".into(),
+            "vhost-user-vsock-device,chardev=vsock0".into(),
+        ]);
+    }
     if let Some(qmp) = qmp_socket {
         a.push("-qmp".into());
         a.push(format!(

@@ -12,6 +12,7 @@ pub(crate) fn cfg() -> VmConfig {
         run_dir: "/run/skiff/vm1".into(),
         qemu_binary: "qemu-system-x86_64".into(),
         vsock_binary: "vhost-device-vsock".into(),
+        transport: Transport::Vsock,
         console_log: "/run/skiff/vm1/console.log".into(),
         net: None,
         tap: None,

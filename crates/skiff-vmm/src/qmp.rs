@@ -1,10 +1,13 @@
-//! The one QMP command skiff sends: `system_powerdown`, the ACPI power
-//! button, which asks a guest without skiff's agent to shut down through
-//! its own init (systemd-logind or acpid act on it).
+//! QEMU's monitor (QMP): the ACPI power button (`system_powerdown`), which
+//! asks a guest without skiff's agent to shut down through its own init,
+//! and the commands that save and restore a pausable VM.
 
+use serde_json::{json, Value};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
@@ -32,39 +35,94 @@ const LINE_MAX: u64 = 64 * 1024;
 
 /// Press the guest's power button.
 pub async fn system_powerdown(socket: &Path, timeout: Duration) -> Result<(), QmpError> {
-    tokio::time::timeout(timeout, powerdown(socket))
-        .await
-        .map_err(|_| QmpError::Timeout(timeout))?
+    tokio::time::timeout(timeout, async {
+        Qmp::connect(socket)
+            .await?
+            .execute("system_powerdown", None)
+            .await
+            .map(|_| ())
+    })
+    .await
+    .map_err(|_| QmpError::Timeout(timeout))?
 }
 
-async fn powerdown(socket: &Path) -> Result<(), QmpError> {
-    let io = |source| QmpError::Io {
-        path: socket.display().to_string(),
-        source,
-    };
-    let stream = tokio::net::UnixStream::connect(socket).await.map_err(io)?;
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(tokio::io::AsyncReadExt::take(read, 1 << 20));
-    let greeting = read_line(&mut lines).await.map_err(io)?;
-    if greeting.is_empty() {
-        return Err(QmpError::Closed);
+/// A negotiated QMP connection.
+pub struct Qmp {
+    path: String,
+    lines: BufReader<tokio::io::Take<OwnedReadHalf>>,
+    write: OwnedWriteHalf,
+}
+
+impl Qmp {
+    /// Connect, read the greeting and leave negotiation mode.
+    pub async fn connect(socket: &Path) -> Result<Qmp, QmpError> {
+        let path = socket.display().to_string();
+        let stream = tokio::net::UnixStream::connect(socket)
+            .await
+            .map_err(|source| QmpError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        let (read, write) = stream.into_split();
+        let mut qmp = Qmp {
+            path,
+            lines: BufReader::new(tokio::io::AsyncReadExt::take(read, u64::MAX)),
+            write,
+        };
+        let greeting = qmp.line().await?;
+        if greeting.is_empty() {
+            return Err(QmpError::Closed);
+        }
+        if !greeting.contains("\"QMP\"") {
+            return Err(QmpError::NotQmp(qmp.path.clone()));
+        }
+        qmp.execute("qmp_capabilities", None).await?;
+        Ok(qmp)
     }
-    if !greeting.contains("\"QMP\"") {
-        return Err(QmpError::NotQmp(socket.display().to_string()));
+
+    fn io(&self, source: std::io::Error) -> QmpError {
+        QmpError::Io {
+            path: self.path.clone(),
+            source,
+        }
     }
-    for command in ["qmp_capabilities", "system_powerdown"] {
-        let request = format!("{{\"execute\":\"{command}\"}}\n");
-        write.write_all(request.as_bytes()).await.map_err(io)?;
-        // Events (POWERDOWN) may come before the answer.
+
+    async fn line(&mut self) -> Result<String, QmpError> {
+        self.lines.get_mut().set_limit(LINE_MAX);
+        read_line(&mut self.lines).await.map_err(|e| self.io(e))
+    }
+
+    /// Run a command and return what it returned; events that come first
+    /// are skipped.
+    pub async fn execute(
+        &mut self,
+        command: &'static str,
+        arguments: Option<Value>,
+    ) -> Result<Value, QmpError> {
+        let mut request = match arguments {
+            Some(a) => json!({ "execute": command, "arguments": a }),
+            None => json!({ "execute": command }),
+        }
+        .to_string();
+        request.push('\n');
+        let written = self.write.write_all(request.as_bytes()).await;
+        written.map_err(|e| self.io(e))?;
+        self.answer(command).await
+    }
+
+    async fn answer(&mut self, command: &'static str) -> Result<Value, QmpError> {
         loop {
-            let line = read_line(&mut lines).await.map_err(io)?;
-            if line.contains("\"return\"") {
-                break;
-            }
+            let line = self.line().await?;
             if line.is_empty() {
                 return Err(QmpError::Closed);
             }
-            if line.contains("\"error\"") {
+            let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            if let Some(r) = value.get("return") {
+                return Ok(r.clone());
+            }
+            if value.get("error").is_some() {
                 return Err(QmpError::Refused {
                     command,
                     answer: line.chars().take(200).collect(),
@@ -72,7 +130,35 @@ async fn powerdown(socket: &Path) -> Result<(), QmpError> {
             }
         }
     }
-    Ok(())
+
+    /// Hand QEMU a descriptor under `name` (`getfd`), for `fd:NAME` URIs.
+    pub async fn send_fd(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), QmpError> {
+        use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+        let request = format!(
+            "{}\n",
+            json!({ "execute": "getfd", "arguments": { "fdname": name } })
+        );
+        let socket = self.write.as_ref().as_raw_fd();
+        let fds = [fd.as_raw_fd()];
+        self.write
+            .as_ref()
+            .writable()
+            .await
+            .map_err(|e| self.io(e))?;
+        let sent = sendmsg::<UnixAddr>(
+            socket,
+            &[std::io::IoSlice::new(request.as_bytes())],
+            &[ControlMessage::ScmRights(&fds)],
+            MsgFlags::empty(),
+            None,
+        );
+        match sent {
+            Ok(n) if n == request.len() => {}
+            Ok(_) => return Err(self.io(std::io::Error::other("getfd was cut short"))),
+            Err(e) => return Err(self.io(e.into())),
+        }
+        self.answer("getfd").await.map(|_| ())
+    }
 }
 
 async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> std::io::Result<String> {

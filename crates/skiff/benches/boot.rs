@@ -123,6 +123,7 @@ fn bare_qemu_args(kernel: &Path, initrd: &Path, work: &Path) -> Vec<String> {
         run_dir: work.join("bare"),
         qemu_binary: "qemu-system-x86_64".into(),
         vsock_binary: "unused".into(),
+        transport: skiff_vmm::Transport::Vsock,
         console_log: work.join("bare-console.log"),
         net: None,
         tap: None,

@@ -58,6 +58,21 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Save pausable VMs to disk and end their QEMU: their memory goes back
+    /// to the host until `skiff resume` (`pausable = true` in the spec).
+    Pause {
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring paused VMs back as they were: processes, files, address.
+    Resume {
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove VMs.
     Rm {
         #[arg(required = true)]
@@ -166,6 +181,16 @@ pub(crate) enum Command {
     Man {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
+    },
+    /// The host end of a pausable VM's control channel (skiff starts it).
+    #[command(hide = true)]
+    SerialBridge {
+        /// The socket QEMU's virtio-serial port connects to.
+        #[arg(long)]
+        listen: std::path::PathBuf,
+        /// The vsock-style socket clients connect to (`CONNECT <port>`).
+        #[arg(long)]
+        uds_path: std::path::PathBuf,
     },
     /// Show the versions of this command, of the daemon and of their API
     /// (they work together when the API versions match).

@@ -251,6 +251,12 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             daemon::serve(cfg).await?;
             Ok(0)
         }
+        Command::SerialBridge { listen, uds_path } => {
+            skiff_vmm::serial_bridge::run(&listen, &uds_path)
+                .await
+                .with_context(|| format!("serial bridge on {}", listen.display()))?;
+            Ok(0)
+        }
         Command::Create(a) => cli_vm::create(&client(), &a.file, a.json).await,
         Command::Apply(a) => cli_vm::apply(&client(), &a.file, a.json).await,
         Command::Start { names, json } => {
@@ -263,6 +269,12 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         } => {
             let query = timeout.map(|t| format!("?timeout={t}")).unwrap_or_default();
             cli_vm::lifecycle(&client(), "stop", &names, &query, json).await
+        }
+        Command::Pause { names, json } => {
+            cli_vm::lifecycle(&client(), "pause", &names, "", json).await
+        }
+        Command::Resume { names, json } => {
+            cli_vm::lifecycle(&client(), "resume", &names, "", json).await
         }
         Command::Restart { names, json } => {
             cli_vm::lifecycle(&client(), "restart", &names, "", json).await

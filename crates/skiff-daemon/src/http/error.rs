@@ -34,6 +34,10 @@ impl From<ManagerError> for ApiError {
                 StatusCode::BAD_GATEWAY
             }
             ManagerError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ManagerError::Pause(e) => match e {
+                crate::manager::pause::PauseError::NotPausable(_) => StatusCode::CONFLICT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
         };
         // The whole chain: what failed and each cause, on one line.
         ApiError(status, crate::support::error_chain(&e))

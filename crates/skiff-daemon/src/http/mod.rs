@@ -50,6 +50,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/vms/{name}/start"),
     ("post", "/v1/vms/{name}/stop"),
     ("post", "/v1/vms/{name}/restart"),
+    ("post", "/v1/vms/{name}/pause"),
+    ("post", "/v1/vms/{name}/resume"),
     ("get", "/v1/vms/{name}/logs"),
     ("post", "/v1/vms/{name}/exec"),
     ("post", "/v1/apply"),
@@ -86,6 +88,8 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route("/v1/vms/{name}/start", post(start))
         .route("/v1/vms/{name}/stop", post(stop))
         .route("/v1/vms/{name}/restart", post(restart))
+        .route("/v1/vms/{name}/pause", post(pause))
+        .route("/v1/vms/{name}/resume", post(resume))
         .route("/v1/vms/{name}/logs", get(crate::http::streams::logs))
         .route("/v1/vms/{name}/exec", post(crate::http::streams::exec))
         .route("/v1/apply", post(apply))
@@ -323,6 +327,14 @@ async fn stop(
 
 async fn restart(State(m): State<AppState>, Path(name): Path<String>) -> ApiResult<skiff_api::Vm> {
     Ok(Json(vm(m.restart(&name).await?)))
+}
+
+async fn pause(State(m): State<AppState>, Path(name): Path<String>) -> ApiResult<skiff_api::Vm> {
+    Ok(Json(vm(m.pause(&name).await?)))
+}
+
+async fn resume(State(m): State<AppState>, Path(name): Path<String>) -> ApiResult<skiff_api::Vm> {
+    Ok(Json(vm(m.resume(&name).await?)))
 }
 
 async fn remove(

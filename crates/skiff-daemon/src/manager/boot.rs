@@ -191,6 +191,12 @@ impl Manager {
             vm.kill().await;
             return Err(e.into());
         }
+        if matches!(plan.config.transport, skiff_vmm::Transport::Serial { .. }) {
+            let kept = super::pause::keep_qemu_plan(&plan.launch.run_dir, &plan.launch.qemu);
+            if let Err(e) = kept {
+                tracing::warn!(vm = %rec.name, error = %e, "cannot keep the QEMU command; the VM cannot be resumed");
+            }
+        }
         let run_dir = plan.launch.run_dir.to_string_lossy().into_owned();
         if let Err(e) = self.store.set_processes(&rec.name, qemu, vsock, &run_dir) {
             vm.kill().await;

@@ -42,6 +42,9 @@ pub enum ManagerError {
         #[source]
         source: skiff_vmm::AgentError,
     },
+    /// A pause or resume that did not happen.
+    #[error(transparent)]
+    Pause(#[from] super::pause::PauseError),
     /// The daemon lacks a privilege (a capability) for this.
     #[error(transparent)]
     Forbidden(NetError),

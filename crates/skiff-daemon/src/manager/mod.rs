@@ -54,6 +54,7 @@ pub fn stop_timeout(spec: &VmSpec) -> Duration {
 }
 
 mod errors;
+pub mod pause;
 pub use errors::{Cause, Conflict, Invalid, ManagerError, Missing};
 
 pub use crate::support::error_chain;
@@ -351,6 +352,7 @@ impl Manager {
         if let Some(run_dir) = &rec.run_dir {
             let _ = std::fs::remove_dir_all(run_dir);
         }
+        self.discard_snapshot(&rec.name);
         self.stop_forwards(&rec.name);
         self.remove_tap(&rec.id).await;
         self.remove_cgroup(rec).await;

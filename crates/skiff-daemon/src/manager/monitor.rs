@@ -29,9 +29,40 @@ impl Manager {
             }
             let mut state = rec.state;
             let mut restart_now = false;
+            let paused_or_between = matches!(
+                rec.state,
+                VmState::Pausing | VmState::Paused | VmState::Resuming
+            );
+            if paused_or_between {
+                match self.settle_pause(&rec).await {
+                    Ok(true) => {
+                        if let (Some(q), Some(v), Some(run_dir)) =
+                            (rec.qemu, rec.vsock, &rec.run_dir)
+                        {
+                            let _ = self.start_forwards(&rec);
+                            self.spawn_monitor(
+                                rec.name.clone(),
+                                q,
+                                v,
+                                None,
+                                None,
+                                PathBuf::from(run_dir),
+                            );
+                        }
+                        continue;
+                    }
+                    Ok(false) => {
+                        let _ = self.start_forwards(&rec);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(vm = %rec.name, error = %crate::support::error_chain(&e), "a paused VM is lost");
+                    }
+                }
+            }
             if rec.state.is_active() {
                 match (rec.qemu, rec.vsock, &rec.run_dir) {
-                    (Some(q), Some(v), Some(run_dir)) if q.is_alive() => {
+                    (Some(q), Some(v), Some(run_dir)) if q.is_alive() && !paused_or_between => {
                         if let Err(e) = self.start_forwards(&rec) {
                             tracing::warn!(vm = %rec.name, error = %crate::support::error_chain(&e), "port forwards not restored");
                         }
@@ -139,6 +170,21 @@ impl Manager {
                     None
                 }
             };
+            // A pause ends QEMU on purpose: the bridge, the directory and
+            // the network wait for the resume.
+            if let Ok(Some(rec)) = this.store.get(&name) {
+                let pausing = matches!(rec.state, VmState::Pausing | VmState::Paused);
+                if pausing && rec.qemu == Some(qemu) {
+                    if let Some(c) = vsock_child {
+                        // Still ours to reap when the stop kills it.
+                        tokio::spawn(async move {
+                            let mut c = c;
+                            let _ = c.wait().await;
+                        });
+                    }
+                    return;
+                }
+            }
             vsock.signal(nix::sys::signal::Signal::SIGKILL);
             if let Some(mut c) = vsock_child {
                 let _ = c.start_kill();

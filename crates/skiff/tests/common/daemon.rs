@@ -173,6 +173,13 @@ impl Daemon {
         self.cli_with_input(args, None)
     }
 
+    /// A `skiff` command for this daemon, to run as the caller likes.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
+        self.env(&mut cmd);
+        cmd
+    }
+
     pub fn cli_with_input(&self, args: &[&str], input: Option<&[u8]>) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
         self.env(&mut cmd);

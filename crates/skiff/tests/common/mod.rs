@@ -266,3 +266,8 @@ pub fn private_cache(env: &Env) -> tempfile::TempDir {
     std::os::unix::fs::symlink(initramfs, cache.path().join("initramfs")).expect("link");
     cache
 }
+
+/// A file's length.
+pub fn path_len(p: &std::path::Path) -> u64 {
+    std::fs::metadata(p).map_or(0, |m| m.len())
+}

@@ -1,0 +1,307 @@
+//! Pause and resume: a pausable VM's whole state saved to disk and its
+//! QEMU gone (its memory back to the host), then a new QEMU started from
+//! the snapshot with the same devices, address and identity. The control
+//! channel's bridge, the TAP and the runtime directory stay while paused,
+//! so the guest's agent, network and drives are where they were.
+//!
+//! A VM is always either running or paused: a failed save lets it run on,
+//! a failed restore leaves it paused with its snapshot, and a daemon that
+//! dies in between finds out which at adoption.
+
+use crate::manager::{Manager, ManagerError};
+use crate::store::{Event, VmRecord, VmState};
+use skiff_vmm::plan::{ProcessPlan, MONITOR_SOCKET};
+use skiff_vmm::snapshot;
+use skiff_vmm::ProcessRef;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a restore may take.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The QEMU command of a pausable boot, kept in its runtime directory for
+/// the resumes.
+const QEMU_PLAN: &str = "qemu.json";
+
+/// Why a pause or resume did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum PauseError {
+    #[error(
+        "{0} was not started as a pausable VM; set `pausable = true` in its spec and restart it"
+    )]
+    NotPausable(String),
+    #[error("cannot pause {name}")]
+    Save {
+        name: String,
+        #[source]
+        source: snapshot::SnapshotError,
+    },
+    #[error("cannot resume {name}; it stays paused")]
+    Restore {
+        name: String,
+        #[source]
+        source: snapshot::SnapshotError,
+    },
+    #[error("cannot start QEMU to resume {name}; it stays paused")]
+    Launch {
+        name: String,
+        #[source]
+        source: skiff_vmm::LaunchError,
+    },
+    #[error("the saved QEMU command of {name} is missing or damaged ({why}); stop the VM to discard its state")]
+    Plan { name: String, why: String },
+}
+
+/// Where a VM's snapshot lives (its directory, so that it outlives /run).
+pub fn snapshot_file(vm_dir: &Path) -> PathBuf {
+    vm_dir.join("paused").join("state.bin")
+}
+
+/// Keep a pausable boot's QEMU command for later resumes.
+pub fn keep_qemu_plan(run_dir: &Path, qemu: &ProcessPlan) -> std::io::Result<()> {
+    let value = serde_json::json!({
+        "program": qemu.program.to_string_lossy(),
+        "args": qemu.args,
+    });
+    std::fs::write(run_dir.join(QEMU_PLAN), value.to_string())
+}
+
+fn kept_qemu_plan(run_dir: &Path) -> Result<ProcessPlan, String> {
+    let text = std::fs::read_to_string(run_dir.join(QEMU_PLAN)).map_err(|e| e.to_string())?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    let program = v["program"].as_str().ok_or("no program")?;
+    let args = v["args"]
+        .as_array()
+        .ok_or("no arguments")?
+        .iter()
+        .map(|a| {
+            a.as_str()
+                .map(str::to_owned)
+                .ok_or("an argument is not text")
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(ProcessPlan {
+        program: program.into(),
+        args,
+        ..ProcessPlan::default()
+    })
+}
+
+impl Manager {
+    fn monitor_socket(rec: &VmRecord) -> Option<PathBuf> {
+        let sock = Path::new(rec.run_dir.as_deref()?).join(MONITOR_SOCKET);
+        sock.exists().then_some(sock)
+    }
+
+    /// Save a running pausable VM and end its QEMU.
+    pub async fn pause(self: &Arc<Self>, name: &str) -> Result<VmRecord, ManagerError> {
+        let lock = self.lock_for(name);
+        let _guard = lock.lock().await;
+        let rec = self.get(name)?;
+        if rec.state != VmState::Running {
+            return Err(ManagerError::WrongState {
+                name: name.to_owned(),
+                action: "pause",
+                state: rec.state.as_str(),
+            });
+        }
+        let Some(qmp) = Self::monitor_socket(&rec) else {
+            return Err(PauseError::NotPausable(name.to_owned()).into());
+        };
+        let file = snapshot_file(&self.paths.vm_dir(name));
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| PauseError::Save {
+                name: name.to_owned(),
+                source: snapshot::SnapshotError::Write {
+                    path: dir.to_owned(),
+                    source,
+                },
+            })?;
+        }
+        self.store.transition(name, Event::Pause, "")?;
+        let started = Instant::now();
+        match snapshot::save(&qmp, &file).await {
+            Ok(manifest) => {
+                // QEMU quits once saved; its monitor sees a pause, not an end.
+                if let Some(q) = rec.qemu {
+                    wait_gone(q, Duration::from_secs(10)).await;
+                    q.signal(nix::sys::signal::Signal::SIGKILL);
+                }
+                let note = format!(
+                    "paused: {} MiB saved in {} ms",
+                    manifest.size >> 20,
+                    manifest.save_ms
+                );
+                self.store.transition(name, Event::Saved, &note)?;
+                tracing::debug!(vm = %name, ms = started.elapsed().as_millis() as u64, "pause took");
+                tracing::info!(vm = %name, bytes = manifest.size, "paused");
+                self.get(name)
+            }
+            Err(source) => {
+                self.store.transition(name, Event::PauseFailed, "")?;
+                Err(PauseError::Save {
+                    name: name.to_owned(),
+                    source,
+                }
+                .into())
+            }
+        }
+    }
+
+    /// Start a paused VM again from its snapshot.
+    pub async fn resume(self: &Arc<Self>, name: &str) -> Result<VmRecord, ManagerError> {
+        let lock = self.lock_for(name);
+        let _guard = lock.lock().await;
+        let rec = self.get(name)?;
+        if rec.state != VmState::Paused {
+            return Err(ManagerError::WrongState {
+                name: name.to_owned(),
+                action: "resume",
+                state: rec.state.as_str(),
+            });
+        }
+        let file = snapshot_file(&self.paths.vm_dir(name));
+        let restore_err = |source| PauseError::Restore {
+            name: name.to_owned(),
+            source,
+        };
+        let manifest = snapshot::check(&file).map_err(restore_err)?;
+        let (Some(run_dir), Some(vsock)) = (rec.run_dir.clone(), rec.vsock) else {
+            return Err(PauseError::Plan {
+                name: name.to_owned(),
+                why: "no runtime directory is recorded".into(),
+            }
+            .into());
+        };
+        let run_dir = PathBuf::from(run_dir);
+        let plan = kept_qemu_plan(&run_dir).map_err(|why| PauseError::Plan {
+            name: name.to_owned(),
+            why,
+        })?;
+        self.store.transition(name, Event::Resume, "")?;
+        let started = Instant::now();
+        match self
+            .restore(&rec, &plan, &run_dir, vsock, &file, &manifest)
+            .await
+        {
+            Ok(qemu) => {
+                tracing::info!(vm = %name, qemu = qemu.pid, "resumed");
+                self.store.transition(name, Event::Resumed, "resumed")?;
+                tracing::debug!(vm = %name, ms = started.elapsed().as_millis() as u64, "resume took");
+                self.get(name)
+            }
+            Err(e) => {
+                let note = crate::support::error_chain(&e);
+                self.store.transition(name, Event::ResumeFailed, &note)?;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn restore(
+        self: &Arc<Self>,
+        rec: &VmRecord,
+        plan: &ProcessPlan,
+        run_dir: &Path,
+        vsock: ProcessRef,
+        file: &Path,
+        manifest: &snapshot::Manifest,
+    ) -> Result<ProcessRef, PauseError> {
+        let name = rec.name.clone();
+        let qmp = run_dir.join(MONITOR_SOCKET);
+        // The old QEMU's socket file is stale: QEMU makes a new one.
+        let _ = std::fs::remove_file(&qmp);
+        let log = self.paths.vm_dir(&name).join("qemu.log");
+        let mut qemu = skiff_vmm::launch::spawn_qemu(plan, &snapshot::INCOMING_ARGS, &log)
+            .map_err(|source| PauseError::Launch {
+                name: name.clone(),
+                source,
+            })?;
+        let limits = crate::resolve::limits_for(&rec.spec);
+        if let Err(e) = self.limit(rec, &limits, &[qemu.process.pid]) {
+            tracing::warn!(vm = %name, error = %e, "the resumed QEMU is not under the VM's limits");
+        }
+        if let Err(source) = snapshot::restore(&qmp, file, manifest, RESTORE_TIMEOUT).await {
+            qemu.kill().await;
+            return Err(PauseError::Restore { name, source });
+        }
+        let process = qemu.process;
+        let recorded = self
+            .store
+            .set_processes(&name, process, vsock, &run_dir.to_string_lossy());
+        if let Err(e) = recorded {
+            tracing::error!(vm = %name, error = %e, "cannot record the resumed QEMU");
+        }
+        self.spawn_monitor(
+            name,
+            process,
+            vsock,
+            qemu.child.take(),
+            None,
+            run_dir.to_owned(),
+        );
+        Ok(process)
+    }
+
+    /// At adoption: settle a VM a dead daemon left pausing, paused or
+    /// resuming. True when it runs (and needs a monitor).
+    pub(super) async fn settle_pause(&self, rec: &VmRecord) -> Result<bool, ManagerError> {
+        let name = &rec.name;
+        let qemu_alive = rec.qemu.is_some_and(|q| q.is_alive());
+        let bridge_alive = rec.vsock.is_some_and(|v| v.is_alive());
+        let file = snapshot_file(&self.paths.vm_dir(name));
+        let saved = snapshot::check(&file).is_ok();
+        let qmp = Self::monitor_socket(rec);
+        match rec.state {
+            VmState::Pausing | VmState::Resuming if qemu_alive => {
+                // The save was cut short (undo it) or the restore finished
+                // its load; either way the guest can run.
+                if let Some(qmp) = qmp {
+                    if let Ok(mut m) = skiff_vmm::qmp::Qmp::connect(&qmp).await {
+                        let _ = m.execute("migrate_cancel", None).await;
+                        let _ = m.execute("cont", None).await;
+                    }
+                }
+                self.store
+                    .transition(name, Event::Adopted, "adopted while pausing or resuming")?;
+                Ok(true)
+            }
+            VmState::Pausing if saved && bridge_alive => {
+                self.store.transition(name, Event::Saved, "paused")?;
+                Ok(false)
+            }
+            VmState::Resuming if saved && bridge_alive => {
+                self.store
+                    .transition(name, Event::ResumeFailed, "the resume was cut short")?;
+                Ok(false)
+            }
+            VmState::Paused if saved && bridge_alive => {
+                self.store
+                    .transition(name, Event::Adopted, "adopted while paused")?;
+                Ok(false)
+            }
+            _ => Err(ManagerError::internal(
+                format!("recover {name}"),
+                format!(
+                    "it was {} and its QEMU, bridge or snapshot is gone",
+                    rec.state.as_str()
+                ),
+            )),
+        }
+    }
+
+    /// A stopped VM has no state to resume.
+    pub(super) fn discard_snapshot(&self, name: &str) {
+        if let Some(dir) = snapshot_file(&self.paths.vm_dir(name)).parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+async fn wait_gone(p: ProcessRef, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while p.is_alive() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -1,0 +1,153 @@
+//! End-to-end tests of pausable VMs: the agent over a virtio-serial port
+//! (several connections multiplexed on it), and pause/resume with QEMU.
+
+mod common;
+
+use common::daemon::Daemon;
+use common::stdout;
+
+const SPEC: &str = "[vm.p]\npausable = true\nmemory = \"256M\"\n";
+
+#[test]
+fn a_pausable_vm_answers_exec_cp_and_concurrent_commands_over_its_serial_port() {
+    let d = Daemon::start();
+    d.boot("p", SPEC);
+    let cmdline = stdout(&d.cli(&["exec", "p", "--", "cat", "/proc/cmdline"]));
+    assert!(cmdline.contains("skiff.transport=serial"), "{cmdline}");
+    // A virtio console device (id 3) and no vsock device (id 19).
+    let ids = stdout(&d.cli(&[
+        "exec",
+        "p",
+        "--",
+        "sh",
+        "-c",
+        "cat /sys/bus/virtio/devices/*/device",
+    ]));
+    assert!(ids.lines().any(|l| l == "0x0003"), "{ids}");
+    assert!(!ids.lines().any(|l| l == "0x0013"), "{ids}");
+
+    // A megabyte each way through the multiplexer, byte for byte.
+    let input: Vec<u8> = (0..1_048_576u32).map(|i| (i * 7 % 251) as u8).collect();
+    let out = d.cli_with_input(&["exec", "-i", "p", "--", "sha256sum"], Some(&input));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let want = common::sha256_hex(&input);
+    assert!(stdout(&out).starts_with(&want), "{}", stdout(&out));
+    let out = d.cli(&[
+        "exec",
+        "p",
+        "--",
+        "sh",
+        "-c",
+        "head -c 3000000 /dev/zero | tr '\\0' x",
+    ]);
+    assert_eq!(out.stdout.len(), 3_000_000);
+    assert!(out.stdout.iter().all(|&b| b == b'x'));
+
+    // Several commands at once share the port; each gets its own output
+    // and exit code.
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let args: Vec<String> = [
+                "exec",
+                "p",
+                "--",
+                "sh",
+                "-c",
+                &format!("sleep 1; echo job{i}; exit {i}"),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let mut cmd = d.command();
+            cmd.args(&args);
+            std::thread::spawn(move || cmd.output().expect("exec"))
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let out = h.join().expect("thread");
+        assert_eq!(out.status.code(), Some(i as i32), "{out:?}");
+        assert_eq!(stdout(&out), format!("job{i}\n"));
+    }
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("f.bin");
+    std::fs::write(&file, &input[..200_000]).expect("write");
+    d.ok(&["cp", file.to_str().expect("utf8"), "p:/tmp/f.bin"]);
+    let back = dir.path().join("back.bin");
+    d.ok(&["cp", "p:/tmp/f.bin", back.to_str().expect("utf8")]);
+    assert_eq!(std::fs::read(&back).expect("read"), &input[..200_000]);
+    d.ok(&["rm", "-f", "p"]);
+}
+
+/// `sh -c SCRIPT` in the VM; its stdout.
+fn sh(d: &Daemon, script: &str) -> String {
+    d.ok(&["exec", "p", "--", "sh", "-c", script])
+}
+
+#[test]
+fn pause_and_resume_three_times_keep_processes_memory_and_files() {
+    let d = Daemon::start();
+    d.boot("p", SPEC);
+    sh(&d, "echo kept > /root/keep.txt");
+    // A counter that lives only in a process's memory; it writes each
+    // value out, so the test can see it go on from where it was.
+    sh(
+        &d,
+        "setsid sh -c 'n=0; while :; do n=$((n+1)); echo $n > /tmp/count; sleep 0.2; done' \
+         </dev/null >/dev/null 2>&1 & echo $! > /tmp/pid",
+    );
+    let pid = sh(&d, "cat /tmp/pid");
+    let snapshot = d.state().join("vms/p/paused/state.bin");
+    for round in 0..3 {
+        let before: u64 = sh(&d, "cat /tmp/count").trim().parse().expect("count");
+        assert_eq!(d.ok(&["pause", "p"]), "p paused\n", "round {round}");
+        assert_eq!(d.inspect("p")["state"], "paused");
+        assert_eq!(d.qemu_count(), 0, "a paused VM has no QEMU");
+        assert!(snapshot.exists() && common::path_len(&snapshot) > 1 << 20);
+        let refused = d.cli(&["exec", "p", "--", "true"]);
+        assert_ne!(refused.status.code(), Some(0));
+        assert!(
+            common::stderr(&refused).contains("it is paused"),
+            "{}",
+            common::stderr(&refused)
+        );
+        assert_eq!(d.ok(&["resume", "p"]), "p running\n", "round {round}");
+        assert_eq!(d.qemu_count(), 1);
+        let after: u64 = sh(&d, "cat /tmp/count").trim().parse().expect("count");
+        assert!(after >= before, "round {round}: {after} < {before}");
+        assert_eq!(sh(&d, "cat /tmp/pid"), pid);
+        assert_eq!(
+            sh(&d, &format!("kill -0 {} && echo alive", pid.trim())),
+            "alive\n"
+        );
+        assert_eq!(sh(&d, "cat /root/keep.txt"), "kept\n");
+    }
+    // The counter goes on counting after the last resume.
+    let a: u64 = sh(&d, "cat /tmp/count").trim().parse().expect("count");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let b: u64 = sh(&d, "cat /tmp/count").trim().parse().expect("count");
+    assert!(b > a, "{b} <= {a}");
+
+    // A damaged snapshot is refused and the VM stays paused; stop discards it.
+    d.ok(&["pause", "p"]);
+    let len = common::path_len(&snapshot);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&snapshot)
+        .expect("open");
+    f.set_len(len / 2).expect("truncate");
+    let out = d.cli(&["resume", "p"]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("damaged") && err.contains("stays paused"),
+        "{err}"
+    );
+    assert_eq!(d.inspect("p")["state"], "paused");
+    assert_eq!(d.qemu_count(), 0);
+    assert_eq!(d.ok(&["stop", "p"]), "p stopped\n");
+    assert!(!snapshot.exists());
+    d.ok(&["start", "p"]);
+    assert_eq!(sh(&d, "echo fresh"), "fresh\n");
+    d.ok(&["rm", "-f", "p"]);
+}
