@@ -222,6 +222,10 @@ mod tests {
         assert_eq!(Paused.after(Adopted), Ok(Paused));
         for (event, allowed, next) in table {
             for state in ALL {
+                // A paused VM stays paused when adopted (asserted above).
+                if (state, event) == (Paused, Adopted) {
+                    continue;
+                }
                 let got = state.after(event);
                 if allowed.contains(&state) {
                     assert_eq!(got, Ok(next), "{state:?} + {event:?}");

@@ -57,14 +57,76 @@ fn qemu_gets_microvm_with_acpi_shared_memory_and_vhost_user_vsock() {
     assert_eq!(
         value_after(a, "-device"),
         [
-            "vhost-user-vsock-device,chardev=vsock0",
-            "isa-debug-exit,iobase=0xf4,iosize=0x04"
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "vhost-user-vsock-device,chardev=vsock0"
         ]
     );
     assert_eq!(value_after(a, "-kernel"), ["/k/vmlinuz"]);
     assert_eq!(value_after(a, "-initrd"), ["/c/initrd.cpio"]);
     assert_eq!(value_after(a, "-serial"), ["chardev:console"]);
     assert!(a.contains(&"-nodefaults".to_owned()));
+}
+
+#[test]
+fn a_pausable_vm_talks_over_a_serial_port_with_plain_memory_and_a_monitor() {
+    let c = VmConfig {
+        transport: Transport::Serial {
+            bridge: "/usr/bin/skiff".into(),
+        },
+        ..cfg()
+    };
+    let p = plan(&c).expect("plan");
+    let a = &p.qemu.args;
+    // Plain guest RAM: no memfd, which only vhost-user devices need.
+    assert!(value_after(a, "-object").is_empty());
+    assert!(value_after(a, "-numa").is_empty());
+    assert_eq!(
+        value_after(a, "-chardev")[1],
+        "socket,id=agent,path=/run/skiff/vm1/serial.sock"
+    );
+    assert_eq!(
+        value_after(a, "-device"),
+        [
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "virtio-serial-device,max_ports=2",
+            "virtserialport,chardev=agent,name=skiff.agent"
+        ]
+    );
+    assert_eq!(
+        value_after(a, "-qmp"),
+        ["unix:/run/skiff/vm1/monitor.sock,server=on,wait=off"]
+    );
+    assert_eq!(p.qmp_socket, Some("/run/skiff/vm1/monitor.sock".into()));
+    // The bridge stands where the vsock backend stands, with its sockets.
+    assert_eq!(p.vsock_backend.program, PathBuf::from("/usr/bin/skiff"));
+    assert_eq!(
+        p.vsock_backend.args,
+        [
+            "serial-bridge",
+            "--listen",
+            "/run/skiff/vm1/serial.sock",
+            "--uds-path",
+            "/run/skiff/vm1/vsock.sock"
+        ]
+    );
+    assert_eq!(p.vhost_socket, PathBuf::from("/run/skiff/vm1/serial.sock"));
+    let line = kernel_cmdline(&c);
+    assert!(
+        line.contains("skiff.load=serial skiff.transport=serial"),
+        "{line}"
+    );
+    assert!(!kernel_cmdline(&cfg()).contains("skiff.transport"));
+
+    // virtiofs cannot be saved: a pausable VM has no shares.
+    let shared = VmConfig {
+        rootfs: Some(RootFs {
+            source: "/srv/root".into(),
+            writable: false,
+            owner: None,
+        }),
+        ..c
+    };
+    assert_eq!(plan(&shared), Err(PlanError::PausableWithShares));
 }
 
 #[test]
