@@ -240,6 +240,13 @@ fn serve_connection(
                 }
             }
             Message::Shutdown => shutdown(),
+            Message::SetClock(ns) => {
+                let answer = match set_clock(ns) {
+                    Ok(()) => Message::Exited(skiff_proto::ExitStatus::Code(0)),
+                    Err(e) => Message::Error(format!("cannot set the clock: {e}")),
+                };
+                let _ = exec::send(&sink, &answer);
+            }
             other => {
                 let _ = exec::send(
                     &sink,
@@ -267,6 +274,13 @@ enum CopyIn {
 fn fail_copy(sink: &exec::FrameSink, message: String) -> CopyIn {
     let _ = exec::send(sink, &Message::Error(message));
     CopyIn::Draining
+}
+
+fn set_clock(ns: u64) -> nix::Result<()> {
+    let secs = (ns / 1_000_000_000) as libc::time_t;
+    let nanos = (ns % 1_000_000_000) as libc::c_long;
+    let ts = nix::sys::time::TimeSpec::new(secs, nanos);
+    nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts)
 }
 
 fn signal_group(pgid: i32, sig: i32) {

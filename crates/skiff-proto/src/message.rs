@@ -127,6 +127,10 @@ pub enum Message {
     Data(Vec<u8>),
     /// either way: no more entries.
     End,
+    /// host -> agent: set the guest's wall clock to this many nanoseconds
+    /// since the Unix epoch (after a resume, whose guest slept through the
+    /// pause); answered with `Exited(Code(0))` or `Error`.
+    SetClock(u64),
 }
 
 const TAG_HELLO: u8 = 1;
@@ -145,6 +149,7 @@ const TAG_COPY_OUT: u8 = 13;
 const TAG_ENTRY: u8 = 14;
 const TAG_DATA: u8 = 15;
 const TAG_END: u8 = 16;
+const TAG_SET_CLOCK: u8 = 17;
 
 impl Message {
     pub(crate) fn tag(&self) -> u8 {
@@ -165,6 +170,7 @@ impl Message {
             Message::Entry(_) => TAG_ENTRY,
             Message::Data(_) => TAG_DATA,
             Message::End => TAG_END,
+            Message::SetClock(_) => TAG_SET_CLOCK,
         }
     }
 
@@ -187,6 +193,7 @@ impl Message {
             Message::Entry(_) => "entry",
             Message::Data(_) => "data",
             Message::End => "end",
+            Message::SetClock(_) => "set-clock",
         }
     }
 
@@ -204,6 +211,7 @@ impl Message {
             Message::Entry(e) => push_json(e, out),
             Message::Data(b) => out.extend_from_slice(b),
             Message::End => {}
+            Message::SetClock(ns) => out.extend_from_slice(&ns.to_be_bytes()),
             Message::Resize(w) => {
                 out.extend_from_slice(&w.rows.to_be_bytes());
                 out.extend_from_slice(&w.cols.to_be_bytes());
@@ -265,6 +273,13 @@ impl Message {
                     });
                 }
                 Message::End
+            }
+            TAG_SET_CLOCK => {
+                let b: [u8; 8] = body.try_into().map_err(|_| DecodeError::Malformed {
+                    what: "set-clock",
+                    reason: format!("body is {} bytes, expected 8", body.len()),
+                })?;
+                Message::SetClock(u64::from_be_bytes(b))
             }
             TAG_RESIZE => {
                 let b: [u8; 4] = body.try_into().map_err(|_| DecodeError::Malformed {

@@ -22,6 +22,7 @@ fn all_messages() -> Vec<Message> {
             user: None,
         }),
         Message::Started(42),
+        Message::SetClock(1_700_000_000_123_456_789),
         Message::Resize(WindowSize {
             rows: 50,
             cols: 132,

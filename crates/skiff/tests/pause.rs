@@ -103,6 +103,8 @@ fn pause_and_resume_three_times_keep_processes_memory_and_files() {
         assert_eq!(d.ok(&["pause", "p"]), "p paused\n", "round {round}");
         assert_eq!(d.inspect("p")["state"], "paused");
         assert_eq!(d.qemu_count(), 0, "a paused VM has no QEMU");
+        // Long enough that a clock left behind would show.
+        std::thread::sleep(std::time::Duration::from_secs(4));
         assert!(snapshot.exists() && common::path_len(&snapshot) > 1 << 20);
         let refused = d.cli(&["exec", "p", "--", "true"]);
         assert_ne!(refused.status.code(), Some(0));
@@ -121,6 +123,13 @@ fn pause_and_resume_three_times_keep_processes_memory_and_files() {
             "alive\n"
         );
         assert_eq!(sh(&d, "cat /root/keep.txt"), "kept\n");
+        // The guest's clock was set forward past the pause.
+        let guest: i64 = sh(&d, "date +%s").trim().parse().expect("date");
+        let host = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("time")
+            .as_secs() as i64;
+        assert!((guest - host).abs() <= 2, "guest {guest}, host {host}");
     }
     // The counter goes on counting after the last resume.
     let a: u64 = sh(&d, "cat /tmp/count").trim().parse().expect("count");
@@ -150,4 +159,41 @@ fn pause_and_resume_three_times_keep_processes_memory_and_files() {
     d.ok(&["start", "p"]);
     assert_eq!(sh(&d, "echo fresh"), "fresh\n");
     d.ok(&["rm", "-f", "p"]);
+}
+
+#[test]
+fn a_daemon_killed_while_paused_or_resuming_leaves_the_vm_paused_or_running() {
+    let mut d = Daemon::start();
+    d.boot("p", SPEC);
+    sh(
+        &d,
+        "setsid sh -c 'while :; do sleep 1; done' </dev/null >/dev/null 2>&1 & echo $! > /tmp/pid",
+    );
+    d.ok(&["pause", "p"]);
+    // Killed while paused: the new daemon keeps it paused.
+    d.kill9();
+    d.spawn();
+    assert_eq!(d.inspect("p")["state"], "paused", "{}", d.log());
+    // Killed in the middle of a resume (wherever it got to).
+    let mut resume = d.command();
+    resume.args(["resume", "p"]);
+    let mut resuming = resume.spawn().expect("resume");
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    d.kill9();
+    let _ = resuming.wait();
+    d.spawn();
+    let state = d.inspect("p")["state"].as_str().unwrap_or("").to_owned();
+    match state.as_str() {
+        "running" => {}
+        "paused" => {
+            assert_eq!(d.qemu_count(), 0);
+            d.ok(&["resume", "p"]);
+        }
+        other => panic!("the VM is {other}; daemon log:\n{}", d.log()),
+    }
+    assert_eq!(d.qemu_count(), 1);
+    let ps = sh(&d, "ps");
+    assert!(ps.contains("while :; do sleep 1"), "{ps}\n{}", d.log());
+    d.ok(&["rm", "-f", "p"]);
+    assert_eq!(d.qemu_count(), 0);
 }

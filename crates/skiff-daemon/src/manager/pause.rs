@@ -218,6 +218,16 @@ impl Manager {
                 name: name.clone(),
                 source,
             })?;
+        // Recorded at once: a daemon that dies during the restore leaves
+        // its successor a QEMU to end, not one it does not know.
+        let run_dir_text = run_dir.to_string_lossy().into_owned();
+        if let Err(e) = self.store.set_processes(&name, qemu.process, vsock, &run_dir_text) {
+            qemu.kill().await;
+            return Err(PauseError::Plan {
+                name,
+                why: format!("cannot record the new QEMU ({e})"),
+            });
+        }
         let limits = crate::resolve::limits_for(&rec.spec);
         if let Err(e) = self.limit(rec, &limits, &[qemu.process.pid]) {
             tracing::warn!(vm = %name, error = %e, "the resumed QEMU is not under the VM's limits");
@@ -227,11 +237,9 @@ impl Manager {
             return Err(PauseError::Restore { name, source });
         }
         let process = qemu.process;
-        let recorded = self
-            .store
-            .set_processes(&name, process, vsock, &run_dir.to_string_lossy());
-        if let Err(e) = recorded {
-            tracing::error!(vm = %name, error = %e, "cannot record the resumed QEMU");
+        // The guest slept through the pause: its clock is behind.
+        if let Err(e) = set_guest_clock(run_dir).await {
+            tracing::warn!(vm = %name, error = %e, "cannot set the resumed guest's clock");
         }
         self.spawn_monitor(
             name,
@@ -254,9 +262,19 @@ impl Manager {
         let saved = snapshot::check(&file).is_ok();
         let qmp = Self::monitor_socket(rec);
         match rec.state {
-            VmState::Pausing | VmState::Resuming if qemu_alive => {
-                // The save was cut short (undo it) or the restore finished
-                // its load; either way the guest can run.
+            VmState::Resuming if qemu_alive && saved && bridge_alive => {
+                // Whether its load was whole and checked is unknown: end
+                // it; the snapshot resumes again.
+                if let Some(q) = rec.qemu {
+                    q.signal(nix::sys::signal::Signal::SIGKILL);
+                    wait_gone(q, Duration::from_secs(5)).await;
+                }
+                self.store
+                    .transition(name, Event::ResumeFailed, "the resume was cut short")?;
+                Ok(false)
+            }
+            VmState::Pausing if qemu_alive => {
+                // The save was cut short: undo it, the guest runs on.
                 if let Some(qmp) = qmp {
                     if let Ok(mut m) = skiff_vmm::qmp::Qmp::connect(&qmp).await {
                         let _ = m.execute("migrate_cancel", None).await;
@@ -264,7 +282,7 @@ impl Manager {
                     }
                 }
                 self.store
-                    .transition(name, Event::Adopted, "adopted while pausing or resuming")?;
+                    .transition(name, Event::Adopted, "adopted while pausing")?;
                 Ok(true)
             }
             VmState::Pausing if saved && bridge_alive => {
@@ -296,6 +314,31 @@ impl Manager {
         if let Some(dir) = snapshot_file(&self.paths.vm_dir(name)).parent() {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// Tell the agent the host's time.
+async fn set_guest_clock(run_dir: &Path) -> Result<(), String> {
+    use skiff_proto::Message;
+    let sock = run_dir.join("vsock.sock");
+    let mut conn =
+        skiff_vmm::AgentConn::connect(&sock, skiff_proto::AGENT_PORT, Duration::from_secs(10))
+            .await
+            .map_err(|e| crate::support::error_chain(&e))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?;
+    let ns = u64::try_from(now.as_nanos()).map_err(|e| e.to_string())?;
+    conn.writer
+        .send(&Message::SetClock(ns))
+        .await
+        .map_err(|e| e.to_string())?;
+    match tokio::time::timeout(Duration::from_secs(10), conn.reader.recv()).await {
+        Ok(Ok(Some(Message::Exited(_)))) => Ok(()),
+        Ok(Ok(Some(Message::Error(e)))) => Err(e),
+        Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("no answer within 10 s".into()),
     }
 }
 
