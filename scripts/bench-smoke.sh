@@ -24,3 +24,4 @@ bench net --mib 4 --runs 2
 bench proxy --requests 40 --runs 1 --clients 2
 bench fullos --runs 1 --execs 2
 bench pull --layers 2 --mib 2 --runs 1
+bench pause --runs 2

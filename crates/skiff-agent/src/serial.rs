@@ -207,16 +207,19 @@ impl Mux {
                 {
                     let _ = waiting.send(false);
                 }
-                {
-                    let (lock, cv) = &self.attached;
-                    *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
-                    cv.notify_all();
-                }
                 // The zero first ends any half frame the host still holds.
-                let mut port = self.port.lock().unwrap_or_else(|p| p.into_inner());
+                // The answer goes out before anyone may open a channel: the
+                // host ignores what comes before it.
                 let mut answer = vec![0];
                 answer.extend(MuxFrame::Attached { nonce }.encode());
-                let _ = port.write_all(&answer);
+                let _ = self
+                    .port
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .write_all(&answer);
+                let (lock, cv) = &self.attached;
+                *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+                cv.notify_all();
             }
             MuxFrame::Open { channel, port } => {
                 let fresh = channel % 2 == 0 && !self.lock_channels().contains_key(&channel);

@@ -197,3 +197,47 @@ fn a_daemon_killed_while_paused_or_resuming_leaves_the_vm_paused_or_running() {
     d.ok(&["rm", "-f", "p"]);
     assert_eq!(d.qemu_count(), 0);
 }
+
+#[test]
+fn what_cannot_be_paused_or_resumed_is_refused_clearly() {
+    let d = Daemon::start_fake();
+    d.boot("plain", "[vm.plain]\n");
+    let out = d.cli(&["pause", "plain"]);
+    assert_eq!(out.status.code(), Some(125), "{out:?}");
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("not started as a pausable VM") && err.contains("pausable = true"),
+        "{err}"
+    );
+    assert_eq!(d.inspect("plain")["state"], "running");
+    let out = d.cli(&["resume", "plain"]);
+    assert!(
+        common::stderr(&out).contains("cannot resume \"plain\": it is running"),
+        "{}",
+        common::stderr(&out)
+    );
+    d.ok(&["stop", "plain"]);
+    let out = d.cli(&["pause", "plain"]);
+    assert!(
+        common::stderr(&out).contains("it is stopped"),
+        "{}",
+        common::stderr(&out)
+    );
+    // Shares cannot be saved by QEMU: the spec says so before anything runs.
+    let dir = tempfile::tempdir().expect("tmp");
+    let spec = d.write_spec(
+        "shared.toml",
+        &format!(
+            "[vm.shared]\npausable = true\n[[vm.shared.shares]]\nsource = \"{}\"\ntarget = \"/mnt\"\n",
+            dir.path().display()
+        ),
+    );
+    let out = d.cli(&["create", "-f", spec.to_str().expect("utf8")]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("pausable VM cannot share host directories"),
+        "{err}"
+    );
+    assert!(d.cli(&["inspect", "shared"]).status.code() != Some(0));
+}

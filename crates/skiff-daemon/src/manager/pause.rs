@@ -221,7 +221,10 @@ impl Manager {
         // Recorded at once: a daemon that dies during the restore leaves
         // its successor a QEMU to end, not one it does not know.
         let run_dir_text = run_dir.to_string_lossy().into_owned();
-        if let Err(e) = self.store.set_processes(&name, qemu.process, vsock, &run_dir_text) {
+        if let Err(e) = self
+            .store
+            .set_processes(&name, qemu.process, vsock, &run_dir_text)
+        {
             qemu.kill().await;
             return Err(PauseError::Plan {
                 name,

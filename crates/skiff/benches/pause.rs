@@ -1,0 +1,152 @@
+//! Pausable VMs, all in one run against one daemon (TCG here), alternating
+//! so that noise hits both sides of each ratio:
+//!
+//! - resume: `skiff resume` of a paused 128 MiB VM ÷ `skiff start` (a cold
+//!   boot to a ready agent) of the same VM; the pause itself is reported;
+//! - memory: host memory of the paused VM (the serial bridge's PSS; QEMU is
+//!   gone) ÷ the same VM running idle (QEMU's and the bridge's PSS), and
+//!   the snapshot's size on disk;
+//! - exec round trip: `true` through the commands API on the pausable VM
+//!   (agent over the multiplexed virtio-serial port) ÷ on a VM of the same
+//!   size whose agent is on vsock.
+//!
+//! Run with `cargo bench -p skiff --bench pause -- --runs 10`.
+
+mod common;
+use common::{arg, BenchDaemon};
+use std::time::{Duration, Instant};
+
+fn median(v: &mut [f64]) -> f64 {
+    assert!(!v.is_empty(), "no samples");
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn p99(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * 0.99).round() as usize]
+}
+
+fn timed_ms(d: &BenchDaemon, args: &[&str]) -> f64 {
+    let t = Instant::now();
+    d.ok(args);
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// A process's proportional set size; a missing one is a broken
+/// measurement, not a zero.
+fn pss_kib(pid: i64) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no Pss for process {pid}"))
+}
+
+fn pid_of(d: &BenchDaemon, vm: &str, process: &str) -> Option<i64> {
+    let inspect: serde_json::Value = serde_json::from_str(&d.ok(&["inspect", vm])).expect("json");
+    inspect[process]["pid"].as_i64()
+}
+
+/// One `true` through the commands API, over the daemon's socket.
+fn exec_true(d: &BenchDaemon, vm: &str) -> f64 {
+    use std::io::{Read, Write};
+    let body = r#"{"argv":["true"]}"#;
+    let t = Instant::now();
+    let mut s = std::os::unix::net::UnixStream::connect(d.socket()).expect("socket");
+    write!(
+        s,
+        "POST /v1/vms/{vm}/commands HTTP/1.1\r\nHost: skiff\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).expect("answer");
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert!(
+        resp.starts_with("HTTP/1.1 200") && resp.contains("\"exit_code\":0"),
+        "{resp}"
+    );
+    ms
+}
+
+fn main() {
+    let runs = arg("--runs", 10).max(2) as usize;
+    let d = BenchDaemon::start(false, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = dir.path().join("vms.toml");
+    std::fs::write(
+        &spec,
+        "[vm.p]\npausable = true\nmemory = \"128M\"\n[vm.v]\nmemory = \"128M\"\n",
+    )
+    .expect("spec");
+    d.ok(&["create", "-f", spec.to_str().expect("utf8")]);
+    d.ok(&["start", "v"]); // warms the image cache too
+
+    let (mut cold, mut resume, mut pause) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut running_kib, mut paused_kib, mut snapshot_mib) = (0u64, 0u64, 0f64);
+    let snapshot = d.work.path().join("state/vms/p/paused/state.bin");
+    for run in 0..runs {
+        cold.push(timed_ms(&d, &["start", "p"]));
+        if run == 0 {
+            // Idle memory, once the guest has settled.
+            std::thread::sleep(Duration::from_secs(5));
+            let qemu = pid_of(&d, "p", "qemu").expect("qemu pid");
+            let bridge = pid_of(&d, "p", "vsock").expect("bridge pid");
+            running_kib = pss_kib(qemu) + pss_kib(bridge);
+            pause.push(timed_ms(&d, &["pause", "p"]));
+            paused_kib = pss_kib(bridge);
+            assert!(
+                !std::path::Path::new(&format!("/proc/{qemu}")).exists(),
+                "QEMU still runs while paused"
+            );
+            snapshot_mib =
+                std::fs::metadata(&snapshot).expect("snapshot").len() as f64 / (1024.0 * 1024.0);
+        } else {
+            pause.push(timed_ms(&d, &["pause", "p"]));
+        }
+        resume.push(timed_ms(&d, &["resume", "p"]));
+        d.ok(&["exec", "p", "--", "true"]);
+        d.ok(&["stop", "p"]);
+    }
+    let (c50, r50, p50) = (median(&mut cold), median(&mut resume), median(&mut pause));
+    println!("resume ({runs} runs, alternating with cold starts of the same 128 MiB VM):");
+    println!("  cold `skiff start`                p50 {c50:8.1} ms");
+    println!("  `skiff pause`                     p50 {p50:8.1} ms");
+    println!("  `skiff resume`                    p50 {r50:8.1} ms");
+    println!("  ratio resume/cold                 p50 {:8.4}", r50 / c50);
+    println!("memory of the pausable VM:");
+    println!(
+        "  running idle (QEMU + bridge PSS)  {:8.1} MiB",
+        running_kib as f64 / 1024.0
+    );
+    println!(
+        "  paused (bridge PSS)               {:8.1} MiB",
+        paused_kib as f64 / 1024.0
+    );
+    println!("  snapshot on disk                  {snapshot_mib:8.1} MiB");
+    println!(
+        "  ratio paused/running              {:8.4}",
+        paused_kib as f64 / running_kib as f64
+    );
+
+    d.ok(&["start", "p"]);
+    let (mut serial, mut vsock) = (Vec::new(), Vec::new());
+    for _ in 0..runs * 5 {
+        serial.push(exec_true(&d, "p"));
+        vsock.push(exec_true(&d, "v"));
+    }
+    let (s50, v50) = (median(&mut serial), median(&mut vsock));
+    let (s99, v99) = (p99(&mut serial), p99(&mut vsock));
+    println!("exec round trip ({} runs each, alternating):", serial.len());
+    println!("  vsock agent                       p50 {v50:8.2} ms  p99 {v99:8.2} ms");
+    println!("  serial agent (multiplexed)        p50 {s50:8.2} ms  p99 {s99:8.2} ms");
+    println!(
+        "  ratio serial/vsock                p50 {:8.3}     p99 {:8.3}",
+        s50 / v50,
+        s99 / v99
+    );
+}
