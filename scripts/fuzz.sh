@@ -11,7 +11,7 @@ export CARGO_TARGET_DIR="$PWD/target"
 # An explicit target keeps the flags off build scripts and proc macros.
 triple="$(rustc -vV | sed -n 's/^host: //p')"
 cargo build --release --locked --quiet --bins --target "$triple"
-for target in decode copy_extract spec_parse; do
+for target in decode copy_extract spec_parse mux; do
     mkdir -p "corpus/$target" "artifacts/$target"
     echo "fuzz: $target for ${secs}s"
     "target/$triple/release/$target" -max_total_time="$secs" -print_final_stats=0 \
