@@ -173,6 +173,10 @@ pub struct CreatePool {
     pub net: Option<String>,
     #[serde(default)]
     pub ttl_secs: Option<u64>,
+    /// Sandboxes can be paused and resumed (`pausable` in a spec); not
+    /// with an image, whose root is a shared directory.
+    #[serde(default)]
+    pub pausable: bool,
 }
 
 fn one() -> u32 {

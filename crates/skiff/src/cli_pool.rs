@@ -30,6 +30,10 @@ pub enum PoolCommand {
         /// Seconds a taken sandbox lives (default 600).
         #[arg(long)]
         ttl: Option<u64>,
+        /// Sandboxes can be paused and resumed (`skiff pause`); not with
+        /// --image.
+        #[arg(long)]
+        pausable: bool,
         #[arg(long)]
         json: bool,
     },
@@ -74,6 +78,7 @@ pub async fn pool(c: &Client, cmd: PoolCommand) -> Result<i32> {
             memory,
             net,
             ttl,
+            pausable,
             json,
         } => {
             // An OCI image the cache lacks is pulled here, with progress.
@@ -88,6 +93,7 @@ pub async fn pool(c: &Client, cmd: PoolCommand) -> Result<i32> {
                 memory_mib: memory,
                 net,
                 ttl_secs: ttl,
+                pausable,
             };
             let created = c
                 .call(Method::POST, "/v1/pools", Some(serde_json::to_value(body)?))

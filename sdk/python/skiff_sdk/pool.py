@@ -27,10 +27,13 @@ class Pool:
     def create(cls, name: str, size: int = 1, *, image: Optional[str] = None,
                cpus: Optional[int] = None, memory_mib: Optional[int] = None,
                net: Optional[str] = None, ttl_secs: Optional[int] = None,
-               client: Optional[Client] = None) -> "Pool":
+               pausable: bool = False, client: Optional[Client] = None) -> "Pool":
+        """A pool of `size` ready sandboxes; `pausable` ones can be paused
+        and resumed (`Sandbox.pause()`), but cannot boot an `image`."""
         client = client or Client()
         body = {"name": name, "size": size, "image": image, "cpus": cpus,
-                "memory_mib": memory_mib, "net": net, "ttl_secs": ttl_secs}
+                "memory_mib": memory_mib, "net": net, "ttl_secs": ttl_secs,
+                "pausable": pausable or None}
         d = client.request("POST", "/v1/pools", {k: v for k, v in body.items() if v is not None})
         return cls._from(d)
 

@@ -244,6 +244,24 @@ class Sandbox:
             raise gone from e
         self.expires_at = info.get("expires_at")
 
+    def pause(self) -> None:
+        """Save the sandbox to disk and free its memory (a pausable pool's
+        sandbox); its processes and files come back with `resume()`."""
+        self._lifecycle("pause")
+
+    def resume(self) -> None:
+        """Bring a paused sandbox back as it was."""
+        self._lifecycle("resume")
+
+    def _lifecycle(self, verb: str) -> None:
+        try:
+            self.client.request("POST", Client.vm_path(self.name, f"/{verb}"))
+        except SkiffError as e:
+            gone = _gone(f"sandbox {self.name}", e)
+            if gone is None:
+                raise
+            raise gone from e
+
     def kill(self) -> None:
         """Destroy the sandbox now (never reused). Idempotent."""
         if self._killed:

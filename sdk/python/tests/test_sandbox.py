@@ -172,3 +172,22 @@ def test_commands_run_as_a_guest_user(client, pool):
         assert denied.exit_code != 0
         missing = sb.run("true", user="nobody-here")
         assert missing.exit_code == 126 and "no user" in missing.stderr
+
+
+def test_a_pausable_sandbox_pauses_and_resumes_with_its_files_and_processes(client):
+    Pool.create("pausable", size=1, ttl_secs=300, pausable=True, client=client)
+    try:
+        with Sandbox.create(pool="pausable", client=client, wait=240) as sb:
+            sb.files.write("/tmp/note.txt", "kept across the pause")
+            sb.run("setsid sh -c 'while :; do sleep 1; done' </dev/null >/dev/null 2>&1 &")
+            sb.pause()
+            info = client.request("GET", Client.vm_path(sb.name))
+            assert info["state"] == "paused"
+            with pytest.raises(Exception) as refused:
+                sb.run("true")
+            assert "paused" in str(refused.value)
+            sb.resume()
+            assert sb.files.read_text("/tmp/note.txt") == "kept across the pause"
+            assert "while :; do sleep 1" in sb.run("ps").stdout
+    finally:
+        Pool.remove("pausable", client=client)

@@ -124,6 +124,8 @@ pub enum Invalid {
     },
     #[error("dns: {0:?} is not an IPv4 address")]
     Dns(String),
+    #[error("pausable sandboxes cannot boot an image: its root is a shared directory, which QEMU cannot save")]
+    PausableImage,
     #[error("no image named {0:?}; build one with `skiff image build -f images/{0}.toml`")]
     NoImage(String),
     #[error(

@@ -82,6 +82,10 @@ impl Manager {
             }
             spec.memory_mib = m;
         }
+        spec.pausable = body.pausable;
+        if body.pausable && body.image.is_some() {
+            return Err(Invalid::PausableImage.into());
+        }
         if let Some(image) = &body.image {
             let cache = crate::paths::cache_dir()
                 .map_err(|e| ManagerError::internal("find the image cache", e))?;
