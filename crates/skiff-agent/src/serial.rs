@@ -188,7 +188,7 @@ impl Mux {
             MuxFrame::Attach { nonce } => {
                 let same = {
                     let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
-                    std::mem::replace(&mut *session, Some(nonce)) == Some(nonce)
+                    session.replace(nonce) == Some(nonce)
                 };
                 if same {
                     let _ = self.send(&MuxFrame::Attached { nonce });

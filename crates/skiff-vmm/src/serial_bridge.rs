@@ -82,7 +82,7 @@ pub async fn run(listen: &Path, uds: &Path) -> io::Result<()> {
                 Ok(n) => {
                     let frames = session.decoder.feed(&buf[..n]);
                     for frame in frames.into_iter().flatten() {
-                        session.from_guest(frame).await;
+                        session.guest_frame(frame).await;
                     }
                 }
             },
@@ -241,7 +241,7 @@ impl Session {
         }
     }
 
-    async fn from_guest(&mut self, frame: MuxFrame) {
+    async fn guest_frame(&mut self, frame: MuxFrame) {
         match frame {
             MuxFrame::Attached { nonce } if nonce == self.nonce && !self.attached => {
                 self.attached = true;
