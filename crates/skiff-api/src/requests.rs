@@ -177,6 +177,11 @@ pub struct CreatePool {
     /// with an image, whose root is a shared directory.
     #[serde(default)]
     pub pausable: bool,
+    /// Of a pausable pool's ready sandboxes, keep this many running and
+    /// the rest asleep (paused: their memory is the host's); a take wakes
+    /// one when none runs. None: all run.
+    #[serde(default)]
+    pub awake: Option<u32>,
 }
 
 fn one() -> u32 {

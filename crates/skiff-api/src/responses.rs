@@ -121,6 +121,13 @@ pub struct Pool {
     pub created_at: i64,
     /// Booted and waiting to be taken.
     pub ready: usize,
+    /// Booted, then paused (a pausable pool with `awake` set): taken with
+    /// a resume instead of a boot.
+    #[serde(default)]
+    pub sleeping: usize,
+    /// How many ready sandboxes stay running (none: all).
+    #[serde(default)]
+    pub awake: Option<u32>,
     /// Being created or booted.
     pub booting: usize,
     pub taken: usize,

@@ -307,6 +307,7 @@ pub fn render_pools(pools: &[skiff_api::Pool]) -> String {
     for p in pools {
         for (state, n) in [
             ("ready", p.ready),
+            ("sleeping", p.sleeping),
             ("booting", p.booting),
             ("taken", p.taken),
         ] {
@@ -333,6 +334,8 @@ mod tests {
             ttl_secs: 60,
             created_at: 0,
             ready: 2,
+            sleeping: 5,
+            awake: Some(2),
             booting: 1,
             taken: 4,
         };
@@ -340,6 +343,7 @@ mod tests {
         for line in [
             "skiff_pool_size{pool=\"sb\"} 3",
             "skiff_pool_sandboxes{pool=\"sb\",state=\"ready\"} 2",
+            "skiff_pool_sandboxes{pool=\"sb\",state=\"sleeping\"} 5",
             "skiff_pool_sandboxes{pool=\"sb\",state=\"booting\"} 1",
             "skiff_pool_sandboxes{pool=\"sb\",state=\"taken\"} 4",
         ] {

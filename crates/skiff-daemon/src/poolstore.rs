@@ -17,6 +17,9 @@ pub struct PoolRecord {
     /// Time to live of a taken sandbox.
     pub ttl_secs: u64,
     pub created_at: i64,
+    /// For pausable sandboxes: how many ready ones stay running; the rest
+    /// sleep (paused) until taken. None: all run.
+    pub awake: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -36,8 +39,8 @@ impl Store {
                 source,
             })?;
         let res = self.conn().execute(
-            "INSERT INTO pools (name, template, size, ttl_secs, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![pool.name, template, pool.size, pool.ttl_secs as i64, now()],
+            "INSERT INTO pools (name, template, size, ttl_secs, created_at, awake) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![pool.name, template, pool.size, pool.ttl_secs as i64, now(), pool.awake],
         );
         match res {
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -52,7 +55,7 @@ impl Store {
     pub fn pools(&self) -> Result<Vec<PoolRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT name, template, size, ttl_secs, created_at FROM pools ORDER BY name",
+            "SELECT name, template, size, ttl_secs, created_at, awake FROM pools ORDER BY name",
         )?;
         let rows = stmt
             .query_map([], |r| {
@@ -62,11 +65,12 @@ impl Store {
                     r.get::<_, i64>(2)?,
                     r.get::<_, i64>(3)?,
                     r.get::<_, i64>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
-            .map(|(name, template, size, ttl, created_at)| {
+            .map(|(name, template, size, ttl, created_at, awake)| {
                 let template =
                     serde_json::from_str(&template).map_err(|source| StoreError::BadSpec {
                         name: name.clone(),
@@ -78,6 +82,7 @@ impl Store {
                     size: size.clamp(0, i64::from(u32::MAX)) as u32,
                     ttl_secs: ttl.max(0) as u64,
                     created_at,
+                    awake: awake.map(|a| a.clamp(0, i64::from(u32::MAX)) as u32),
                 })
             })
             .collect()
@@ -145,16 +150,23 @@ impl Store {
 
     /// Mark one warm sandbox of `pool` whose VM is running as taken, with
     /// its expiry; its VM name, or None when none is ready.
-    pub fn take_sandbox(&self, pool: &str, ttl_secs: u64) -> Result<Option<String>, StoreError> {
+    /// Take a warm sandbox of `pool` in `state` (`running`, or `paused`
+    /// for a sleeping one), the longest waiting first.
+    pub fn take_sandbox(
+        &self,
+        pool: &str,
+        ttl_secs: u64,
+        state: &str,
+    ) -> Result<Option<String>, StoreError> {
         let conn = self.conn();
         let vm: Option<String> = conn
             .query_row(
                 "UPDATE sandboxes SET taken = 1, expires_at = ?2 \
                  WHERE vm = (SELECT s.vm FROM sandboxes s JOIN vms v ON v.name = s.vm \
-                             WHERE s.pool = ?1 AND s.taken = 0 AND v.state = 'running' \
+                             WHERE s.pool = ?1 AND s.taken = 0 AND v.state = ?3 \
                              ORDER BY v.updated_at LIMIT 1) \
                  RETURNING vm",
-                params![pool, now() + ttl_secs as i64],
+                params![pool, now() + ttl_secs as i64, state],
                 |r| r.get(0),
             )
             .optional()?;

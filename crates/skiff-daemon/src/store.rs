@@ -68,6 +68,9 @@ CREATE TABLE sandboxes (
     "CREATE TABLE helpers (vm TEXT NOT NULL, pid INTEGER NOT NULL, start INTEGER NOT NULL);",
     // VMs of `skiff run -d --rm`: removed when they end or are stopped.
     "ALTER TABLE vms ADD COLUMN remove_when_ended INTEGER NOT NULL DEFAULT 0;",
+    // Pools of pausable sandboxes: how many ready ones stay running (the
+    // rest sleep, paused); NULL: all.
+    "ALTER TABLE pools ADD COLUMN awake INTEGER;",
 ];
 
 /// One VM as stored (the API shows it as `skiff_api::Vm`).

@@ -6,6 +6,9 @@
 //! - memory: host memory of the paused VM (the serial bridge's PSS; QEMU is
 //!   gone) ÷ the same VM running idle (QEMU's and the bridge's PSS), and
 //!   the snapshot's size on disk;
+//! - sleeping pool: `skiff pool take` from a pool whose ready sandbox
+//!   sleeps (`--pausable --awake 0`, so the take wakes it) plus `exec
+//!   true` ÷ the cold `skiff start` above;
 //! - exec round trip: `true` through the commands API on the pausable VM
 //!   (agent over the multiplexed virtio-serial port) ÷ on a VM of the same
 //!   size whose agent is on vsock.
@@ -132,6 +135,42 @@ fn main() {
         "  ratio paused/running              {:8.4}",
         paused_kib as f64 / running_kib as f64
     );
+
+    d.ok(&[
+        "pool",
+        "create",
+        "naps",
+        "--size",
+        "1",
+        "--pausable",
+        "--awake",
+        "0",
+        "--memory",
+        "128",
+    ]);
+    let mut takes = Vec::new();
+    for _ in 0..runs {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let pools: serde_json::Value =
+                serde_json::from_str(&d.ok(&["pool", "ls", "--json"])).expect("json");
+            if pools[0]["sleeping"] == 1 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the pool did not fall asleep");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let t = Instant::now();
+        let vm = d.ok(&["pool", "take", "naps"]).trim().to_owned();
+        d.ok(&["exec", &vm, "--", "true"]);
+        takes.push(t.elapsed().as_secs_f64() * 1000.0);
+        d.ok(&["rm", "-f", &vm]);
+    }
+    d.ok(&["pool", "rm", "naps"]);
+    let t50 = median(&mut takes);
+    println!("sleeping pool ({runs} takes, each waking a paused sandbox):");
+    println!("  take + exec `true`                p50 {t50:8.1} ms");
+    println!("  ratio take/cold start             p50 {:8.4}", t50 / c50);
 
     d.ok(&["start", "p"]);
     let (mut serial, mut vsock) = (Vec::new(), Vec::new());

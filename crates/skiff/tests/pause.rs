@@ -241,3 +241,50 @@ fn what_cannot_be_paused_or_resumed_is_refused_clearly() {
     );
     assert!(d.cli(&["inspect", "shared"]).status.code() != Some(0));
 }
+
+#[test]
+fn a_sleeping_pool_keeps_its_sandboxes_paused_and_a_take_wakes_one() {
+    let d = Daemon::start();
+    d.ok(&[
+        "pool",
+        "create",
+        "naps",
+        "--size",
+        "2",
+        "--pausable",
+        "--awake",
+        "0",
+        "--memory",
+        "128",
+    ]);
+    let pool = || -> serde_json::Value {
+        let all: serde_json::Value =
+            serde_json::from_str(&d.ok(&["pool", "ls", "--json"])).expect("json");
+        all[0].clone()
+    };
+    d.wait_for(
+        "two sleeping sandboxes",
+        std::time::Duration::from_secs(240),
+        || pool()["sleeping"] == 2,
+    );
+    assert_eq!(pool()["ready"], 0);
+    assert_eq!(d.qemu_count(), 0, "sleeping sandboxes have no QEMU");
+    let vm = d.ok(&["pool", "take", "naps"]).trim().to_owned();
+    assert_eq!(d.inspect(&vm)["state"], "running");
+    assert_eq!(
+        d.ok(&["exec", &vm, "--", "sh", "-c", "echo awake"]),
+        "awake\n"
+    );
+    // The pool refills to two sleepers; the taken one runs on.
+    d.wait_for(
+        "the pool refilled",
+        std::time::Duration::from_secs(240),
+        || pool()["sleeping"] == 2,
+    );
+    assert_eq!(d.qemu_count(), 1);
+    // Awake without pausable is refused.
+    let out = d.cli(&["pool", "create", "x", "--awake", "1"]);
+    assert_ne!(out.status.code(), Some(0));
+    d.ok(&["rm", "-f", &vm]);
+    d.ok(&["pool", "rm", "naps"]);
+}

@@ -17,23 +17,27 @@ class Pool:
     ready: int = 0
     booting: int = 0
     taken: int = 0
+    sleeping: int = 0
 
     @staticmethod
     def _from(d: Dict[str, Any]) -> "Pool":
         return Pool(d["name"], d["size"], d["ttl_secs"], d.get("ready", 0),
-                    d.get("booting", 0), d.get("taken", 0))
+                    d.get("booting", 0), d.get("taken", 0), d.get("sleeping", 0))
 
     @classmethod
     def create(cls, name: str, size: int = 1, *, image: Optional[str] = None,
                cpus: Optional[int] = None, memory_mib: Optional[int] = None,
                net: Optional[str] = None, ttl_secs: Optional[int] = None,
-               pausable: bool = False, client: Optional[Client] = None) -> "Pool":
+               pausable: bool = False, awake: Optional[int] = None,
+               client: Optional[Client] = None) -> "Pool":
         """A pool of `size` ready sandboxes; `pausable` ones can be paused
-        and resumed (`Sandbox.pause()`), but cannot boot an `image`."""
+        and resumed (`Sandbox.pause()`), but cannot boot an `image`. With
+        `awake`, only that many ready sandboxes run and the rest sleep
+        (paused); taking one wakes it."""
         client = client or Client()
         body = {"name": name, "size": size, "image": image, "cpus": cpus,
                 "memory_mib": memory_mib, "net": net, "ttl_secs": ttl_secs,
-                "pausable": pausable or None}
+                "pausable": pausable or None, "awake": awake}
         d = client.request("POST", "/v1/pools", {k: v for k, v in body.items() if v is not None})
         return cls._from(d)
 

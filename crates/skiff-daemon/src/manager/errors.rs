@@ -126,6 +126,8 @@ pub enum Invalid {
     Dns(String),
     #[error("pausable sandboxes cannot boot an image: its root is a shared directory, which QEMU cannot save")]
     PausableImage,
+    #[error("awake: only a pausable pool's sandboxes can sleep; add pausable")]
+    AwakeNotPausable,
     #[error("no image named {0:?}; build one with `skiff image build -f images/{0}.toml`")]
     NoImage(String),
     #[error(

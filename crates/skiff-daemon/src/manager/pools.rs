@@ -137,12 +137,16 @@ impl Manager {
         if ttl_secs == 0 {
             return Err(out_of_range("ttl_secs", 0, "at least 1".into()));
         }
+        if body.awake.is_some() && !body.pausable {
+            return Err(Invalid::AwakeNotPausable.into());
+        }
         let pool = PoolRecord {
             name: body.name.clone(),
             template: self.pool_template(body)?,
             size: body.size,
             ttl_secs,
             created_at: now(),
+            awake: body.awake,
         };
         self.store.insert_pool(&pool).map_err(|e| match e {
             crate::store::StoreError::Exists(_) => {
@@ -166,13 +170,17 @@ impl Manager {
                 let members: Vec<&SandboxRecord> =
                     sandboxes.iter().filter(|s| s.pool == pool.name).collect();
                 let warm = members.iter().filter(|s| !s.taken);
-                let ready = warm
-                    .clone()
-                    .filter(|s| state_of(&s.vm) == Some(VmState::Running))
-                    .count();
+                let in_state = |state| {
+                    warm.clone()
+                        .filter(|s| state_of(&s.vm) == Some(state))
+                        .count()
+                };
+                let (ready, sleeping) = (in_state(VmState::Running), in_state(VmState::Paused));
                 PoolInfo {
-                    booting: warm.count() - ready,
+                    booting: warm.count() - ready - sleeping,
                     ready,
+                    sleeping,
+                    awake: pool.awake,
                     taken: members.iter().filter(|s| s.taken).count(),
                     name: pool.name,
                     template: pool.template,
@@ -211,7 +219,7 @@ impl Manager {
 
     /// Hand over a ready sandbox of `pool`, waiting up to `wait` for one.
     pub async fn take(
-        &self,
+        self: &Arc<Self>,
         pool: &str,
         ttl_secs: Option<u64>,
         wait: Duration,
@@ -222,9 +230,22 @@ impl Manager {
         let ttl = ttl_secs.unwrap_or(p.ttl_secs).max(1);
         let deadline = Instant::now() + wait;
         loop {
-            if let Some(vm) = self.store.take_sandbox(pool, ttl)? {
+            if let Some(vm) = self.store.take_sandbox(pool, ttl, "running")? {
                 self.pool_wake.notify_one();
                 return self.sandbox_info(&vm);
+            }
+            // None runs: wake a sleeping one (a resume, not a boot).
+            if let Some(vm) = self.store.take_sandbox(pool, ttl, "paused")? {
+                self.pool_wake.notify_one();
+                match self.resume(&vm).await {
+                    Ok(_) => return self.sandbox_info(&vm),
+                    Err(e) => {
+                        tracing::warn!(vm = %vm, error = %crate::support::error_chain(&e), "a sleeping sandbox did not wake; removed");
+                        let _ = self.remove(&vm, true, true).await;
+                        let _ = self.store.delete_sandbox(&vm);
+                        continue;
+                    }
+                }
             }
             if Instant::now() >= deadline {
                 return Err(Conflict::PoolEmpty {
@@ -309,6 +330,7 @@ impl Manager {
                 let _ = self.remove(&extra.vm, true, true).await;
                 let _ = self.store.delete_sandbox(&extra.vm);
             }
+            self.put_to_sleep(&pool, &warm, &vms).await;
             if warm.len() < size {
                 // One at a time: the loop comes back at once for the next.
                 if let Err(e) = self.add_to_pool(&pool).await {
@@ -317,6 +339,32 @@ impl Manager {
                 } else {
                     self.pool_wake.notify_one();
                 }
+            }
+        }
+    }
+
+    /// Pause a running warm sandbox beyond the pool's `awake` count (one
+    /// per round).
+    async fn put_to_sleep(
+        self: &Arc<Self>,
+        pool: &PoolRecord,
+        warm: &[&SandboxRecord],
+        vms: &[crate::store::VmRecord],
+    ) {
+        let Some(awake) = pool.awake else {
+            return;
+        };
+        let running: Vec<&str> = warm
+            .iter()
+            .filter(|s| {
+                vms.iter()
+                    .any(|v| v.name == s.vm && v.state == VmState::Running)
+            })
+            .map(|s| s.vm.as_str())
+            .collect();
+        if let Some(vm) = running.get(awake as usize) {
+            if let Err(e) = self.pause(vm).await {
+                tracing::warn!(vm = %vm, error = %crate::support::error_chain(&e), "cannot put a sandbox to sleep");
             }
         }
     }
