@@ -57,8 +57,11 @@ pub(crate) fn spawn_waiter(
             for r in readers.into_iter().flatten() {
                 let _ = r.join();
             }
-            let _ = send(&sink, &Message::Exited(status));
+            // Done before the host hears it: a host that hangs up on the
+            // `Exited` must not have the command's group killed (what the
+            // command left running in the background stays).
             done.store(true, Ordering::SeqCst);
+            let _ = send(&sink, &Message::Exited(status));
         });
     if let Err(e) = waiter {
         crate::log(format_args!("cannot start a waiter thread: {e}"));

@@ -145,16 +145,16 @@ impl Mux {
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, tx);
         let halves = self.add_channel(id);
-        if self.send(&MuxFrame::Open { channel: id, port }).is_err() {
-            return None;
+        let sent = self.send(&MuxFrame::Open { channel: id, port }).is_ok();
+        if sent && rx.recv_timeout(Duration::from_secs(30)) == Ok(true) {
+            return Some(halves);
         }
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(true) => Some(halves),
-            _ => {
-                log(format_args!("the host refused a connection to port {port}"));
-                None
-            }
-        }
+        self.opening
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        log(format_args!("the host refused a connection to port {port}"));
+        None
     }
 
     /// Read the port for ever, dispatching frames.
@@ -210,8 +210,7 @@ impl Mux {
                 // The zero first ends any half frame the host still holds.
                 // The answer goes out before anyone may open a channel: the
                 // host ignores what comes before it.
-                let mut answer = vec![0];
-                answer.extend(MuxFrame::Attached { nonce }.encode());
+                let answer = MuxFrame::Attached { nonce }.encode_resync();
                 let _ = self
                     .port
                     .lock()

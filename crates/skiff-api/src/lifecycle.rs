@@ -141,7 +141,8 @@ impl VmState {
             (Starting, BootFailed) => Exited,
             (Starting | Running | Paused, Stop) => Stopping,
             (Stopping, Halted) => Stopped,
-            (Starting | Running, Ended) => Exited,
+            // (A resumed QEMU may end before its resume is recorded.)
+            (Starting | Running | Resuming, Ended) => Exited,
             // A daemon that died while pausing or resuming left the VM
             // running (the save was undone, the restore finished) or paused.
             (Starting | Running | Stopping | Pausing | Resuming, Adopted) => Running,
@@ -186,7 +187,7 @@ mod tests {
             (Halted, &[VmState::Stopping], VmState::Stopped),
             (
                 Ended,
-                &[VmState::Starting, VmState::Running],
+                &[VmState::Starting, VmState::Running, Resuming],
                 VmState::Exited,
             ),
             (

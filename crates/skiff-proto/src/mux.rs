@@ -108,6 +108,14 @@ impl MuxFrame {
         wire
     }
 
+    /// A zero byte, then the frame: what a side sends first in a session,
+    /// to end whatever half frame the other side still holds.
+    pub fn encode_resync(&self) -> Vec<u8> {
+        let mut bytes = vec![0];
+        bytes.extend(self.encode());
+        bytes
+    }
+
     fn decode(raw: &[u8]) -> Result<MuxFrame, MuxError> {
         let (Some(head), Some(&kind)) = (raw.get(..4), raw.get(4)) else {
             return Err(MuxError::Malformed {

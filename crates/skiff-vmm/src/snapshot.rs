@@ -150,6 +150,10 @@ pub async fn save(qmp_socket: &Path, file: &Path) -> Result<Manifest, SnapshotEr
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
             let _ = qmp.execute("migrate_cancel", None).await;
+            // Unused if the migration never started: the copy's pipe ends.
+            let _ = qmp
+                .execute("closefd", Some(json!({ "fdname": "skiff-save" })))
+                .await;
             let _ = qmp.execute("cont", None).await;
             Err(e)
         }
@@ -185,7 +189,7 @@ async fn save_stopped(qmp: &mut Qmp, tmp: &Path) -> Result<(u64, String), Snapsh
         source,
     })?;
     let path = tmp.to_owned();
-    let copy = tokio::task::spawn_blocking(move || copy_hashed(File::from(read), out, &path));
+    let copy = tokio::task::spawn_blocking(move || store_stream(File::from(read), out, &path));
     qmp.execute("migrate", Some(json!({ "uri": "fd:skiff-save" })))
         .await?;
     let timeout = Duration::from_secs(300);
@@ -214,12 +218,14 @@ async fn save_stopped(qmp: &mut Qmp, tmp: &Path) -> Result<(u64, String), Snapsh
     copied
 }
 
-/// Copy `from` to `to` (fsynced), returning the size and SHA-256.
-fn copy_hashed(mut from: File, mut to: File, path: &Path) -> Result<(u64, String), SnapshotError> {
-    let write = |source| SnapshotError::Write {
-        path: path.to_owned(),
-        source,
-    };
+/// Which side of a copy failed.
+enum CopyFailed {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Copy `from` to `to`, returning the size and SHA-256 of what passed.
+fn copy_hashed(mut from: File, to: &mut File) -> Result<(u64, String), CopyFailed> {
     let mut hash = Sha256::new();
     let mut size = 0u64;
     let mut buf = vec![0u8; 1 << 20];
@@ -228,14 +234,26 @@ fn copy_hashed(mut from: File, mut to: File, path: &Path) -> Result<(u64, String
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(write(e)),
+            Err(e) => return Err(CopyFailed::Read(e)),
         };
         hash.update(&buf[..n]);
-        to.write_all(&buf[..n]).map_err(write)?;
+        to.write_all(&buf[..n]).map_err(CopyFailed::Write)?;
         size += n as u64;
     }
-    to.sync_all().map_err(write)?;
     Ok((size, hex(&hash.finalize())))
+}
+
+/// Save QEMU's stream into the file (fsynced).
+fn store_stream(from: File, mut to: File, path: &Path) -> Result<(u64, String), SnapshotError> {
+    let write = |source| SnapshotError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let copied = copy_hashed(from, &mut to).map_err(|e| match e {
+        CopyFailed::Read(e) | CopyFailed::Write(e) => write(e),
+    })?;
+    to.sync_all().map_err(write)?;
+    Ok(copied)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -280,7 +298,7 @@ pub async fn restore(
         source,
     })?;
     let path = file.to_owned();
-    let feed = tokio::task::spawn_blocking(move || feed_hashed(input, File::from(write), &path));
+    let feed = tokio::task::spawn_blocking(move || feed_stream(input, File::from(write), &path));
     qmp.execute(
         "migrate-incoming",
         Some(json!({ "uri": "fd:skiff-restore" })),
@@ -322,30 +340,15 @@ pub async fn restore(
 
 /// Copy the file into QEMU's pipe, returning the size and SHA-256 of what
 /// went in.
-fn feed_hashed(mut from: File, mut to: File, path: &Path) -> Result<(u64, String), SnapshotError> {
-    let mut hash = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => {
-                return Err(SnapshotError::Read {
-                    path: path.to_owned(),
-                    source,
-                })
-            }
-        };
-        hash.update(&buf[..n]);
-        if let Err(e) = to.write_all(&buf[..n]) {
-            // QEMU stopped reading: it refused the stream.
-            return Err(SnapshotError::LoadFailed(format!(
-                "QEMU stopped reading the snapshot ({e})"
-            )));
+fn feed_stream(from: File, mut to: File, path: &Path) -> Result<(u64, String), SnapshotError> {
+    copy_hashed(from, &mut to).map_err(|e| match e {
+        CopyFailed::Read(source) => SnapshotError::Read {
+            path: path.to_owned(),
+            source,
+        },
+        // QEMU stopped reading: it refused the stream.
+        CopyFailed::Write(e) => {
+            SnapshotError::LoadFailed(format!("QEMU stopped reading the snapshot ({e})"))
         }
-        size += n as u64;
-    }
-    Ok((size, hex(&hash.finalize())))
+    })
 }

@@ -180,6 +180,7 @@ def test_a_pausable_sandbox_pauses_and_resumes_with_its_files_and_processes(clie
         with Sandbox.create(pool="pausable", client=client, wait=240) as sb:
             sb.files.write("/tmp/note.txt", "kept across the pause")
             sb.run("setsid sh -c 'while :; do sleep 1; done' </dev/null >/dev/null 2>&1 &")
+            assert "while :; do sleep 1" in sb.run("ps").stdout
             sb.pause()
             info = client.request("GET", Client.vm_path(sb.name))
             assert info["state"] == "paused"

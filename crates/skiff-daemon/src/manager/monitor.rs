@@ -196,6 +196,22 @@ impl Manager {
         tokio::spawn(fut);
     }
 
+    /// What the monitor does after QEMU ended, for a QEMU that ended while
+    /// the monitor stood aside (in a pause).
+    pub(super) async fn ended_unwatched(
+        self: &Arc<Self>,
+        rec: &crate::store::VmRecord,
+        qemu: ProcessRef,
+    ) {
+        if let Some(v) = rec.vsock {
+            v.signal(nix::sys::signal::Signal::SIGKILL);
+        }
+        if let Some(d) = &rec.run_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+        self.after_exit(&rec.name, qemu, None).await;
+    }
+
     async fn after_exit(self: &Arc<Self>, name: &str, qemu: ProcessRef, code: Option<i32>) {
         let Ok(Some(rec)) = self.store.get(name) else {
             return;

@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 /// How long a restore may take.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How long a save may take (QEMU's own limit inside is 300 s).
+const SAVE_TIMEOUT: Duration = Duration::from_secs(330);
+
 /// The QEMU command of a pausable boot, kept in its runtime directory for
 /// the resumes.
 const QEMU_PLAN: &str = "qemu.json";
@@ -98,6 +101,34 @@ impl Manager {
     pub async fn pause(self: &Arc<Self>, name: &str) -> Result<VmRecord, ManagerError> {
         let lock = self.lock_for(name);
         let _guard = lock.lock().await;
+        self.pause_locked(name).await
+    }
+
+    /// Put a warm sandbox of a pool to sleep, unless it was taken meanwhile
+    /// (a taker waits for this lock before it uses its sandbox).
+    pub(super) async fn put_sandbox_to_sleep(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<(), ManagerError> {
+        let lock = self.lock_for(name);
+        let _guard = lock.lock().await;
+        if self.store.sandbox(name)?.is_some_and(|s| !s.taken) {
+            self.pause_locked(name).await?;
+        }
+        Ok(())
+    }
+
+    /// A taken sandbox may have been put to sleep just before its take:
+    /// wait for that, and wake it.
+    pub(super) async fn wake_if_asleep(self: &Arc<Self>, name: &str) -> Result<(), ManagerError> {
+        drop(self.lock_for(name).lock().await);
+        if self.get(name)?.state == VmState::Paused {
+            self.resume(name).await?;
+        }
+        Ok(())
+    }
+
+    async fn pause_locked(self: &Arc<Self>, name: &str) -> Result<VmRecord, ManagerError> {
         let rec = self.get(name)?;
         if rec.state != VmState::Running {
             return Err(ManagerError::WrongState {
@@ -110,6 +141,8 @@ impl Manager {
             return Err(PauseError::NotPausable(name.to_owned()).into());
         };
         let file = snapshot_file(&self.paths.vm_dir(name));
+        // An older snapshot must never stand in for this pause.
+        self.discard_snapshot(name);
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir).map_err(|source| PauseError::Save {
                 name: name.to_owned(),
@@ -121,7 +154,13 @@ impl Manager {
         }
         self.store.transition(name, Event::Pause, "")?;
         let started = Instant::now();
-        match snapshot::save(&qmp, &file).await {
+        let saved = tokio::time::timeout(SAVE_TIMEOUT, snapshot::save(&qmp, &file))
+            .await
+            .unwrap_or(Err(snapshot::SnapshotError::Timeout {
+                what: "save the VM",
+                timeout: SAVE_TIMEOUT,
+            }));
+        match saved {
             Ok(manifest) => {
                 // QEMU quits once saved; its monitor sees a pause, not an end.
                 if let Some(q) = rec.qemu {
@@ -139,7 +178,13 @@ impl Manager {
                 self.get(name)
             }
             Err(source) => {
+                let _ = std::fs::remove_dir_all(file.parent().unwrap_or(&file));
                 self.store.transition(name, Event::PauseFailed, "")?;
+                // A QEMU that died in the save ended the VM; its monitor
+                // left that to us.
+                if let Some(q) = rec.qemu.filter(|q| !q.is_alive()) {
+                    self.ended_unwatched(&rec, q).await;
+                }
                 Err(PauseError::Save {
                     name: name.to_owned(),
                     source,
@@ -188,6 +233,8 @@ impl Manager {
             Ok(qemu) => {
                 tracing::info!(vm = %name, qemu = qemu.pid, "resumed");
                 self.store.transition(name, Event::Resumed, "resumed")?;
+                // Its state lives in the guest again; the file is stale.
+                self.discard_snapshot(name);
                 tracing::debug!(vm = %name, ms = started.elapsed().as_millis() as u64, "resume took");
                 self.get(name)
             }
@@ -235,7 +282,16 @@ impl Manager {
         if let Err(e) = self.limit(rec, &limits, &[qemu.process.pid]) {
             tracing::warn!(vm = %name, error = %e, "the resumed QEMU is not under the VM's limits");
         }
-        if let Err(source) = snapshot::restore(&qmp, file, manifest, RESTORE_TIMEOUT).await {
+        let restored = tokio::time::timeout(
+            RESTORE_TIMEOUT,
+            snapshot::restore(&qmp, file, manifest, RESTORE_TIMEOUT),
+        )
+        .await
+        .unwrap_or(Err(snapshot::SnapshotError::Timeout {
+            what: "load the snapshot",
+            timeout: RESTORE_TIMEOUT,
+        }));
+        if let Err(source) = restored {
             qemu.kill().await;
             return Err(PauseError::Restore { name, source });
         }
@@ -265,9 +321,17 @@ impl Manager {
         let saved = snapshot::check(&file).is_ok();
         let qmp = Self::monitor_socket(rec);
         match rec.state {
+            VmState::Resuming if qemu_alive && guest_runs(qmp.as_deref()).await => {
+                // `cont` comes only after the checksum passed: the resume
+                // was done, and the guest has run since (its disks moved on).
+                self.store
+                    .transition(name, Event::Adopted, "adopted after a resume")?;
+                self.discard_snapshot(name);
+                Ok(true)
+            }
             VmState::Resuming if qemu_alive && saved && bridge_alive => {
-                // Whether its load was whole and checked is unknown: end
-                // it; the snapshot resumes again.
+                // Still loading or waiting for its checksum: end it; the
+                // snapshot resumes again.
                 if let Some(q) = rec.qemu {
                     q.signal(nix::sys::signal::Signal::SIGKILL);
                     wait_gone(q, Duration::from_secs(5)).await;
@@ -317,6 +381,21 @@ impl Manager {
         if let Some(dir) = snapshot_file(&self.paths.vm_dir(name)).parent() {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// Whether the QEMU behind `qmp` runs its guest.
+async fn guest_runs(qmp: Option<&Path>) -> bool {
+    let Some(qmp) = qmp else {
+        return false;
+    };
+    let asked = async {
+        let mut m = skiff_vmm::qmp::Qmp::connect(qmp).await.ok()?;
+        m.execute("query-status", None).await.ok()
+    };
+    match tokio::time::timeout(Duration::from_secs(5), asked).await {
+        Ok(Some(status)) => status["status"] == "running",
+        _ => false,
     }
 }
 

@@ -232,6 +232,13 @@ impl Manager {
         loop {
             if let Some(vm) = self.store.take_sandbox(pool, ttl, "running")? {
                 self.pool_wake.notify_one();
+                // The keeper may be putting it to sleep this very moment.
+                if let Err(e) = self.wake_if_asleep(&vm).await {
+                    tracing::warn!(vm = %vm, error = %crate::support::error_chain(&e), "a sandbox taken as it fell asleep did not wake; removed");
+                    let _ = self.remove(&vm, true, true).await;
+                    let _ = self.store.delete_sandbox(&vm);
+                    continue;
+                }
                 return self.sandbox_info(&vm);
             }
             // None runs: wake a sleeping one (a resume, not a boot).
@@ -363,7 +370,7 @@ impl Manager {
             .map(|s| s.vm.as_str())
             .collect();
         if let Some(vm) = running.get(awake as usize) {
-            if let Err(e) = self.pause(vm).await {
+            if let Err(e) = self.put_sandbox_to_sleep(vm).await {
                 tracing::warn!(vm = %vm, error = %crate::support::error_chain(&e), "cannot put a sandbox to sleep");
             }
         }
