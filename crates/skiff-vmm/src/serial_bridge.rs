@@ -86,7 +86,9 @@ pub async fn run(listen: &Path, uds: &Path) -> io::Result<()> {
                 Err(e) => refused_connection(e).await,
             },
             Some(cmd) = cmd_rx.recv(), if room => session.command(cmd),
-            read = session.read_qemu(&mut buf), if room => match read {
+            // The guest is always read (its writes hold its port, which
+            // its own reader needs to answer); only new work waits for room.
+            read = session.read_qemu(&mut buf) => match read {
                 Ok(0) | Err(_) => session.qemu_gone(),
                 Ok(n) => {
                     let frames = session.decoder.feed(&buf[..n]);
@@ -182,6 +184,8 @@ impl Session {
         tokio::spawn(async move {
             while let Some(bytes) = rx.recv().await {
                 if w.write_all(&bytes).await.is_err() {
+                    // QEMU is gone: nothing waits for this queue any more.
+                    queued.store(0, std::sync::atomic::Ordering::SeqCst);
                     break;
                 }
                 queued.fetch_sub(bytes.len(), std::sync::atomic::Ordering::SeqCst);
@@ -293,6 +297,8 @@ impl Session {
                     }
                 }
             }
+            // Every open costs an answer in the queue: none while it is full.
+            MuxFrame::Open { .. } if !self.has_room() => {}
             MuxFrame::Open { channel, port } => {
                 let fresh =
                     channel % 2 == 1 && channel != SESSION && !self.channels.contains_key(&channel);

@@ -149,15 +149,30 @@ pub async fn save(qmp_socket: &Path, file: &Path) -> Result<Manifest, SnapshotEr
         }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
-            let _ = qmp.execute("migrate_cancel", None).await;
-            // Unused if the migration never started: the copy's pipe ends.
-            let _ = qmp
-                .execute("closefd", Some(json!({ "fdname": "skiff-save" })))
-                .await;
-            let _ = qmp.execute("cont", None).await;
+            undo_on(&mut qmp).await;
             Err(e)
         }
     }
+}
+
+/// Undo a save that did not finish (its daemon died, or it timed out): the
+/// guest runs on. Best effort, bounded.
+pub async fn undo_save(qmp_socket: &Path) {
+    let undo = async {
+        if let Ok(mut qmp) = Qmp::connect(qmp_socket).await {
+            undo_on(&mut qmp).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), undo).await;
+}
+
+async fn undo_on(qmp: &mut Qmp) {
+    let _ = qmp.execute("migrate_cancel", None).await;
+    // Unused if the migration never started: the copy's pipe ends.
+    let _ = qmp
+        .execute("closefd", Some(json!({ "fdname": "skiff-save" })))
+        .await;
+    let _ = qmp.execute("cont", None).await;
 }
 
 /// The file, then its manifest, each complete on disk before its rename.

@@ -122,10 +122,15 @@ impl Manager {
     /// wait for that, and wake it.
     pub(super) async fn wake_if_asleep(self: &Arc<Self>, name: &str) -> Result<(), ManagerError> {
         drop(self.lock_for(name).lock().await);
-        if self.get(name)?.state == VmState::Paused {
-            self.resume(name).await?;
+        match self.get(name)?.state {
+            VmState::Running => Ok(()),
+            VmState::Paused => self.resume(name).await.map(drop),
+            state => Err(ManagerError::WrongState {
+                name: name.to_owned(),
+                action: "hand out",
+                state: state.as_str(),
+            }),
         }
-        Ok(())
     }
 
     async fn pause_locked(self: &Arc<Self>, name: &str) -> Result<VmRecord, ManagerError> {
@@ -154,12 +159,17 @@ impl Manager {
         }
         self.store.transition(name, Event::Pause, "")?;
         let started = Instant::now();
-        let saved = tokio::time::timeout(SAVE_TIMEOUT, snapshot::save(&qmp, &file))
-            .await
-            .unwrap_or(Err(snapshot::SnapshotError::Timeout {
-                what: "save the VM",
-                timeout: SAVE_TIMEOUT,
-            }));
+        let saved = match tokio::time::timeout(SAVE_TIMEOUT, snapshot::save(&qmp, &file)).await {
+            Ok(saved) => saved,
+            Err(_) => {
+                // The save's own undo did not run: let the guest go on.
+                snapshot::undo_save(&qmp).await;
+                Err(snapshot::SnapshotError::Timeout {
+                    what: "save the VM",
+                    timeout: SAVE_TIMEOUT,
+                })
+            }
+        };
         match saved {
             Ok(manifest) => {
                 // QEMU quits once saved; its monitor sees a pause, not an end.
@@ -181,9 +191,13 @@ impl Manager {
                 let _ = std::fs::remove_dir_all(file.parent().unwrap_or(&file));
                 self.store.transition(name, Event::PauseFailed, "")?;
                 // A QEMU that died in the save ended the VM; its monitor
-                // left that to us.
+                // left that to us. In a task of its own: it may remove or
+                // restart the VM, which takes the lock this pause holds.
                 if let Some(q) = rec.qemu.filter(|q| !q.is_alive()) {
-                    self.ended_unwatched(&rec, q).await;
+                    let (this, rec) = (self.clone(), rec.clone());
+                    let ended: super::BoxFuture<()> =
+                        Box::pin(async move { this.ended_unwatched(&rec, q).await });
+                    tokio::spawn(ended);
                 }
                 Err(PauseError::Save {
                     name: name.to_owned(),
@@ -232,9 +246,9 @@ impl Manager {
         {
             Ok(qemu) => {
                 tracing::info!(vm = %name, qemu = qemu.pid, "resumed");
-                self.store.transition(name, Event::Resumed, "resumed")?;
                 // Its state lives in the guest again; the file is stale.
                 self.discard_snapshot(name);
+                self.store.transition(name, Event::Resumed, "resumed")?;
                 tracing::debug!(vm = %name, ms = started.elapsed().as_millis() as u64, "resume took");
                 self.get(name)
             }
@@ -282,18 +296,26 @@ impl Manager {
         if let Err(e) = self.limit(rec, &limits, &[qemu.process.pid]) {
             tracing::warn!(vm = %name, error = %e, "the resumed QEMU is not under the VM's limits");
         }
+        // The inner limit ends it first; this one only catches a QEMU that
+        // stopped answering.
+        let outer = RESTORE_TIMEOUT + Duration::from_secs(15);
         let restored = tokio::time::timeout(
-            RESTORE_TIMEOUT,
+            outer,
             snapshot::restore(&qmp, file, manifest, RESTORE_TIMEOUT),
         )
         .await
         .unwrap_or(Err(snapshot::SnapshotError::Timeout {
             what: "load the snapshot",
-            timeout: RESTORE_TIMEOUT,
+            timeout: outer,
         }));
         if let Err(source) = restored {
-            qemu.kill().await;
-            return Err(PauseError::Restore { name, source });
+            // A guest that runs was resumed (`cont` comes after the
+            // checksum): killing it would roll it back onto newer disks.
+            if !guest_runs(Some(&qmp)).await {
+                qemu.kill().await;
+                return Err(PauseError::Restore { name, source });
+            }
+            tracing::warn!(vm = %name, error = %source, "the resume reported an error, but the guest runs");
         }
         let process = qemu.process;
         // The guest slept through the pause: its clock is behind.
@@ -343,10 +365,7 @@ impl Manager {
             VmState::Pausing if qemu_alive => {
                 // The save was cut short: undo it, the guest runs on.
                 if let Some(qmp) = qmp {
-                    if let Ok(mut m) = skiff_vmm::qmp::Qmp::connect(&qmp).await {
-                        let _ = m.execute("migrate_cancel", None).await;
-                        let _ = m.execute("cont", None).await;
-                    }
+                    snapshot::undo_save(&qmp).await;
                 }
                 self.store
                     .transition(name, Event::Adopted, "adopted while pausing")?;
