@@ -16,7 +16,7 @@
 //! Run with `cargo bench -p skiff --bench pause -- --runs 10`.
 
 mod common;
-use common::{arg, BenchDaemon};
+use common::{arg, pss_kib, BenchDaemon};
 use std::time::{Duration, Instant};
 
 fn median(v: &mut [f64]) -> f64 {
@@ -34,19 +34,6 @@ fn timed_ms(d: &BenchDaemon, args: &[&str]) -> f64 {
     let t = Instant::now();
     d.ok(args);
     t.elapsed().as_secs_f64() * 1000.0
-}
-
-/// A process's proportional set size; a missing one is a broken
-/// measurement, not a zero.
-fn pss_kib(pid: i64) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Pss:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no Pss for process {pid}"))
 }
 
 fn pid_of(d: &BenchDaemon, vm: &str, process: &str) -> Option<i64> {

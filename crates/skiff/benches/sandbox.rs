@@ -11,6 +11,8 @@
 //!
 //! Run with `cargo bench -p skiff --bench sandbox -- --runs 20 --density 8`.
 
+mod common;
+use common::pss_kib;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -48,19 +50,6 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
-/// A process's proportional set size; a process that is gone or a file
-/// without the field is a broken measurement, not a zero.
-fn pss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Pss:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or_else(|| panic!("no Pss for process {pid}"))
 }
 
 fn json(s: &str) -> serde_json::Value {
@@ -254,7 +243,7 @@ fn main() {
 
     // Density: N idle sandboxes; what each costs on the host.
     b.ok(&["pool", "rm", "bench"]);
-    let daemon_before = pss_kib(daemon.id() as i32);
+    let daemon_before = pss_kib(i64::from(daemon.id()));
     b.ok(&[
         "pool",
         "create",
@@ -276,8 +265,8 @@ fn main() {
             let pid = vm[process]["pid"].as_i64();
             pid.unwrap_or_else(|| panic!("no {process} pid in {vm}")) as i32
         };
-        qemu_kib += pss_kib(pid("qemu"));
-        helper_kib += pss_kib(pid("vsock"));
+        qemu_kib += pss_kib(pid("qemu").into());
+        helper_kib += pss_kib(pid("vsock").into());
         let name = vm["name"].as_str().unwrap_or("");
         let meminfo = b.ok(&["exec", name, "--", "cat", "/proc/meminfo"]);
         let field = |k: &str| -> u64 {
@@ -289,7 +278,7 @@ fn main() {
         };
         guest_kib += field("MemTotal:").saturating_sub(field("MemFree:"));
     }
-    let daemon_after = pss_kib(daemon.id() as i32);
+    let daemon_after = pss_kib(i64::from(daemon.id()));
     let n = vms.len() as f64;
     let per_vm = (qemu_kib + helper_kib) as f64 / n / 1024.0;
     let host_mib = std::fs::read_to_string("/proc/meminfo")

@@ -39,20 +39,12 @@ impl Manager {
                         if let (Some(q), Some(v), Some(run_dir)) =
                             (rec.qemu, rec.vsock, &rec.run_dir)
                         {
-                            let _ = self.start_forwards(&rec);
-                            self.spawn_monitor(
-                                rec.name.clone(),
-                                q,
-                                v,
-                                None,
-                                None,
-                                PathBuf::from(run_dir),
-                            );
+                            self.watch_adopted(&rec, q, v, run_dir);
                         }
                         continue;
                     }
                     Ok(false) => {
-                        let _ = self.start_forwards(&rec);
+                        self.restore_forwards(&rec);
                         continue;
                     }
                     Err(e) => {
@@ -63,23 +55,13 @@ impl Manager {
             if rec.state.is_active() {
                 match (rec.qemu, rec.vsock, &rec.run_dir) {
                     (Some(q), Some(v), Some(run_dir)) if q.is_alive() && !paused_or_between => {
-                        if let Err(e) = self.start_forwards(&rec) {
-                            tracing::warn!(vm = %rec.name, error = %crate::support::error_chain(&e), "port forwards not restored");
-                        }
                         tracing::info!(vm = %rec.name, qemu = q.pid, "adopted");
                         self.store.transition(
                             &rec.name,
                             Event::Adopted,
                             "adopted after a daemon restart",
                         )?;
-                        self.spawn_monitor(
-                            rec.name.clone(),
-                            q,
-                            v,
-                            None,
-                            None,
-                            PathBuf::from(run_dir),
-                        );
+                        self.watch_adopted(&rec, q, v, run_dir);
                         continue;
                     }
                     _ => {
@@ -125,6 +107,33 @@ impl Manager {
             }
         }
         Ok(())
+    }
+
+    /// An adopted VM's port forwards, again (a failure is only noted: the
+    /// VM itself runs on).
+    fn restore_forwards(&self, rec: &crate::store::VmRecord) {
+        if let Err(e) = self.start_forwards(rec) {
+            tracing::warn!(vm = %rec.name, error = %crate::support::error_chain(&e), "port forwards not restored");
+        }
+    }
+
+    /// Take up an adopted VM whose QEMU runs: its forwards and its monitor.
+    fn watch_adopted(
+        self: &Arc<Self>,
+        rec: &crate::store::VmRecord,
+        qemu: ProcessRef,
+        vsock: ProcessRef,
+        run_dir: &str,
+    ) {
+        self.restore_forwards(rec);
+        self.spawn_monitor(
+            rec.name.clone(),
+            qemu,
+            vsock,
+            None,
+            None,
+            PathBuf::from(run_dir),
+        );
     }
 
     /// Remove a `run -d --rm` VM that ended or was stopped (its volumes

@@ -17,6 +17,19 @@ pub fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// A process's proportional set size; a process that is gone or a file
+/// without the field is a broken measurement, not a zero.
+pub fn pss_kib(pid: i64) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Pss:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no Pss for process {pid}"))
+}
+
 pub struct BenchDaemon {
     pub work: tempfile::TempDir,
     netns: Option<String>,
