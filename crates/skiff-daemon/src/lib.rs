@@ -6,6 +6,7 @@
 //! State is one SQLite file; VMs run in their own processes and survive a
 //! daemon restart. The `skiff` binary is a thin CLI over this crate.
 
+pub mod activity;
 pub mod background;
 pub mod certs;
 pub mod drives;
@@ -252,6 +253,7 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     manager.spawn_pool_keeper();
     manager.spawn_health_checks();
+    manager.spawn_sleeper();
     proxy::start(manager.clone(), cfg.proxy.clone()).await?;
     let pid_file = cfg.state_dir.join("daemon.pid");
     std::fs::write(&pid_file, format!("{}\n", std::process::id()))

@@ -88,6 +88,11 @@ pub struct VmSpec {
     /// shared directories, which QEMU cannot.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pausable: bool,
+    /// A pausable VM with no exec, copy, command or proxied request for
+    /// this long is paused; any of them wakes it again (none: it runs
+    /// until stopped or paused by hand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sleep_after_ms: Option<u64>,
     /// Whether `apply` restarts the VM when its spec changed.
     pub restart_if_changed: bool,
     pub restart: RestartPolicy,
@@ -262,6 +267,7 @@ impl VmSpec {
             command: None,
             autostart: false,
             pausable: false,
+            sleep_after_ms: None,
             restart_if_changed: true,
             restart: RestartPolicy::No,
             http: None,

@@ -8,6 +8,7 @@ mod http;
 mod identity;
 pub use http::{check_domain, DomainError};
 mod net;
+mod pause;
 mod restart;
 mod storage;
 pub use net::{parse_forward, ForwardError};
@@ -328,6 +329,7 @@ const VM_FIELDS: &[&str] = &[
     "command",
     "autostart",
     "pausable",
+    "sleep_after",
     "restart_if_changed",
     "restart",
     "http",
@@ -514,20 +516,7 @@ fn vm_table(name: &str, body: &Table, path: &str, errs: &mut Errs) -> Option<VmS
     if let Some(v) = f.get("autostart") {
         spec.autostart = expect_bool(v, &f.sub("autostart"), errs).unwrap_or(false);
     }
-    if let Some(v) = f.get("pausable") {
-        spec.pausable = expect_bool(v, &f.sub("pausable"), errs).unwrap_or(false);
-        let shared = match (spec.shares.is_empty(), spec.rootfs.is_some()) {
-            (false, _) => Some("shares"),
-            (true, true) => Some("rootfs"),
-            _ => None,
-        };
-        if let (true, Some(key)) = (spec.pausable, shared) {
-            errs.push(
-                &f.sub(key),
-                "a pausable VM cannot share host directories (QEMU cannot save virtiofs); use volumes or a disk".to_owned(),
-            );
-        }
-    }
+    pause::pause_fields(&mut f, &mut spec, errs);
     if let Some(v) = f.get("restart_if_changed") {
         spec.restart_if_changed =
             expect_bool(v, &f.sub("restart_if_changed"), errs).unwrap_or(true);

@@ -448,3 +448,35 @@ fn a_guest_with_its_own_initrd_may_set_init_and_panic_but_not_skiff_s_arguments(
         assert!(errs.contains(&format!("{path}: ")), "{text}: {errs}");
     }
 }
+
+#[test]
+fn a_pausable_vm_may_sleep_when_idle_and_nonsense_is_refused() {
+    let spec = parse_file("[vm.s]\npausable = true\nsleep_after = \"5m\"\n")
+        .expect("valid")
+        .remove(0);
+    assert!(spec.pausable);
+    assert_eq!(spec.sleep_after_ms, Some(300_000));
+    let cases = [
+        ("[vm.a]\nsleep_after = \"5m\"\n", "add `pausable = true`"),
+        (
+            "[vm.a]\npausable = false\nsleep_after = \"5m\"\n",
+            "add `pausable = true`",
+        ),
+        (
+            "[vm.a]\npausable = true\nsleep_after = \"500ms\"\n",
+            "too short",
+        ),
+        ("[vm.a]\npausable = true\nsleep_after = \"soon\"\n", "soon"),
+        (
+            "[vm.a]\npausable = true\nsleep_after = 5\n",
+            "expected a string",
+        ),
+    ];
+    for (text, want) in cases {
+        let errs = parse_file(text).expect_err(text).to_string();
+        assert!(
+            errs.contains("vm.a.sleep_after: ") && errs.contains(want),
+            "{text}: {errs}"
+        );
+    }
+}

@@ -43,6 +43,9 @@ pub struct AgentConn {
     pub writer: AgentWriter,
     /// What the agent said when the connection opened.
     pub hello: Hello,
+    /// Whatever must live exactly as long as the connection (the daemon's
+    /// mark that the VM is in use).
+    lease: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 pub struct AgentReader {
@@ -55,6 +58,12 @@ pub struct AgentWriter {
 }
 
 impl AgentConn {
+    /// Keep `lease` until this connection is dropped.
+    pub fn holding(mut self, lease: impl std::any::Any + Send + Sync) -> AgentConn {
+        self.lease = Some(Box::new(lease));
+        self
+    }
+
     /// Take a fresh stream to the agent and check its hello.
     pub async fn handshake(stream: UnixStream, timeout: Duration) -> Result<AgentConn, AgentError> {
         let (r, w) = stream.into_split();
@@ -85,6 +94,7 @@ impl AgentConn {
             reader,
             writer: AgentWriter { stream: w },
             hello,
+            lease: None,
         })
     }
 

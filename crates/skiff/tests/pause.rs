@@ -109,7 +109,8 @@ fn pause_and_resume_three_times_keep_processes_memory_and_files() {
         let refused = d.cli(&["exec", "p", "--", "true"]);
         assert_ne!(refused.status.code(), Some(0));
         assert!(
-            common::stderr(&refused).contains("it is paused"),
+            common::stderr(&refused).contains("it is paused; resume it with `skiff resume`")
+                && common::stderr(&refused).contains("sleep_after"),
             "{}",
             common::stderr(&refused)
         );
@@ -287,4 +288,44 @@ fn a_sleeping_pool_keeps_its_sandboxes_paused_and_a_take_wakes_one() {
     assert_ne!(out.status.code(), Some(0));
     d.ok(&["rm", "-f", &vm]);
     d.ok(&["pool", "rm", "naps"]);
+}
+
+#[test]
+fn an_idle_vm_falls_asleep_and_wakes_when_used() {
+    let d = Daemon::start();
+    d.boot(
+        "s",
+        "[vm.s]\npausable = true\nsleep_after = \"2s\"\nmemory = \"256M\"\n",
+    );
+    d.ok(&["exec", "s", "--", "sh", "-c", "echo kept > /root/keep.txt"]);
+    // In use while a command runs, however much longer than the period.
+    let out = d.cli(&["exec", "s", "--", "sh", "-c", "sleep 5; echo done"]);
+    assert_eq!(stdout(&out), "done\n", "{out:?}");
+    assert_eq!(d.inspect("s")["state"], "running");
+    assert_eq!(d.qemu_count(), 1);
+    d.wait_for(
+        "the idle VM to sleep",
+        std::time::Duration::from_secs(60),
+        || d.inspect("s")["state"] == "paused",
+    );
+    assert_eq!(d.qemu_count(), 0, "an asleep VM has no QEMU");
+    let note = d.inspect("s")["note"].as_str().unwrap_or("").to_owned();
+    assert!(note.contains("asleep after 2 s idle"), "{note}");
+    // An exec wakes it, with its files; so does a copy.
+    assert_eq!(
+        d.ok(&["exec", "s", "--", "cat", "/root/keep.txt"]),
+        "kept\n"
+    );
+    assert_eq!(d.inspect("s")["state"], "running");
+    d.wait_for(
+        "the VM to sleep again",
+        std::time::Duration::from_secs(60),
+        || d.inspect("s")["state"] == "paused",
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    let back = dir.path().join("keep.txt");
+    d.ok(&["cp", "s:/root/keep.txt", back.to_str().expect("utf8")]);
+    assert_eq!(std::fs::read_to_string(&back).expect("read"), "kept\n");
+    d.ok(&["rm", "-f", "s"]);
+    assert_eq!(d.qemu_count(), 0);
 }

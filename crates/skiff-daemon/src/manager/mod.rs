@@ -55,6 +55,7 @@ pub fn stop_timeout(spec: &VmSpec) -> Duration {
 
 mod errors;
 pub mod pause;
+mod sleep;
 pub use errors::{Cause, Conflict, Invalid, ManagerError, Missing};
 
 pub use crate::support::error_chain;
@@ -80,6 +81,8 @@ pub struct Manager {
     pub(super) health: crate::manager::health::HealthMap,
     /// The proxy's routing table, rebuilt when the store has changed.
     pub(super) routes: crate::proxy::RouteTable,
+    /// When each VM was last used (for `sleep_after`).
+    pub(super) activity: Arc<crate::activity::Activity>,
     /// How long a boot may take, in milliseconds (`skiff daemon
     /// --boot-timeout`; [`BOOT_TIMEOUT`] by default).
     boot_timeout_ms: std::sync::atomic::AtomicU64,
@@ -102,6 +105,7 @@ impl Manager {
             forwarders: Mutex::new(HashMap::new()),
             pool_wake: tokio::sync::Notify::new(),
             background: crate::background::Registry::default(),
+            activity: Arc::default(),
             host,
             metrics: crate::metrics::Metrics::default(),
             health: crate::manager::health::HealthMap::default(),
@@ -229,6 +233,7 @@ impl Manager {
             match this.boot(&rec, timeout).await {
                 Ok(()) => {
                     this.store.transition(&name, Event::Booted, "")?;
+                    this.activity.touch(&name);
                     let init = match (&rec.spec.init, rec.spec.has_agent()) {
                         (_, false) => "own",
                         (skiff_spec::InitSpec::System { .. }, true) => "system",
@@ -392,6 +397,7 @@ impl Manager {
         self.store.delete_sandbox(name)?;
         self.background.forget_vm(name);
         self.metrics.forget(name);
+        self.activity.forget(name);
         self.release_vm(name)?;
         let _ = std::fs::remove_dir_all(self.paths.vm_dir(name));
         if volumes {
@@ -403,9 +409,11 @@ impl Manager {
         Ok(())
     }
 
-    /// Open a connection to a running VM's agent.
-    pub async fn connect(&self, name: &str) -> Result<AgentConn, ManagerError> {
-        let rec = self.get(name)?;
+    /// Open a connection to a running VM's agent (waking a VM that sleeps
+    /// when idle). The VM counts as in use while the connection is open.
+    pub async fn connect(self: &Arc<Self>, name: &str) -> Result<AgentConn, ManagerError> {
+        let in_use = self.activity.begin(name);
+        let rec = self.wake_on_demand(name).await?;
         let no_agent = match &rec.run_dir {
             Some(dir) => booted_without_agent(dir).is_some(),
             None => !rec.spec.has_agent(),
@@ -417,12 +425,16 @@ impl Manager {
             return Err(ManagerError::WrongState {
                 name: name.to_owned(),
                 action: "exec in",
-                state: rec.state.as_str(),
+                state: match rec.state {
+                    VmState::Paused => "paused; resume it with `skiff resume`, or give it `sleep_after` in its spec so that it wakes on use",
+                    other => other.as_str(),
+                },
             });
         };
         let sock = Path::new(run_dir).join("vsock.sock");
         AgentConn::connect(&sock, skiff_proto::AGENT_PORT, Duration::from_secs(10))
             .await
+            .map(|conn| conn.holding(in_use))
             .map_err(|source| ManagerError::Agent {
                 name: name.to_owned(),
                 source,

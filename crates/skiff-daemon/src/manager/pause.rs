@@ -134,6 +134,15 @@ impl Manager {
     }
 
     async fn pause_locked(self: &Arc<Self>, name: &str) -> Result<VmRecord, ManagerError> {
+        self.pause_locked_because(name, "").await
+    }
+
+    /// Pause, with `why` in the record (empty: on request).
+    pub(super) async fn pause_locked_because(
+        self: &Arc<Self>,
+        name: &str,
+        why: &str,
+    ) -> Result<VmRecord, ManagerError> {
         let rec = self.get(name)?;
         if rec.state != VmState::Running {
             return Err(ManagerError::WrongState {
@@ -157,7 +166,7 @@ impl Manager {
                 },
             })?;
         }
-        self.store.transition(name, Event::Pause, "")?;
+        self.store.transition(name, Event::Pause, why)?;
         let started = Instant::now();
         let saved = match tokio::time::timeout(SAVE_TIMEOUT, snapshot::save(&qmp, &file)).await {
             Ok(saved) => saved,
@@ -178,7 +187,8 @@ impl Manager {
                     q.signal(nix::sys::signal::Signal::SIGKILL);
                 }
                 let note = format!(
-                    "paused: {} MiB saved in {} ms",
+                    "paused{}{why}: {} MiB saved in {} ms",
+                    if why.is_empty() { "" } else { ", " },
                     manifest.size >> 20,
                     manifest.save_ms
                 );
@@ -212,6 +222,13 @@ impl Manager {
     pub async fn resume(self: &Arc<Self>, name: &str) -> Result<VmRecord, ManagerError> {
         let lock = self.lock_for(name);
         let _guard = lock.lock().await;
+        self.resume_locked(name).await
+    }
+
+    pub(super) async fn resume_locked(
+        self: &Arc<Self>,
+        name: &str,
+    ) -> Result<VmRecord, ManagerError> {
         let rec = self.get(name)?;
         if rec.state != VmState::Paused {
             return Err(ManagerError::WrongState {
@@ -249,6 +266,8 @@ impl Manager {
                 // Its state lives in the guest again; the file is stale.
                 self.discard_snapshot(name);
                 self.store.transition(name, Event::Resumed, "resumed")?;
+                // The idle period of a VM that sleeps starts again.
+                self.activity.touch(name);
                 tracing::debug!(vm = %name, ms = started.elapsed().as_millis() as u64, "resume took");
                 self.get(name)
             }

@@ -224,7 +224,15 @@ async fn forward(
             return resp;
         }
     }
-    if !r.running {
+    // In use until the response's body has gone (or its tunnel closed).
+    let in_use = ctx.m.in_use(&r.vm);
+    let awake = r.running
+        || ctx
+            .m
+            .wake_on_demand(&r.vm)
+            .await
+            .is_ok_and(|rec| rec.state == crate::store::VmState::Running);
+    if !awake {
         return page(
             StatusCode::SERVICE_UNAVAILABLE,
             "Service Unavailable",
@@ -369,7 +377,7 @@ async fn forward(
             let (activity, permit) = (ctx.activity.clone(), ctx.permit.clone());
             let idle = ctx.limits.tunnel_idle;
             tokio::spawn(async move {
-                let _permit = permit;
+                let (_permit, _in_use) = (permit, in_use);
                 if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
                     let (mut c, mut u) = (TokioIo::new(c), TokioIo::new(u));
                     tokio::select! {
@@ -388,6 +396,10 @@ async fn forward(
     }
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    let body = body.map_frame(move |frame| {
+        let _held = &in_use;
+        frame
+    });
     Response::from_parts(parts, body.boxed())
 }
 
