@@ -489,3 +489,38 @@ fn certificates_come_from_files_reload_when_they_change_and_must_match() {
     d.ok(&["rm", "--force", "files"]);
     d.ok(&["network", "rm", "tls"]);
 }
+
+#[test]
+fn a_request_through_the_proxy_wakes_a_vm_that_fell_asleep() {
+    let host = NetNs::new("z");
+    let flags: Vec<String> = ["--http-listen", HTTP].map(String::from).to_vec();
+    let d = Daemon::start_wrapped(&flags, &host.exec_prefix());
+    d.ok(&["network", "create", "web", "--subnet", "10.95.0.0/24"]);
+    let spec = r#"
+[vm.nap]
+pausable = true
+sleep_after = "2s"
+memory = "256M"
+network = { mode = "bridge", network = "web" }
+command = '''mkdir -p /www && echo awake > /www/index.html && httpd -f -p 8080 -h /www'''
+[vm.nap.http]
+domains = ["nap.test"]
+port = 8080
+"#;
+    let file = d.write_spec("nap.toml", spec);
+    d.ok(&["apply", "-f", file.to_str().expect("utf8")]);
+    d.ok(&["start", "nap"]);
+    let get = || curl(&host, &["-H", "Host: nap.test", "http://127.0.0.1:18081/"]);
+    d.wait_for("the service to answer", Duration::from_secs(30), || {
+        get().0 == "awake\n"
+    });
+    d.wait_for("the idle VM to sleep", Duration::from_secs(60), || {
+        d.inspect("nap")["state"] == "paused"
+    });
+    assert_eq!(d.qemu_count(), 0);
+    // The first request wakes it and gets the page from the same server.
+    let (page, err) = get();
+    assert_eq!(page, "awake\n", "{err}\n{}", d.log());
+    assert_eq!(d.inspect("nap")["state"], "running");
+    d.ok(&["rm", "-f", "nap"]);
+}
