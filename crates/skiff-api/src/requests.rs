@@ -182,6 +182,11 @@ pub struct CreatePool {
     /// one when none runs. None: all run.
     #[serde(default)]
     pub awake: Option<u32>,
+    /// A taken sandbox of a pausable pool that nobody used for this many
+    /// seconds is paused, and its next use wakes it (`sleep_after` in a
+    /// spec). None: it runs until its end.
+    #[serde(default)]
+    pub sleep_after_secs: Option<u64>,
 }
 
 fn one() -> u32 {

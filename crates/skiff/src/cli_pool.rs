@@ -39,6 +39,11 @@ pub enum PoolCommand {
         /// in about 0.3 s when none runs.
         #[arg(long, requires = "pausable")]
         awake: Option<u32>,
+        /// With --pausable: a taken sandbox that nobody used for this many
+        /// seconds is put to sleep, and its next exec, copy or command
+        /// wakes it.
+        #[arg(long, value_name = "SECS", requires = "pausable")]
+        sleep_after: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -85,6 +90,7 @@ pub async fn pool(c: &Client, cmd: PoolCommand) -> Result<i32> {
             ttl,
             pausable,
             awake,
+            sleep_after,
             json,
         } => {
             // An OCI image the cache lacks is pulled here, with progress.
@@ -101,6 +107,7 @@ pub async fn pool(c: &Client, cmd: PoolCommand) -> Result<i32> {
                 ttl_secs: ttl,
                 pausable,
                 awake,
+                sleep_after_secs: sleep_after,
             };
             let created = c
                 .call(Method::POST, "/v1/pools", Some(serde_json::to_value(body)?))

@@ -255,6 +255,8 @@ fn a_sleeping_pool_keeps_its_sandboxes_paused_and_a_take_wakes_one() {
         "--pausable",
         "--awake",
         "0",
+        "--sleep-after",
+        "2",
         "--memory",
         "128",
     ]);
@@ -273,19 +275,30 @@ fn a_sleeping_pool_keeps_its_sandboxes_paused_and_a_take_wakes_one() {
     let vm = d.ok(&["pool", "take", "naps"]).trim().to_owned();
     assert_eq!(d.inspect(&vm)["state"], "running");
     assert_eq!(
-        d.ok(&["exec", &vm, "--", "sh", "-c", "echo awake"]),
+        d.ok(&["exec", &vm, "--", "sh", "-c", "echo awake | tee /root/mark"]),
         "awake\n"
     );
-    // The pool refills to two sleepers; the taken one runs on.
+    // A taken sandbox nobody uses falls asleep (--sleep-after), and its
+    // next exec wakes it.
+    d.wait_for(
+        "the taken sandbox to sleep",
+        std::time::Duration::from_secs(60),
+        || d.inspect(&vm)["state"] == "paused",
+    );
+    assert_eq!(d.ok(&["exec", &vm, "--", "cat", "/root/mark"]), "awake\n");
+    // The pool refills to two sleepers; the taken one stays taken.
     d.wait_for(
         "the pool refilled",
         std::time::Duration::from_secs(240),
         || pool()["sleeping"] == 2,
     );
-    assert_eq!(d.qemu_count(), 1);
-    // Awake without pausable is refused.
-    let out = d.cli(&["pool", "create", "x", "--awake", "1"]);
-    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(pool()["taken"], 1);
+    // Awake or sleep-after without pausable is refused.
+    for flag in ["--awake", "--sleep-after"] {
+        let out = d.cli(&["pool", "create", "x", flag, "1"]);
+        assert_ne!(out.status.code(), Some(0));
+        assert!(common::stderr(&out).contains("--pausable"), "{out:?}");
+    }
     d.ok(&["rm", "-f", &vm]);
     d.ok(&["pool", "rm", "naps"]);
 }

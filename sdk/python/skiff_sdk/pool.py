@@ -29,15 +29,18 @@ class Pool:
                cpus: Optional[int] = None, memory_mib: Optional[int] = None,
                net: Optional[str] = None, ttl_secs: Optional[int] = None,
                pausable: bool = False, awake: Optional[int] = None,
+               sleep_after_secs: Optional[int] = None,
                client: Optional[Client] = None) -> "Pool":
         """A pool of `size` ready sandboxes; `pausable` ones can be paused
         and resumed (`Sandbox.pause()`), but cannot boot an `image`. With
         `awake`, only that many ready sandboxes run and the rest sleep
-        (paused); taking one wakes it."""
+        (paused); taking one wakes it. With `sleep_after_secs`, a taken
+        sandbox nobody used for that long sleeps until its next use."""
         client = client or Client()
         body = {"name": name, "size": size, "image": image, "cpus": cpus,
                 "memory_mib": memory_mib, "net": net, "ttl_secs": ttl_secs,
-                "pausable": pausable or None, "awake": awake}
+                "pausable": pausable or None, "awake": awake,
+                "sleep_after_secs": sleep_after_secs}
         d = client.request("POST", "/v1/pools", {k: v for k, v in body.items() if v is not None})
         return cls._from(d)
 

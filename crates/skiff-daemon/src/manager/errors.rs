@@ -128,6 +128,8 @@ pub enum Invalid {
     PausableImage,
     #[error("awake: only a pausable pool's sandboxes can sleep; add pausable")]
     AwakeNotPausable,
+    #[error("sleep_after_secs: only a pausable pool's sandboxes can sleep; add pausable")]
+    SleepNotPausable,
     #[error("no image named {0:?}; build one with `skiff image build -f images/{0}.toml`")]
     NoImage(String),
     #[error(

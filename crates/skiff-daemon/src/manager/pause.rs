@@ -134,7 +134,7 @@ impl Manager {
     }
 
     async fn pause_locked(self: &Arc<Self>, name: &str) -> Result<VmRecord, ManagerError> {
-        self.pause_locked_because(name, "").await
+        Box::pin(self.pause_locked_because(name, "")).await
     }
 
     /// Pause, with `why` in the record (empty: on request).
@@ -222,7 +222,10 @@ impl Manager {
     pub async fn resume(self: &Arc<Self>, name: &str) -> Result<VmRecord, ManagerError> {
         let lock = self.lock_for(name);
         let _guard = lock.lock().await;
-        self.resume_locked(name).await
+        // Boxed, here and wherever a resume is awaited: the restore's
+        // future is large, and nested inline in a take's it overflowed a
+        // worker thread's stack.
+        Box::pin(self.resume_locked(name)).await
     }
 
     pub(super) async fn resume_locked(
@@ -257,10 +260,7 @@ impl Manager {
         })?;
         self.store.transition(name, Event::Resume, "")?;
         let started = Instant::now();
-        match self
-            .restore(&rec, &plan, &run_dir, vsock, &file, &manifest)
-            .await
-        {
+        match Box::pin(self.restore(&rec, &plan, &run_dir, vsock, &file, &manifest)).await {
             Ok(qemu) => {
                 tracing::info!(vm = %name, qemu = qemu.pid, "resumed");
                 // Its state lives in the guest again; the file is stale.

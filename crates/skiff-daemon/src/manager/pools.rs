@@ -18,6 +18,9 @@ const MAX_POOL_NAME: usize = skiff_spec::MAX_NAME_LEN - 7;
 
 pub use skiff_api::{Pool as PoolInfo, Sandbox};
 
+/// The longest idle period of a pool's sandboxes.
+const MAX_SLEEP_AFTER_SECS: u64 = 30 * 24 * 3600;
+
 fn out_of_range(field: &'static str, value: impl ToString, allowed: String) -> ManagerError {
     Invalid::OutOfRange {
         field,
@@ -85,6 +88,18 @@ impl Manager {
         spec.pausable = body.pausable;
         if body.pausable && body.image.is_some() {
             return Err(Invalid::PausableImage.into());
+        }
+        match body.sleep_after_secs {
+            None => {}
+            Some(_) if !body.pausable => return Err(Invalid::SleepNotPausable.into()),
+            Some(secs) if !(1..=MAX_SLEEP_AFTER_SECS).contains(&secs) => {
+                return Err(out_of_range(
+                    "sleep_after_secs",
+                    secs,
+                    format!("1 to {MAX_SLEEP_AFTER_SECS} (30 days)"),
+                ))
+            }
+            Some(secs) => spec.sleep_after_ms = Some(secs * 1000),
         }
         if let Some(image) = &body.image {
             let cache = crate::paths::cache_dir()

@@ -62,7 +62,7 @@ impl Manager {
             return;
         };
         let why = format!("asleep after {} s idle", after.as_secs());
-        match self.pause_locked_because(name, &why).await {
+        match Box::pin(self.pause_locked_because(name, &why)).await {
             Ok(_) => tracing::info!(vm = %name, "asleep"),
             Err(e) => {
                 tracing::warn!(vm = %name, error = %crate::support::error_chain(&e), "cannot put an idle VM to sleep");
@@ -95,6 +95,6 @@ impl Manager {
             return Ok(rec);
         }
         tracing::info!(vm = %name, "waking on use");
-        self.resume_locked(name).await
+        Box::pin(self.resume_locked(name)).await
     }
 }
