@@ -50,7 +50,7 @@ fn apply(id: &Identity) {
     }
 }
 
-fn set_hostname(name: &str) {
+pub(crate) fn set_hostname(name: &str) {
     if let Err(e) = nix::unistd::sethostname(name) {
         log(format_args!("cannot set hostname: {e}"));
     }

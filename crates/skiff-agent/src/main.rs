@@ -11,6 +11,7 @@ mod init;
 mod net;
 mod pty;
 mod reaper;
+mod renew;
 mod rootdisk;
 mod rootfs;
 mod serial;

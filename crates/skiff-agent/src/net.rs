@@ -85,6 +85,51 @@ pub fn configure(cfg: &NetConfig) {
     }
 }
 
+/// A restored guest's interface takes on a new VM's MAC and address (the
+/// old address goes, and with it the routes through it).
+pub fn renew(cfg: &NetConfig, mac: [u8; 6]) -> Result<(), String> {
+    let sock = control_socket().map_err(|e| format!("cannot configure the network: {e}"))?;
+    let nic = first_nic().ok_or("the VM has no network interface")?;
+    let fail = |what: &str| {
+        let nic = nic.clone();
+        let what = what.to_owned();
+        move |e: io::Error| format!("cannot set the {what} of {nic}: {e}")
+    };
+    set_mac(&sock, &nic, mac).map_err(fail("MAC address"))?;
+    set_addr(&sock, &nic, libc::SIOCSIFADDR, cfg.addr).map_err(fail("address"))?;
+    set_addr(&sock, &nic, libc::SIOCSIFNETMASK, netmask(cfg.prefix)).map_err(fail("netmask"))?;
+    set_up(&sock, &nic).map_err(fail("link"))?;
+    if let Some(gw) = cfg.gateway {
+        match add_default_route(&sock, gw) {
+            Err(e) if e.raw_os_error() != Some(libc::EEXIST) => {
+                return Err(format!("cannot add the default route via {gw}: {e}"))
+            }
+            _ => {}
+        }
+    }
+    if let Some(dns) = cfg.dns {
+        std::fs::write("/etc/resolv.conf", format!("nameserver {dns}\n"))
+            .map_err(|e| format!("cannot write /etc/resolv.conf: {e}"))?;
+    }
+    Ok(())
+}
+
+fn set_mac(sock: &OwnedFd, name: &str, mac: [u8; 6]) -> io::Result<()> {
+    let mut req = ifreq_for(name)?;
+    // SAFETY: sockaddr is plain old data; all zeroes is a valid value.
+    let mut hw: libc::sockaddr = unsafe { std::mem::zeroed() };
+    hw.sa_family = libc::ARPHRD_ETHER;
+    for (dst, src) in hw.sa_data.iter_mut().zip(mac) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_hwaddr = hw;
+    ioctl(
+        sock,
+        libc::SIOCSIFHWADDR,
+        (&mut req as *mut libc::ifreq).cast(),
+    )
+}
+
 fn first_nic() -> Option<String> {
     let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
         .ok()?

@@ -247,6 +247,13 @@ fn serve_connection(
                 };
                 let _ = exec::send(&sink, &answer);
             }
+            Message::Renew(renewal) => {
+                let answer = match crate::renew::apply(&renewal) {
+                    Ok(()) => Message::Exited(skiff_proto::ExitStatus::Code(0)),
+                    Err(e) => Message::Error(e),
+                };
+                let _ = exec::send(&sink, &answer);
+            }
             other => {
                 let _ = exec::send(
                     &sink,
@@ -276,7 +283,7 @@ fn fail_copy(sink: &exec::FrameSink, message: String) -> CopyIn {
     CopyIn::Draining
 }
 
-fn set_clock(ns: u64) -> nix::Result<()> {
+pub(crate) fn set_clock(ns: u64) -> nix::Result<()> {
     let secs = (ns / 1_000_000_000) as libc::time_t;
     let nanos = (ns % 1_000_000_000) as libc::c_long;
     let ts = nix::sys::time::TimeSpec::new(secs, nanos);

@@ -216,3 +216,20 @@ pub struct TakeBody {
 pub struct TtlBody {
     pub seconds: u64,
 }
+
+/// `POST /v1/vms/{name}/snapshot`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshot {
+    /// The snapshot's name (a-z, 0-9 and -, as VM names).
+    pub tag: String,
+}
+
+/// `POST /v1/snapshots/{tag}/start`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StartSnapshot {
+    /// The new VM's name (default: TAG-XXXXXX).
+    #[serde(default)]
+    pub name: Option<String>,
+}

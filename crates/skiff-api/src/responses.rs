@@ -168,3 +168,17 @@ pub struct VmStats {
     pub disk_read_bytes: Option<u64>,
     pub disk_write_bytes: Option<u64>,
 }
+
+/// A VM's saved state under a tag, from which new VMs start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Snapshot {
+    pub tag: String,
+    /// The VM it was taken of.
+    pub vm: String,
+    /// The spec each VM started from it gets (its name replaced; no fixed
+    /// address, port forwards, domains or autostart).
+    pub spec: skiff_spec::VmSpec,
+    pub created_at: i64,
+    /// Bytes of saved state.
+    pub size: u64,
+}

@@ -38,6 +38,8 @@ pub fn components() -> Map<String, Value> {
         ResizeBody,
         TakeBody,
         TtlBody,
+        CreateSnapshot,
+        StartSnapshot,
         RunBody,
         EventsQuery,
         // responses
@@ -51,6 +53,7 @@ pub fn components() -> Map<String, Value> {
         Network,
         Pool,
         Sandbox,
+        Snapshot,
         VmEvent,
         VmStats,
     );

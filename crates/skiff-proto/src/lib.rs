@@ -26,7 +26,9 @@ mod extract;
 pub mod guest;
 mod message;
 pub mod mux;
-pub use message::{BootTimes, ExecRequest, ExitStatus, Hello, Message, WindowSize};
+pub use message::{
+    BootTimes, ExecRequest, ExitStatus, Hello, Message, Renewal, RenewedNet, WindowSize,
+};
 
 /// Version of this protocol. Bump it on any incompatible change.
 pub const PROTOCOL_VERSION: u32 = 1;

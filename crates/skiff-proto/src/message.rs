@@ -131,6 +131,38 @@ pub enum Message {
     /// since the Unix epoch (after a resume, whose guest slept through the
     /// pause); answered with `Exited(Code(0))` or `Error`.
     SetClock(u64),
+    /// host -> agent: this guest was started from a snapshot of another
+    /// one; take on its own identity. Answered like `SetClock`.
+    Renew(Renewal),
+}
+
+/// A new VM's identity for a guest restored from another VM's snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Renewal {
+    /// The host's wall clock, in nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    /// Fresh randomness for the guest's pool, which the clones share.
+    pub seed: Vec<u8>,
+    /// The host name, if the spec names one.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// The new VM's interface, if it has one.
+    #[serde(default)]
+    pub net: Option<RenewedNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewedNet {
+    /// `aa:bb:cc:dd:ee:ff`: the network lets only this one through.
+    pub mac: String,
+    /// `A.B.C.D/PREFIX`.
+    pub address: String,
+    #[serde(default)]
+    pub gateway: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    pub dns: Option<std::net::Ipv4Addr>,
 }
 
 const TAG_HELLO: u8 = 1;
@@ -150,6 +182,7 @@ const TAG_ENTRY: u8 = 14;
 const TAG_DATA: u8 = 15;
 const TAG_END: u8 = 16;
 const TAG_SET_CLOCK: u8 = 17;
+const TAG_RENEW: u8 = 18;
 
 impl Message {
     pub(crate) fn tag(&self) -> u8 {
@@ -171,6 +204,7 @@ impl Message {
             Message::Data(_) => TAG_DATA,
             Message::End => TAG_END,
             Message::SetClock(_) => TAG_SET_CLOCK,
+            Message::Renew(_) => TAG_RENEW,
         }
     }
 
@@ -194,6 +228,7 @@ impl Message {
             Message::Data(_) => "data",
             Message::End => "end",
             Message::SetClock(_) => "set-clock",
+            Message::Renew(_) => "renew",
         }
     }
 
@@ -212,6 +247,7 @@ impl Message {
             Message::Data(b) => out.extend_from_slice(b),
             Message::End => {}
             Message::SetClock(ns) => out.extend_from_slice(&ns.to_be_bytes()),
+            Message::Renew(r) => push_json(r, out),
             Message::Resize(w) => {
                 out.extend_from_slice(&w.rows.to_be_bytes());
                 out.extend_from_slice(&w.cols.to_be_bytes());
@@ -264,6 +300,7 @@ impl Message {
                 }
             }
             TAG_ENTRY => Message::Entry(json_body("entry", body)?),
+            TAG_RENEW => Message::Renew(json_body("renew", body)?),
             TAG_DATA => Message::Data(body.to_vec()),
             TAG_END => {
                 if !body.is_empty() {

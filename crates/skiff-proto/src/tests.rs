@@ -23,6 +23,17 @@ fn all_messages() -> Vec<Message> {
         }),
         Message::Started(42),
         Message::SetClock(1_700_000_000_123_456_789),
+        Message::Renew(crate::Renewal {
+            time_ns: 1_700_000_000_000_000_000,
+            seed: vec![7; 32],
+            hostname: Some("clone-1".into()),
+            net: Some(crate::RenewedNet {
+                mac: "52:54:00:aa:bb:cc".into(),
+                address: "10.88.0.7/24".into(),
+                gateway: Some("10.88.0.1".parse().expect("ip")),
+                dns: None,
+            }),
+        }),
         Message::Resize(WindowSize {
             rows: 50,
             cols: 132,

@@ -20,7 +20,7 @@ pub(crate) struct Cli {
 #[derive(Subcommand)]
 pub(crate) enum Command {
     /// Boot a fresh microVM, run COMMAND in it, and exit with its status.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Manage guest images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -146,6 +146,10 @@ pub(crate) enum Command {
     /// Manage warm pools of sandboxes (`skiff run --pool NAME -- CMD`).
     #[command(subcommand)]
     Pool(cli_pool::PoolCommand),
+    /// Save a pausable VM's state under a tag (`skiff snapshot NAME TAG`),
+    /// list (`ls`) or remove (`rm`) snapshots; start VMs from one with
+    /// `skiff run --from-snapshot TAG`.
+    Snapshot(crate::cli_snapshot::SnapshotArgs),
     /// Show what VMs use: CPU, memory, network and disk (all, or the VMs
     /// named), refreshed every 2 s until interrupted.
     Stats {
@@ -398,6 +402,11 @@ pub(crate) struct RunArgs {
     /// instead of booting a VM: see `skiff pool create`.
     #[arg(long, conflicts_with_all = ["standalone", "rootfs", "image", "net", "publish", "volume"])]
     pub(crate) pool: Option<String>,
+    /// Start the VM from a snapshot (`skiff snapshot NAME TAG`) instead of
+    /// booting it: the saved machine, its processes and files, with its
+    /// own name, address and identity.
+    #[arg(long, value_name = "TAG", conflicts_with_all = ["pool", "standalone", "timings", "tty", "image", "rootfs", "volume", "publish", "net", "cpus", "memory", "rm"])]
+    pub(crate) from_snapshot: Option<String>,
     /// Boot the VM from this process instead of through the daemon (the
     /// default when --timings is given, or SKIFF_STANDALONE=1).
     #[arg(long, env = "SKIFF_STANDALONE", value_parser = clap::builder::BoolishValueParser::new(), default_value_t = false)]
@@ -548,15 +557,16 @@ impl RunArgs {
     /// One image and one command, however they were written.
     pub(crate) fn normalized(mut self) -> Result<RunArgs, String> {
         if let Some(first) = self.image_arg.take() {
-            if self.pool.is_some() {
-                // A pool's sandboxes have their image: the first word is
-                // the command's (`run --pool sb python3 -c ...`).
+            if self.pool.is_some() || self.from_snapshot.is_some() {
+                // A pool's sandboxes and a snapshot have their image: the
+                // first word is the command's (`run --pool sb python3 -c ...`).
                 self.command.insert(0, first);
             } else {
                 self.image = Some(first);
             }
         }
-        if self.command.is_empty() && self.image.is_none() {
+        let keeps_its_own = self.from_snapshot.is_some() && self.detach;
+        if self.command.is_empty() && self.image.is_none() && !keeps_its_own {
             return Err(
                 "no command given; usage: skiff run [OPTIONS] [IMAGE [ARGS...]] [-- COMMAND...]"
                     .into(),

@@ -193,12 +193,25 @@ pub async fn run_in_pool(
         )
         .await?;
     let vm = typed::<skiff_api::Sandbox>(&body)?.vm;
+    run_then_destroy(c, &vm, argv, env, workdir, interactive).await
+}
+
+/// Run `argv` in the throw-away VM `vm`, then destroy it whatever the
+/// command did. The exit code is the command's.
+pub(crate) async fn run_then_destroy(
+    c: &Client,
+    vm: &str,
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    workdir: Option<String>,
+    interactive: bool,
+) -> Result<i32> {
     let opts = crate::cli_vm::ExecOptions {
         env,
         workdir,
         user: None,
     };
-    let result = crate::cli_vm::exec(c, &vm, argv, opts, interactive).await;
+    let result = crate::cli_vm::exec(c, vm, argv, opts, interactive).await;
     // Destroyed, never reused, whatever the command did.
     let removed = c
         .call(

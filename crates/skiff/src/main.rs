@@ -9,6 +9,7 @@ mod cli_parse;
 mod cli_pool;
 mod cli_progress;
 mod cli_run;
+mod cli_snapshot;
 mod cli_stats;
 use cli_parse::rootfs_arg;
 mod cli_args;
@@ -192,6 +193,9 @@ async fn run(a: RunArgs) -> Result<i32> {
         return cli_pool::run_in_pool(&client(), &pool, a.command, a.env, a.workdir, a.interactive)
             .await;
     }
+    if let Some(tag) = a.from_snapshot.clone() {
+        return cli_snapshot::run_from_snapshot(&client(), &tag, a).await;
+    }
     if a.detach {
         return cli_detach::run_detached(&client(), a).await;
     }
@@ -330,6 +334,7 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Volume(v) => cli_vm::volume(&client(), v).await,
         Command::Network(n) => cli_net::network(&client(), n).await,
         Command::Pool(p) => cli_pool::pool(&client(), p).await,
+        Command::Snapshot(s) => cli_snapshot::snapshot(&client(), s).await,
         Command::Run(a) => match a.normalized() {
             Ok(a) => run(a).await,
             // A usage error, as clap's own: exit code 2.

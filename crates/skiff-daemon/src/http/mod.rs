@@ -9,6 +9,7 @@ mod metrics;
 mod networks;
 mod pools;
 pub mod run;
+mod snapshots;
 pub mod streams;
 mod volumes;
 
@@ -52,6 +53,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/vms/{name}/restart"),
     ("post", "/v1/vms/{name}/pause"),
     ("post", "/v1/vms/{name}/resume"),
+    ("post", "/v1/vms/{name}/snapshot"),
+    ("get", "/v1/snapshots"),
+    ("delete", "/v1/snapshots/{tag}"),
+    ("post", "/v1/snapshots/{tag}/start"),
     ("get", "/v1/vms/{name}/logs"),
     ("post", "/v1/vms/{name}/exec"),
     ("post", "/v1/apply"),
@@ -127,6 +132,19 @@ pub fn router(manager: Arc<Manager>) -> Router {
             get(crate::http::pools::list).post(crate::http::pools::create),
         )
         .route(
+            "/v1/vms/{name}/snapshot",
+            post(crate::http::snapshots::create),
+        )
+        .route("/v1/snapshots", get(crate::http::snapshots::list))
+        .route(
+            "/v1/snapshots/{tag}",
+            axum::routing::delete(crate::http::snapshots::remove),
+        )
+        .route(
+            "/v1/snapshots/{tag}/start",
+            post(crate::http::snapshots::start),
+        )
+        .route(
             "/v1/pools/{name}",
             axum::routing::delete(crate::http::pools::remove),
         )
@@ -199,7 +217,7 @@ async fn openapi() -> Response {
 }
 
 /// A VM as the API shows it.
-fn vm(rec: VmRecord) -> skiff_api::Vm {
+pub(crate) fn vm(rec: VmRecord) -> skiff_api::Vm {
     let process = |p: Option<skiff_vmm::ProcessRef>| {
         p.map(|p| skiff_api::ProcessInfo {
             pid: p.pid,

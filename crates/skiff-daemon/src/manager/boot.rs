@@ -66,6 +66,10 @@ pub enum BootError {
     /// What the guest said it could not set up (its own words).
     #[error("the guest could not be set up: {}", problems.join("; "))]
     GuestSetup { problems: Vec<String> },
+    #[error("cannot restore the snapshot")]
+    Restore(#[source] skiff_vmm::snapshot::SnapshotError),
+    #[error("the restored guest could not take on its new identity: {0}")]
+    Renew(String),
     #[error("cannot send the service to the agent")]
     Agent(#[from] skiff_vmm::AgentError),
     #[error("the service could not start: {0}")]
@@ -109,6 +113,8 @@ impl Manager {
             path: vm_dir.clone(),
             source,
         })?;
+        // Started from a snapshot: this boot restores it instead.
+        let restoring = super::snapshots::pending_restore(&vm_dir);
         let share_owners = crate::drives::share_owners(spec)?;
         let image_root = match &spec.image {
             None => None,
@@ -137,6 +143,14 @@ impl Manager {
         // The secrets image goes away as soon as this boot no longer needs
         // the file: QEMU keeps it open, so it lives exactly as long as the VM.
         let _secrets = SecretsImage(boot_drives.secrets_image.clone());
+        if let Some(restore) = &restoring {
+            // The guest has the snapshot's config drive mounted.
+            let drive = vm_dir.join("config.ext4");
+            std::fs::copy(&restore.config_drive, &drive).map_err(|source| BootError::VmDir {
+                path: drive,
+                source,
+            })?;
+        }
         // The guest's own init runs skiff's kernel: its modules come along.
         if let (skiff_spec::InitSpec::System { .. }, Some(dir)) = (&spec.init, &modules_dir) {
             let (host, dir) = (self.host.clone(), dir.clone());
@@ -171,7 +185,13 @@ impl Manager {
             root_disk,
             share_owners,
         };
-        let plan = resolve(spec, &rec.id, &host, artifacts, self.backend.as_ref())?;
+        let mut plan = resolve(spec, &rec.id, &host, artifacts, self.backend.as_ref())?;
+        // Resumes start QEMU as a boot does; only a restore waits for a stream.
+        let resumable_qemu = plan.launch.qemu.clone();
+        if restoring.is_some() {
+            let incoming = skiff_vmm::snapshot::INCOMING_ARGS.map(String::from);
+            plan.launch.qemu.args.extend(incoming);
+        }
         if let Some(net) = &plan.config.net {
             net.check_host_ports()?;
         }
@@ -192,7 +212,7 @@ impl Manager {
             return Err(e.into());
         }
         if matches!(plan.config.transport, skiff_vmm::Transport::Serial { .. }) {
-            let kept = super::pause::keep_qemu_plan(&plan.launch.run_dir, &plan.launch.qemu);
+            let kept = super::pause::keep_qemu_plan(&plan.launch.run_dir, &resumable_qemu);
             if let Err(e) = kept {
                 tracing::warn!(vm = %rec.name, error = %e, "cannot keep the QEMU command; the VM cannot be resumed");
             }
@@ -210,6 +230,15 @@ impl Manager {
             vm.vsock.child.take(),
             plan.launch.run_dir.clone(),
         );
+        if let Some(restore) = &restoring {
+            if let Err(e) = self.restore_started(rec, &plan, restore).await {
+                kill_processes(qemu, vsock);
+                return Err(e);
+            }
+            // Once: its next boots are cold ones.
+            restore.discard();
+            return Ok(());
+        }
         let waited = match plan.config.init.has_agent() {
             true => vm.wait_ready(timeout).await.map(Some),
             false => vm

@@ -99,6 +99,8 @@ pub enum Missing {
     Sandbox(String),
     #[error("no taken sandbox named {0:?} (only sandboxes taken from a pool have a time to live)")]
     TakenSandbox(String),
+    #[error("no snapshot tagged {0:?}; see `skiff snapshot ls`")]
+    Snapshot(String),
 }
 
 /// A request or spec that asks for something not allowed.
@@ -128,6 +130,16 @@ pub enum Invalid {
     PausableImage,
     #[error("awake: only a pausable pool's sandboxes can sleep; add pausable")]
     AwakeNotPausable,
+    #[error("cannot snapshot {0:?}: its writable disks (volumes, a data drive or a root disk) cannot be shared by the VMs started from it yet")]
+    SnapshotDisks(String),
+    #[error(
+        "snapshot {tag:?} cannot be used; remove it (`skiff snapshot rm {tag}`) and take it again"
+    )]
+    Snapshot {
+        tag: String,
+        #[source]
+        source: skiff_vmm::snapshot::SnapshotError,
+    },
     #[error("sleep_after_secs: only a pausable pool's sandboxes can sleep; add pausable")]
     SleepNotPausable,
     #[error("no image named {0:?}; build one with `skiff image build -f images/{0}.toml`")]
@@ -158,6 +170,8 @@ pub enum Conflict {
     NoAgent(String),
     #[error("a pool named {0:?} already exists")]
     PoolExists(String),
+    #[error("a snapshot tagged {0:?} already exists; remove it first (`skiff snapshot rm {0}`) or choose another tag")]
+    SnapshotExists(String),
     #[error(
         "pool {pool:?} has no ready sandbox (size {size}); wait for it to refill, or resize it"
     )]

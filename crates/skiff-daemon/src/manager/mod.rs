@@ -56,6 +56,7 @@ pub fn stop_timeout(spec: &VmSpec) -> Duration {
 mod errors;
 pub mod pause;
 mod sleep;
+pub mod snapshots;
 pub use errors::{Cause, Conflict, Invalid, ManagerError, Missing};
 
 pub use crate::support::error_chain;

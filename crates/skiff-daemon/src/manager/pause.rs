@@ -439,24 +439,30 @@ async fn guest_runs(qmp: Option<&Path>) -> bool {
 
 /// Tell the agent the host's time.
 async fn set_guest_clock(run_dir: &Path) -> Result<(), String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| e.to_string())?;
+    let ns = u64::try_from(now.as_nanos()).map_err(|e| e.to_string())?;
+    ask_agent(run_dir, skiff_proto::Message::SetClock(ns)).await
+}
+
+/// Send the agent one request that it answers with `Exited` or `Error`.
+pub(super) async fn ask_agent(run_dir: &Path, request: skiff_proto::Message) -> Result<(), String> {
     use skiff_proto::Message;
     let sock = run_dir.join("vsock.sock");
     let mut conn =
         skiff_vmm::AgentConn::connect(&sock, skiff_proto::AGENT_PORT, Duration::from_secs(10))
             .await
             .map_err(|e| crate::support::error_chain(&e))?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|e| e.to_string())?;
-    let ns = u64::try_from(now.as_nanos()).map_err(|e| e.to_string())?;
     conn.writer
-        .send(&Message::SetClock(ns))
+        .send(&request)
         .await
         .map_err(|e| e.to_string())?;
     match tokio::time::timeout(Duration::from_secs(10), conn.reader.recv()).await {
         Ok(Ok(Some(Message::Exited(_)))) => Ok(()),
         Ok(Ok(Some(Message::Error(e)))) => Err(e),
-        Ok(Ok(other)) => Err(format!("unexpected answer {other:?}")),
+        Ok(Ok(Some(other))) => Err(format!("unexpected {} answer", other.name())),
+        Ok(Ok(None)) => Err("the agent closed the connection".into()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("no answer within 10 s".into()),
     }
