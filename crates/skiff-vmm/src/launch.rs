@@ -447,6 +447,12 @@ impl Partial {
         let child = command(p, stderr, tied, filters, passed)
             .spawn()
             .map_err(|e| match e.kind() {
+                // The daemon's own binary (a pausable VM's bridge), replaced
+                // on disk since the daemon started.
+                io::ErrorKind::NotFound if program.ends_with(" (deleted)") => LaunchError::Missing {
+                    program: program.clone(),
+                    hint: "this daemon's own binary was replaced since it started; restart the daemon",
+                },
                 io::ErrorKind::NotFound => LaunchError::Missing {
                     program: program.clone(),
                     hint,

@@ -525,6 +525,10 @@ pub fn kernel_cmdline(cfg: &VmConfig) -> String {
     if matches!(cfg.transport, Transport::Serial { .. }) {
         args.push("skiff.load=serial".into());
         args.push("skiff.transport=serial".into());
+        // Freed pages are zeroed, and a save skips zero pages: the idle
+        // guest's snapshot shrank from 91 to 55 MiB (FACTS.md), its pause
+        // and resume with it; the boot takes no longer.
+        args.push("init_on_free=1".into());
     }
     if let GuestInit::System { target } = &cfg.init {
         args.push("skiff.init=system".into());

@@ -112,10 +112,11 @@ fn a_pausable_vm_talks_over_a_serial_port_with_plain_memory_and_a_monitor() {
     assert_eq!(p.vhost_socket, PathBuf::from("/run/skiff/vm1/serial.sock"));
     let line = kernel_cmdline(&c);
     assert!(
-        line.contains("skiff.load=serial skiff.transport=serial"),
+        line.contains("skiff.load=serial skiff.transport=serial init_on_free=1"),
         "{line}"
     );
     assert!(!kernel_cmdline(&cfg()).contains("skiff.transport"));
+    assert!(!kernel_cmdline(&cfg()).contains("init_on_free"));
 
     // virtiofs cannot be saved: a pausable VM has no shares.
     let shared = VmConfig {

@@ -9,6 +9,10 @@
 //! - sleeping pool: `skiff pool take` from a pool whose ready sandbox
 //!   sleeps (`--pausable --awake 0`, so the take wakes it) plus `exec
 //!   true` ÷ the cold `skiff start` above;
+//! - start from a snapshot: `skiff run -d --from-snapshot` of a snapshot
+//!   of that VM (restored and renewed, to a ready agent) ÷ the cold start;
+//! - wake on use: `skiff exec VM -- true` into a VM asleep after its idle
+//!   period (`sleep_after`) ÷ the cold start;
 //! - exec round trip: `true` through the commands API on the pausable VM
 //!   (agent over the multiplexed virtio-serial port) ÷ on a VM of the same
 //!   size whose agent is on vsock.
@@ -160,6 +164,51 @@ fn main() {
     println!("  ratio take/cold start             p50 {:8.4}", t50 / c50);
 
     d.ok(&["start", "p"]);
+    // New VMs from a snapshot of `p` (each restored, then renewed).
+    d.ok(&["snapshot", "p", "base"]);
+    let mut restored = Vec::new();
+    for i in 0..runs {
+        let name = format!("s{i}");
+        restored.push(timed_ms(
+            &d,
+            &["run", "-d", "--name", &name, "--from-snapshot", "base"],
+        ));
+        d.ok(&["exec", &name, "--", "true"]);
+        d.ok(&["rm", "-f", &name]);
+    }
+    d.ok(&["snapshot", "rm", "base"]);
+    let s50 = median(&mut restored);
+    println!("start from a snapshot ({runs} new VMs from one snapshot of the VM above):");
+    println!("  `skiff run -d --from-snapshot`    p50 {s50:8.1} ms");
+    println!("  ratio snapshot start/cold start   p50 {:8.4}", s50 / c50);
+
+    // An exec that wakes a VM asleep after its idle period (`sleep_after`).
+    let sleepy = dir.path().join("sleepy.toml");
+    std::fs::write(
+        &sleepy,
+        "[vm.z]\npausable = true\nsleep_after = \"1s\"\nmemory = \"128M\"\n",
+    )
+    .expect("spec");
+    d.ok(&["create", "-f", sleepy.to_str().expect("utf8")]);
+    d.ok(&["start", "z"]);
+    let mut wakes = Vec::new();
+    for _ in 0..runs {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while serde_json::from_str::<serde_json::Value>(&d.ok(&["inspect", "z"])).expect("json")
+            ["state"]
+            != "paused"
+        {
+            assert!(Instant::now() < deadline, "the idle VM did not fall asleep");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        wakes.push(timed_ms(&d, &["exec", "z", "--", "true"]));
+    }
+    d.ok(&["rm", "-f", "z"]);
+    let w50 = median(&mut wakes);
+    println!("wake on use ({runs} execs, each into a VM asleep after 1 s idle):");
+    println!("  `skiff exec z -- true`            p50 {w50:8.1} ms");
+    println!("  ratio wake+exec/cold start        p50 {:8.4}", w50 / c50);
+
     let (mut serial, mut vsock) = (Vec::new(), Vec::new());
     for _ in 0..runs * 5 {
         serial.push(exec_true(&d, "p"));

@@ -5,6 +5,7 @@
 mod common;
 
 use common::daemon::Daemon;
+use common::netns::NetNs;
 
 const SOURCE: &str = "[vm.src]\npausable = true\nmemory = \"256M\"\nnetwork = { mode = \"bridge\", network = \"snaps\" }\n";
 
@@ -26,7 +27,9 @@ fn leased(d: &Daemon, vm: &str) -> String {
 
 #[test]
 fn vms_started_from_a_snapshot_keep_its_state_and_get_their_own_identity() {
-    let d = Daemon::start();
+    // In a namespace of its own: the network's links go with it.
+    let host = NetNs::new("s");
+    let d = Daemon::start_wrapped(&[], &host.exec_prefix());
     d.ok(&["network", "create", "snaps", "--subnet", "10.96.0.0/24"]);
     d.boot("src", SOURCE);
     sh(
@@ -114,6 +117,10 @@ fn vms_started_from_a_snapshot_keep_its_state_and_get_their_own_identity() {
         randoms.push(sh(&d, clone, "head -c 16 /dev/urandom | od -An -tx1"));
     }
     assert_ne!(randoms[0], randoms[1], "the clones share a random stream");
+    // A clone is pausable as its source was.
+    assert_eq!(d.ok(&["pause", "c2"]), "c2 paused\n");
+    assert_eq!(d.ok(&["resume", "c2"]), "c2 running\n");
+    assert_eq!(sh(&d, "c2", "cat /root/keep.txt"), "kept\n");
     // The clones reach each other over the network.
     let c2 = seen[2].0.clone();
     let ping = d.cli(&["exec", "c1", "--", "ping", "-c", "1", "-W", "5", &c2]);

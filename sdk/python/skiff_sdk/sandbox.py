@@ -253,6 +253,34 @@ class Sandbox:
         """Bring a paused sandbox back as it was."""
         self._lifecycle("resume")
 
+    def snapshot(self, tag: str) -> str:
+        """Save the sandbox's state under `tag` (it runs on); start new
+        sandboxes from it with `Sandbox.from_snapshot(tag)`."""
+        try:
+            self.client.request("POST", Client.vm_path(self.name, "/snapshot"), {"tag": tag})
+        except SkiffError as e:
+            gone = _gone(f"sandbox {self.name}", e)
+            if gone is None:
+                raise
+            raise gone from e
+        return tag
+
+    @classmethod
+    def from_snapshot(cls, tag: str, name: Optional[str] = None, *,
+                      client: Optional[Client] = None) -> "Sandbox":
+        """A new sandbox restored from snapshot `tag`: its processes and
+        files, with its own name, address and identity. `kill()` it when
+        done (it has no time limit of its own)."""
+        client = client or Client()
+        body: Dict[str, object] = {} if name is None else {"name": name}
+        info = client.request("POST", f"/v1/snapshots/{quote(tag, safe='')}/start", body)
+        return cls(info["name"], client)
+
+    @staticmethod
+    def remove_snapshot(tag: str, client: Optional[Client] = None) -> None:
+        """Remove snapshot `tag` (sandboxes started from it go on)."""
+        (client or Client()).request("DELETE", f"/v1/snapshots/{quote(tag, safe='')}")
+
     def _lifecycle(self, verb: str) -> None:
         try:
             self.client.request("POST", Client.vm_path(self.name, f"/{verb}"))

@@ -18,6 +18,20 @@ from skiff_sdk import Client, Pool
 
 REPO = Path(__file__).resolve().parents[3]
 
+#: The running daemon's directory, for the report of a failed test.
+_WORK: list = []
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test's report ends with the daemon's log."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed and _WORK:
+        log = Path(_WORK[0]) / "daemon.log"
+        text = log.read_text(errors="replace") if log.exists() else "(no log)"
+        report.sections.append(("daemon log", text[-20000:]))
+
 
 def _skiff_bin() -> str:
     path = os.environ.get("SKIFF_BIN") or str(REPO / "target" / "debug" / "skiff")
@@ -58,6 +72,7 @@ def client() -> Iterator[Client]:
                SKIFF_SOCKET=f"{work}/skiff.sock",
                SKIFF_STATE_DIR=f"{work}/state",
                SKIFF_RUNTIME_DIR=f"{work}/run")
+    _WORK[:] = [work]
     log = open(f"{work}/daemon.log", "wb")
     daemon = subprocess.Popen([_skiff_bin(), "daemon"], env=env, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 20

@@ -190,5 +190,16 @@ def test_a_pausable_sandbox_pauses_and_resumes_with_its_files_and_processes(clie
             sb.resume()
             assert sb.files.read_text("/tmp/note.txt") == "kept across the pause"
             assert "while :; do sleep 1" in sb.run("ps").stdout
+            # A new sandbox from a snapshot of this one: its files and
+            # processes, under a name of its own.
+            sb.snapshot("sdk-base")
+            try:
+                with Sandbox.from_snapshot("sdk-base", client=client) as clone:
+                    assert clone.name != sb.name
+                    assert clone.files.read_text("/tmp/note.txt") == "kept across the pause"
+                    assert "while :; do sleep 1" in clone.run("ps").stdout
+            finally:
+                Sandbox.remove_snapshot("sdk-base", client=client)
+            assert sb.run("echo still here").stdout == "still here\n"
     finally:
         Pool.remove("pausable", client=client)

@@ -231,7 +231,7 @@ impl Manager {
             plan.launch.run_dir.clone(),
         );
         if let Some(restore) = &restoring {
-            if let Err(e) = self.restore_started(rec, &plan, restore).await {
+            if let Err(e) = self.restore_started(rec, &plan, restore, qemu).await {
                 kill_processes(qemu, vsock);
                 return Err(e);
             }

@@ -315,18 +315,7 @@ impl Manager {
         if let Err(e) = self.limit(rec, &limits, &[qemu.process.pid]) {
             tracing::warn!(vm = %name, error = %e, "the resumed QEMU is not under the VM's limits");
         }
-        // The inner limit ends it first; this one only catches a QEMU that
-        // stopped answering.
-        let outer = RESTORE_TIMEOUT + Duration::from_secs(15);
-        let restored = tokio::time::timeout(
-            outer,
-            snapshot::restore(&qmp, file, manifest, RESTORE_TIMEOUT),
-        )
-        .await
-        .unwrap_or(Err(snapshot::SnapshotError::Timeout {
-            what: "load the snapshot",
-            timeout: outer,
-        }));
+        let restored = restore_into(&qmp, file, manifest, qemu.process).await;
         if let Err(source) = restored {
             // A guest that runs was resumed (`cont` comes after the
             // checksum): killing it would roll it back onto newer disks.
@@ -419,6 +408,37 @@ impl Manager {
         if let Some(dir) = snapshot_file(&self.paths.vm_dir(name)).parent() {
             let _ = std::fs::remove_dir_all(dir);
         }
+    }
+}
+
+/// Load `file` into the QEMU `qemu` (started to take a snapshot in) and
+/// let its guest run; a QEMU that ends on the way fails it at once.
+pub(super) async fn restore_into(
+    qmp: &Path,
+    file: &Path,
+    manifest: &snapshot::Manifest,
+    qemu: ProcessRef,
+) -> Result<(), snapshot::SnapshotError> {
+    // The inner limit ends it first; this one only catches a QEMU that
+    // stopped answering.
+    let outer = RESTORE_TIMEOUT + Duration::from_secs(15);
+    let restored = tokio::time::timeout(
+        outer,
+        snapshot::restore(qmp, file, manifest, RESTORE_TIMEOUT),
+    );
+    let gone = async {
+        while qemu.is_alive() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        r = restored => r.unwrap_or(Err(snapshot::SnapshotError::Timeout {
+            what: "load the snapshot",
+            timeout: outer,
+        })),
+        () = gone => Err(snapshot::SnapshotError::LoadFailed(
+            "QEMU ended before the guest ran (its log: qemu.log in the VM's directory)".into(),
+        )),
     }
 }
 

@@ -145,6 +145,12 @@ impl Manager {
         };
         let mut all: Vec<skiff_api::Snapshot> = entries
             .flatten()
+            // Not one being taken (`TAG.partial`), nor anything else.
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| skiff_spec::check_name(n).is_ok())
+            })
             .filter_map(|e| std::fs::read(e.path().join(META)).ok())
             .filter_map(|text| serde_json::from_slice(&text).ok())
             .collect();
@@ -197,7 +203,9 @@ impl Manager {
             })
         })?;
         let id = crate::paths::new_vm_id();
-        let name = name.map_or_else(|| format!("{tag}-{}", &id[..6]), str::to_owned);
+        // TAG-XXXXXX, within a name's 63 characters.
+        let stem = tag[..tag.len().min(56)].trim_end_matches('-');
+        let name = name.map_or_else(|| format!("{stem}-{}", &id[..6]), str::to_owned);
         let mut spec = info.spec.clone();
         spec.name = name.clone();
         self.create_vm(&spec, &id, false)?;
@@ -225,11 +233,12 @@ impl Manager {
         rec: &VmRecord,
         plan: &crate::resolve::VmPlan,
         restore: &PendingRestore,
+        qemu: skiff_vmm::ProcessRef,
     ) -> Result<(), super::boot::BootError> {
         use super::boot::BootError;
         let manifest = snapshot::check(&restore.state).map_err(BootError::Restore)?;
         let qmp = plan.launch.run_dir.join(skiff_vmm::plan::MONITOR_SOCKET);
-        snapshot::restore(&qmp, &restore.state, &manifest, RESTORE_TIMEOUT)
+        super::pause::restore_into(&qmp, &restore.state, &manifest, qemu)
             .await
             .map_err(BootError::Restore)?;
         let renewal = renewal(rec, plan).map_err(BootError::Renew)?;
@@ -238,9 +247,6 @@ impl Manager {
             .map_err(BootError::Renew)
     }
 }
-
-/// How long loading a snapshot into a new VM may take.
-const RESTORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The identity of the VM `rec`, for its guest restored from another's state.
 fn renewal(rec: &VmRecord, plan: &crate::resolve::VmPlan) -> Result<skiff_proto::Renewal, String> {
