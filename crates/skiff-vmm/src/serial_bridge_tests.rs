@@ -275,3 +275,67 @@ async fn a_new_qemu_attaches_anew_and_the_old_channels_end() {
     let ((_, reply), ()) = tokio::join!(client(&uds, 9), refused);
     assert!(reply.starts_with("ERROR"), "{reply}");
 }
+
+#[tokio::test]
+async fn a_guest_that_floods_opens_and_never_reads_gets_a_bounded_queue_of_answers() {
+    let (_dir, listen, uds) = started().await;
+    let mut guest = Guest::connect(&listen).await;
+    guest.attach().await;
+    // Even channels are the host's: the bridge answers each open with a
+    // close, and the guest reads none of them while it floods.
+    let open = F::Open {
+        channel: 2,
+        port: 9,
+    }
+    .encode();
+    let close_len = F::Close { channel: 2 }.encode().len();
+    let sent = 3 * QUEUE_LIMIT / close_len;
+    let flood: Vec<u8> = open
+        .iter()
+        .copied()
+        .cycle()
+        .take(open.len() * sent)
+        .collect();
+    tokio::time::timeout(Duration::from_secs(60), guest.stream.write_all(&flood))
+        .await
+        .expect("the bridge goes on reading a guest that does not read")
+        .expect("write");
+    let mut closes = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(500), guest.stream.read(&mut buf)).await
+    {
+        if n == 0 {
+            break;
+        }
+        for frame in guest.decoder.feed(&buf[..n]).into_iter().flatten() {
+            if let F::Close { channel: 2 } = frame {
+                closes += 1;
+            }
+        }
+    }
+    // Answers stopped at the bound (plus what the socket itself held).
+    assert!(closes > 0, "no answer at all");
+    assert!(
+        closes * close_len <= QUEUE_LIMIT + (1 << 20),
+        "{closes} answers of {sent}: the queue outgrew its bound"
+    );
+    // And the port still serves a client.
+    let ((mut c, reply), channel) = tokio::join!(client(&uds, 1024), async {
+        loop {
+            if let F::Open { channel, .. } = guest.next().await {
+                guest.send(F::Accept { channel }).await;
+                return channel;
+            }
+        }
+    });
+    assert_eq!(reply, "OK 1024");
+    c.write_all(b"still here").await.expect("w");
+    assert_eq!(
+        guest.next().await,
+        F::Data {
+            channel,
+            bytes: b"still here".to_vec()
+        }
+    );
+}
