@@ -15,7 +15,9 @@
 //!   period (`sleep_after`) ÷ the cold start;
 //! - exec round trip: `true` through the commands API on the pausable VM
 //!   (agent over the multiplexed virtio-serial port) ÷ on a VM of the same
-//!   size whose agent is on vsock.
+//!   size whose agent is on vsock; and a new agent connection up to the
+//!   agent's hello, as a share of the exec (the most a long-lived
+//!   connection per VM could save).
 //!
 //! Run with `cargo bench -p skiff --bench pause -- --runs 10`.
 
@@ -65,6 +67,26 @@ fn exec_true(d: &BenchDaemon, vm: &str) -> f64 {
         "{resp}"
     );
     ms
+}
+
+/// A new agent connection up to the first bytes of the agent's hello: what
+/// a command pays before it starts, and what one long-lived connection per
+/// VM would save.
+fn hello_ms(d: &BenchDaemon, vm: &str) -> f64 {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let inspect: serde_json::Value = serde_json::from_str(&d.ok(&["inspect", vm])).expect("json");
+    let sock =
+        std::path::PathBuf::from(inspect["run_dir"].as_str().expect("run_dir")).join("vsock.sock");
+    let t = Instant::now();
+    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("socket");
+    s.write_all(b"CONNECT 1024\n").expect("connect");
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("ok line");
+    assert!(line.starts_with("OK"), "{line}");
+    let mut first = [0u8; 1];
+    reader.read_exact(&mut first).expect("hello");
+    t.elapsed().as_secs_f64() * 1000.0
 }
 
 fn main() {
@@ -210,9 +232,12 @@ fn main() {
     println!("  ratio wake+exec/cold start        p50 {:8.4}", w50 / c50);
 
     let (mut serial, mut vsock) = (Vec::new(), Vec::new());
+    let (mut serial_hello, mut vsock_hello) = (Vec::new(), Vec::new());
     for _ in 0..runs * 5 {
         serial.push(exec_true(&d, "p"));
         vsock.push(exec_true(&d, "v"));
+        serial_hello.push(hello_ms(&d, "p"));
+        vsock_hello.push(hello_ms(&d, "v"));
     }
     let (s50, v50) = (median(&mut serial), median(&mut vsock));
     let (s99, v99) = (p99(&mut serial), p99(&mut vsock));
@@ -223,5 +248,13 @@ fn main() {
         "  ratio serial/vsock                p50 {:8.3}     p99 {:8.3}",
         s50 / v50,
         s99 / v99
+    );
+    let (sh50, vh50) = (median(&mut serial_hello), median(&mut vsock_hello));
+    println!("  new connection + hello, vsock     p50 {vh50:8.2} ms");
+    println!("  new connection + hello, serial    p50 {sh50:8.2} ms");
+    println!(
+        "  share of an exec (what one long-lived connection would save at most): vsock {:.3}, serial {:.3}",
+        vh50 / v50,
+        sh50 / s50
     );
 }
