@@ -479,7 +479,8 @@ pub(super) async fn ask_agent(run_dir: &Path, request: skiff_proto::Message) -> 
         .await
         .map_err(|e| e.to_string())?;
     match tokio::time::timeout(Duration::from_secs(10), conn.reader.recv()).await {
-        Ok(Ok(Some(Message::Exited(_)))) => Ok(()),
+        Ok(Ok(Some(Message::Exited(skiff_proto::ExitStatus::Code(0))))) => Ok(()),
+        Ok(Ok(Some(Message::Exited(other)))) => Err(format!("the agent answered {other:?}")),
         Ok(Ok(Some(Message::Error(e)))) => Err(e),
         Ok(Ok(Some(other))) => Err(format!("unexpected {} answer", other.name())),
         Ok(Ok(None)) => Err("the agent closed the connection".into()),

@@ -254,6 +254,8 @@ impl Manager {
                     let _ = self.store.delete_sandbox(&vm);
                     continue;
                 }
+                // Its idle period (sleep_after) starts at the take, not the boot.
+                self.activity.touch(&vm);
                 return self.sandbox_info(&vm);
             }
             // None runs: wake a sleeping one (a resume, not a boot).
