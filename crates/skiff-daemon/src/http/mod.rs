@@ -327,8 +327,22 @@ async fn pull_missing_images(m: &AppState, specs: &[skiff_spec::VmSpec]) -> Resu
     Ok(())
 }
 
+/// Run `work` to its end even if the client goes away: a lifecycle change
+/// dropped halfway (a VM left paused for a snapshot, a clone half made, a
+/// boot cut short) is worse than an answer nobody reads.
+pub(crate) async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, ManagerError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    let done = tokio::spawn(work)
+        .await
+        .map_err(|e| ManagerError::internal("finish the request", e))?;
+    Ok(done?)
+}
+
 async fn start(State(m): State<AppState>, Path(name): Path<String>) -> ApiResult<skiff_api::Vm> {
-    Ok(Json(vm(m.start(&name).await?)))
+    Ok(Json(vm(
+        detached(async move { m.start(&name).await }).await?
+    )))
 }
 
 async fn stop(
@@ -340,19 +354,26 @@ async fn stop(
     let timeout = q
         .timeout
         .map(|secs| Duration::from_secs(secs.min(MAX_STOP_TIMEOUT.as_secs())));
-    Ok(Json(vm(m.stop_on_request(&name, timeout).await?)))
+    let stopped = detached(async move { m.stop_on_request(&name, timeout).await }).await?;
+    Ok(Json(vm(stopped)))
 }
 
 async fn restart(State(m): State<AppState>, Path(name): Path<String>) -> ApiResult<skiff_api::Vm> {
-    Ok(Json(vm(m.restart(&name).await?)))
+    Ok(Json(vm(
+        detached(async move { m.restart(&name).await }).await?
+    )))
 }
 
 async fn pause(State(m): State<AppState>, Path(name): Path<String>) -> ApiResult<skiff_api::Vm> {
-    Ok(Json(vm(m.pause(&name).await?)))
+    Ok(Json(vm(
+        detached(async move { m.pause(&name).await }).await?
+    )))
 }
 
 async fn resume(State(m): State<AppState>, Path(name): Path<String>) -> ApiResult<skiff_api::Vm> {
-    Ok(Json(vm(m.resume(&name).await?)))
+    Ok(Json(vm(
+        detached(async move { m.resume(&name).await }).await?
+    )))
 }
 
 async fn remove(

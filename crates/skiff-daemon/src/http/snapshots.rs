@@ -1,5 +1,6 @@
 //! `/v1/snapshots`: VMs' saved states by tag, and VMs started from them.
 
+use crate::http::detached;
 use crate::http::error::ApiError;
 use crate::manager::Manager;
 use axum::extract::{Path, State};
@@ -17,10 +18,8 @@ pub async fn create(
     Path(name): Path<String>,
     Json(body): Json<CreateSnapshot>,
 ) -> Result<(StatusCode, Json<Snapshot>), ApiError> {
-    Ok((
-        StatusCode::CREATED,
-        Json(m.snapshot(&name, &body.tag).await?),
-    ))
+    let taken = detached(async move { m.snapshot(&name, &body.tag).await }).await?;
+    Ok((StatusCode::CREATED, Json(taken)))
 }
 
 pub async fn remove(
@@ -37,6 +36,7 @@ pub async fn start(
     body: Option<Json<StartSnapshot>>,
 ) -> Result<(StatusCode, Json<Vm>), ApiError> {
     let body = body.map(|Json(b)| b).unwrap_or_default();
-    let rec = m.start_from_snapshot(&tag, body.name.as_deref()).await?;
+    let rec =
+        detached(async move { m.start_from_snapshot(&tag, body.name.as_deref()).await }).await?;
     Ok((StatusCode::CREATED, Json(crate::http::vm(rec))))
 }

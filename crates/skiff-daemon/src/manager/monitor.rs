@@ -14,6 +14,7 @@ impl Manager {
     /// After a daemon (re)start: take back VMs whose QEMU still runs, report
     /// those that died meanwhile, and start the autostart ones.
     pub async fn adopt_and_autostart(self: &Arc<Self>) -> Result<(), ManagerError> {
+        super::snapshots::remove_partial_snapshots(&self.paths.state_dir);
         for rec in self.store.list()? {
             if rec.ephemeral {
                 // A `skiff run` VM: its client went away with the old daemon.
@@ -179,11 +180,8 @@ impl Manager {
                     None
                 }
             };
-            // A pause ends QEMU on purpose: the bridge, the directory and
-            // the network wait for the resume.
             if let Ok(Some(rec)) = this.store.get(&name) {
-                let pausing = matches!(rec.state, VmState::Pausing | VmState::Paused);
-                if pausing && rec.qemu == Some(qemu) {
+                if stands_aside(rec.state, rec.qemu, qemu) {
                     if let Some(c) = vsock_child {
                         // Still ours to reap when the stop kills it.
                         tokio::spawn(async move {
@@ -204,7 +202,22 @@ impl Manager {
         });
         tokio::spawn(fut);
     }
+}
 
+/// Whether the monitor of `ended`, a QEMU that just ended, leaves the VM
+/// alone. A pause ends QEMU on purpose: the bridge, the directory and the
+/// network wait for the resume. And once the record names another QEMU
+/// (a resume's, or none after a stop), that one owns the run directory:
+/// cleaning up after the old one would delete the new one's sockets.
+fn stands_aside(state: VmState, recorded: Option<ProcessRef>, ended: ProcessRef) -> bool {
+    let between = matches!(
+        state,
+        VmState::Pausing | VmState::Paused | VmState::Resuming
+    );
+    between || recorded != Some(ended)
+}
+
+impl Manager {
     /// What the monitor does after QEMU ended, for a QEMU that ended while
     /// the monitor stood aside (in a pause).
     pub(super) async fn ended_unwatched(
@@ -303,5 +316,32 @@ fn restart_wanted(rec: &crate::store::VmRecord, failed: bool) -> Option<(u64, u6
             let within = max_retries.is_none_or(|m| rec.restarts < i64::from(m));
             (failed && within).then_some((backoff_ms, max_backoff_ms))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qemu(pid: i32) -> ProcessRef {
+        ProcessRef { pid, start_time: 7 }
+    }
+
+    #[test]
+    fn the_monitor_of_a_replaced_qemu_leaves_the_new_one_alone() {
+        // A snapshot's pause and resume, back to back: the old QEMU's end
+        // may be seen once the resume has begun (Resuming, old QEMU still
+        // recorded) or is done (Running, new QEMU recorded).
+        assert!(stands_aside(VmState::Resuming, Some(qemu(1)), qemu(1)));
+        assert!(stands_aside(VmState::Running, Some(qemu(2)), qemu(1)));
+        assert!(stands_aside(VmState::Paused, Some(qemu(1)), qemu(1)));
+        assert!(stands_aside(VmState::Stopped, None, qemu(1)));
+    }
+
+    #[test]
+    fn the_monitor_of_the_running_qemu_cleans_up_when_it_ends() {
+        assert!(!stands_aside(VmState::Running, Some(qemu(1)), qemu(1)));
+        assert!(!stands_aside(VmState::Starting, Some(qemu(1)), qemu(1)));
+        assert!(!stands_aside(VmState::Stopping, Some(qemu(1)), qemu(1)));
     }
 }

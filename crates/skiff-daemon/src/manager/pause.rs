@@ -459,11 +459,15 @@ async fn guest_runs(qmp: Option<&Path>) -> bool {
 
 /// Tell the agent the host's time.
 async fn set_guest_clock(run_dir: &Path) -> Result<(), String> {
+    ask_agent(run_dir, skiff_proto::Message::SetClock(host_time_ns()?)).await
+}
+
+/// The host's wall-clock time, in nanoseconds since 1970.
+pub(super) fn host_time_ns() -> Result<u64, String> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_err(|e| e.to_string())?;
-    let ns = u64::try_from(now.as_nanos()).map_err(|e| e.to_string())?;
-    ask_agent(run_dir, skiff_proto::Message::SetClock(ns)).await
+    u64::try_from(now.as_nanos()).map_err(|e| e.to_string())
 }
 
 /// Send the agent one request that it answers with `Exited` or `Error`.

@@ -78,14 +78,13 @@ impl Manager {
     }
 
     /// The VM's record, once a VM that sleeps when idle is awake again.
-    /// Any other VM's record is returned as it is.
+    /// Any other VM's record is returned as it is. The caller marks the VM
+    /// in use first ([`Manager::in_use`]): then, once this has held the
+    /// VM's lock, no sleep can begin until the mark is dropped, and one
+    /// that had begun (it holds the lock) is waited for and undone.
     pub async fn wake_on_demand(self: &Arc<Self>, name: &str) -> Result<VmRecord, ManagerError> {
         let rec = self.get(name)?;
-        let between = matches!(
-            rec.state,
-            VmState::Paused | VmState::Pausing | VmState::Resuming
-        );
-        if rec.spec.sleep_after_ms.is_none() || !between {
+        if rec.spec.sleep_after_ms.is_none() {
             return Ok(rec);
         }
         let lock = self.lock_for(name);

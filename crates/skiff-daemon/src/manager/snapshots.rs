@@ -63,6 +63,64 @@ fn place_state(state: &Path, config_drive: &Path, to: &Path) -> std::io::Result<
     std::fs::copy(config_drive, to.join(CONFIG_DRIVE)).map(drop)
 }
 
+/// A snapshot's tag while it is taken: `TAG.partial`, removed unless
+/// [`Reservation::complete`] renamed it to `TAG`.
+struct Reservation {
+    partial: PathBuf,
+    dir: PathBuf,
+    done: bool,
+}
+
+impl Reservation {
+    fn take(dir: &Path, partial: &Path) -> Result<Reservation, ManagerError> {
+        let tag = dir.file_name().map(|t| t.to_string_lossy().into_owned());
+        let conflict = || Conflict::SnapshotExists(tag.clone().unwrap_or_default());
+        if dir.exists() {
+            return Err(conflict().into());
+        }
+        if let Some(root) = partial.parent() {
+            std::fs::create_dir_all(root)
+                .map_err(|e| ManagerError::internal("make the snapshots directory", e))?;
+        }
+        match std::fs::create_dir(partial) {
+            Ok(()) => Ok(Reservation {
+                partial: partial.to_owned(),
+                dir: dir.to_owned(),
+                done: false,
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(conflict().into()),
+            Err(e) => Err(ManagerError::internal("reserve the snapshot's tag", e)),
+        }
+    }
+
+    /// In place under its tag (the rename fails if one got there first).
+    fn complete(mut self) -> std::io::Result<()> {
+        std::fs::rename(&self.partial, &self.dir)?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_dir_all(&self.partial);
+        }
+    }
+}
+
+/// Snapshots a daemon that died left half taken.
+pub(super) fn remove_partial_snapshots(state_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("snapshots")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.path().extension().is_some_and(|x| x == "partial") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 impl Manager {
     fn snapshot_dir(&self, tag: &str) -> PathBuf {
         self.paths.state_dir.join("snapshots").join(tag)
@@ -80,9 +138,10 @@ impl Manager {
             source,
         })?;
         let dir = self.snapshot_dir(tag);
-        if dir.exists() {
-            return Err(Conflict::SnapshotExists(tag.to_owned()).into());
-        }
+        // The tag is reserved by making `TAG.partial`: of two snapshots
+        // under one tag at once, one gets it, the other a conflict.
+        let partial = dir.with_extension("partial");
+        let reserved = Reservation::take(&dir, &partial)?;
         let lock = self.lock_for(name);
         let _guard = lock.lock().await;
         let rec = self.get(name)?;
@@ -106,8 +165,6 @@ impl Manager {
         };
         let vm_dir = self.paths.vm_dir(name);
         let state = super::pause::snapshot_file(&vm_dir);
-        let partial = dir.with_extension("partial");
-        let _ = std::fs::remove_dir_all(&partial);
         let placed = snapshot::check(&state)
             .map_err(|e| ManagerError::internal("read the saved state", e))
             .and_then(|manifest| {
@@ -124,16 +181,20 @@ impl Manager {
                             serde_json::to_vec_pretty(&info).map_err(std::io::Error::other)?;
                         std::fs::write(partial.join(META), text)
                     })
-                    .and_then(|()| std::fs::rename(&partial, &dir))
+                    .and_then(|()| reserved.complete())
                     .map_err(|e| ManagerError::internal(format!("keep snapshot {tag}"), e))
                     .map(|()| info)
             });
-        if placed.is_err() {
-            let _ = std::fs::remove_dir_all(&partial);
-        }
         if was_running {
             // The VM goes on whether or not the snapshot was kept.
-            Box::pin(self.resume_locked(name)).await?;
+            if let Err(e) = Box::pin(self.resume_locked(name)).await {
+                let kept = if placed.is_ok() {
+                    format!("resume {name} after snapshot {tag} was kept")
+                } else {
+                    format!("resume {name} after snapshot {tag} failed")
+                };
+                return Err(ManagerError::internal(kept, e));
+            }
         }
         placed
     }
@@ -255,10 +316,6 @@ fn renewal(rec: &VmRecord, plan: &crate::resolve::VmPlan) -> Result<skiff_proto:
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut seed))
         .map_err(|e| format!("cannot read /dev/urandom: {e}"))?;
-    let time_ns = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|e| e.to_string())?
-        .as_nanos();
     let net = plan.config.tap.as_ref().map(|tap| skiff_proto::RenewedNet {
         mac: skiff_vmm::usernet::mac_for(&rec.id),
         address: tap.address.clone(),
@@ -266,7 +323,7 @@ fn renewal(rec: &VmRecord, plan: &crate::resolve::VmPlan) -> Result<skiff_proto:
         dns: tap.dns.as_deref().and_then(|d| d.parse().ok()),
     });
     Ok(skiff_proto::Renewal {
-        time_ns: u64::try_from(time_ns).map_err(|e| e.to_string())?,
+        time_ns: super::pause::host_time_ns()?,
         seed,
         hostname: rec.spec.hostname.clone(),
         net,
@@ -303,6 +360,31 @@ mod tests {
         assert_eq!(clone.network[0].network.as_deref(), Some("web"));
         assert_eq!(clone.network[0].address, None);
         assert!(clone.forward_ports.is_empty() && clone.http.is_none() && !clone.autostart);
+    }
+
+    #[test]
+    fn a_tag_being_taken_is_reserved_and_released_unless_completed() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path().join("snapshots").join("base");
+        let partial = dir.with_extension("partial");
+        let first = Reservation::take(&dir, &partial).expect("first");
+        let second = Reservation::take(&dir, &partial);
+        assert!(
+            matches!(second, Err(ManagerError::Conflict(Conflict::SnapshotExists(ref t))) if t == "base"),
+            "the second snapshot under one tag is refused"
+        );
+        drop(first);
+        assert!(!partial.exists(), "an abandoned one is removed");
+        let again = Reservation::take(&dir, &partial).expect("free again");
+        std::fs::write(partial.join(META), b"{}").expect("write");
+        again.complete().expect("complete");
+        assert!(dir.join(META).is_file() && !partial.exists());
+        assert!(Reservation::take(&dir, &partial).is_err(), "taken for good");
+        // A daemon that died mid-snapshot left one half taken.
+        std::fs::create_dir(tmp.path().join("snapshots").join("x.partial")).expect("mkdir");
+        remove_partial_snapshots(tmp.path());
+        assert!(!tmp.path().join("snapshots").join("x.partial").exists());
+        assert!(dir.is_dir(), "complete ones stay");
     }
 
     #[test]

@@ -226,18 +226,33 @@ async fn forward(
     }
     // In use until the response's body has gone (or its tunnel closed).
     let in_use = ctx.m.in_use(&r.vm);
-    let awake = r.running
-        || ctx
-            .m
+    // The route table may be older than a sleep that just began: a VM
+    // that sleeps is always asked.
+    let awake = if r.running && !r.sleeps {
+        Ok(true)
+    } else {
+        ctx.m
             .wake_on_demand(&r.vm)
             .await
-            .is_ok_and(|rec| rec.state == crate::store::VmState::Running);
-    if !awake {
-        return page(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Service Unavailable",
-            &format!("VM {} is not running.", r.vm),
-        );
+            .map(|rec| rec.state == crate::store::VmState::Running)
+    };
+    match awake {
+        Ok(true) => {}
+        Ok(false) => {
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                &format!("VM {} is not running.", r.vm),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(vm = %r.vm, error = %crate::support::error_chain(&e), "cannot wake a VM for a request");
+            return page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Service Unavailable",
+                &format!("VM {} is asleep and could not be woken.", r.vm),
+            );
+        }
     }
     if ctx.m.is_unhealthy(&r.vm) {
         return page(

@@ -25,6 +25,8 @@ pub struct Route {
     pub port: u16,
     pub tls: TlsSpec,
     pub running: bool,
+    /// It sleeps when idle (`sleep_after`): `running` may be stale.
+    pub sleeps: bool,
     pub address: Option<Ipv4Addr>,
 }
 
@@ -74,6 +76,7 @@ impl Manager {
             let route = Route {
                 address: leases.iter().find(|l| l.vm == rec.name).map(|l| l.address),
                 running: rec.state == VmState::Running,
+                sleeps: rec.spec.sleep_after_ms.is_some(),
                 vm: rec.name,
                 vm_id: rec.id,
                 domains: http.domains.clone(),
