@@ -25,3 +25,8 @@ bench proxy --requests 40 --runs 1 --clients 2
 bench fullos --runs 1 --execs 2
 bench pull --layers 2 --mib 2 --runs 1
 bench pause --runs 2
+
+echo "== bench smoke: e2b_vs_skiff --runs 2"
+start=$SECONDS
+SKIFF_BIN="${SKIFF_BIN:-target/debug/skiff}" python3 sdk/python/bench/e2b_vs_skiff.py --runs 2
+echo "== e2b_vs_skiff: $((SECONDS - start)) s"

@@ -64,10 +64,15 @@ if ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
 fi
 
 # 3c. The Python SDK (sdk/python) and pytest, which its tests use; the proxy
-#     test parses /metrics with prometheus-client.
-if ! python3 -c 'import pytest, skiff_sdk, prometheus_client' 2>/dev/null; then
-  say "installing the Python SDK and pytest"
-  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore ./sdk/python pytest prometheus-client
+#     test parses /metrics with prometheus-client; E2B's own SDK, pinned,
+#     drives the E2B-compatible API (sdk/python/tests/test_e2b.py), and
+#     the MCP SDK's client drives `skiff mcp` (test_mcp.py).
+E2B_SDK_VERSION=2.63.0
+MCP_SDK_VERSION=2.3.0
+if ! python3 -c 'import pytest, skiff_sdk, prometheus_client' 2>/dev/null \
+   || [ "$(python3 -c 'import importlib.metadata as m; print(m.version("e2b"), m.version("mcp"))' 2>/dev/null)" != "$E2B_SDK_VERSION $MCP_SDK_VERSION" ]; then
+  say "installing the Python SDK, pytest, e2b $E2B_SDK_VERSION and mcp $MCP_SDK_VERSION"
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore ./sdk/python pytest prometheus-client "e2b==$E2B_SDK_VERSION" "mcp==$MCP_SDK_VERSION"
 fi
 
 # 4. skiff and its static guest agent.

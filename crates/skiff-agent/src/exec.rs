@@ -28,6 +28,23 @@ pub fn send(sink: &FrameSink, msg: &Message) -> io::Result<()> {
     w.flush()
 }
 
+/// A sink for tests, and what was sent to it so far.
+#[cfg(test)]
+pub fn test_sink() -> (FrameSink, impl Fn() -> Vec<Message>) {
+    let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let sink: FrameSink = buf.clone();
+    let frames = move || {
+        let bytes = buf.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut cursor = std::io::Cursor::new(bytes);
+        let mut out = Vec::new();
+        while let Ok(Some(m)) = skiff_proto::read_message(&mut cursor) {
+            out.push(m);
+        }
+        out
+    };
+    (sink, frames)
+}
+
 /// A running command, as seen by the connection that started it.
 pub struct Running {
     /// Bytes for the command's stdin; `None` once stdin was closed.
@@ -152,7 +169,7 @@ pub fn start(req: ExecRequest, sink: FrameSink, reaper: &Reaper) -> Option<Runni
         return None;
     }
     if let Some(size) = req.tty {
-        return crate::pty::start(cmd, program, size, sink, reaper);
+        return crate::pty::start(cmd, program, size, sink, reaper, req.report_pid);
     }
     cmd.stdin(if req.stdin {
         Stdio::piped()
@@ -181,6 +198,9 @@ pub fn start(req: ExecRequest, sink: FrameSink, reaper: &Reaper) -> Option<Runni
         }
     };
     let pgid = child.id() as i32;
+    if req.report_pid {
+        let _ = send(&sink, &Message::Started(child.id()));
+    }
     let exited = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
 

@@ -6,6 +6,7 @@
 
 mod drives;
 mod exec;
+mod files;
 mod identity;
 mod init;
 mod net;
@@ -19,6 +20,7 @@ mod server;
 mod service;
 mod sysinit;
 mod users;
+mod watch;
 
 use skiff_proto::BootTimes;
 use std::time::Duration;

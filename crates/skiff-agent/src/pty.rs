@@ -27,6 +27,7 @@ pub fn start(
     size: WindowSize,
     sink: FrameSink,
     reaper: &Reaper,
+    report_pid: bool,
 ) -> Option<Running> {
     let pty = match openpty(Some(&winsize(size)), None) {
         Ok(p) => p,
@@ -80,6 +81,9 @@ pub fn start(
             return None;
         }
     };
+    if report_pid {
+        let _ = crate::exec::send(&sink, &Message::Started(child.id()));
+    }
     let master = File::from(pty.master);
     let (Ok(reader), Ok(writer)) = (master.try_clone(), master.try_clone()) else {
         fail(&sink, "skiff: cannot use the pseudo-terminal\n", 126);

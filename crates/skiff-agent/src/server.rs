@@ -149,6 +149,9 @@ fn serve_connection(
     }
     let mut running: Option<Running> = None;
     let mut copy_in = CopyIn::Idle;
+    let mut writing: Option<crate::files::Writing> = None;
+    // Ended with the connection (dropped after the loop).
+    let mut watches = crate::watch::Watches::default();
     loop {
         let msg = match skiff_proto::read_message(&mut reader) {
             Ok(Some(m)) => m,
@@ -214,6 +217,19 @@ fn serve_connection(
                 } else {
                     fail_copy(&sink, format!("{path:?} is not an absolute path"))
                 };
+            }
+            Message::Fs(call) => {
+                writing = crate::files::handle(call, &sink, &mut watches);
+            }
+            Message::Data(bytes) if writing.is_some() => {
+                if let Some(w) = writing.as_mut() {
+                    w.data(&bytes);
+                }
+            }
+            Message::End if writing.is_some() => {
+                if let Some(w) = writing.take() {
+                    w.finish(&sink);
+                }
             }
             m @ (Message::Entry(_) | Message::Data(_) | Message::End) => {
                 let end = matches!(m, Message::End);

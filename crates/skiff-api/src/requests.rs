@@ -136,6 +136,41 @@ pub struct CopyBody {
     pub path: String,
 }
 
+/// `?path=P[&user=U][&depth=N]` of `/v1/vms/{name}/files`, `…/files/info`
+/// and `…/files/list`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileQuery {
+    /// A guest path; a relative one is under the user's home.
+    pub path: String,
+    /// Act as this guest user (name or UID); default root.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// For a listing: how many levels down (default 1, at most 64).
+    #[serde(default)]
+    pub depth: Option<u32>,
+}
+
+/// `POST /v1/vms/{name}/files/mkdir`: a directory and its missing parents.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MakeDirBody {
+    pub path: String,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// `POST /v1/vms/{name}/files/rename`: `from` moved to `to` (whose missing
+/// parents are made).
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RenameBody {
+    pub from: String,
+    pub to: String,
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
 /// `POST /v1/volumes`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]

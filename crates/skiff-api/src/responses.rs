@@ -182,3 +182,23 @@ pub struct Snapshot {
     /// Bytes of saved state.
     pub size: u64,
 }
+
+/// A file of a VM as its agent sees it (`/v1/vms/{name}/files…`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct FileEntry {
+    pub name: String,
+    /// Absolute, in the guest.
+    pub path: String,
+    /// `file`, `dir`, `symlink` or `other`.
+    pub kind: String,
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    pub owner: String,
+    pub group: String,
+    /// Last modification, nanoseconds since 1970.
+    pub modified_ns: i64,
+    /// Where a symlink points.
+    #[serde(default)]
+    pub target: Option<String>,
+}

@@ -32,6 +32,9 @@ pub fn components() -> Map<String, Value> {
         CommandBody,
         WaitQuery,
         CopyBody,
+        FileQuery,
+        MakeDirBody,
+        RenameBody,
         CreateVolume,
         CreateNetwork,
         CreatePool,
@@ -56,6 +59,7 @@ pub fn components() -> Map<String, Value> {
         Snapshot,
         VmEvent,
         VmStats,
+        FileEntry,
     );
     gen.take_definitions()
         .into_iter()

@@ -10,8 +10,10 @@ pub mod activity;
 pub mod background;
 pub mod certs;
 pub mod drives;
+pub mod e2b;
 pub mod forward;
 pub mod frames;
+pub mod guest_fs;
 pub mod hostops;
 pub mod http;
 pub mod image;
@@ -50,6 +52,8 @@ pub struct DaemonConfig {
     pub proxy: proxy::ProxyConfig,
     /// How long a VM may take to become ready.
     pub boot_timeout: std::time::Duration,
+    /// The E2B-compatible API's listener and the keys it lets in.
+    pub e2b: Option<(std::net::SocketAddr, e2b::keys::ApiKeys)>,
 }
 
 /// Read a bearer token: the file's first line, at least 16 characters.
@@ -69,7 +73,7 @@ pub fn read_token(file: &Path) -> Result<String> {
 
 /// Equal-time comparison, so that response timing does not reveal how much
 /// of a guessed token was right.
-fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+pub(crate) fn token_matches(given: &[u8], expected: &[u8]) -> bool {
     if given.len() != expected.len() {
         return false;
     }
@@ -206,6 +210,15 @@ fn raise_open_files_limit() {
     }
 }
 
+/// E2B's clients send their API key and sandbox tokens in headers: in
+/// clear text on anything but loopback.
+pub fn check_e2b_listen(addr: std::net::SocketAddr) -> Result<()> {
+    if !addr.ip().is_loopback() {
+        bail!("--e2b-listen {addr}: E2B's SDKs would send their API keys and sandbox tokens in clear text; listen on a loopback address (for example 127.0.0.1:{}) and put a TLS-terminating proxy in front for other hosts", addr.port());
+    }
+    Ok(())
+}
+
 /// The TCP listener's bearer token opens the whole API, which is root
 /// over this host (docs/daemon.md): it may only travel over loopback.
 pub fn check_tcp_listen(addr: std::net::SocketAddr) -> Result<()> {
@@ -218,6 +231,9 @@ pub fn check_tcp_listen(addr: std::net::SocketAddr) -> Result<()> {
 pub async fn serve(cfg: DaemonConfig) -> Result<()> {
     secure_trees(&cfg)?;
     raise_open_files_limit();
+    if let Some((addr, _)) = &cfg.e2b {
+        check_e2b_listen(*addr)?;
+    }
     if let Some((addr, _)) = &cfg.tcp {
         check_tcp_listen(*addr)?;
     }
@@ -280,6 +296,18 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
         tokio::spawn(async move {
             if let Err(e) = axum::serve(tcp, app).await {
                 tracing::error!(%addr, error = %e, "the TCP listener failed");
+            }
+        });
+    }
+    if let Some((addr, keys)) = cfg.e2b {
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for the E2B-compatible API"))?;
+        let app = e2b::router(e2b::E2b::new(manager.clone(), keys));
+        tracing::info!(%addr, "serving the E2B-compatible API (API keys required)");
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(tcp, app).await {
+                tracing::error!(%addr, error = %e, "the E2B listener failed");
             }
         });
     }

@@ -170,6 +170,7 @@ pub fn exec_request(body: &RunBody, stdin: bool) -> ExecRequest {
             cols: t.cols,
         }),
         user: body.user.clone(),
+        report_pid: false,
     }
 }
 

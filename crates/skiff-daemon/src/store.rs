@@ -71,6 +71,9 @@ CREATE TABLE sandboxes (
     // Pools of pausable sandboxes: how many ready ones stay running (the
     // rest sleep, paused); NULL: all.
     "ALTER TABLE pools ADD COLUMN awake INTEGER;",
+    // Sandboxes made through the E2B-compatible API: whose (the hash of
+    // the API key), and what E2B's clients asked for and read back.
+    "CREATE TABLE e2b_sandboxes (vm TEXT PRIMARY KEY, owner TEXT NOT NULL, template TEXT NOT NULL, metadata TEXT NOT NULL, env_vars TEXT NOT NULL, started_at INTEGER NOT NULL, access_token TEXT NOT NULL);",
 ];
 
 /// One VM as stored (the API shows it as `skiff_api::Vm`).

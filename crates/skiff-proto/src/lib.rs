@@ -23,6 +23,7 @@ use std::io::{self, Read, Write};
 
 pub mod copy;
 mod extract;
+pub mod fs;
 pub mod guest;
 mod message;
 pub mod mux;

@@ -61,6 +61,11 @@ pub struct ExecRequest {
     /// numeric `UID` or `UID:GID`. None: root.
     #[serde(default)]
     pub user: Option<String>,
+    /// Answer `Started(pid)` once the command runs (before its output), so
+    /// that the host can name it by its guest pid. Left out on the wire
+    /// when false, which older agents expect.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub report_pid: bool,
 }
 
 /// A terminal's size in character cells.
@@ -134,6 +139,14 @@ pub enum Message {
     /// host -> agent: this guest was started from a snapshot of another
     /// one; take on its own identity. Answered like `SetClock`.
     Renew(Renewal),
+    /// host -> agent: a file operation (see [`crate::fs`]).
+    Fs(crate::fs::FsCall),
+    /// agent -> host: what a file is (an answer of a file operation).
+    Info(crate::fs::FileInfo),
+    /// agent -> host: a file operation failed.
+    FsFailed(crate::fs::FsError),
+    /// agent -> host: a change under a watched directory.
+    FsEvent(crate::fs::FsEvent),
 }
 
 /// A new VM's identity for a guest restored from another VM's snapshot.
@@ -183,6 +196,10 @@ const TAG_DATA: u8 = 15;
 const TAG_END: u8 = 16;
 const TAG_SET_CLOCK: u8 = 17;
 const TAG_RENEW: u8 = 18;
+const TAG_FS: u8 = 19;
+const TAG_INFO: u8 = 20;
+const TAG_FS_FAILED: u8 = 21;
+const TAG_FS_EVENT: u8 = 22;
 
 impl Message {
     pub(crate) fn tag(&self) -> u8 {
@@ -205,6 +222,10 @@ impl Message {
             Message::End => TAG_END,
             Message::SetClock(_) => TAG_SET_CLOCK,
             Message::Renew(_) => TAG_RENEW,
+            Message::Fs(_) => TAG_FS,
+            Message::Info(_) => TAG_INFO,
+            Message::FsFailed(_) => TAG_FS_FAILED,
+            Message::FsEvent(_) => TAG_FS_EVENT,
         }
     }
 
@@ -229,6 +250,10 @@ impl Message {
             Message::End => "end",
             Message::SetClock(_) => "set-clock",
             Message::Renew(_) => "renew",
+            Message::Fs(_) => "fs",
+            Message::Info(_) => "info",
+            Message::FsFailed(_) => "fs-failed",
+            Message::FsEvent(_) => "fs-event",
         }
     }
 
@@ -248,6 +273,10 @@ impl Message {
             Message::End => {}
             Message::SetClock(ns) => out.extend_from_slice(&ns.to_be_bytes()),
             Message::Renew(r) => push_json(r, out),
+            Message::Fs(c) => push_json(c, out),
+            Message::Info(i) => push_json(i, out),
+            Message::FsFailed(e) => push_json(e, out),
+            Message::FsEvent(e) => push_json(e, out),
             Message::Resize(w) => {
                 out.extend_from_slice(&w.rows.to_be_bytes());
                 out.extend_from_slice(&w.cols.to_be_bytes());
@@ -301,6 +330,10 @@ impl Message {
             }
             TAG_ENTRY => Message::Entry(json_body("entry", body)?),
             TAG_RENEW => Message::Renew(json_body("renew", body)?),
+            TAG_FS => Message::Fs(json_body("fs", body)?),
+            TAG_INFO => Message::Info(json_body("info", body)?),
+            TAG_FS_FAILED => Message::FsFailed(json_body("fs-failed", body)?),
+            TAG_FS_EVENT => Message::FsEvent(json_body("fs-event", body)?),
             TAG_DATA => Message::Data(body.to_vec()),
             TAG_END => {
                 if !body.is_empty() {

@@ -20,6 +20,7 @@ fn all_messages() -> Vec<Message> {
             service: false,
             tty: Some(WindowSize { rows: 24, cols: 80 }),
             user: None,
+            report_pid: false,
         }),
         Message::Started(42),
         Message::SetClock(1_700_000_000_123_456_789),
@@ -47,7 +48,51 @@ fn all_messages() -> Vec<Message> {
         Message::Signal(15),
         Message::Shutdown,
         Message::Error("no such thing".into()),
+        Message::Exec(ExecRequest {
+            argv: vec!["cat".into()],
+            env: Vec::new(),
+            workdir: None,
+            stdin: true,
+            service: false,
+            tty: None,
+            user: Some("user".into()),
+            report_pid: true,
+        }),
+        Message::Fs(crate::fs::FsCall {
+            user: None,
+            op: crate::fs::FsOp::Write {
+                path: "/tmp/a".into(),
+            },
+        }),
+        Message::Info(crate::fs::FileInfo {
+            name: "a".into(),
+            path: "/tmp/a".into(),
+            kind: crate::fs::FileKind::Symlink,
+            size: 3,
+            mode: 0o777,
+            owner: "root".into(),
+            group: "0".into(),
+            modified_ns: -5,
+            target: Some("/etc".into()),
+        }),
+        Message::FsFailed(crate::fs::FsError::new(
+            crate::fs::FsErrorKind::NotFound,
+            "/x: gone",
+        )),
+        Message::FsEvent(crate::fs::FsEvent {
+            name: "d/f".into(),
+            kind: crate::fs::FsEventKind::Rename,
+        }),
     ]
+}
+
+#[test]
+fn report_pid_is_left_out_when_false_for_older_agents() {
+    let Message::Exec(req) = &all_messages()[1] else {
+        panic!("the second message is an exec");
+    };
+    let text = serde_json::to_string(req).expect("json");
+    assert!(!text.contains("report_pid"), "{text}");
 }
 
 #[test]

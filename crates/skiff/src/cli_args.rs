@@ -150,6 +150,10 @@ pub(crate) enum Command {
     /// list (`ls`) or remove (`rm`) snapshots; start VMs from one with
     /// `skiff run --from-snapshot TAG`.
     Snapshot(crate::cli_snapshot::SnapshotArgs),
+    /// Serve the Model Context Protocol on stdio, for AI agents: run code
+    /// in fresh sandboxes of the daemon's pools, or create one and exec,
+    /// read, write and list files in it.
+    Mcp(crate::cli_mcp::McpArgs),
     /// Show what VMs use: CPU, memory, network and disk (all, or the VMs
     /// named), refreshed every 2 s until interrupted.
     Stats {
@@ -273,6 +277,15 @@ pub(crate) struct DaemonArgs {
     /// Seconds a connection may sit idle between requests.
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub(crate) proxy_idle_timeout: u64,
+    /// Serve the E2B-compatible API (E2B's SDKs unchanged: point
+    /// E2B_API_URL and E2B_SANDBOX_URL here) on this loopback address, for
+    /// example 127.0.0.1:3000. Needs --e2b-keys.
+    #[arg(long, value_name = "ADDR", requires = "e2b_keys")]
+    pub(crate) e2b_listen: Option<std::net::SocketAddr>,
+    /// File of the API keys the E2B-compatible API lets in, one per line
+    /// (each a sandbox owner: a key sees only the sandboxes it made).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) e2b_keys: Option<PathBuf>,
     /// Seconds a VM may take to become ready when it starts (its agent
     /// answers, or its `ready` check passes) before the boot fails.
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]

@@ -4,6 +4,7 @@ mod cli_cp;
 mod cli_detach;
 mod cli_events;
 mod cli_image;
+mod cli_mcp;
 mod cli_net;
 mod cli_parse;
 mod cli_pool;
@@ -251,6 +252,12 @@ async fn dispatch(cli: Cli) -> Result<i32> {
                     },
                 },
                 boot_timeout: std::time::Duration::from_secs(a.boot_timeout),
+                e2b: match (a.e2b_listen, a.e2b_keys) {
+                    (Some(addr), Some(file)) => {
+                        Some((addr, daemon::e2b::keys::ApiKeys::read(&file)?))
+                    }
+                    _ => None,
+                },
             };
             daemon::serve(cfg).await?;
             Ok(0)
@@ -335,6 +342,11 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Network(n) => cli_net::network(&client(), n).await,
         Command::Pool(p) => cli_pool::pool(&client(), p).await,
         Command::Snapshot(s) => cli_snapshot::snapshot(&client(), s).await,
+        Command::Mcp(a) => {
+            let c = client();
+            c.ensure_daemon().await?;
+            cli_mcp::serve(c, a).await
+        }
         Command::Run(a) => match a.normalized() {
             Ok(a) => run(a).await,
             // A usage error, as clap's own: exit code 2.

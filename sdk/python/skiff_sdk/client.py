@@ -82,6 +82,20 @@ class Client:
         finally:
             conn.close()
 
+    def raw(self, method: str, path: str, data: Optional[bytes] = None) -> bytes:
+        """One API call whose request and answer are bytes (a file's)."""
+        conn = _UnixConnection(self.socket_path, self.timeout)
+        try:
+            headers = {"content-type": "application/octet-stream"} if data is not None else {}
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            out = resp.read()
+            if resp.status >= 400:
+                raise _error(resp.status, out, path)
+            return out
+        finally:
+            conn.close()
+
     def stream(self, path: str, body: Dict[str, Any]) -> Iterator[Dict[str, Any]]:
         """POST and yield the newline-delimited JSON events of the answer."""
         conn = _UnixConnection(self.socket_path, self.timeout)

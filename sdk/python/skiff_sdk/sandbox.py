@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import base64
+import json
 import shlex
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 from urllib.parse import quote
 
 from .client import Client
@@ -67,45 +68,74 @@ def _argv(cmd: Command) -> List[str]:
 
 
 class Files:
-    """File operations inside a sandbox."""
+    """File operations inside a sandbox, done by the guest's agent (no shell needed): reads and
+    writes of any size, listings, stat, mkdir, rename, remove. Paths are guest paths; a
+    relative one is under the user's home (root's: /root)."""
 
     def __init__(self, sandbox: "Sandbox") -> None:
         self._sandbox = sandbox
 
-    def write(self, path: str, data: Union[bytes, str], mode: Optional[int] = None) -> None:
-        """Create or replace the file at `path` (an absolute guest path) with `data`."""
-        raw = data.encode() if isinstance(data, str) else data
-        script = 'mkdir -p "$(dirname "$1")" && cat > "$1"'
+    def _path(self, rest: str, path: str, **query: Any) -> str:
+        q = "&".join(f"{k}={quote(str(v), safe='')}" for k, v in {"path": path, **query}.items()
+                     if v is not None)
+        return Client.vm_path(self._sandbox.name, f"/files{rest}?{q}")
+
+    def write(self, path: str, data: Union[bytes, str], mode: Optional[int] = None) -> Dict[str, Any]:
+        """Create or replace the file at `path` with `data` (missing directories are made); the
+        file is replaced only once all of `data` arrived. Its entry (see `stat`)."""
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        entry = json.loads(self._sandbox.client.raw("PUT", self._path("", path), raw))
         if mode is not None:
-            script += f' && chmod {mode:o} "$1"'
-        self._checked(["/bin/sh", "-c", script, "sh", path], raw, f"write {path}")
+            self._sandbox.run(["chmod", f"{mode:o}", "--", entry["path"]], check=True)
+            entry["mode"] = mode
+        return entry
 
     def read(self, path: str) -> bytes:
-        """The bytes of the file at `path`."""
-        return self._checked(["cat", "--", path], None, f"read {path}").stdout_bytes
+        """The bytes of the file at `path` (NotFoundError if there is none)."""
+        return self._sandbox.client.raw("GET", self._path("", path))
 
     def read_text(self, path: str, encoding: str = "utf-8") -> str:
         return self.read(path).decode(encoding)
 
+    def entries(self, path: str = "/", depth: int = 1) -> List[Dict[str, Any]]:
+        """What the directory `path` holds, `depth` levels down: dicts with name, path, kind
+        (file, dir, symlink, other), size, mode, owner, group, modified_ns, target."""
+        return self._sandbox.client.request("GET", self._path("/list", path, depth=depth))
+
     def list(self, path: str = "/") -> List[str]:
         """Names in the directory `path`; directories end with '/'."""
-        out = self._checked(["ls", "-1Ap", "--", path], None, f"list {path}").stdout
-        return [line for line in out.split("\n") if line]
+        return [e["name"] + ("/" if e["kind"] == "dir" else "") for e in self.entries(path)]
+
+    def stat(self, path: str) -> Dict[str, Any]:
+        """What the item at `path` is (a symlink itself, not its target)."""
+        return self._sandbox.client.request("GET", self._path("/info", path))
 
     def exists(self, path: str) -> bool:
-        return self._sandbox.run(["test", "-e", path]).exit_code == 0
+        try:
+            self.stat(path)
+            return True
+        except NotFoundError:
+            return False
+
+    def make_dir(self, path: str) -> bool:
+        """Make the directory and its missing parents; False if it was there already."""
+        try:
+            self._sandbox.client.request("POST", Client.vm_path(self._sandbox.name, "/files/mkdir"),
+                                         {"path": path})
+            return True
+        except SkiffError as e:
+            if e.status == 409 and "already exists" in e.message:
+                return False
+            raise
+
+    def rename(self, src: str, dst: str) -> Dict[str, Any]:
+        """Move `src` to `dst` (missing parents of `dst` are made); the moved entry."""
+        return self._sandbox.client.request("POST", Client.vm_path(self._sandbox.name, "/files/rename"),
+                                            {"from": src, "to": dst})
 
     def remove(self, path: str) -> None:
-        self._checked(["rm", "-rf", "--", path], None, f"remove {path}")
-
-    def _checked(self, argv: List[str], stdin: Optional[bytes], what: str) -> CommandResult:
-        result = self._sandbox.run(argv, stdin=stdin)
-        if result.exit_code != 0:
-            raise CommandFailedError(
-                f"cannot {what} in sandbox {self._sandbox.name}: {result.stderr.strip() or f'exit code {result.exit_code}'}",
-                result,
-            )
-        return result
+        """Remove the file or directory and all it holds; a missing one is no error."""
+        self._sandbox.client.request("DELETE", self._path("", path))
 
 
 class Sandbox:

@@ -56,6 +56,18 @@ def _kill_under(runtime: str) -> None:
                 pass
 
 
+#: API keys of the E2B-compatible listener, and its port.
+E2B_KEY = "e2b_test_key_0123456789abcdef"
+E2B_OTHER_KEY = "e2b_other_key_fedcba9876543210"
+_E2B_PORT: list = []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _answers(path: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -74,7 +86,13 @@ def client() -> Iterator[Client]:
                SKIFF_RUNTIME_DIR=f"{work}/run")
     _WORK[:] = [work]
     log = open(f"{work}/daemon.log", "wb")
-    daemon = subprocess.Popen([_skiff_bin(), "daemon"], env=env, stdout=subprocess.DEVNULL, stderr=log)
+    # The E2B-compatible API too, with two keys (two owners).
+    Path(f"{work}/e2b-keys").write_text(f"{E2B_KEY}\n# another team\n{E2B_OTHER_KEY}\n")
+    _E2B_PORT[:] = [_free_port()]
+    daemon = subprocess.Popen([_skiff_bin(), "daemon",
+                               "--e2b-listen", f"127.0.0.1:{_E2B_PORT[0]}",
+                               "--e2b-keys", f"{work}/e2b-keys"],
+                              env=env, stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + 20
     # Up means answering: the socket file exists a moment before the
     # daemon accepts on it.
@@ -103,3 +121,9 @@ def pool(client: Client) -> str:
         if time.monotonic() > deadline:
             pytest.fail(f"the pool did not fill: {p}")
         time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def e2b_url(client: Client) -> str:
+    """The daemon's E2B-compatible API, for both of E2B's planes."""
+    return f"http://127.0.0.1:{_E2B_PORT[0]}"

@@ -71,8 +71,17 @@ def test_files_round_trip_bytes_and_listings(client, pool):
         assert sb.files.exists("/work/data.bin")
         sb.files.remove("/work/data.bin")
         assert not sb.files.exists("/work/data.bin")
-        with pytest.raises(CommandFailedError, match="cannot read /nope"):
+        with pytest.raises(NotFoundError, match="/nope"):
             sb.files.read("/nope")
+        # Done by the agent, not a shell: stat, depth, mkdir, rename.
+        assert sb.files.stat("/work/notes/readme.txt")["mode"] == 0o600
+        assert sb.files.make_dir("/work/a/b") is True
+        assert sb.files.make_dir("/work/a/b") is False
+        moved = sb.files.rename("/work/notes/readme.txt", "/work/a/b/readme.txt")
+        assert (moved["path"], moved["size"]) == ("/work/a/b/readme.txt", 6)
+        assert sorted(e["path"] for e in sb.files.entries("/work", depth=3)) == [
+            "/work/a", "/work/a/b", "/work/a/b/readme.txt", "/work/notes"]
+        sb.files.remove("/work/none")  # missing: no error
 
 
 def test_check_raises_with_the_exit_code(client, pool):

@@ -88,6 +88,7 @@ pub async fn run(
         service: false,
         tty: None,
         user: setting.user,
+        report_pid: false,
     };
     conn.writer
         .send(&Message::Exec(req))

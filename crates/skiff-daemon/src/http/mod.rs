@@ -4,6 +4,7 @@
 mod background;
 mod commands;
 pub mod error;
+mod files;
 mod log_lines;
 mod metrics;
 mod networks;
@@ -79,6 +80,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/v1/vms/{name}/commands"),
     ("get", "/v1/vms/{name}/commands/{id}"),
     ("delete", "/v1/vms/{name}/commands/{id}"),
+    ("get", "/v1/vms/{name}/files"),
+    ("put", "/v1/vms/{name}/files"),
+    ("delete", "/v1/vms/{name}/files"),
+    ("get", "/v1/vms/{name}/files/info"),
+    ("get", "/v1/vms/{name}/files/list"),
+    ("post", "/v1/vms/{name}/files/mkdir"),
+    ("post", "/v1/vms/{name}/files/rename"),
     ("get", "/metrics"),
 ];
 
@@ -167,6 +175,22 @@ pub fn router(manager: Arc<Manager>) -> Router {
         .route(
             "/v1/vms/{name}/commands/{id}",
             get(crate::http::background::get).delete(crate::http::background::kill),
+        )
+        .route(
+            "/v1/vms/{name}/files",
+            get(crate::http::files::read)
+                .put(crate::http::files::write)
+                .delete(crate::http::files::remove),
+        )
+        .route("/v1/vms/{name}/files/info", get(crate::http::files::info))
+        .route("/v1/vms/{name}/files/list", get(crate::http::files::list))
+        .route(
+            "/v1/vms/{name}/files/mkdir",
+            post(crate::http::files::make_dir),
+        )
+        .route(
+            "/v1/vms/{name}/files/rename",
+            post(crate::http::files::rename),
         )
         .route("/metrics", get(crate::http::metrics::metrics))
         .fallback(not_found)

@@ -284,6 +284,7 @@ pub async fn exec(
             cols: t.cols,
         }),
         user: setting.user,
+        report_pid: false,
     };
     conn.writer
         .send(&Message::Exec(exec))

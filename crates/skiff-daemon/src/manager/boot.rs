@@ -339,6 +339,7 @@ impl Manager {
             service: true,
             tty: None,
             user: setting.user,
+            report_pid: false,
         };
         Some((req, from_image))
     }

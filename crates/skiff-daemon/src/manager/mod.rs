@@ -396,6 +396,7 @@ impl Manager {
         }
         self.store.delete(name)?;
         self.store.delete_sandbox(name)?;
+        self.store.delete_e2b(name)?;
         self.background.forget_vm(name);
         self.metrics.forget(name);
         self.activity.forget(name);

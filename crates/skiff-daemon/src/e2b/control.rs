@@ -1,0 +1,454 @@
+//! E2B's control plane: sandboxes made, listed, extended, paused and
+//! killed, each visible only to the API key that made it. A template is a
+//! skiff pool; a create takes one of its warm sandboxes.
+
+use super::store::E2bSandbox;
+use super::{rfc3339, ApiError, E2b, CLIENT_ID, ENVD_VERSION, MAX_CONTROL_BODY};
+use crate::manager::ManagerError;
+use crate::store::VmState;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A create's default lifetime, as E2B's.
+const DEFAULT_TIMEOUT_SECS: u64 = 300;
+/// The longest lifetime one call may ask for (30 days).
+const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
+/// How long a create waits for a pool to have a warm sandbox.
+const TAKE_WAIT: Duration = Duration::from_secs(60);
+/// The most sandboxes one list page holds.
+const MAX_PAGE: usize = 100;
+
+pub fn router(e2b: Arc<E2b>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { StatusCode::OK }))
+        .route("/v2/sandboxes", post(create).get(list))
+        .route("/sandboxes", post(create).get(list_running))
+        .route("/sandboxes/{id}", get(detail).delete(kill))
+        .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/v2/sandboxes/{id}/connect", post(connect))
+        .route("/sandboxes/{id}/connect", post(connect))
+        .route("/sandboxes/{id}/resume", post(connect))
+        .route("/sandboxes/{id}/pause", post(pause))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "skiff's E2B-compatible API has no such endpoint (docs/e2b.md lists what it serves)",
+            )
+        })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_CONTROL_BODY))
+        .with_state(e2b)
+}
+
+/// The key's owner id, or E2B's 401.
+fn owner(e2b: &E2b, headers: &HeaderMap) -> Result<String, ApiError> {
+    let key = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    e2b.keys.owner(key).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or unknown API key (send it as X-API-Key; E2B's SDKs read E2B_API_KEY)",
+        )
+    })
+}
+
+/// The sandbox `id` if the key owns it; to others it does not exist.
+fn owned(e2b: &E2b, owner: &str, id: &str) -> Result<E2bSandbox, ApiError> {
+    match e2b.m.store.e2b(id) {
+        Ok(Some(s)) if s.owner == owner && e2b.m.inspect(id).is_ok() => Ok(s),
+        Ok(_) => Err(not_found(id)),
+        Err(e) => Err(internal(e)),
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("sandbox {id:?} not found"))
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+}
+
+fn manager_error(e: ManagerError) -> ApiError {
+    crate::http::error::ApiError::from(e).into()
+}
+
+/// `Json` whose rejection is E2B's 400.
+fn body<T: serde::de::DeserializeOwned>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
+    body.map(|Json(b)| b)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
+fn timeout_secs(t: Option<u64>) -> Result<u64, ApiError> {
+    match t.unwrap_or(DEFAULT_TIMEOUT_SECS) {
+        0 => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "timeout must be at least 1 second",
+        )),
+        t if t > MAX_TIMEOUT_SECS => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("timeout {t} is over the limit of {MAX_TIMEOUT_SECS} seconds (30 days)"),
+        )),
+        t => Ok(t),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NewSandbox {
+    #[serde(rename = "templateID")]
+    template_id: String,
+    timeout: Option<u64>,
+    #[serde(default)]
+    metadata: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    env_vars: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    auto_pause: Option<bool>,
+}
+
+fn new_token() -> Result<String, ApiError> {
+    super::new_id().map_err(|e| internal(e.message))
+}
+
+async fn create(
+    State(e2b): State<Arc<E2b>>,
+    headers: HeaderMap,
+    req: Result<Json<NewSandbox>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let owner = owner(&e2b, &headers)?;
+    let req = body(req)?;
+    let timeout = timeout_secs(req.timeout)?;
+    if req.auto_pause == Some(true) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "autoPause is not supported by skiff's E2B-compatible API yet; leave lifecycle.on_timeout unset",
+        ));
+    }
+    let template = req.template_id;
+    if e2b.m.store.pool(&template).map_err(internal)?.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("template {template:?} not found; on skiff a template is a pool (create one with: skiff pool create {template} --image IMAGE --size N)"),
+        ));
+    }
+    let taken = e2b
+        .m
+        .take(&template, Some(timeout), TAKE_WAIT)
+        .await
+        .map_err(manager_error)?;
+    let sandbox = E2bSandbox {
+        vm: taken.vm.clone(),
+        owner,
+        template,
+        metadata: req.metadata.unwrap_or_default(),
+        env_vars: req.env_vars.unwrap_or_default(),
+        started_at: crate::store::now(),
+        access_token: new_token()?,
+    };
+    if let Err(e) = e2b.m.store.insert_e2b(&sandbox) {
+        let _ = e2b.m.remove(&taken.vm, true, true).await;
+        return Err(internal(e));
+    }
+    tracing::info!(vm = %sandbox.vm, template = %sandbox.template, "E2B sandbox created");
+    let mut resp = (StatusCode::CREATED, Json(sandbox_json(&sandbox))).into_response();
+    // A retry after this must not make a second sandbox.
+    resp.headers_mut()
+        .insert("should-retry", HeaderValue::from_static("false"));
+    Ok(resp)
+}
+
+/// What create and connect answer: E2B's `Sandbox`.
+fn sandbox_json(s: &E2bSandbox) -> Value {
+    json!({
+        "sandboxID": s.vm,
+        "templateID": s.template,
+        "clientID": CLIENT_ID,
+        "envdVersion": ENVD_VERSION,
+        "envdAccessToken": s.access_token,
+        "domain": null,
+    })
+}
+
+/// E2B's `ListedSandbox` (and, with more, `SandboxDetail`).
+fn listed_json(e2b: &E2b, s: &E2bSandbox) -> Option<Value> {
+    let rec = e2b.m.inspect(&s.vm).ok()?;
+    let state = match rec.state {
+        VmState::Paused | VmState::Pausing => "paused",
+        _ => "running",
+    };
+    let end = e2b
+        .m
+        .store
+        .sandbox(&s.vm)
+        .ok()
+        .flatten()
+        .and_then(|r| r.expires_at)
+        .unwrap_or(s.started_at);
+    Some(json!({
+        "templateID": s.template,
+        "sandboxID": s.vm,
+        "clientID": CLIENT_ID,
+        "startedAt": rfc3339(s.started_at),
+        "endAt": rfc3339(end),
+        "cpuCount": rec.spec.vcpus,
+        "memoryMB": rec.spec.memory_mib,
+        "diskSizeMB": 0,
+        "state": state,
+        "envdVersion": ENVD_VERSION,
+        "metadata": s.metadata,
+    }))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ListQuery {
+    state: Option<String>,
+    metadata: Option<String>,
+    limit: Option<usize>,
+    next_token: Option<String>,
+}
+
+/// `k=v&k2=v2`, each key and value percent-encoded once more (the SDK
+/// quotes them before it encodes the whole query value).
+fn metadata_filter(text: &str) -> BTreeMap<String, String> {
+    form_pairs(text)
+        .into_iter()
+        .map(|(k, v)| (percent_decode(&k), percent_decode(&v)))
+        .collect()
+}
+
+fn form_pairs(text: &str) -> Vec<(String, String)> {
+    text.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (
+                percent_decode(&k.replace('+', " ")),
+                percent_decode(&v.replace('+', " ")),
+            )
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn list(
+    State(e2b): State<Arc<E2b>>,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let owner = owner(&e2b, &headers)?;
+    let states: Vec<String> = q
+        .state
+        .as_deref()
+        .unwrap_or("running,paused")
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .collect();
+    let wanted = q
+        .metadata
+        .as_deref()
+        .map(metadata_filter)
+        .unwrap_or_default();
+    let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
+    let start: usize = match q.next_token.as_deref() {
+        None | Some("") => 0,
+        Some(t) => t.parse().map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("nextToken {t:?} is not one this API gave"),
+            )
+        })?,
+    };
+    let all: Vec<Value> = e2b
+        .m
+        .store
+        .e2b_of(&owner)
+        .map_err(internal)?
+        .iter()
+        .filter(|s| wanted.iter().all(|(k, v)| s.metadata.get(k) == Some(v)))
+        .filter_map(|s| listed_json(&e2b, s))
+        .filter(|v| states.iter().any(|s| v["state"] == s.as_str()))
+        .collect();
+    let page: Vec<Value> = all.iter().skip(start).take(limit).cloned().collect();
+    let mut resp = Json(Value::Array(page)).into_response();
+    if start + limit < all.len() {
+        if let Ok(v) = HeaderValue::from_str(&(start + limit).to_string()) {
+            resp.headers_mut().insert("x-next-token", v);
+        }
+    }
+    Ok(resp)
+}
+
+/// The v1 list: running sandboxes only, all of them.
+async fn list_running(
+    State(e2b): State<Arc<E2b>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let owner = owner(&e2b, &headers)?;
+    let all: Vec<Value> = e2b
+        .m
+        .store
+        .e2b_of(&owner)
+        .map_err(internal)?
+        .iter()
+        .filter_map(|s| listed_json(&e2b, s))
+        .filter(|v| v["state"] == "running")
+        .collect();
+    Ok(Json(Value::Array(all)))
+}
+
+async fn detail(
+    State(e2b): State<Arc<E2b>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let owner = owner(&e2b, &headers)?;
+    let s = owned(&e2b, &owner, &id)?;
+    let mut v = listed_json(&e2b, &s).ok_or_else(|| not_found(&id))?;
+    v["envdAccessToken"] = json!(s.access_token);
+    v["domain"] = Value::Null;
+    Ok(Json(v))
+}
+
+async fn kill(
+    State(e2b): State<Arc<E2b>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let owner = owner(&e2b, &headers)?;
+    owned(&e2b, &owner, &id)?;
+    let m = e2b.m.clone();
+    crate::http::detached(async move { m.remove(&id, true, true).await }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct Timeout {
+    timeout: u64,
+}
+
+async fn set_timeout(
+    State(e2b): State<Arc<E2b>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    req: Result<Json<Timeout>, axum::extract::rejection::JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let owner = owner(&e2b, &headers)?;
+    owned(&e2b, &owner, &id)?;
+    let secs = timeout_secs(Some(body(req)?.timeout))?;
+    e2b.m.extend_ttl(&id, secs).map_err(manager_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+struct ConnectBody {
+    timeout: Option<u64>,
+}
+
+/// Connect (and resume): a paused sandbox is resumed (201), a running one
+/// only gets its lifetime extended (200).
+async fn connect(
+    State(e2b): State<Arc<E2b>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    req: Option<Json<ConnectBody>>,
+) -> Result<Response, ApiError> {
+    let owner = owner(&e2b, &headers)?;
+    let s = owned(&e2b, &owner, &id)?;
+    let req = req.map(|Json(b)| b).unwrap_or_default();
+    let secs = timeout_secs(req.timeout)?;
+    let rec = e2b.m.inspect(&id).map_err(manager_error)?;
+    let status = if rec.state == VmState::Paused {
+        let m = e2b.m.clone();
+        let vm = id.clone();
+        crate::http::detached(async move { m.resume(&vm).await }).await?;
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    // Only ever longer: a connect does not cut a lifetime short.
+    let left = e2b
+        .m
+        .store
+        .sandbox(&id)
+        .ok()
+        .flatten()
+        .and_then(|r| r.expires_at)
+        .map_or(0, |at| (at - crate::store::now()).max(0) as u64);
+    if secs > left {
+        e2b.m.extend_ttl(&id, secs).map_err(manager_error)?;
+    }
+    Ok((status, Json(sandbox_json(&s))).into_response())
+}
+
+async fn pause(
+    State(e2b): State<Arc<E2b>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let owner = owner(&e2b, &headers)?;
+    owned(&e2b, &owner, &id)?;
+    let rec = e2b.m.inspect(&id).map_err(manager_error)?;
+    if rec.state == VmState::Paused {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("sandbox {id:?} is already paused"),
+        ));
+    }
+    let m = e2b.m.clone();
+    crate::http::detached(async move { m.pause(&id).await }).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metadata_filter_is_decoded_twice_as_the_sdk_encodes_it_twice() {
+        // {"k": "v w", "team": "a&b"} after the query's own decoding.
+        let f = metadata_filter("k=v%2520w&team=a%2526b");
+        assert_eq!(f.get("k").map(String::as_str), Some("v w"));
+        assert_eq!(f.get("team").map(String::as_str), Some("a&b"));
+        assert!(metadata_filter("").is_empty());
+        assert_eq!(percent_decode("100%"), "100%", "a lone % stays");
+    }
+
+    #[test]
+    fn timeouts_are_bounded() {
+        assert_eq!(timeout_secs(None).expect("default"), 300);
+        assert!(timeout_secs(Some(0)).is_err());
+        assert!(timeout_secs(Some(MAX_TIMEOUT_SECS + 1)).is_err());
+        assert_eq!(timeout_secs(Some(60)).expect("60"), 60);
+    }
+}

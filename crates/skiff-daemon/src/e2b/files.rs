@@ -1,0 +1,185 @@
+//! envd's `/files`: a file's bytes streamed out of the sandbox (`GET`),
+//! and files streamed in (`POST`, multipart or octet-stream), of any size,
+//! through the agent's own reads and writes.
+
+use super::connect::RpcError;
+use super::envd::authorize;
+use super::filesystem::fs_call;
+use super::store::E2bSandbox;
+use super::E2b;
+use axum::body::{Body, Bytes};
+use axum::extract::{Multipart, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use skiff_proto::fs::FsOp;
+use std::sync::Arc;
+
+pub fn routes(router: Router<Arc<E2b>>) -> Router<Arc<E2b>> {
+    router.route(
+        "/files",
+        get(read)
+            .post(write)
+            // A file may be of any size: the guest's disk bounds it.
+            .layer(axum::extract::DefaultBodyLimit::disable()),
+    )
+}
+
+#[derive(Deserialize, Default)]
+struct FileQuery {
+    path: Option<String>,
+    username: Option<String>,
+}
+
+/// envd's error body for `/files`: `{"code": N, "message": "…"}`.
+fn http_error(e: &RpcError) -> Response {
+    let status = e.code.status();
+    let body = json!({ "code": status.as_u16(), "message": e.message });
+    (status, axum::Json(body)).into_response()
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    let body = json!({ "code": 400, "message": message.into() });
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
+async fn read(
+    State(e2b): State<Arc<E2b>>,
+    headers: HeaderMap,
+    Query(q): Query<FileQuery>,
+) -> Response {
+    let sandbox = match authorize(&e2b, &headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let Some(path) = q.path.filter(|p| !p.is_empty()) else {
+        return bad_request("path is missing: GET /files?path=PATH");
+    };
+    let mut conn = match fs_call(&e2b, &sandbox, q.username, FsOp::Read { path }).await {
+        Ok(c) => c,
+        Err(e) => return http_error(&e),
+    };
+    let size = match crate::guest_fs::info(&mut conn).await {
+        Ok(i) => i.size,
+        Err(e) => return http_error(&super::filesystem::rpc_of(e)),
+    };
+    let stream = crate::guest_fs::read_stream(conn);
+    let mut r = Response::new(Body::from_stream(stream));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&size.to_string()) {
+        r.headers_mut().insert(header::CONTENT_LENGTH, v);
+    }
+    r
+}
+
+/// Stream `chunks` into a new file at `path` in the sandbox; its entry.
+async fn put<S, E>(
+    e2b: &E2b,
+    sandbox: &E2bSandbox,
+    user: Option<String>,
+    path: String,
+    chunks: S,
+) -> Result<Value, Response>
+where
+    S: futures_util::Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut conn = fs_call(e2b, sandbox, user, FsOp::Write { path })
+        .await
+        .map_err(|e| http_error(&e))?;
+    match crate::guest_fs::write_stream(&mut conn, chunks).await {
+        Ok(i) => Ok(json!({ "path": i.path, "name": i.name, "type": "file" })),
+        Err(e) => Err(http_error(&super::filesystem::rpc_of(e))),
+    }
+}
+
+async fn write(State(e2b): State<Arc<E2b>>, Query(q): Query<FileQuery>, req: Request) -> Response {
+    let sandbox = match authorize(&e2b, req.headers()) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    if req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v != "identity")
+    {
+        return bad_request("compressed uploads (Content-Encoding) are not supported; send the bytes as they are (gzip=False)");
+    }
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let written = if content_type.starts_with("multipart/form-data") {
+        let multipart =
+            match <Multipart as axum::extract::FromRequest<()>>::from_request(req, &()).await {
+                Ok(m) => m,
+                Err(e) => return bad_request(e.body_text()),
+            };
+        write_parts(&e2b, &sandbox, q, multipart).await
+    } else if content_type.starts_with("application/octet-stream") {
+        let Some(path) = q.path.filter(|p| !p.is_empty()) else {
+            return bad_request("path is missing: POST /files?path=PATH");
+        };
+        let body = req.into_body().into_data_stream();
+        put(&e2b, &sandbox, q.username, path, body)
+            .await
+            .map(|v| vec![v])
+    } else {
+        return bad_request(format!("Content-Type {content_type:?} is not one /files takes (multipart/form-data or application/octet-stream)"));
+    };
+    match written {
+        Ok(entries) => (StatusCode::OK, axum::Json(Value::Array(entries))).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Each part named `file` is a file, its filename the target path (or
+/// `?path=` when there is one part).
+async fn write_parts(
+    e2b: &E2b,
+    sandbox: &E2bSandbox,
+    q: FileQuery,
+    mut multipart: Multipart,
+) -> Result<Vec<Value>, Response> {
+    let mut written = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        let field = match multipart.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return Err(bad_request(e.body_text())),
+        };
+        if field.name() != Some("file") {
+            continue;
+        }
+        let path = match (
+            q.path.as_deref().filter(|p| !p.is_empty()),
+            field.file_name(),
+        ) {
+            (Some(p), _) if written.is_empty() => p.to_owned(),
+            (_, Some(name)) if !name.is_empty() => name.to_owned(),
+            _ => {
+                return Err(bad_request(
+                    "a part has no filename: give each file its path as its filename",
+                ))
+            }
+        };
+        if !seen.insert(path.clone()) {
+            return Err(bad_request(format!("{path} is given twice")));
+        }
+        let field = Box::pin(field);
+        written.push(put(e2b, sandbox, q.username.clone(), path, field).await?);
+    }
+    if written.is_empty() {
+        return Err(bad_request("the upload holds no part named \"file\""));
+    }
+    Ok(written)
+}
