@@ -166,6 +166,18 @@ fn fail(sink: &FrameSink, e: FsError) {
     let _ = send(sink, &Message::FsFailed(e));
 }
 
+/// The file a write of `name` goes to until it is complete.
+fn write_temp_name(name: &str) -> String {
+    format!(".{name}{WRITE_TEMP_MARK}")
+}
+
+const WRITE_TEMP_MARK: &str = ".skiff-writing";
+
+/// Whether `name` is where a write is under way (watches do not show it).
+pub fn is_write_temp(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(WRITE_TEMP_MARK)
+}
+
 /// A write the host is streaming: its bytes go to a file beside the
 /// target, which replaces the target at the end.
 pub struct Writing {
@@ -235,7 +247,7 @@ fn start_write(actor: &Actor, target: PathBuf) -> Result<Writing, FsError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let temp = parent.join(format!(".{name}.skiff-{}", std::process::id()));
+    let temp = parent.join(write_temp_name(&name));
     // A file that is replaced keeps its mode; a new one is 0644.
     let mode = fs::metadata(&target).map_or(0o644, |m| m.mode() & 0o7777);
     let file = File::create(&temp).map_err(|e| FsError::io(&shown(&temp), &e))?;
@@ -249,6 +261,19 @@ fn start_write(actor: &Actor, target: PathBuf) -> Result<Writing, FsError> {
         target,
         failed: None,
     })
+}
+
+/// A write as root, for tests elsewhere in the agent.
+#[cfg(test)]
+pub fn start_write_for_test(target: &Path) -> Writing {
+    let root = Actor {
+        ids: None,
+        home: PathBuf::from("/root"),
+    };
+    match start_write(&root, target.to_owned()) {
+        Ok(w) => w,
+        Err(e) => panic!("cannot start a write: {e:?}"),
+    }
 }
 
 /// Carry out `call`; a write returns its state, which the connection feeds
@@ -274,7 +299,10 @@ pub fn handle(
         FsOp::Rename { from, to } => {
             rename(&actor, &resolve(&actor, &from), &resolve(&actor, &to)).map(Some)
         }
-        FsOp::Remove { path } => remove(&resolve(&actor, &path)).map(|()| None),
+        FsOp::Remove { path } => remove(&resolve(&actor, &path)).map(|()| {
+            let _ = send(sink, &Message::End);
+            None
+        }),
         FsOp::Read { path } => read(&resolve(&actor, &path), sink).map(|()| None),
         FsOp::Write { path } => match start_write(&actor, resolve(&actor, &path)) {
             Ok(w) => return Some(w),

@@ -128,6 +128,9 @@ impl Watches {
 }
 
 fn follow(mut w: Watcher, sink: &FrameSink, stop: &AtomicBool) {
+    // Renames out of a write's temporary file, by cookie: the file they
+    // complete is reported as created and written, the temporary never.
+    let mut completing = std::collections::HashSet::new();
     while !stop.load(Ordering::SeqCst) {
         let ready = {
             let mut fds = [PollFd::new(w.inotify.as_fd(), PollFlags::POLLIN)];
@@ -144,6 +147,12 @@ fn follow(mut w: Watcher, sink: &FrameSink, stop: &AtomicBool) {
                 continue;
             };
             let Some(name) = ev.name else { continue };
+            if crate::files::is_write_temp(&name.to_string_lossy()) {
+                if ev.mask.contains(AddWatchFlags::IN_MOVED_FROM) {
+                    completing.insert(ev.cookie);
+                }
+                continue;
+            }
             let rel = rel.join(&name);
             if w.recursive
                 && ev.mask.contains(AddWatchFlags::IN_ISDIR)
@@ -155,12 +164,18 @@ fn follow(mut w: Watcher, sink: &FrameSink, stop: &AtomicBool) {
             let Some(kind) = kind_of(ev.mask) else {
                 continue;
             };
-            let event = FsEvent {
-                name: rel.display().to_string(),
-                kind,
-            };
-            if send(sink, &Message::FsEvent(event)).is_err() {
-                return;
+            let mut kinds = vec![kind];
+            if ev.mask.contains(AddWatchFlags::IN_MOVED_TO) && completing.remove(&ev.cookie) {
+                kinds.push(FsEventKind::Write);
+            }
+            for kind in kinds {
+                let event = FsEvent {
+                    name: rel.display().to_string(),
+                    kind,
+                };
+                if send(sink, &Message::FsEvent(event)).is_err() {
+                    return;
+                }
             }
         }
     }
@@ -204,6 +219,33 @@ mod tests {
             assert!(
                 std::time::Instant::now() < deadline,
                 "events seen: {seen:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // A write by the agent shows as the file's, never its temporary's.
+        let mut w = crate::files::start_write_for_test(&tmp.path().join("c.txt"));
+        w.data(b"z");
+        w.finish(&crate::exec::test_sink().0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let names: Vec<(String, FsEventKind)> = frames()
+                .into_iter()
+                .filter_map(|m| match m {
+                    Message::FsEvent(e) => Some((e.name, e.kind)),
+                    _ => None,
+                })
+                .collect();
+            assert!(
+                !names.iter().any(|(n, _)| n.contains("skiff-writing")),
+                "{names:?}"
+            );
+            if names.contains(&("c.txt".into(), FsEventKind::Write)) {
+                assert!(names.contains(&("c.txt".into(), FsEventKind::Create)));
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "events seen: {names:?}"
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }

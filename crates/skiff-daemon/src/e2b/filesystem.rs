@@ -333,10 +333,13 @@ async fn create_watcher(State(e2b): State<Arc<E2b>>, headers: HeaderMap, body: B
                 format!("a sandbox has at most {MAX_WATCHERS} watchers; remove some"),
             ));
         }
-        let mut conn = start_watch(&e2b, &sandbox, user, &req).await?;
+        let conn = start_watch(&e2b, &sandbox, user, &req).await?;
         let events = Arc::new(Mutex::new(Vec::new()));
         let kept = events.clone();
         let task = tokio::spawn(async move {
+            // The whole connection, not just its reader (a block captures
+            // only the fields it uses): a dropped writer would end the watch.
+            let mut conn = conn;
             while let Ok(Some(m)) = conn.reader.recv().await {
                 if let Message::FsEvent(e) = m {
                     let mut ev = kept.lock().unwrap_or_else(|p| p.into_inner());
