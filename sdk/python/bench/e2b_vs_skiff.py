@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE.parents[1] / "tests"))
-from skiff_sdk import Client, Pool, Sandbox as SkiffSandbox  # noqa: E402
+from skiff_sdk import Client, Pool, Sandbox as SkiffSandbox, SkiffError  # noqa: E402
 from e2b_image import bash_image_archive  # noqa: E402
 
 REPO = HERE.parents[3]
@@ -73,7 +73,7 @@ def main() -> None:
             try:
                 client.request("GET", "/v1/version")
                 break
-            except OSError:
+            except (OSError, SkiffError):
                 if time.monotonic() > deadline or daemon.poll() is not None:
                     sys.exit("the daemon did not come up: " + Path(f"{work}/daemon.log").read_text())
                 time.sleep(0.05)
@@ -84,19 +84,22 @@ def main() -> None:
         os.environ.update(E2B_API_URL=f"http://127.0.0.1:{port}",
                           E2B_SANDBOX_URL=f"http://127.0.0.1:{port}", E2B_API_KEY=KEY)
         from e2b import Sandbox as E2bSandbox
-        own, e2b, creates = [], [], []
+        own, own_bash, e2b, creates = [], [], [], []
         for i in range(args.runs + 1):
-            for which in ("skiff", "e2b"):
+            for which in ("skiff", "skiff-bash", "e2b"):
                 wait_full(client, 2)
                 start = time.perf_counter()
-                if which == "skiff":
+                if which != "e2b":
                     sb = SkiffSandbox.create(pool=POOL, client=client)
-                    r = sb.run("true")
+                    # E2B's SDK runs every command in a bash login shell:
+                    # the same here isolates what the protocol costs.
+                    cmd = "true" if which == "skiff" else ["/bin/bash", "-l", "-c", "true"]
+                    r = sb.run(cmd)
                     assert r.exit_code == 0, r
                     sb.kill()
                     took = time.perf_counter() - start
                     if i:
-                        own.append(took)
+                        (own if which == "skiff" else own_bash).append(took)
                 else:
                     sbx = E2bSandbox.create(template=POOL)
                     created = time.perf_counter() - start
@@ -109,9 +112,11 @@ def main() -> None:
         ms = lambda x: f"{x * 1000:8.1f} ms"  # noqa: E731
         print(f"runs: {args.runs} of each, alternating, after one warm-up round")
         print(f"skiff SDK: create + run true + kill  p50 {ms(statistics.median(own))}  p99 {ms(pct(own, 99))}")
+        print(f"skiff SDK: same, in bash -l -c       p50 {ms(statistics.median(own_bash))}  p99 {ms(pct(own_bash, 99))}")
         print(f"e2b SDK:   create + run true + kill  p50 {ms(statistics.median(e2b))}  p99 {ms(pct(e2b, 99))}")
         print(f"e2b SDK:   Sandbox.create alone      p50 {ms(statistics.median(creates))}  p99 {ms(pct(creates, 99))}")
         print(f"ratio e2b/skiff (p50): {statistics.median(e2b) / statistics.median(own):.3f}")
+        print(f"ratio e2b/skiff, both in bash -l (p50): {statistics.median(e2b) / statistics.median(own_bash):.3f}")
     finally:
         daemon.kill()
         daemon.wait()
