@@ -1,6 +1,7 @@
 //! File operations for the host's file APIs (`Message::Fs`, see
 //! `skiff_proto::fs`): done here in the guest with the guest's own view of
-//! its files, as the user the call names.
+//! its files. The agent does them as root; the user a call names decides
+//! where relative paths land (their home) and who owns what is created.
 
 use crate::exec::{send, FrameSink};
 use skiff_proto::fs::{FileInfo, FileKind, FsCall, FsError, FsErrorKind, FsOp};
@@ -31,7 +32,7 @@ fn actor(user: Option<&str>) -> Result<Actor, FsError> {
     let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
     let u = crate::users::lookup(name, &passwd).ok_or_else(|| {
         FsError::new(
-            FsErrorKind::Invalid,
+            FsErrorKind::UnknownUser,
             format!("no user {name:?} in the guest (not in /etc/passwd, not a UID)"),
         )
     })?;
@@ -131,7 +132,10 @@ pub fn info(path: &Path, names: &Names) -> Result<FileInfo, FsError> {
         mode: meta.mode() & 0o7777,
         owner: names.user(meta.uid()),
         group: names.group(meta.gid()),
-        modified_ns: meta.mtime().saturating_mul(1_000_000_000) + meta.mtime_nsec(),
+        modified_ns: meta
+            .mtime()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(meta.mtime_nsec()),
         target,
     })
 }
@@ -166,9 +170,34 @@ fn fail(sink: &FrameSink, e: FsError) {
     let _ = send(sink, &Message::FsFailed(e));
 }
 
-/// The file a write of `name` goes to until it is complete.
-fn write_temp_name(name: &str) -> String {
-    format!(".{name}{WRITE_TEMP_MARK}")
+/// A new file beside the target that a write goes to until it is complete:
+/// made with O_EXCL and O_NOFOLLOW under a random name, so that nothing a
+/// guest user planted there (a symlink to /etc/shadow) is written through,
+/// and two writes of one file never share it.
+fn create_temp(dir: &Path, name: &str) -> Result<(File, PathBuf), FsError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut last = None;
+    for _ in 0..8 {
+        let mut random = [0u8; 8];
+        File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut random))
+            .map_err(|e| FsError::io("/dev/urandom", &e))?;
+        let tag: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let temp = dir.join(format!(".{name}.{tag}{WRITE_TEMP_MARK}"));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .mode(0o600)
+            .open(&temp)
+        {
+            Ok(f) => return Ok((f, temp)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(FsError::io(&shown(&temp), &e)),
+        }
+    }
+    let e = last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::AlreadyExists));
+    Err(FsError::io(&shown(dir), &e))
 }
 
 const WRITE_TEMP_MARK: &str = ".skiff-writing";
@@ -247,10 +276,9 @@ fn start_write(actor: &Actor, target: PathBuf) -> Result<Writing, FsError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let temp = parent.join(write_temp_name(&name));
     // A file that is replaced keeps its mode; a new one is 0644.
     let mode = fs::metadata(&target).map_or(0o644, |m| m.mode() & 0o7777);
-    let file = File::create(&temp).map_err(|e| FsError::io(&shown(&temp), &e))?;
+    let (file, temp) = create_temp(&parent, &name)?;
     let _ = file.set_permissions(fs::Permissions::from_mode(mode));
     if let Some((uid, gid)) = actor.ids {
         let _ = std::os::unix::fs::fchown(&file, Some(uid), Some(gid));
@@ -474,6 +502,30 @@ mod tests {
         remove(&tmp.path().join("a")).expect("rm -rf");
         assert!(!tmp.path().join("a").exists());
         remove(&tmp.path().join("a")).expect("a missing path is no error");
+    }
+
+    #[test]
+    fn a_write_never_writes_through_a_planted_symlink() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let secret = tmp.path().join("secret");
+        fs::write(&secret, b"root only").expect("write");
+        let dir = tmp.path().join("pub");
+        fs::create_dir(&dir).expect("mkdir");
+        // Whatever name a temporary gets, one that exists is not opened.
+        std::os::unix::fs::symlink(&secret, dir.join(".f.planted.skiff-writing")).expect("ln");
+        let a = root_actor(tmp.path());
+        let mut w = start_write(&a, dir.join("f")).expect("start");
+        w.data(b"new");
+        let (sink, _) = crate::exec::test_sink();
+        w.finish(&sink);
+        assert_eq!(fs::read(&secret).expect("read"), b"root only");
+        assert_eq!(fs::read(dir.join("f")).expect("read"), b"new");
+        let (f, temp) = create_temp(&dir, "g").expect("temp");
+        drop(f);
+        assert!(is_write_temp(
+            &temp.file_name().expect("name").to_string_lossy()
+        ));
+        assert_eq!(fs::metadata(&temp).expect("meta").mode() & 0o777, 0o600);
     }
 
     #[test]

@@ -63,18 +63,38 @@ pub async fn end(conn: &mut AgentConn) -> Result<(), FsError> {
     }
 }
 
-/// A `list`'s entries, at most `max`.
+/// The most text one listing may hold (its names, paths, owners), however
+/// long the names a guest makes up.
+const MAX_LIST_BYTES: usize = 64 << 20;
+
+/// The text an entry holds.
+fn entry_bytes(i: &FileInfo) -> usize {
+    i.name.len()
+        + i.path.len()
+        + i.owner.len()
+        + i.group.len()
+        + i.target.as_ref().map_or(0, String::len)
+}
+
+/// A `list`'s entries, at most `max` (and [`MAX_LIST_BYTES`] of text).
 pub async fn entries(conn: &mut AgentConn, max: usize) -> Result<Vec<FileInfo>, FsError> {
     let mut all = Vec::new();
+    let mut bytes = 0usize;
     loop {
         match answer(conn).await? {
-            Message::Info(_) if all.len() >= max => {
+            Message::Info(i) if all.len() >= max || bytes + entry_bytes(&i) > MAX_LIST_BYTES => {
                 return Err(FsError::new(
                     FsErrorKind::Invalid,
-                    format!("more than {max} entries; list less deep"),
+                    format!(
+                        "more than {max} entries or {} MiB of names; list less deep",
+                        MAX_LIST_BYTES >> 20
+                    ),
                 ))
             }
-            Message::Info(i) => all.push(i),
+            Message::Info(i) => {
+                bytes += entry_bytes(&i);
+                all.push(i);
+            }
             Message::End => return Ok(all),
             other => return Err(lost(format!("it answered {}", other.name()))),
         }

@@ -305,11 +305,7 @@ pub async fn serve(cfg: DaemonConfig) -> Result<()> {
             .with_context(|| format!("cannot listen on {addr} for the E2B-compatible API"))?;
         let app = e2b::router(e2b::E2b::new(manager.clone(), keys));
         tracing::info!(%addr, "serving the E2B-compatible API (API keys required)");
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(tcp, app).await {
-                tracing::error!(%addr, error = %e, "the E2B listener failed");
-            }
-        });
+        tokio::spawn(e2b::serve(tcp, app));
     }
     // VMs adopted, autostarts done, the socket accepting: ready.
     systemd::notify("READY=1");

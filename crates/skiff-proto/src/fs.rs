@@ -107,8 +107,10 @@ pub enum FsErrorKind {
     IsADirectory,
     PermissionDenied,
     NoSpace,
-    /// The request itself is wrong (an empty path, an unknown user).
+    /// The request itself is wrong (an empty path).
     Invalid,
+    /// The user the call names is not in the guest.
+    UnknownUser,
     Other,
 }
 

@@ -57,7 +57,17 @@ pub struct AgentWriter {
     stream: OwnedWriteHalf,
 }
 
+/// What must live as long as a connection whose halves went separate
+/// ways ([`AgentConn::into_parts`]).
+pub struct ConnLease(#[allow(dead_code)] Option<Box<dyn std::any::Any + Send + Sync>>);
+
 impl AgentConn {
+    /// The reader and the writer, for two tasks, and the lease, to keep as
+    /// long as either is in use.
+    pub fn into_parts(self) -> (AgentReader, AgentWriter, ConnLease) {
+        (self.reader, self.writer, ConnLease(self.lease))
+    }
+
     /// Keep `lease` until this connection is dropped.
     pub fn holding(mut self, lease: impl std::any::Any + Send + Sync) -> AgentConn {
         self.lease = Some(Box::new(lease));

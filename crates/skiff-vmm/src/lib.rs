@@ -21,7 +21,7 @@ pub mod tap;
 pub mod usernet;
 
 pub use accel::{decide, Accel, AccelChoice, AccelDecision, HostKvm};
-pub use agent::{AgentConn, AgentError, AgentReader, AgentWriter};
+pub use agent::{AgentConn, AgentError, AgentReader, AgentWriter, ConnLease};
 pub use backend::{Backend, BackendKind};
 pub use launch::{launch, Helper, LaunchError, LaunchOptions, Launched};
 pub use plan::{

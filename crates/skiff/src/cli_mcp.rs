@@ -26,14 +26,22 @@ const MAX_LINE: usize = 8 << 20;
 
 #[derive(clap::Args)]
 pub(crate) struct McpArgs {
-    /// The pool sandboxes come from when a call names none.
-    #[arg(long, value_name = "POOL")]
-    pub(crate) pool: Option<String>,
+    /// A pool the tools may take sandboxes from (repeat for several); the
+    /// first is the one used when a call names none. No other pool (and
+    /// no other VM) is reachable through the tools.
+    #[arg(long = "pool", value_name = "POOL", required = true)]
+    pub(crate) pools: Vec<String>,
 }
+
+/// Sandboxes one server may hold at once.
+const MAX_SANDBOXES: usize = 16;
+/// The longest life a tool may give a sandbox (an hour).
+const MAX_TTL_SECS: u64 = 3600;
 
 struct Server {
     client: Client,
-    pool: Option<String>,
+    /// The pools allowed, the default first.
+    pools: Vec<String>,
     /// The sandboxes this server made and has not removed.
     mine: BTreeSet<String>,
 }
@@ -178,14 +186,24 @@ impl Server {
     }
 
     async fn take(&mut self, args: &Value) -> Result<String> {
-        let pool = args["pool"]
-            .as_str()
-            .map(str::to_owned)
-            .or_else(|| self.pool.clone())
-            .ok_or_else(|| anyhow!("name a pool: the pool argument, or `skiff mcp --pool NAME`"))?;
+        let pool = match args["pool"].as_str() {
+            Some(p) if self.pools.iter().any(|allowed| allowed == p) => p.to_owned(),
+            Some(p) => bail!(
+                "pool {p:?} is not one this server may use ({})",
+                self.pools.join(", ")
+            ),
+            None => self
+                .pools
+                .first()
+                .cloned()
+                .ok_or_else(|| anyhow!("this server has no pool (`skiff mcp --pool NAME`)"))?,
+        };
+        if self.mine.len() >= MAX_SANDBOXES {
+            bail!("this session holds {MAX_SANDBOXES} sandboxes already; remove some with remove_sandbox");
+        }
         let mut body = json!({ "wait_secs": 60 });
         if let Some(ttl) = args["ttl_secs"].as_u64() {
-            body["ttl_secs"] = json!(ttl);
+            body["ttl_secs"] = json!(ttl.clamp(1, MAX_TTL_SECS));
         }
         let bytes = self
             .client
@@ -279,15 +297,17 @@ impl Server {
             "list_sandboxes" => {
                 let mut alive = Vec::new();
                 for vm in self.mine.clone() {
-                    if self
+                    match self
                         .client
                         .call(Method::GET, &Self::vm_path(&vm, ""), None)
                         .await
-                        .is_ok()
                     {
-                        alive.push(vm);
-                    } else {
-                        self.mine.remove(&vm); // ended at its time to live
+                        // Ended at its time to live: forgotten.
+                        Err(e) if format!("{e:#}").contains("(HTTP 404)") => {
+                            self.mine.remove(&vm);
+                        }
+                        // Alive, or the daemon did not answer this time.
+                        _ => alive.push(vm),
                     }
                 }
                 let text = if alive.is_empty() {
@@ -403,7 +423,7 @@ async fn answer(server: &mut Server, msg: &Value) -> Option<Value> {
 pub(crate) async fn serve(client: Client, args: McpArgs) -> Result<i32> {
     let mut server = Server {
         client,
-        pool: args.pool,
+        pools: args.pools,
         mine: BTreeSet::new(),
     };
     let mut lines = BufReader::new(tokio::io::stdin());
@@ -452,7 +472,7 @@ mod tests {
     fn server() -> Server {
         Server {
             client: Client::new("/nonexistent/skiff.sock".into()),
-            pool: None,
+            pools: Vec::new(),
             mine: BTreeSet::new(),
         }
     }
@@ -537,7 +557,16 @@ mod tests {
         assert!(r["result"]["content"][0]["text"]
             .as_str()
             .expect("text")
-            .contains("name a pool"));
+            .contains("has no pool"));
+        s.pools = vec!["agents".into()];
+        let r = answer(&mut s, &call("create_sandbox", json!({"pool":"secrets"})))
+            .await
+            .expect("answer");
+        let text = r["result"]["content"][0]["text"].as_str().expect("text");
+        assert!(
+            text.contains("pool \"secrets\" is not one this server may use (agents)"),
+            "{text}"
+        );
     }
 
     #[test]

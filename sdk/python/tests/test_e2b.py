@@ -5,8 +5,11 @@ Templates are skiff pools; this one boots an image with bash (the SDK runs `/bin
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
+import urllib.error
+import urllib.request
 import tempfile
 import time
 from pathlib import Path
@@ -91,6 +94,11 @@ def test_background_commands_take_stdin_are_listed_and_killed(e2b_env):
         sbx.commands.send_stdin(cat.pid, "fed through stdin\n")
         sbx.commands.close_stdin(cat.pid)
         assert cat.wait().stdout == "fed through stdin\n"
+        # More than one agent frame (1 MiB) of input in one call.
+        wc = sbx.commands.run("wc -c", background=True, stdin=True)
+        sbx.commands.send_stdin(wc.pid, "x" * (3 << 20))
+        sbx.commands.close_stdin(wc.pid)
+        assert wc.wait().stdout.strip() == str(3 << 20)
         sleeper = sbx.commands.run("sleep 120", background=True)
         assert sleeper.pid in [p.pid for p in sbx.commands.list()]
         # Another client reaches the same process by its pid.
@@ -124,6 +132,19 @@ def test_sandboxes_are_listed_connected_extended_and_killed_per_key(e2b_env, e2b
             Sandbox.connect(sbx.sandbox_id, api_key=E2B_OTHER_KEY)
         assert Sandbox.kill(sbx.sandbox_id, api_key=E2B_OTHER_KEY) is False
         assert Sandbox.connect(sbx.sandbox_id).commands.run("echo still").stdout == "still\n"
+        # One sandbox's envd token opens no other sandbox.
+        other_sbx = Sandbox.create(template=e2b_env, timeout=60)
+        try:
+            req = urllib.request.Request(
+                f"{e2b_url}/process.Process/List", data=b"{}",
+                headers={"content-type": "application/json", "e2b-sandbox-id": other_sbx.sandbox_id,
+                         "x-access-token": sbx._envd_access_token})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(req)
+            assert refused.value.code == 401
+            assert json.loads(refused.value.read())["code"] == "unauthenticated"
+        finally:
+            other_sbx.kill()
     finally:
         assert Sandbox.kill(sbx.sandbox_id) is True
     assert Sandbox.kill(sbx.sandbox_id) is False, "killed once"

@@ -21,8 +21,9 @@ use std::time::Duration;
 const DEFAULT_TIMEOUT_SECS: u64 = 300;
 /// The longest lifetime one call may ask for (30 days).
 const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
-/// How long a create waits for a pool to have a warm sandbox.
-const TAKE_WAIT: Duration = Duration::from_secs(60);
+/// How long a create waits for a pool to have a warm sandbox (less than
+/// the SDK's 60 s request timeout; then 503, which it retries).
+const TAKE_WAIT: Duration = Duration::from_secs(30);
 /// The most sandboxes one list page holds.
 const MAX_PAGE: usize = 100;
 
@@ -116,6 +117,11 @@ struct NewSandbox {
     env_vars: Option<BTreeMap<String, String>>,
     #[serde(default)]
     auto_pause: Option<bool>,
+    /// Spelled so by E2B (snake_case in a camelCase body).
+    #[serde(default, rename = "allow_internet_access")]
+    allow_internet_access: Option<bool>,
+    #[serde(default)]
+    network: Option<Value>,
 }
 
 fn new_token() -> Result<String, ApiError> {
@@ -136,6 +142,13 @@ async fn create(
             "autoPause is not supported by skiff's E2B-compatible API yet; leave lifecycle.on_timeout unset",
         ));
     }
+    if req.allow_internet_access == Some(false) || req.network.is_some() {
+        // Code meant to run offline must not get a network it did not ask for.
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "allow_internet_access and network rules are not supported by skiff's E2B-compatible API; a sandbox has the network its pool's spec gives it (make a pool without one for offline code)",
+        ));
+    }
     let template = req.template_id;
     if e2b.m.store.pool(&template).map_err(internal)?.is_none() {
         return Err(ApiError::new(
@@ -143,24 +156,43 @@ async fn create(
             format!("template {template:?} not found; on skiff a template is a pool (create one with: skiff pool create {template} --image IMAGE --size N)"),
         ));
     }
-    let taken = e2b
-        .m
-        .take(&template, Some(timeout), TAKE_WAIT)
-        .await
-        .map_err(manager_error)?;
-    let sandbox = E2bSandbox {
-        vm: taken.vm.clone(),
-        owner,
-        template,
-        metadata: req.metadata.unwrap_or_default(),
-        env_vars: req.env_vars.unwrap_or_default(),
-        started_at: crate::store::now(),
-        access_token: new_token()?,
+    let access_token = new_token()?;
+    let (metadata, env_vars) = (
+        req.metadata.unwrap_or_default(),
+        req.env_vars.unwrap_or_default(),
+    );
+    let m = e2b.m.clone();
+    // To its end even if the client goes away: a sandbox taken but not
+    // recorded would belong to no key until its time ran out.
+    let made = crate::http::detached(async move {
+        let taken = m.take(&template, Some(timeout), TAKE_WAIT).await?;
+        let sandbox = E2bSandbox {
+            vm: taken.vm.clone(),
+            owner,
+            template,
+            metadata,
+            env_vars,
+            started_at: crate::store::now(),
+            access_token,
+        };
+        if let Err(e) = m.store.insert_e2b(&sandbox) {
+            let _ = m.remove(&taken.vm, true, true).await;
+            return Err(ManagerError::internal("record the E2B sandbox", e));
+        }
+        Ok(sandbox)
+    })
+    .await;
+    let sandbox = match made {
+        Ok(s) => s,
+        Err(e) if e.0 == StatusCode::CONFLICT => {
+            // The pool had no warm sandbox in time: busy, try again.
+            let mut r = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.1).into_response();
+            r.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            return Ok(r);
+        }
+        Err(e) => return Err(e.into()),
     };
-    if let Err(e) = e2b.m.store.insert_e2b(&sandbox) {
-        let _ = e2b.m.remove(&taken.vm, true, true).await;
-        return Err(internal(e));
-    }
     tracing::info!(vm = %sandbox.vm, template = %sandbox.template, "E2B sandbox created");
     let mut resp = (StatusCode::CREATED, Json(sandbox_json(&sandbox))).into_response();
     // A retry after this must not make a second sandbox.
@@ -264,9 +296,10 @@ fn percent_decode(s: &str) -> String {
 async fn list(
     State(e2b): State<Arc<E2b>>,
     headers: HeaderMap,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let owner = owner(&e2b, &headers)?;
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let states: Vec<String> = q
         .state
         .as_deref()
@@ -381,11 +414,18 @@ async fn connect(
     State(e2b): State<Arc<E2b>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    req: Option<Json<ConnectBody>>,
+    req: Result<Json<ConnectBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let owner = owner(&e2b, &headers)?;
     let s = owned(&e2b, &owner, &id)?;
-    let req = req.map(|Json(b)| b).unwrap_or_default();
+    // No body at all is the same as `{}`.
+    let req = match req {
+        Ok(Json(b)) => b,
+        Err(axum::extract::rejection::JsonRejection::MissingJsonContentType(_)) => {
+            ConnectBody::default()
+        }
+        Err(e) => return Err(ApiError::new(StatusCode::BAD_REQUEST, e.body_text())),
+    };
     let secs = timeout_secs(req.timeout)?;
     let rec = e2b.m.inspect(&id).map_err(manager_error)?;
     let status = if rec.state == VmState::Paused {

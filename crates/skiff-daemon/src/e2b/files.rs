@@ -15,7 +15,7 @@ use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use skiff_proto::fs::FsOp;
+use skiff_proto::fs::{FsError, FsErrorKind, FsOp};
 use std::sync::Arc;
 
 pub fn routes(router: Router<Arc<E2b>>) -> Router<Arc<E2b>> {
@@ -41,6 +41,24 @@ fn http_error(e: &RpcError) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// A failed file operation with the status envd's `/files` gives it (the
+/// SDK tells full disks, unknown users and missing files apart by it).
+fn fs_error(e: FsError) -> Response {
+    let status = match e.kind {
+        FsErrorKind::NotFound => StatusCode::NOT_FOUND,
+        FsErrorKind::AlreadyExists => StatusCode::CONFLICT,
+        FsErrorKind::NotADirectory | FsErrorKind::IsADirectory | FsErrorKind::Invalid => {
+            StatusCode::BAD_REQUEST
+        }
+        FsErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
+        FsErrorKind::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+        FsErrorKind::UnknownUser => StatusCode::UNAUTHORIZED,
+        FsErrorKind::Other => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let body = json!({ "code": status.as_u16(), "message": e.message });
+    (status, axum::Json(body)).into_response()
+}
+
 fn bad_request(message: impl Into<String>) -> Response {
     let body = json!({ "code": 400, "message": message.into() });
     (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
@@ -62,19 +80,16 @@ async fn read(
         Ok(c) => c,
         Err(e) => return http_error(&e),
     };
-    let size = match crate::guest_fs::info(&mut conn).await {
-        Ok(i) => i.size,
-        Err(e) => return http_error(&super::filesystem::rpc_of(e)),
-    };
-    let stream = crate::guest_fs::read_stream(conn);
-    let mut r = Response::new(Body::from_stream(stream));
+    // Chunked, without a length: the guest's stat of a file says nothing
+    // of /proc's, nor of one that changes as it is read.
+    if let Err(e) = crate::guest_fs::info(&mut conn).await {
+        return fs_error(e);
+    }
+    let mut r = Response::new(Body::from_stream(crate::guest_fs::read_stream(conn)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    if let Ok(v) = HeaderValue::from_str(&size.to_string()) {
-        r.headers_mut().insert(header::CONTENT_LENGTH, v);
-    }
     r
 }
 
@@ -95,7 +110,7 @@ where
         .map_err(|e| http_error(&e))?;
     match crate::guest_fs::write_stream(&mut conn, chunks).await {
         Ok(i) => Ok(json!({ "path": i.path, "name": i.name, "type": "file" })),
-        Err(e) => Err(http_error(&super::filesystem::rpc_of(e))),
+        Err(e) => Err(fs_error(e)),
     }
 }
 

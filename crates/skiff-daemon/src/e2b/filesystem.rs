@@ -23,8 +23,10 @@ use std::sync::{Arc, Mutex};
 
 /// Entries one ListDir may answer.
 const MAX_ENTRIES: usize = 100_000;
-/// Events a polled watcher keeps until they are fetched.
+/// Events a polled watcher keeps until they are fetched, and the text they
+/// may hold (a guest makes up the names).
 const MAX_PENDING_EVENTS: usize = 10_000;
+const MAX_PENDING_BYTES: usize = 4 << 20;
 /// Polled watchers per sandbox.
 const MAX_WATCHERS: usize = 64;
 
@@ -44,10 +46,10 @@ pub fn routes(router: Router<Arc<E2b>>) -> Router<Arc<E2b>> {
         .route("/filesystem.Filesystem/RemoveWatcher", post(remove_watcher))
 }
 
-/// A polled watcher: its sandbox, the events not yet fetched, and the task
-/// that holds its agent connection.
+/// A polled watcher: its sandbox's scope (unique to one sandbox), the
+/// events not yet fetched, and the task that holds its agent connection.
 struct Watcher {
-    vm: String,
+    scope: String,
     events: Arc<Mutex<Vec<FsEvent>>>,
     task: tokio::task::AbortHandle,
 }
@@ -59,9 +61,16 @@ pub struct Watchers {
 }
 
 impl Watchers {
-    fn count(&self, vm: &str) -> usize {
+    fn count(&self, scope: &str) -> usize {
         let all = self.all.lock().unwrap_or_else(|p| p.into_inner());
-        all.values().filter(|w| w.vm == vm).count()
+        all.values().filter(|w| w.scope == scope).count()
+    }
+
+    fn remove(&self, id: &str) -> Option<Watcher> {
+        self.all
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
     }
 }
 
@@ -73,6 +82,7 @@ pub(crate) fn code_of(kind: FsErrorKind) -> Code {
             Code::InvalidArgument
         }
         FsErrorKind::PermissionDenied => Code::PermissionDenied,
+        FsErrorKind::UnknownUser => Code::Unauthenticated,
         FsErrorKind::NoSpace => Code::ResourceExhausted,
         FsErrorKind::Other => Code::Internal,
     }
@@ -327,29 +337,41 @@ async fn watch_dir(State(e2b): State<Arc<E2b>>, headers: HeaderMap, body: Bytes)
 
 async fn create_watcher(State(e2b): State<Arc<E2b>>, headers: HeaderMap, body: Bytes) -> Response {
     unary(e2b, headers, body, |e2b, sandbox, user, req| async move {
-        if e2b.watchers.count(&sandbox.vm) >= MAX_WATCHERS {
+        let scope = sandbox.access_token.clone();
+        if e2b.watchers.count(&scope) >= MAX_WATCHERS {
             return Err(RpcError::new(
                 Code::ResourceExhausted,
                 format!("a sandbox has at most {MAX_WATCHERS} watchers; remove some"),
             ));
         }
+        let id = super::new_id()?;
         let conn = start_watch(&e2b, &sandbox, user, &req).await?;
         let events = Arc::new(Mutex::new(Vec::new()));
         let kept = events.clone();
+        let registry = Arc::downgrade(&e2b);
+        let own_id = id.clone();
         let task = tokio::spawn(async move {
             // The whole connection, not just its reader (a block captures
             // only the fields it uses): a dropped writer would end the watch.
             let mut conn = conn;
+            let mut bytes = 0usize;
             while let Ok(Some(m)) = conn.reader.recv().await {
                 if let Message::FsEvent(e) = m {
                     let mut ev = kept.lock().unwrap_or_else(|p| p.into_inner());
-                    if ev.len() < MAX_PENDING_EVENTS {
+                    if ev.is_empty() {
+                        bytes = 0; // all fetched since
+                    }
+                    if ev.len() < MAX_PENDING_EVENTS && bytes + e.name.len() <= MAX_PENDING_BYTES {
+                        bytes += e.name.len();
                         ev.push(e);
                     }
                 }
             }
+            // The guest's watch ended (its sandbox went): so does this one.
+            if let Some(e2b) = registry.upgrade() {
+                e2b.watchers.remove(&own_id);
+            }
         });
-        let id = super::new_id()?;
         e2b.watchers
             .all
             .lock()
@@ -357,7 +379,7 @@ async fn create_watcher(State(e2b): State<Arc<E2b>>, headers: HeaderMap, body: B
             .insert(
                 id.clone(),
                 Watcher {
-                    vm: sandbox.vm.clone(),
+                    scope,
                     events,
                     task: task.abort_handle(),
                 },
@@ -367,11 +389,11 @@ async fn create_watcher(State(e2b): State<Arc<E2b>>, headers: HeaderMap, body: B
     .await
 }
 
-fn watcher(e2b: &E2b, vm: &str, req: &Value) -> Result<String, RpcError> {
+fn watcher(e2b: &E2b, scope: &str, req: &Value) -> Result<String, RpcError> {
     let id = path_of(req, "watcherId").or_else(|_| path_of(req, "watcher_id"))?;
     let all = e2b.watchers.all.lock().unwrap_or_else(|p| p.into_inner());
     match all.get(&id) {
-        Some(w) if w.vm == vm => Ok(id),
+        Some(w) if w.scope == scope => Ok(id),
         _ => Err(RpcError::new(
             Code::NotFound,
             format!("watcher {id} not found"),
@@ -385,7 +407,7 @@ async fn get_watcher_events(
     body: Bytes,
 ) -> Response {
     unary(e2b, headers, body, |e2b, sandbox, _user, req| async move {
-        let id = watcher(&e2b, &sandbox.vm, &req)?;
+        let id = watcher(&e2b, &sandbox.access_token, &req)?;
         let all = e2b.watchers.all.lock().unwrap_or_else(|p| p.into_inner());
         let events: Vec<Value> = all
             .get(&id)
@@ -401,14 +423,8 @@ async fn get_watcher_events(
 
 async fn remove_watcher(State(e2b): State<Arc<E2b>>, headers: HeaderMap, body: Bytes) -> Response {
     unary(e2b, headers, body, |e2b, sandbox, _user, req| async move {
-        let id = watcher(&e2b, &sandbox.vm, &req)?;
-        if let Some(w) = e2b
-            .watchers
-            .all
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id)
-        {
+        let id = watcher(&e2b, &sandbox.access_token, &req)?;
+        if let Some(w) = e2b.watchers.remove(&id) {
             // The task holds the agent connection: the guest's watch ends with it.
             w.task.abort();
         }

@@ -12,6 +12,7 @@ mod envd;
 mod files;
 mod filesystem;
 pub mod keys;
+mod process;
 mod procs;
 pub mod store;
 
@@ -112,6 +113,46 @@ pub fn router(e2b: Arc<E2b>) -> axum::Router {
             }
         }
     })
+}
+
+/// Connections the E2B listener holds at once (every client is on
+/// loopback, so there is no per-address share).
+const MAX_CONNECTIONS: usize = 1024;
+/// How long a client has to send a request head.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serve `app` on `listener` until the daemon ends, with at most
+/// [`MAX_CONNECTIONS`] at once and [`HEADER_TIMEOUT`] for each request head
+/// (a client that opens connections and sends nothing cannot fill it).
+pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "the E2B listener cannot accept");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue; // full: the connection is closed at once
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            // Without a timer hyper's header-read timeout is silently off.
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
 
 /// A random id of 32 hex characters (access tokens, watcher ids).

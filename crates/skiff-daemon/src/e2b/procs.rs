@@ -4,8 +4,8 @@
 //! `Connect` by pid). Its output goes to whoever watches it at the time;
 //! its end is kept for a while after it exited.
 
-use skiff_proto::{ExitStatus, Message, WindowSize};
-use skiff_vmm::AgentConn;
+use skiff_proto::{ExitStatus, Message, WindowSize, MAX_CHUNK};
+use skiff_vmm::{AgentConn, AgentWriter};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +18,11 @@ const ENDED_TTL: Duration = Duration::from_secs(15 * 60);
 const MAX_ENDED: usize = 64;
 /// Output items queued for one watcher before the process waits for it.
 const WATCHER_QUEUE: usize = 64;
+/// Inputs (stdin chunks, signals) queued for a process; beyond it a call
+/// is refused until the process has taken some.
+const INPUT_QUEUE: usize = 64;
+/// Processes one sandbox may run at once through the E2B API.
+pub const MAX_RUNNING: usize = 256;
 
 /// Which of the process's outputs bytes came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,8 +109,28 @@ pub struct Proc {
     /// Whether its stdin is a pipe the host writes.
     pub stdin: bool,
     watchers: Mutex<Vec<mpsc::Sender<Item>>>,
-    input: mpsc::UnboundedSender<Input>,
+    input: mpsc::Sender<Input>,
     ended: watch::Receiver<Option<(End, Instant)>>,
+}
+
+/// Why a process took no input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    Ended,
+    /// Its input queue is full: it is not reading.
+    Busy,
+}
+
+/// A process the agent just started, to follow.
+pub struct Spawned {
+    pub pid: u32,
+    pub conn: AgentConn,
+    pub config: Config,
+    pub tag: Option<String>,
+    pub pty: bool,
+    pub stdin: bool,
+    /// How long it may live (then it is killed).
+    pub lifetime: Option<Duration>,
 }
 
 impl Proc {
@@ -128,13 +153,19 @@ impl Proc {
         rx
     }
 
-    /// False when it has ended (nothing takes input any more).
-    pub fn send(&self, input: Input) -> bool {
-        self.end().is_none() && self.input.send(input).is_ok()
+    pub fn send(&self, input: Input) -> Result<(), Refused> {
+        if self.end().is_some() {
+            return Err(Refused::Ended);
+        }
+        self.input.try_send(input).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Refused::Busy,
+            mpsc::error::TrySendError::Closed(_) => Refused::Ended,
+        })
     }
 }
 
-/// The processes of every sandbox, by sandbox and pid.
+/// The processes of every sandbox, by the sandbox's scope (unique to one
+/// sandbox, so a later one under a reused name sees none of them) and pid.
 #[derive(Default)]
 pub struct Processes {
     all: Mutex<HashMap<(String, u32), Arc<Proc>>>,
@@ -186,30 +217,19 @@ impl Processes {
         }
     }
 
-    /// Follow the process `pid` that `conn` started, until it ends or its
-    /// `lifetime` runs out (then it is killed). `first` watches from the
-    /// start, so that none of the output is missed.
-    #[allow(clippy::too_many_arguments)]
-    pub fn adopt(
-        &self,
-        vm: &str,
-        pid: u32,
-        conn: AgentConn,
-        config: Config,
-        tag: Option<String>,
-        pty: bool,
-        stdin: bool,
-        lifetime: Option<Duration>,
-    ) -> (Arc<Proc>, mpsc::Receiver<Item>) {
+    /// Follow a process the agent started, until it ends or its lifetime
+    /// runs out (then it is killed). The receiver watches from the start,
+    /// so that none of the output is missed.
+    pub fn adopt(&self, scope: &str, spawned: Spawned) -> (Arc<Proc>, mpsc::Receiver<Item>) {
         self.sweep();
-        let (input_tx, input_rx) = mpsc::unbounded_channel();
+        let (input_tx, input_rx) = mpsc::channel(INPUT_QUEUE);
         let (ended_tx, ended_rx) = watch::channel(None);
         let proc = Arc::new(Proc {
-            pid,
-            config,
-            tag,
-            pty,
-            stdin,
+            pid: spawned.pid,
+            config: spawned.config,
+            tag: spawned.tag,
+            pty: spawned.pty,
+            stdin: spawned.stdin,
             watchers: Mutex::new(Vec::new()),
             input: input_tx,
             ended: ended_rx,
@@ -218,63 +238,49 @@ impl Processes {
         self.all
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert((vm.to_owned(), pid), proc.clone());
-        tokio::spawn(pump(proc.clone(), conn, input_rx, ended_tx, lifetime));
+            .insert((scope.to_owned(), spawned.pid), proc.clone());
+        tokio::spawn(pump(
+            proc.clone(),
+            spawned.conn,
+            input_rx,
+            ended_tx,
+            spawned.lifetime,
+        ));
         (proc, first)
     }
 }
 
-/// Carry the process's output to its watchers and their input to it.
+/// Carry the process's output to its watchers until it ends. Its input
+/// and its deadline are another task's, so that a watcher that is slow to
+/// read never holds up a kill.
 async fn pump(
     proc: Arc<Proc>,
-    mut conn: AgentConn,
-    mut input: mpsc::UnboundedReceiver<Input>,
+    conn: AgentConn,
+    input: mpsc::Receiver<Input>,
     ended: watch::Sender<Option<(End, Instant)>>,
     lifetime: Option<Duration>,
 ) {
-    let deadline = lifetime.map(|l| Instant::now() + l);
-    let mut killed = false;
+    // The lease (the VM is in use) is kept until this returns.
+    let (mut reader, writer, _lease) = conn.into_parts();
+    let feeder = tokio::spawn(feed(writer, input, lifetime));
     let end = loop {
-        let armed = deadline.filter(|_| !killed);
-        let expire = async move {
-            match armed {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            msg = conn.reader.recv() => match msg {
-                Ok(Some(Message::Stdout(b))) => {
-                    let out = if proc.pty { Output::Pty } else { Output::Stdout };
-                    deliver(&proc, Item::Data(out, b)).await;
-                }
-                Ok(Some(Message::Stderr(b))) => deliver(&proc, Item::Data(Output::Stderr, b)).await,
-                Ok(Some(Message::Exited(status))) => break End::from_status(status),
-                Ok(Some(Message::Error(e))) => break End::lost(&format!("error: {e}")),
-                Ok(Some(_)) => {}
-                Ok(None) | Err(_) => break End::lost("error: the sandbox's agent went away"),
-            },
-            Some(i) = input.recv() => {
-                let msg = match i {
-                    Input::Stdin(b) if b.is_empty() => None,
-                    Input::Stdin(b) => Some(Message::Stdin(b)),
-                    Input::CloseStdin => Some(Message::Stdin(Vec::new())),
-                    Input::Signal(s) => Some(Message::Signal(s)),
-                    Input::Resize(size) => Some(Message::Resize(size)),
+        match reader.recv().await {
+            Ok(Some(Message::Stdout(b))) => {
+                let out = if proc.pty {
+                    Output::Pty
+                } else {
+                    Output::Stdout
                 };
-                if let Some(msg) = msg {
-                    if conn.writer.send(&msg).await.is_err() {
-                        break End::lost("error: the sandbox's agent went away");
-                    }
-                }
+                deliver(&proc, Item::Data(out, b)).await;
             }
-            () = expire => {
-                // Its time is up, as envd's `connect-timeout-ms` says.
-                killed = true;
-                let _ = conn.writer.send(&Message::Signal(9)).await;
-            }
+            Ok(Some(Message::Stderr(b))) => deliver(&proc, Item::Data(Output::Stderr, b)).await,
+            Ok(Some(Message::Exited(status))) => break End::from_status(status),
+            Ok(Some(Message::Error(e))) => break End::lost(&format!("error: {e}")),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break End::lost("error: the sandbox's agent went away"),
         }
     };
+    feeder.abort();
     let watchers = {
         let mut w = proc.watchers.lock().unwrap_or_else(|p| p.into_inner());
         let _ = ended.send(Some((end.clone(), Instant::now())));
@@ -282,6 +288,44 @@ async fn pump(
     };
     for w in watchers {
         let _ = w.send(Item::End(end.clone())).await;
+    }
+}
+
+/// Write the process's input to the agent, in frames it takes, and kill
+/// the process when its lifetime runs out (envd's `Connect-Timeout-Ms`).
+async fn feed(
+    mut writer: AgentWriter,
+    mut input: mpsc::Receiver<Input>,
+    lifetime: Option<Duration>,
+) {
+    let deadline = lifetime.map(|l| Instant::now() + l);
+    let mut killed = false;
+    loop {
+        let armed = deadline.filter(|_| !killed);
+        let expire = async move {
+            match armed {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let msgs = tokio::select! {
+            i = input.recv() => match i {
+                None => return,
+                Some(Input::Stdin(b)) => b.chunks(MAX_CHUNK).map(|c| Message::Stdin(c.to_vec())).collect(),
+                Some(Input::CloseStdin) => vec![Message::Stdin(Vec::new())],
+                Some(Input::Signal(s)) => vec![Message::Signal(s)],
+                Some(Input::Resize(size)) => vec![Message::Resize(size)],
+            },
+            () = expire => {
+                killed = true;
+                vec![Message::Signal(9)]
+            }
+        };
+        for m in msgs {
+            if writer.send(&m).await.is_err() {
+                return; // the reader sees the connection end
+            }
+        }
     }
 }
 

@@ -22,9 +22,10 @@ fn fs_status(kind: FsErrorKind) -> StatusCode {
     match kind {
         FsErrorKind::NotFound => StatusCode::NOT_FOUND,
         FsErrorKind::AlreadyExists => StatusCode::CONFLICT,
-        FsErrorKind::NotADirectory | FsErrorKind::IsADirectory | FsErrorKind::Invalid => {
-            StatusCode::BAD_REQUEST
-        }
+        FsErrorKind::NotADirectory
+        | FsErrorKind::IsADirectory
+        | FsErrorKind::Invalid
+        | FsErrorKind::UnknownUser => StatusCode::BAD_REQUEST,
         FsErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
         FsErrorKind::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
         FsErrorKind::Other => StatusCode::BAD_GATEWAY,
@@ -74,18 +75,14 @@ pub async fn read(
     Query(q): Query<FileQuery>,
 ) -> Result<Response, ApiError> {
     let mut conn = crate::guest_fs::call(&m, &name, q.user, FsOp::Read { path: q.path }).await?;
-    let size = crate::guest_fs::info(&mut conn)
-        .await
-        .map_err(fs_error)?
-        .size;
+    // Chunked, without a length: the guest's stat of a file says nothing
+    // of /proc's, nor of one that changes as it is read.
+    crate::guest_fs::info(&mut conn).await.map_err(fs_error)?;
     let mut r = Response::new(Body::from_stream(crate::guest_fs::read_stream(conn)));
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    if let Ok(v) = HeaderValue::from_str(&size.to_string()) {
-        r.headers_mut().insert(header::CONTENT_LENGTH, v);
-    }
     Ok(r)
 }
 
