@@ -47,6 +47,26 @@ fn pid_of(d: &BenchDaemon, vm: &str, process: &str) -> Option<i64> {
     inspect[process]["pid"].as_i64()
 }
 
+/// Whether QEMU is gone (or a zombie: its memory is freed, and the daemon
+/// reaps it when its SIGCHLD is handled, which may come after the pause has
+/// answered) within 5 s.
+fn qemu_ends(pid: i64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim().to_owned()))
+            .and_then(|rest| rest.chars().next());
+        if matches!(state, None | Some('Z') | Some('X')) {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// One `true` through the commands API, over the daemon's socket.
 fn exec_true(d: &BenchDaemon, vm: &str) -> f64 {
     use std::io::{Read, Write};
@@ -115,10 +135,7 @@ fn main() {
             running_kib = pss_kib(qemu) + pss_kib(bridge);
             pause.push(timed_ms(&d, &["pause", "p"]));
             paused_kib = pss_kib(bridge);
-            assert!(
-                !std::path::Path::new(&format!("/proc/{qemu}")).exists(),
-                "QEMU still runs while paused"
-            );
+            assert!(qemu_ends(qemu), "QEMU still runs 5 s after the pause");
             snapshot_mib =
                 std::fs::metadata(&snapshot).expect("snapshot").len() as f64 / (1024.0 * 1024.0);
         } else {
