@@ -24,19 +24,37 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 #    with htpasswd credentials, and build and push their images with umoci
 #    and skopeo), systemd (systemd-socket-activate hands the daemon its socket
 #    in the socket-activation test; nothing starts systemd itself).
-missing=()
-for p in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+find_missing() {
+  missing=()
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+}
+find_missing
 have_lists=$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' 2>/dev/null | head -n1)
 if [ ${#missing[@]} -gt 0 ] || [ -z "$have_lists" ]; then
   say "installing Debian packages: ${missing[*]:-(refreshing package lists)}"
   as_root apt-get update -qq
-  if [ ${#missing[@]} -gt 0 ]; then
+  # Twice at most: an install may remove a package it conflicts with (a
+  # backported qemu-utils goes when Debian's qemu-system-x86 comes in), and
+  # the second pass puts back the version that fits.
+  for pass in 1 2; do
+    [ ${#missing[@]} -eq 0 ] && break
     as_root env DEBIAN_FRONTEND=noninteractive \
       apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    find_missing
+    if [ ${#missing[@]} -gt 0 ] && [ "$pass" = 1 ]; then
+      say "installing again what that install removed: ${missing[*]}"
+    fi
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: these Debian packages are still not installed: ${missing[*]}" >&2
+    exit 1
   fi
 fi
+for tool in qemu-system-x86_64 qemu-img; do
+  command -v "$tool" >/dev/null || { echo "setup: $tool is missing after the package install" >&2; exit 1; }
+done
 
 # 2. Rust toolchain (rustup) must already be there.
 if ! command -v cargo >/dev/null; then
@@ -73,6 +91,19 @@ if ! python3 -c 'import pytest, skiff_sdk, prometheus_client' 2>/dev/null \
    || [ "$(python3 -c 'import importlib.metadata as m; print(m.version("e2b"), m.version("mcp"))' 2>/dev/null)" != "$E2B_SDK_VERSION $MCP_SDK_VERSION" ]; then
   say "installing the Python SDK, pytest, e2b $E2B_SDK_VERSION and mcp $MCP_SDK_VERSION"
   python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore ./sdk/python pytest prometheus-client "e2b==$E2B_SDK_VERSION" "mcp==$MCP_SDK_VERSION"
+fi
+
+# 3e. E2B's JavaScript SDK (the `e2b` npm package, pinned by sdk/js's
+#     package-lock.json), which sdk/js/test/e2b.test.mjs drives against the
+#     E2B-compatible API: the TypeScript client skiff supports is E2B's own.
+if ! command -v node >/dev/null || ! node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a==20&&b>=18)?0:1)'; then
+  echo "setup: Node.js 20.18 or newer (with npm) is needed for sdk/js; Debian's nodejs is older: install it from nodejs.org or NodeSource" >&2
+  exit 1
+fi
+if ! cmp -s sdk/js/package-lock.json sdk/js/node_modules/.skiff-installed-lock 2>/dev/null; then
+  say "installing E2B's JavaScript SDK into sdk/js/node_modules"
+  (cd sdk/js && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  cp sdk/js/package-lock.json sdk/js/node_modules/.skiff-installed-lock
 fi
 
 # 4. skiff and its static guest agent.

@@ -5,9 +5,9 @@
 //! server made (an agent cannot reach the user's other VMs), output is
 //! capped, and no host path is ever shown.
 
+use crate::cli_mcp_output::Ran;
 use crate::client::Client;
 use anyhow::{anyhow, bail, Result};
-use base64::Engine;
 use hyper::Method;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -31,6 +31,14 @@ pub(crate) struct McpArgs {
     /// no other VM) is reachable through the tools.
     #[arg(long = "pool", value_name = "POOL", required = true)]
     pub(crate) pools: Vec<String>,
+    /// Serve MCP's streamable HTTP transport (`POST /mcp`) on this loopback
+    /// address instead of stdio; each client session has its own sandboxes.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) listen: Option<std::net::SocketAddr>,
+    /// With --listen: the bearer tokens HTTP clients must send, one per
+    /// line (`#` starts a comment); at least 16 characters each.
+    #[arg(long, value_name = "FILE", requires = "listen")]
+    pub(crate) tokens: Option<std::path::PathBuf>,
 }
 
 /// Sandboxes one server may hold at once.
@@ -38,7 +46,7 @@ const MAX_SANDBOXES: usize = 16;
 /// The longest life a tool may give a sandbox (an hour).
 const MAX_TTL_SECS: u64 = 3600;
 
-struct Server {
+pub(crate) struct Server {
     client: Client,
     /// The pools allowed, the default first.
     pools: Vec<String>,
@@ -92,7 +100,7 @@ fn tools() -> Value {
         },
         {
             "name": "read_file",
-            "description": "Read a text file of a sandbox (capped at max_bytes).",
+            "description": "Read a text file of a sandbox (at most max_bytes are read).",
             "inputSchema": {"type": "object", "required": ["sandbox", "path"], "properties": {
                 "sandbox": sandbox, "path": {"type": "string"}, "max_bytes": cap}},
             "annotations": {"readOnlyHint": true}
@@ -106,9 +114,10 @@ fn tools() -> Value {
         },
         {
             "name": "list_files",
-            "description": "List a directory of a sandbox (ls -la).",
+            "description": "List a directory of a sandbox: one line per entry with its kind (file, dir, symlink), size and path.",
             "inputSchema": {"type": "object", "required": ["sandbox", "path"], "properties": {
-                "sandbox": sandbox, "path": {"type": "string"}}},
+                "sandbox": sandbox, "path": {"type": "string"},
+                "depth": {"type": "integer", "description": "Levels down to list (default 1, at most 8)"}}},
             "annotations": {"readOnlyHint": true}
         }
     ])
@@ -125,19 +134,6 @@ fn code_argv(language: &str, code: &str) -> Result<Vec<String>> {
     Ok(vec![prog.into(), flag.into(), code.into()])
 }
 
-/// At most `cap` bytes of `bytes` as text, saying how much was cut.
-fn capped(bytes: &[u8], cap: usize) -> String {
-    if bytes.len() <= cap {
-        return String::from_utf8_lossy(bytes).into_owned();
-    }
-    let mut text = String::from_utf8_lossy(&bytes[..cap]).into_owned();
-    text.push_str(&format!(
-        "\n[... {} more bytes not shown]",
-        bytes.len() - cap
-    ));
-    text
-}
-
 fn str_arg<'a>(args: &'a Value, key: &str) -> Result<&'a str> {
     args[key]
         .as_str()
@@ -148,28 +144,6 @@ fn output_cap(args: &Value, key: &str) -> usize {
     args[key].as_u64().map_or(DEFAULT_OUTPUT_CAP, |n| {
         (n as usize).clamp(1, MAX_OUTPUT_CAP)
     })
-}
-
-/// What a command did: (stdout, stderr, exit code, timed out).
-struct Ran {
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    exit_code: i64,
-    timed_out: bool,
-}
-
-impl Ran {
-    fn report(&self, cap: usize) -> (String, bool) {
-        let mut text = format!("exit code: {}", self.exit_code);
-        if self.timed_out {
-            text.push_str(" (killed at its time limit)");
-        }
-        text.push_str(&format!("\n--- stdout ---\n{}", capped(&self.stdout, cap)));
-        if !self.stderr.is_empty() {
-            text.push_str(&format!("\n--- stderr ---\n{}", capped(&self.stderr, cap)));
-        }
-        (text, self.exit_code != 0 || self.timed_out)
-    }
 }
 
 impl Server {
@@ -226,46 +200,33 @@ impl Server {
         Ok(())
     }
 
-    async fn run(
-        &self,
-        vm: &str,
-        argv: Vec<String>,
-        stdin: Option<&[u8]>,
-        timeout: f64,
-    ) -> Result<Ran> {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let mut body = json!({ "argv": argv, "timeout_secs": timeout });
-        if let Some(input) = stdin {
-            body["stdin"] = json!(b64.encode(input));
-        }
-        let bytes = self
+    /// Run `argv`, keeping at most `cap` bytes of each output stream (the
+    /// rest is counted as it streams by, never held).
+    async fn run(&self, vm: &str, argv: Vec<String>, timeout: f64, cap: usize) -> Result<Ran> {
+        use http_body_util::BodyExt;
+        let body = json!({ "argv": argv, "timeout_secs": timeout });
+        let mut events = self
             .client
-            .call(Method::POST, &Self::vm_path(vm, "/commands"), Some(body))
+            .post_stream(&Self::vm_path(vm, "/commands"), body)
             .await?;
-        let mut ran = Ran {
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            exit_code: -1,
-            timed_out: false,
-        };
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let ev: Value = serde_json::from_slice(line)?;
-            let data = || {
-                b64.decode(ev["data"].as_str().unwrap_or(""))
-                    .unwrap_or_default()
+        let mut ran = Ran::new(cap);
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(frame) = events.frame().await {
+            let frame = frame.map_err(|e| anyhow!("the command's output broke off: {e}"))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
             };
-            match ev["type"].as_str() {
-                Some("stdout") => ran.stdout.extend(data()),
-                Some("stderr") => ran.stderr.extend(data()),
-                Some("exit") => {
-                    ran.exit_code = ev["exit_code"].as_i64().unwrap_or(-1);
-                    ran.timed_out = ev["timed_out"].as_bool().unwrap_or(false);
-                }
-                Some("error") => {
-                    bail!("{}", ev["message"].as_str().unwrap_or("the command failed"))
-                }
-                _ => {}
+            pending.extend_from_slice(data);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                ran.take_event(&line[..end])?;
             }
+            if pending.len() > MAX_LINE {
+                bail!("the daemon sent an event line over 8 MiB");
+            }
+        }
+        if !pending.iter().all(u8::is_ascii_whitespace) {
+            ran.take_event(&pending)?;
         }
         Ok(ran)
     }
@@ -283,12 +244,13 @@ impl Server {
             "run_code" => {
                 let argv = code_argv(str_arg(args, "language")?, str_arg(args, "code")?)?;
                 let vm = self.take(args).await?;
-                let ran = self.run(&vm, argv, None, Self::timeout(args)).await;
+                let cap = output_cap(args, "max_output_bytes");
+                let ran = self.run(&vm, argv, Self::timeout(args), cap).await;
                 // Removed whatever the code did.
                 let removed = self.remove(&vm).await;
                 let ran = ran?;
                 removed?;
-                Ok(ran.report(output_cap(args, "max_output_bytes")))
+                Ok(ran.report())
             }
             "create_sandbox" => {
                 let vm = self.take(args).await?;
@@ -325,51 +287,29 @@ impl Server {
             "exec" => {
                 let vm = self.owned(args)?;
                 let argv = vec!["sh".into(), "-c".into(), str_arg(args, "command")?.into()];
-                let ran = self.run(vm, argv, None, Self::timeout(args)).await?;
-                Ok(ran.report(output_cap(args, "max_output_bytes")))
+                let cap = output_cap(args, "max_output_bytes");
+                let ran = self.run(vm, argv, Self::timeout(args), cap).await?;
+                Ok(ran.report())
             }
             "read_file" => {
                 let vm = self.owned(args)?;
-                let argv = vec!["cat".into(), "--".into(), str_arg(args, "path")?.into()];
-                let ran = self.run(vm, argv, None, DEFAULT_TIMEOUT_SECS).await?;
-                if ran.exit_code != 0 {
-                    return Ok((String::from_utf8_lossy(&ran.stderr).trim().to_owned(), true));
-                }
-                Ok((capped(&ran.stdout, output_cap(args, "max_bytes")), false))
+                let cap = output_cap(args, "max_bytes");
+                let text =
+                    crate::cli_mcp_files::read(&self.client, vm, str_arg(args, "path")?, cap);
+                Ok((text.await?, false))
             }
             "write_file" => {
                 let vm = self.owned(args)?;
-                let path = str_arg(args, "path")?;
-                let content = str_arg(args, "content")?;
-                let script = "mkdir -p -- \"$(dirname -- \"$1\")\" && cat > \"$1\"";
-                let argv = vec![
-                    "sh".into(),
-                    "-c".into(),
-                    script.into(),
-                    "sh".into(),
-                    path.into(),
-                ];
-                let ran = self
-                    .run(vm, argv, Some(content.as_bytes()), DEFAULT_TIMEOUT_SECS)
-                    .await?;
-                if ran.exit_code != 0 {
-                    return Ok((String::from_utf8_lossy(&ran.stderr).trim().to_owned(), true));
-                }
-                Ok((format!("wrote {} bytes to {path}", content.len()), false))
+                let (path, content) = (str_arg(args, "path")?, str_arg(args, "content")?);
+                let text = crate::cli_mcp_files::write(&self.client, vm, path, content).await?;
+                Ok((text, false))
             }
             "list_files" => {
                 let vm = self.owned(args)?;
-                let argv = vec![
-                    "ls".into(),
-                    "-la".into(),
-                    "--".into(),
-                    str_arg(args, "path")?.into(),
-                ];
-                let ran = self.run(vm, argv, None, DEFAULT_TIMEOUT_SECS).await?;
-                if ran.exit_code != 0 {
-                    return Ok((String::from_utf8_lossy(&ran.stderr).trim().to_owned(), true));
-                }
-                Ok((capped(&ran.stdout, DEFAULT_OUTPUT_CAP), false))
+                let depth = args["depth"].as_u64().unwrap_or(1);
+                let text =
+                    crate::cli_mcp_files::list(&self.client, vm, str_arg(args, "path")?, depth);
+                Ok((text.await?, false))
             }
             other => bail!("no tool {other:?} (tools/list names them)"),
         }
@@ -382,7 +322,7 @@ fn rpc_error(id: &Value, code: i64, message: &str) -> Value {
 }
 
 /// The answer to one message (None for a notification).
-async fn answer(server: &mut Server, msg: &Value) -> Option<Value> {
+pub(crate) async fn answer(server: &mut Server, msg: &Value) -> Option<Value> {
     let id = msg.get("id").cloned()?;
     let method = msg["method"].as_str().unwrap_or("");
     let result = match method {
@@ -420,12 +360,33 @@ async fn answer(server: &mut Server, msg: &Value) -> Option<Value> {
     Some(json!({ "jsonrpc": "2.0", "id": id, "result": result }))
 }
 
+impl Server {
+    pub(crate) fn new(client: Client, pools: Vec<String>) -> Server {
+        Server {
+            client,
+            pools,
+            mine: BTreeSet::new(),
+        }
+    }
+
+    /// Remove every sandbox this server made (its client went away).
+    pub(crate) async fn close(&mut self) {
+        for vm in self.mine.clone() {
+            if let Err(e) = self.remove(&vm).await {
+                tracing::warn!(vm = %vm, error = %format!("{e:#}"), "cannot remove a sandbox of an MCP session");
+            }
+        }
+    }
+}
+
 pub(crate) async fn serve(client: Client, args: McpArgs) -> Result<i32> {
-    let mut server = Server {
-        client,
-        pools: args.pools,
-        mine: BTreeSet::new(),
-    };
+    if let Some(addr) = args.listen {
+        let Some(tokens) = args.tokens else {
+            bail!("--listen {addr} needs --tokens FILE: the bearer tokens its clients must send (for example `openssl rand -hex 24 > FILE`)");
+        };
+        return crate::cli_mcp_http::serve(client, args.pools, addr, &tokens).await;
+    }
+    let mut server = Server::new(client, args.pools);
     let mut lines = BufReader::new(tokio::io::stdin());
     let mut out = tokio::io::stdout();
     let mut line = Vec::new();
@@ -459,9 +420,7 @@ pub(crate) async fn serve(client: Client, args: McpArgs) -> Result<i32> {
         }
     }
     // The client went away: its sandboxes go too.
-    for vm in server.mine.clone() {
-        let _ = server.remove(&vm).await;
-    }
+    server.close().await;
     Ok(0)
 }
 
@@ -570,12 +529,7 @@ mod tests {
     }
 
     #[test]
-    fn output_is_capped_and_says_so() {
-        assert_eq!(capped(b"short", 10), "short");
-        assert_eq!(
-            capped(b"0123456789abc", 10),
-            "0123456789\n[... 3 more bytes not shown]"
-        );
+    fn code_runs_by_its_language() {
         assert_eq!(
             code_argv("python", "print(1)").expect("py"),
             ["python3", "-c", "print(1)"]

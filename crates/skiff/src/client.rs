@@ -219,9 +219,42 @@ impl Client {
 
     /// Start a streaming GET; returns the response body to read from.
     pub async fn stream(&self, path: &str) -> Result<hyper::body::Incoming> {
+        let request = Self::build(Method::GET, path, None)?;
+        self.send(request).await
+    }
+
+    /// POST a JSON body and return the answer's body as it comes (the
+    /// commands API's event lines), or the daemon's error.
+    pub async fn post_stream(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> Result<hyper::body::Incoming> {
+        let request = Self::build(Method::POST, path, Some(&body))?;
+        self.send(request).await
+    }
+
+    /// Send `body` as raw bytes (a file's content); returns the answer's
+    /// body, unread, or the daemon's error.
+    pub async fn send_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<hyper::body::Incoming> {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "skiff")
+            .header("content-type", "application/octet-stream")
+            .body(Full::new(body))?;
+        self.send(request).await
+    }
+
+    async fn send(&self, request: Request<Full<Bytes>>) -> Result<hyper::body::Incoming> {
         let mut sender = self.connect().await?;
         let res = sender
-            .send_request(Self::build(Method::GET, path, None)?)
+            .send_request(request)
             .await
             .context("the daemon did not answer")?;
         check_version(&res)?;

@@ -197,6 +197,9 @@ def test_files_are_written_read_listed_moved_watched_and_removed(e2b_env):
         handle.stop()
         assert ("watched.txt", "create") in {(e.name, e.type.value) for e in events}, events
         assert ("a.txt", "remove") in {(e.name, e.type.value) for e in events}, events
+        # A gzip upload (octet-stream, Content-Encoding: gzip) lands inflated.
+        sbx.files.write("/tmp/zipped.txt", "zipped line\n" * 10000, gzip=True)
+        assert sbx.files.read("/tmp/zipped.txt") == "zipped line\n" * 10000
         # 50 MiB through the agent, both ways, and checked in the guest.
         big = os.urandom(50 << 20)
         sbx.files.write("/tmp/big.bin", big)
@@ -208,3 +211,18 @@ def test_files_are_written_read_listed_moved_watched_and_removed(e2b_env):
         sbx.files.remove("/work")  # already gone: no error
     finally:
         sbx.kill()
+
+
+def test_the_official_javascript_sdk_does_the_same(e2b_env):
+    """The `e2b` npm package (pinned in sdk/js/package.json, installed by scripts/setup.sh)
+    runs sdk/js/test/e2b.test.mjs against the same daemon and template."""
+    js = Path(__file__).resolve().parents[2] / "js"
+    assert (js / "node_modules" / "e2b").is_dir(), "run scripts/setup.sh: it installs sdk/js"
+    env = dict(os.environ, E2B_TEMPLATE=e2b_env, E2B_OTHER_KEY=E2B_OTHER_KEY)
+    ran = subprocess.run(["node", "--test", "--test-concurrency=1", "--test-reporter=spec", "test/"],
+                         cwd=js, env=env, capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    # The spec reporter's summary: every test ran and passed, none skipped.
+    summary = dict(line[2:].split(" ", 1) for line in ran.stdout.splitlines()
+                   if line.startswith("ℹ ") and line[2:].split(" ", 1)[-1].isdigit())
+    assert int(summary["tests"]) >= 4 and summary["pass"] == summary["tests"], ran.stdout

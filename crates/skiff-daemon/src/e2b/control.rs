@@ -6,7 +6,7 @@ use super::store::E2bSandbox;
 use super::{rfc3339, ApiError, E2b, CLIENT_ID, ENVD_VERSION, MAX_CONTROL_BODY};
 use crate::manager::ManagerError;
 use crate::store::VmState;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -246,10 +246,42 @@ fn listed_json(e2b: &E2b, s: &E2bSandbox) -> Option<Value> {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct ListQuery {
-    state: Option<String>,
     metadata: Option<String>,
     limit: Option<usize>,
     next_token: Option<String>,
+    /// Only sandboxes of this template.
+    template: Option<String>,
+    /// RFC 3339: only sandboxes started at or after it.
+    started_after: Option<String>,
+    /// `asc` or `desc` by start time (default: newest first, as E2B).
+    order: Option<String>,
+}
+
+/// The states a list asks for: `state=a,b` (Python's SDK) or
+/// `state=a&state=b` (JavaScript's); running and paused when none.
+fn wanted_states(raw_query: &str) -> Vec<String> {
+    let states: Vec<String> = form_pairs(raw_query)
+        .into_iter()
+        .filter(|(k, _)| k == "state")
+        .flat_map(|(_, v)| {
+            v.split(',')
+                .map(|s| s.trim().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    if states.is_empty() {
+        vec!["running".into(), "paused".into()]
+    } else {
+        states
+    }
+}
+
+/// Unix seconds of an RFC 3339 time.
+fn parse_rfc3339(text: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(|t| t.unix_timestamp())
 }
 
 /// `k=v&k2=v2`, each key and value percent-encoded once more (the SDK
@@ -297,21 +329,37 @@ async fn list(
     State(e2b): State<Arc<E2b>>,
     headers: HeaderMap,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
     let owner = owner(&e2b, &headers)?;
     let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let states: Vec<String> = q
-        .state
-        .as_deref()
-        .unwrap_or("running,paused")
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .collect();
+    let states = wanted_states(raw.as_deref().unwrap_or(""));
     let wanted = q
         .metadata
         .as_deref()
         .map(metadata_filter)
         .unwrap_or_default();
+    let started_after = match q.started_after.as_deref() {
+        None | Some("") => None,
+        Some(t) => Some(parse_rfc3339(t).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "startedAfter {t:?} is not an RFC 3339 time (for example 2026-01-31T12:00:00Z)"
+                ),
+            )
+        })?),
+    };
+    let newest_first = match q.order.as_deref() {
+        None | Some("") | Some("desc") => true,
+        Some("asc") => false,
+        Some(o) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("order {o:?} is neither asc nor desc"),
+            ))
+        }
+    };
     let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
     let start: usize = match q.next_token.as_deref() {
         None | Some("") => 0,
@@ -322,13 +370,20 @@ async fn list(
             )
         })?,
     };
-    let all: Vec<Value> = e2b
-        .m
-        .store
-        .e2b_of(&owner)
-        .map_err(internal)?
+    let mut mine = e2b.m.store.e2b_of(&owner).map_err(internal)?;
+    mine.sort_by(|a, b| (a.started_at, &a.vm).cmp(&(b.started_at, &b.vm)));
+    if newest_first {
+        mine.reverse();
+    }
+    let all: Vec<Value> = mine
         .iter()
         .filter(|s| wanted.iter().all(|(k, v)| s.metadata.get(k) == Some(v)))
+        .filter(|s| {
+            q.template
+                .as_deref()
+                .is_none_or(|t| t.is_empty() || s.template == t)
+        })
+        .filter(|s| started_after.is_none_or(|t| s.started_at >= t))
         .filter_map(|s| listed_json(&e2b, s))
         .filter(|v| states.iter().any(|s| v["state"] == s.as_str()))
         .collect();
@@ -482,6 +537,25 @@ mod tests {
         assert_eq!(f.get("team").map(String::as_str), Some("a&b"));
         assert!(metadata_filter("").is_empty());
         assert_eq!(percent_decode("100%"), "100%", "a lone % stays");
+    }
+
+    #[test]
+    fn list_states_come_comma_separated_or_repeated() {
+        assert_eq!(wanted_states(""), ["running", "paused"]);
+        assert_eq!(wanted_states("state=paused"), ["paused"]);
+        assert_eq!(
+            wanted_states("limit=2&state=running%2Cpaused"),
+            ["running", "paused"]
+        );
+        assert_eq!(
+            wanted_states("state=running&state=paused"),
+            ["running", "paused"]
+        );
+        assert_eq!(
+            parse_rfc3339("2026-01-31T12:00:00.5+01:00"),
+            Some(1_769_857_200)
+        );
+        assert_eq!(parse_rfc3339("yesterday"), None);
     }
 
     #[test]

@@ -119,20 +119,32 @@ async fn write(State(e2b): State<Arc<E2b>>, Query(q): Query<FileQuery>, req: Req
         Ok(s) => s,
         Err(r) => return *r,
     };
-    if req
+    let gzipped = match req
         .headers()
         .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v != "identity")
+        .map(|v| v.to_str())
     {
-        return bad_request("compressed uploads (Content-Encoding) are not supported; send the bytes as they are (gzip=False)");
-    }
+        None => false,
+        Some(Ok(v)) if v.eq_ignore_ascii_case("identity") => false,
+        Some(Ok(v)) if v.eq_ignore_ascii_case("gzip") => true,
+        Some(v) => {
+            return bad_request(format!(
+                "Content-Encoding {:?} is not one /files takes (gzip, or none)",
+                v.unwrap_or("")
+            ))
+        }
+    };
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_owned();
-    let written = if content_type.starts_with("multipart/form-data") {
+    let written = if gzipped && !content_type.starts_with("application/octet-stream") {
+        return bad_request(
+            "a gzip upload must be application/octet-stream (as E2B's SDKs send it)",
+        );
+    } else if content_type.starts_with("multipart/form-data") {
         let multipart =
             match <Multipart as axum::extract::FromRequest<()>>::from_request(req, &()).await {
                 Ok(m) => m,
@@ -144,9 +156,12 @@ async fn write(State(e2b): State<Arc<E2b>>, Query(q): Query<FileQuery>, req: Req
             return bad_request("path is missing: POST /files?path=PATH");
         };
         let body = req.into_body().into_data_stream();
-        put(&e2b, &sandbox, q.username, path, body)
-            .await
-            .map(|v| vec![v])
+        if gzipped {
+            put(&e2b, &sandbox, q.username, path, Box::pin(gunzip(body))).await
+        } else {
+            put(&e2b, &sandbox, q.username, path, body).await
+        }
+        .map(|v| vec![v])
     } else {
         return bad_request(format!("Content-Type {content_type:?} is not one /files takes (multipart/form-data or application/octet-stream)"));
     };
@@ -154,6 +169,19 @@ async fn write(State(e2b): State<Arc<E2b>>, Query(q): Query<FileQuery>, req: Req
         Ok(entries) => (StatusCode::OK, axum::Json(Value::Array(entries))).into_response(),
         Err(r) => r,
     }
+}
+
+/// The bytes of a gzip body, decompressed as they come: never held whole,
+/// so a small body that inflates hugely only fills the guest's disk,
+/// which a plain upload could as well.
+fn gunzip<S>(body: S) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>>
+where
+    S: futures_util::Stream<Item = Result<Bytes, axum::Error>>,
+{
+    use futures_util::TryStreamExt;
+    let compressed = tokio_util::io::StreamReader::new(body.map_err(std::io::Error::other));
+    let decoder = async_compression::tokio::bufread::GzipDecoder::new(compressed);
+    tokio_util::io::ReaderStream::with_capacity(decoder, 64 * 1024)
 }
 
 /// Each part named `file` is a file, its filename the target path (or
@@ -197,4 +225,56 @@ async fn write_parts(
         return Err(bad_request("the upload holds no part named \"file\""));
     }
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+    use tokio::io::AsyncReadExt;
+
+    async fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        async_compression::tokio::bufread::GzipEncoder::new(data)
+            .read_to_end(&mut out)
+            .await
+            .expect("gzip");
+        out
+    }
+
+    /// The body in chunks of `size` bytes, as a client may send it.
+    fn chunked(
+        data: Vec<u8>,
+        size: usize,
+    ) -> impl futures_util::Stream<Item = Result<Bytes, axum::Error>> {
+        let chunks: Vec<_> = data
+            .chunks(size)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        futures_util::stream::iter(chunks)
+    }
+
+    async fn collect(
+        s: impl futures_util::Stream<Item = Result<Bytes, std::io::Error>>,
+    ) -> Result<Vec<u8>, std::io::Error> {
+        let mut s = Box::pin(s);
+        let mut out = Vec::new();
+        while let Some(chunk) = s.next().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn gzip_uploads_are_inflated_as_they_come() {
+        let text: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        let packed = gzip(&text).await;
+        let inflated = collect(gunzip(chunked(packed.clone(), 7))).await;
+        assert_eq!(inflated.expect("inflated"), text);
+        // A cut-off or corrupt body is an error, never a shorter file.
+        let cut = packed[..packed.len() / 2].to_vec();
+        assert!(collect(gunzip(chunked(cut, 4096))).await.is_err());
+        let junk = b"not gzip at all".to_vec();
+        assert!(collect(gunzip(chunked(junk, 4))).await.is_err());
+    }
 }

@@ -131,7 +131,7 @@ pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router) {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "the E2B listener cannot accept");
+                tracing::warn!(error = %e, "a TCP listener cannot accept");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 continue;
             }
