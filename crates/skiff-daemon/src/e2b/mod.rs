@@ -8,6 +8,8 @@
 
 pub mod connect;
 mod control;
+mod list;
+mod metrics;
 mod envd;
 mod files;
 mod filesystem;
