@@ -30,14 +30,22 @@ find_missing() {
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
 }
+# A package dpkg lists whose program is gone is installed again.
+reinstall=()
+command -v qemu-img >/dev/null || reinstall+=(qemu-utils)
 find_missing
 have_lists=$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' 2>/dev/null | head -n1)
-if [ ${#missing[@]} -gt 0 ] || [ -z "$have_lists" ]; then
+if [ ${#missing[@]} -gt 0 ] || [ ${#reinstall[@]} -gt 0 ] || [ -z "$have_lists" ]; then
   say "installing Debian packages: ${missing[*]:-(refreshing package lists)}"
   as_root apt-get update -qq
   # Twice at most: an install may remove a package it conflicts with (a
-  # backported qemu-utils goes when Debian's qemu-system-x86 comes in), and
-  # the second pass puts back the version that fits.
+  # backported qemu-utils goes when Debian's qemu-system-x86 comes in, seen
+  # on a fresh machine), and the second pass puts back the version that fits.
+  if [ ${#reinstall[@]} -gt 0 ] && [[ " ${missing[*]} " != *" qemu-utils "* ]]; then
+    say "installing again: ${reinstall[*]} (a program of it is missing)"
+    as_root env DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends --reinstall "${reinstall[@]}" >/dev/null
+  fi
   for pass in 1 2; do
     [ ${#missing[@]} -eq 0 ] && break
     as_root env DEBIAN_FRONTEND=noninteractive \
@@ -96,8 +104,9 @@ fi
 # 3e. E2B's JavaScript SDK (the `e2b` npm package, pinned by sdk/js's
 #     package-lock.json), which sdk/js/test/e2b.test.mjs drives against the
 #     E2B-compatible API: the TypeScript client skiff supports is E2B's own.
-if ! command -v node >/dev/null || ! node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a==20&&b>=18)?0:1)'; then
-  echo "setup: Node.js 20.18 or newer (with npm) is needed for sdk/js; Debian's nodejs is older: install it from nodejs.org or NodeSource" >&2
+if ! command -v node >/dev/null || ! command -v npm >/dev/null \
+   || ! node -e 'const [a,b,c]=process.versions.node.split(".").map(Number); process.exit(a>20||(a==20&&(b>18||(b==18&&c>=1)))?0:1)'; then
+  echo "setup: Node.js 20.18.1 or newer, with npm, is needed for sdk/js (E2B's JavaScript SDK); Debian 12's nodejs is older: install it from nodejs.org or NodeSource" >&2
   exit 1
 fi
 if ! cmp -s sdk/js/package-lock.json sdk/js/node_modules/.skiff-installed-lock 2>/dev/null; then

@@ -340,6 +340,10 @@ pub fn handle(
             let dir = resolve(&actor, &path);
             watches.start(&dir, recursive, sink.clone()).map(Some)
         }
+        FsOp::Usage { path } => crate::usage::read(&resolve(&actor, &path)).map(|u| {
+            let _ = send(sink, &Message::Usage(u));
+            None
+        }),
     };
     match done {
         Ok(Some(i)) => {

@@ -19,6 +19,7 @@ mod serial;
 mod server;
 mod service;
 mod sysinit;
+mod usage;
 mod users;
 mod watch;
 

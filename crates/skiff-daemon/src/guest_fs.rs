@@ -55,6 +55,14 @@ pub async fn info(conn: &mut AgentConn) -> Result<FileInfo, FsError> {
     }
 }
 
+/// An answer that must be `Usage`.
+pub async fn usage(conn: &mut AgentConn) -> Result<skiff_proto::fs::GuestUsage, FsError> {
+    match answer(conn).await? {
+        Message::Usage(u) => Ok(u),
+        other => Err(lost(format!("it answered {}", other.name()))),
+    }
+}
+
 /// An answer that must be `End`.
 pub async fn end(conn: &mut AgentConn) -> Result<(), FsError> {
     match answer(conn).await? {

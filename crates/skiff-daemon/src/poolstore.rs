@@ -113,6 +113,21 @@ impl Store {
         Ok(())
     }
 
+    /// A sandbox of no pool's warm set: taken from the start, expiring
+    /// `ttl_secs` from now (the keeper removes it then, as a taken one).
+    pub fn insert_taken_sandbox(
+        &self,
+        vm: &str,
+        label: &str,
+        ttl_secs: u64,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO sandboxes (vm, pool, taken, expires_at) VALUES (?1, ?2, 1, ?3)",
+            params![vm, label, now() + ttl_secs as i64],
+        )?;
+        Ok(())
+    }
+
     pub fn sandboxes(&self) -> Result<Vec<SandboxRecord>, StoreError> {
         let conn = self.conn();
         let mut stmt =

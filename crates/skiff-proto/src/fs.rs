@@ -10,7 +10,9 @@
 //! - `write`: nothing until the host's `Data` frames and `End`, then the
 //!   written file's `Info`;
 //! - `watch`: `Info` of the directory, then an `FsEvent` per change, until
-//!   the host closes the connection.
+//!   the host closes the connection;
+//! - `usage`: one `Usage` (the guest's CPU, memory and the file system
+//!   holding the path).
 //!
 //! Any of them may end with `FsFailed` instead.
 
@@ -64,6 +66,29 @@ pub enum FsOp {
         path: String,
         recursive: bool,
     },
+    /// How busy the guest is, and how full the file system holding `path`.
+    Usage {
+        path: String,
+    },
+}
+
+/// The guest's own counters, as its kernel gives them: a host turns two
+/// of them into a CPU share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestUsage {
+    /// Online CPUs.
+    pub cpus: u32,
+    /// Clock ticks since boot, all CPUs: busy, and in all.
+    pub cpu_busy_ticks: u64,
+    pub cpu_total_ticks: u64,
+    /// Bytes (`MemTotal`, `MemAvailable`, `Cached` of /proc/meminfo).
+    pub mem_total: u64,
+    pub mem_available: u64,
+    pub mem_cached: u64,
+    /// Bytes of the file system holding the path: its size, and in use.
+    pub disk_total: u64,
+    pub disk_used: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -147,6 +147,8 @@ pub enum Message {
     FsFailed(crate::fs::FsError),
     /// agent -> host: a change under a watched directory.
     FsEvent(crate::fs::FsEvent),
+    /// agent -> host: the answer of a `usage` file operation.
+    Usage(crate::fs::GuestUsage),
 }
 
 /// A new VM's identity for a guest restored from another VM's snapshot.
@@ -200,6 +202,7 @@ const TAG_FS: u8 = 19;
 const TAG_INFO: u8 = 20;
 const TAG_FS_FAILED: u8 = 21;
 const TAG_FS_EVENT: u8 = 22;
+const TAG_USAGE: u8 = 23;
 
 impl Message {
     pub(crate) fn tag(&self) -> u8 {
@@ -226,6 +229,7 @@ impl Message {
             Message::Info(_) => TAG_INFO,
             Message::FsFailed(_) => TAG_FS_FAILED,
             Message::FsEvent(_) => TAG_FS_EVENT,
+            Message::Usage(_) => TAG_USAGE,
         }
     }
 
@@ -254,6 +258,7 @@ impl Message {
             Message::Info(_) => "info",
             Message::FsFailed(_) => "fs-failed",
             Message::FsEvent(_) => "fs-event",
+            Message::Usage(_) => "usage",
         }
     }
 
@@ -277,6 +282,7 @@ impl Message {
             Message::Info(i) => push_json(i, out),
             Message::FsFailed(e) => push_json(e, out),
             Message::FsEvent(e) => push_json(e, out),
+            Message::Usage(u) => push_json(u, out),
             Message::Resize(w) => {
                 out.extend_from_slice(&w.rows.to_be_bytes());
                 out.extend_from_slice(&w.cols.to_be_bytes());
@@ -334,6 +340,7 @@ impl Message {
             TAG_INFO => Message::Info(json_body("info", body)?),
             TAG_FS_FAILED => Message::FsFailed(json_body("fs-failed", body)?),
             TAG_FS_EVENT => Message::FsEvent(json_body("fs-event", body)?),
+            TAG_USAGE => Message::Usage(json_body("usage", body)?),
             TAG_DATA => Message::Data(body.to_vec()),
             TAG_END => {
                 if !body.is_empty() {

@@ -83,6 +83,20 @@ fn all_messages() -> Vec<Message> {
             name: "d/f".into(),
             kind: crate::fs::FsEventKind::Rename,
         }),
+        Message::Fs(crate::fs::FsCall {
+            user: None,
+            op: crate::fs::FsOp::Usage { path: "/".into() },
+        }),
+        Message::Usage(crate::fs::GuestUsage {
+            cpus: 2,
+            cpu_busy_ticks: 10,
+            cpu_total_ticks: 40,
+            mem_total: 128 << 20,
+            mem_available: 100 << 20,
+            mem_cached: 20 << 20,
+            disk_total: 1 << 30,
+            disk_used: 1 << 20,
+        }),
     ]
 }
 

@@ -43,6 +43,8 @@ pub(crate) struct McpArgs {
 
 /// Sandboxes one server may hold at once.
 const MAX_SANDBOXES: usize = 16;
+/// The longest time limit of a command over stdio (a day).
+const MAX_TIMEOUT_SECS: f64 = 86_400.0;
 /// The longest life a tool may give a sandbox (an hour).
 const MAX_TTL_SECS: u64 = 3600;
 
@@ -52,6 +54,11 @@ pub(crate) struct Server {
     pools: Vec<String>,
     /// The sandboxes this server made and has not removed.
     mine: BTreeSet<String>,
+    /// Its client went: it makes no more sandboxes.
+    closed: bool,
+    /// The longest time limit a command may have (over HTTP, less than
+    /// the clients' read timeout).
+    max_timeout_secs: f64,
 }
 
 /// The tools, as `tools/list` answers them.
@@ -172,6 +179,9 @@ impl Server {
                 .cloned()
                 .ok_or_else(|| anyhow!("this server has no pool (`skiff mcp --pool NAME`)"))?,
         };
+        if self.closed {
+            bail!("this session has ended");
+        }
         if self.mine.len() >= MAX_SANDBOXES {
             bail!("this session holds {MAX_SANDBOXES} sandboxes already; remove some with remove_sandbox");
         }
@@ -188,16 +198,28 @@ impl Server {
         Ok(taken.vm)
     }
 
+    /// Remove `vm`; it is forgotten once the daemon has removed it (or
+    /// has no such VM), so a failed removal is tried again at the close.
     async fn remove(&mut self, vm: &str) -> Result<()> {
-        self.mine.remove(vm);
-        self.client
+        let removed = self
+            .client
             .call(
                 Method::DELETE,
                 &Self::vm_path(vm, "?force=true&volumes=true"),
                 None,
             )
-            .await?;
-        Ok(())
+            .await;
+        match removed {
+            Ok(_) => {
+                self.mine.remove(vm);
+                Ok(())
+            }
+            Err(e) if format!("{e:#}").contains("(HTTP 404)") => {
+                self.mine.remove(vm);
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Run `argv`, keeping at most `cap` bytes of each output stream (the
@@ -231,11 +253,11 @@ impl Server {
         Ok(ran)
     }
 
-    fn timeout(args: &Value) -> f64 {
+    fn timeout(&self, args: &Value) -> f64 {
         args["timeout_secs"]
             .as_f64()
             .filter(|t| *t > 0.0)
-            .map_or(DEFAULT_TIMEOUT_SECS, |t| t.min(86_400.0))
+            .map_or(DEFAULT_TIMEOUT_SECS, |t| t.min(self.max_timeout_secs))
     }
 
     /// One tool call: its text and whether it is an error.
@@ -245,7 +267,7 @@ impl Server {
                 let argv = code_argv(str_arg(args, "language")?, str_arg(args, "code")?)?;
                 let vm = self.take(args).await?;
                 let cap = output_cap(args, "max_output_bytes");
-                let ran = self.run(&vm, argv, Self::timeout(args), cap).await;
+                let ran = self.run(&vm, argv, self.timeout(args), cap).await;
                 // Removed whatever the code did.
                 let removed = self.remove(&vm).await;
                 let ran = ran?;
@@ -288,7 +310,7 @@ impl Server {
                 let vm = self.owned(args)?;
                 let argv = vec!["sh".into(), "-c".into(), str_arg(args, "command")?.into()];
                 let cap = output_cap(args, "max_output_bytes");
-                let ran = self.run(vm, argv, Self::timeout(args), cap).await?;
+                let ran = self.run(vm, argv, self.timeout(args), cap).await?;
                 Ok(ran.report())
             }
             "read_file" => {
@@ -361,19 +383,27 @@ pub(crate) async fn answer(server: &mut Server, msg: &Value) -> Option<Value> {
 }
 
 impl Server {
-    pub(crate) fn new(client: Client, pools: Vec<String>) -> Server {
+    /// A server whose commands may run at most `max_timeout_secs`.
+    pub(crate) fn new(client: Client, pools: Vec<String>, max_timeout_secs: f64) -> Server {
         Server {
             client,
             pools,
             mine: BTreeSet::new(),
+            closed: false,
+            max_timeout_secs,
         }
     }
 
-    /// Remove every sandbox this server made (its client went away).
+    /// Remove every sandbox this server made (its client went away), and
+    /// make no more.
     pub(crate) async fn close(&mut self) {
+        self.closed = true;
         for vm in self.mine.clone() {
             if let Err(e) = self.remove(&vm).await {
-                tracing::warn!(vm = %vm, error = %format!("{e:#}"), "cannot remove a sandbox of an MCP session");
+                // stderr: `skiff mcp` sets up no log; stdio's stdout is the protocol's.
+                eprintln!(
+                    "skiff mcp: cannot remove sandbox {vm}: {e:#} (it ends at its time to live)"
+                );
             }
         }
     }
@@ -386,7 +416,7 @@ pub(crate) async fn serve(client: Client, args: McpArgs) -> Result<i32> {
         };
         return crate::cli_mcp_http::serve(client, args.pools, addr, &tokens).await;
     }
-    let mut server = Server::new(client, args.pools);
+    let mut server = Server::new(client, args.pools, MAX_TIMEOUT_SECS);
     let mut lines = BufReader::new(tokio::io::stdin());
     let mut out = tokio::io::stdout();
     let mut line = Vec::new();
@@ -429,11 +459,11 @@ mod tests {
     use super::*;
 
     fn server() -> Server {
-        Server {
-            client: Client::new("/nonexistent/skiff.sock".into()),
-            pools: Vec::new(),
-            mine: BTreeSet::new(),
-        }
+        Server::new(
+            Client::new("/nonexistent/skiff.sock".into()),
+            Vec::new(),
+            MAX_TIMEOUT_SECS,
+        )
     }
 
     #[tokio::test]

@@ -21,6 +21,9 @@ pub(crate) fn escaped(value: &str) -> String {
     out
 }
 
+/// Entries one `list_files` answer shows.
+const MAX_LISTED: usize = 1000;
+
 fn files_path(vm: &str, op: &str, path: &str) -> String {
     format!("/v1/vms/{vm}/files{op}?path={}", escaped(path))
 }
@@ -97,8 +100,9 @@ pub(crate) async fn list(client: &Client, vm: &str, path: &str, depth: u64) -> R
     if entries.is_empty() {
         return Ok(format!("{path} is empty"));
     }
-    let lines: Vec<String> = entries
+    let mut lines: Vec<String> = entries
         .iter()
+        .take(MAX_LISTED)
         .map(|e| {
             let shown = match &e.target {
                 Some(target) => format!("{} -> {target}", e.path),
@@ -107,6 +111,12 @@ pub(crate) async fn list(client: &Client, vm: &str, path: &str, depth: u64) -> R
             format!("{:<7} {:>10}  {shown}", e.kind, e.size)
         })
         .collect();
+    if entries.len() > MAX_LISTED {
+        lines.push(format!(
+            "[... {} more entries not shown]",
+            entries.len() - MAX_LISTED
+        ));
+    }
     Ok(lines.join("\n"))
 }
 

@@ -11,8 +11,7 @@
 use crate::cli_mcp::{answer, Server};
 use crate::client::Client;
 use anyhow::{bail, Context, Result};
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
@@ -26,8 +25,12 @@ const SESSION_HEADER: &str = "mcp-session-id";
 const VERSION_HEADER: &str = "mcp-protocol-version";
 /// The largest message taken (as on stdio).
 const MAX_BODY: usize = 8 << 20;
-/// Sessions open at once, over all tokens.
+/// Sessions open at once, over all tokens, and for one token.
 const MAX_SESSIONS: usize = 64;
+const MAX_SESSIONS_PER_TOKEN: usize = 16;
+/// A command's longest time limit over HTTP: the answer comes at its end,
+/// and MCP's Python client stops reading after 300 s.
+const MAX_TIMEOUT_SECS: f64 = 240.0;
 /// A session unused this long is closed and its sandboxes removed.
 const IDLE: Duration = Duration::from_secs(3600);
 /// The MCP revisions this server speaks.
@@ -38,6 +41,20 @@ struct Session {
     owner: String,
     server: tokio::sync::Mutex<Server>,
     last_used: Mutex<Instant>,
+}
+
+impl Session {
+    fn touch(&self) {
+        *self.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    fn idle(&self) -> bool {
+        self.last_used
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .elapsed()
+            > IDLE
+    }
 }
 
 struct Http {
@@ -72,14 +89,42 @@ pub(crate) async fn serve(
     let app = axum::Router::new()
         .route(
             "/mcp",
-            axum::routing::post(post)
-                .delete(delete)
-                .get(no_stream)
-                .layer(DefaultBodyLimit::max(MAX_BODY)),
+            axum::routing::post(post).delete(delete).get(no_stream),
         )
-        .with_state(http);
-    skiff_daemon::e2b::serve(listener, app).await;
+        .with_state(http.clone());
+    tokio::select! {
+        () = skiff_daemon::e2b::serve(listener, app) => {}
+        () = stop_signal() => {}
+    }
+    // Every session's sandboxes go with the server.
+    let all: Vec<Arc<Session>> = {
+        let mut sessions = http.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.drain().map(|(_, s)| s).collect()
+    };
+    for session in all {
+        match tokio::time::timeout(Duration::from_secs(10), session.server.lock()).await {
+            Ok(mut server) => server.close().await,
+            Err(_) => eprintln!(
+                "skiff mcp: a session is still busy; its sandboxes end at their time to live"
+            ),
+        }
+    }
     Ok(0)
+}
+
+/// SIGTERM (systemd's stop) or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }
 
 /// Tokens travel in clear text over `http://`.
@@ -181,10 +226,23 @@ fn new_session_id() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-async fn post(State(http): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+async fn post(State(http): State<Shared>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
     let owner = match authorize(&http, &headers) {
         Ok(o) => o,
         Err(r) => return *r,
+    };
+    // Read only once the token is known good.
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return rpc_failure(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                -32600,
+                "the message is over 8 MiB, or its body broke off",
+            )
+        }
     };
     let msg: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
@@ -216,15 +274,28 @@ async fn post(State(http): State<Shared>, headers: HeaderMap, body: Bytes) -> Re
         Ok(s) => s,
         Err(r) => return *r,
     };
-    *session.last_used.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    session.touch();
     // Notifications and the client's answers need no reply.
     if msg.get("id").is_none() || msg.get("method").is_none() {
         return StatusCode::ACCEPTED.into_response();
     }
-    let mut server = session.server.lock().await;
-    match answer(&mut server, &msg).await {
-        Some(reply) => axum::Json(reply).into_response(),
-        None => StatusCode::ACCEPTED.into_response(),
+    // In a task of its own: a client that goes away mid-call must not cut
+    // a take off before its sandbox is recorded (or a run_code before its
+    // sandbox is removed).
+    let call = tokio::spawn(async move {
+        let mut server = session.server.lock().await;
+        let reply = answer(&mut server, &msg).await;
+        session.touch();
+        reply
+    });
+    match call.await {
+        Ok(Some(reply)) => axum::Json(reply).into_response(),
+        Ok(None) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => rpc_failure(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            -32603,
+            &format!("the call failed: {e}"),
+        ),
     }
 }
 
@@ -233,7 +304,11 @@ async fn initialize(http: &Shared, owner: String, msg: &Value) -> Response {
         Ok(id) => id,
         Err(e) => return rpc_failure(StatusCode::INTERNAL_SERVER_ERROR, -32603, &format!("{e:#}")),
     };
-    let mut server = Server::new(Client::new(http.socket.clone()), http.pools.clone());
+    let mut server = Server::new(
+        Client::new(http.socket.clone()),
+        http.pools.clone(),
+        MAX_TIMEOUT_SECS,
+    );
     let Some(reply) = answer(&mut server, msg).await else {
         return StatusCode::ACCEPTED.into_response();
     };
@@ -244,11 +319,15 @@ async fn initialize(http: &Shared, owner: String, msg: &Value) -> Response {
     });
     {
         let mut sessions = http.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if sessions.len() >= MAX_SESSIONS {
+        let of_token = sessions
+            .values()
+            .filter(|s| s.owner == session.owner)
+            .count();
+        if sessions.len() >= MAX_SESSIONS || of_token >= MAX_SESSIONS_PER_TOKEN {
             return rpc_failure(
                 StatusCode::SERVICE_UNAVAILABLE,
                 -32000,
-                &format!("{MAX_SESSIONS} sessions are open: end one (DELETE /mcp) or wait for an idle one to close"),
+                &format!("too many sessions are open ({MAX_SESSIONS_PER_TOKEN} per token, {MAX_SESSIONS} in all): end one (DELETE /mcp) or wait for an idle one to close"),
             );
         }
         sessions.insert(id.clone(), session);
@@ -274,7 +353,9 @@ async fn delete(State(http): State<Shared>, headers: HeaderMap) -> Response {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&id);
-    session.server.lock().await.close().await;
+    // To its end, even if this client goes.
+    let closing = tokio::spawn(async move { session.server.lock().await.close().await });
+    let _ = closing.await;
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -286,28 +367,29 @@ async fn no_stream() -> Response {
     r
 }
 
+/// Close sessions unused for [`IDLE`]; one in the middle of a call is in
+/// use, however long the call.
 async fn close_idle_sessions(http: Shared) {
     loop {
         tokio::time::sleep(Duration::from_secs(60)).await;
-        let idle: Vec<Arc<Session>> = {
+        let idle = {
             let mut sessions = http.sessions.lock().unwrap_or_else(|e| e.into_inner());
-            let ids: Vec<String> = sessions
-                .iter()
-                .filter(|(_, s)| {
-                    s.last_used
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .elapsed()
-                        > IDLE
-                })
-                .map(|(id, _)| id.clone())
-                .collect();
-            ids.iter().filter_map(|id| sessions.remove(id)).collect()
+            take_idle(&mut sessions)
         };
         for session in idle {
-            session.server.lock().await.close().await;
+            tokio::spawn(async move { session.server.lock().await.close().await });
         }
     }
+}
+
+/// The sessions idle for [`IDLE`] and not in a call, out of `sessions`.
+fn take_idle(sessions: &mut HashMap<String, Arc<Session>>) -> Vec<Arc<Session>> {
+    let ids: Vec<String> = sessions
+        .iter()
+        .filter(|(_, s)| s.idle() && s.server.try_lock().is_ok())
+        .map(|(id, _)| id.clone())
+        .collect();
+    ids.iter().filter_map(|id| sessions.remove(id)).collect()
 }
 
 #[cfg(test)]
@@ -334,6 +416,37 @@ mod tests {
             "http://localhost.evil.example:80"
         )));
         assert!(!origin_allowed(&with_origin("null")));
+    }
+
+    fn session(unused_for: Duration) -> Arc<Session> {
+        let server = Server::new(Client::new("/nonexistent".into()), Vec::new(), 1.0);
+        Arc::new(Session {
+            owner: "o".into(),
+            server: tokio::sync::Mutex::new(server),
+            last_used: Mutex::new(
+                Instant::now()
+                    .checked_sub(unused_for)
+                    .unwrap_or_else(Instant::now),
+            ),
+        })
+    }
+
+    #[test]
+    fn only_idle_sessions_not_in_a_call_are_closed() {
+        let hours = |h: u64| Duration::from_secs(h * 3600);
+        let mut sessions = HashMap::new();
+        sessions.insert("fresh".to_owned(), session(Duration::ZERO));
+        sessions.insert("idle".to_owned(), session(hours(2)));
+        let busy = session(hours(2));
+        let call = busy.server.try_lock().expect("lock");
+        sessions.insert("busy".to_owned(), busy.clone());
+        let closed = take_idle(&mut sessions);
+        assert_eq!(closed.len(), 1);
+        let mut left: Vec<&String> = sessions.keys().collect();
+        left.sort();
+        assert_eq!(left, ["busy", "fresh"], "a long call keeps its session");
+        drop(call);
+        assert_eq!(take_idle(&mut sessions).len(), 1, "once the call ends");
     }
 
     #[test]

@@ -161,12 +161,26 @@ test('sandboxes are listed, extended and killed, and belong to their key', async
     const listed = await Sandbox.list({ query: { metadata: { suite: 'js-list' } } }).nextItems()
     assert.deepEqual(listed.map((s) => s.sandboxId), [sbx.sandboxId])
     assert.deepEqual(listed[0].metadata, { suite: 'js-list' })
-    // JavaScript's own filters: template, states as an array, start time, order.
+    // JavaScript's own filters: template, states, start time, and the order.
     const ids = async (opts) => (await Sandbox.list(opts).nextItems()).map((s) => s.sandboxId)
-    assert.ok((await ids({ query: { template, state: ['running', 'paused'] }, order: 'asc' })).includes(sbx.sandboxId))
-    assert.deepEqual(await ids({ query: { template: 'another-template' } }), [])
-    const future = new Date(Date.now() + 3_600_000)
-    assert.deepEqual(await ids({ query: { metadata: { suite: 'js-list' }, startedAfter: future } }), [])
+    const query = { metadata: { suite: 'js-list' } }
+    await sleep(1_100) // start times are in whole seconds
+    const later = await Sandbox.create(template, { timeoutMs: 60_000, metadata: { suite: 'js-list' } })
+    try {
+      assert.deepEqual(await ids({ query }), [later.sandboxId, sbx.sandboxId], 'newest first')
+      assert.deepEqual(await ids({ query, order: 'asc' }), [sbx.sandboxId, later.sandboxId])
+      const both = await ids({ query: { ...query, state: ['running', 'paused'], template } })
+      assert.equal(both.length, 2)
+      assert.deepEqual(await ids({ query: { ...query, state: ['paused'] } }), [], 'none sleeps')
+      assert.deepEqual(await ids({ query: { ...query, template: 'another-template' } }), [])
+      const future = new Date(Date.now() + 3_600_000)
+      assert.deepEqual(await ids({ query: { ...query, startedAfter: future } }), [])
+    } finally {
+      await later.kill()
+    }
+    const [metric] = await sbx.getMetrics()
+    assert.ok(metric.memUsed > 0 && metric.memUsed < metric.memTotal, JSON.stringify(metric))
+    assert.ok(metric.cpuUsedPct >= 0 && metric.cpuUsedPct <= 100 && metric.cpuCount >= 1)
     const before = await sbx.getInfo()
     await sbx.setTimeout(600_000)
     const after = await sbx.getInfo()

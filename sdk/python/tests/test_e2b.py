@@ -4,6 +4,7 @@ Templates are skiff pools; this one boots an image with bash (the SDK runs `/bin
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -122,6 +123,12 @@ def test_sandboxes_are_listed_connected_extended_and_killed_per_key(e2b_env, e2b
         listed = Sandbox.list(query=SandboxQuery(metadata={"suite": "list"})).next_items()
         assert [s.sandbox_id for s in listed] == [sbx.sandbox_id]
         assert listed[0].metadata == {"suite": "list"}
+        # One sample, measured in the guest now.
+        [metric] = sbx.get_metrics()
+        assert 0 <= metric.cpu_used_pct <= 100 and metric.cpu_count >= 1
+        assert 0 < metric.mem_used < metric.mem_total <= 768 << 20, "the pool gives 768 MiB"
+        assert 0 <= metric.disk_used <= metric.disk_total
+        assert abs((metric.timestamp - datetime.datetime.now(datetime.timezone.utc)).total_seconds()) < 30
         info = sbx.get_info()
         sbx.set_timeout(600)
         assert (sbx.get_info().end_at - info.end_at).total_seconds() > 400
@@ -158,6 +165,20 @@ def test_bad_keys_and_templates_get_e2b_errors(e2b_env, monkeypatch):
     monkeypatch.setenv("E2B_API_KEY", "wrong_key_0123456789abcdef")
     with pytest.raises(AuthenticationException):
         Sandbox.create(template=e2b_env)
+
+
+def test_an_image_is_a_template_too_booted_at_the_create(e2b_env):
+    # No pool is named after the image the template fixture imported.
+    sbx = Sandbox.create(template="e2b-bash:1", timeout=60, metadata={"suite": "image"})
+    try:
+        assert sbx.sandbox_id.startswith("e2b-bash-1-")
+        assert sbx.commands.run("echo from an image").stdout == "from an image\n"
+        assert sbx.get_info().template_id == "e2b-bash:1"
+    finally:
+        assert sbx.kill() is True
+    with pytest.raises(SandboxException) as unknown:
+        Sandbox.create(template="no-such-image:1")
+    assert "pool or an image" in str(unknown.value)
 
 
 def test_files_are_written_read_listed_moved_watched_and_removed(e2b_env):

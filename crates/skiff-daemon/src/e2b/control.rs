@@ -6,7 +6,7 @@ use super::store::E2bSandbox;
 use super::{rfc3339, ApiError, E2b, CLIENT_ID, ENVD_VERSION, MAX_CONTROL_BODY};
 use crate::manager::ManagerError;
 use crate::store::VmState;
-use axum::extract::{Path, Query, RawQuery, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -25,15 +25,16 @@ const MAX_TIMEOUT_SECS: u64 = 30 * 24 * 3600;
 /// the SDK's 60 s request timeout; then 503, which it retries).
 const TAKE_WAIT: Duration = Duration::from_secs(30);
 /// The most sandboxes one list page holds.
-const MAX_PAGE: usize = 100;
+pub(super) const MAX_PAGE: usize = 100;
 
 pub fn router(e2b: Arc<E2b>) -> Router {
     Router::new()
         .route("/health", get(|| async { StatusCode::OK }))
-        .route("/v2/sandboxes", post(create).get(list))
-        .route("/sandboxes", post(create).get(list_running))
+        .route("/v2/sandboxes", post(create).get(super::list::list))
+        .route("/sandboxes", post(create).get(super::list::list_running))
         .route("/sandboxes/{id}", get(detail).delete(kill))
         .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/sandboxes/{id}/metrics", get(super::metrics::metrics))
         .route("/v2/sandboxes/{id}/connect", post(connect))
         .route("/sandboxes/{id}/connect", post(connect))
         .route("/sandboxes/{id}/resume", post(connect))
@@ -49,7 +50,7 @@ pub fn router(e2b: Arc<E2b>) -> Router {
 }
 
 /// The key's owner id, or E2B's 401.
-fn owner(e2b: &E2b, headers: &HeaderMap) -> Result<String, ApiError> {
+pub(super) fn owner(e2b: &E2b, headers: &HeaderMap) -> Result<String, ApiError> {
     let key = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
@@ -63,7 +64,7 @@ fn owner(e2b: &E2b, headers: &HeaderMap) -> Result<String, ApiError> {
 }
 
 /// The sandbox `id` if the key owns it; to others it does not exist.
-fn owned(e2b: &E2b, owner: &str, id: &str) -> Result<E2bSandbox, ApiError> {
+pub(super) fn owned(e2b: &E2b, owner: &str, id: &str) -> Result<E2bSandbox, ApiError> {
     match e2b.m.store.e2b(id) {
         Ok(Some(s)) if s.owner == owner && e2b.m.inspect(id).is_ok() => Ok(s),
         Ok(_) => Err(not_found(id)),
@@ -75,7 +76,7 @@ fn not_found(id: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("sandbox {id:?} not found"))
 }
 
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(super) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
 }
 
@@ -150,10 +151,12 @@ async fn create(
         ));
     }
     let template = req.template_id;
-    if e2b.m.store.pool(&template).map_err(internal)?.is_none() {
+    // A pool's warm sandbox, else a cold boot of the image of that name.
+    let from_pool = e2b.m.store.pool(&template).map_err(internal)?.is_some();
+    if !from_pool && !image_in_cache(&template) {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
-            format!("template {template:?} not found; on skiff a template is a pool (create one with: skiff pool create {template} --image IMAGE --size N)"),
+            format!("template {template:?} not found; on skiff a template is a pool or an image: `skiff pool create NAME --image IMAGE --size N` for fast creates, or `skiff image pull`/`import` for an image booted at each create"),
         ));
     }
     let access_token = new_token()?;
@@ -165,7 +168,12 @@ async fn create(
     // To its end even if the client goes away: a sandbox taken but not
     // recorded would belong to no key until its time ran out.
     let made = crate::http::detached(async move {
-        let taken = m.take(&template, Some(timeout), TAKE_WAIT).await?;
+        let taken = if from_pool {
+            m.take(&template, Some(timeout), TAKE_WAIT).await?
+        } else {
+            m.boot_sandbox(&template, &vm_label(&template), timeout)
+                .await?
+        };
         let sandbox = E2bSandbox {
             vm: taken.vm.clone(),
             owner,
@@ -201,6 +209,33 @@ async fn create(
     Ok(resp)
 }
 
+fn image_in_cache(name: &str) -> bool {
+    crate::paths::cache_dir().is_ok_and(|cache| skiff_oci::find_image(&cache, name).is_some())
+}
+
+/// The start of the names of sandboxes booted from image `template`: its
+/// letters and digits, the rest as single hyphens (`python:3.12` gives
+/// `python-3-12`), at most 20 characters.
+fn vm_label(template: &str) -> String {
+    let mut label = String::new();
+    for c in template.chars().map(|c| c.to_ascii_lowercase()) {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            label.push(c);
+        } else if !label.is_empty() && !label.ends_with('-') {
+            label.push('-');
+        }
+        if label.len() >= 20 {
+            break;
+        }
+    }
+    let label = label.trim_end_matches('-');
+    if label.is_empty() {
+        "e2b".to_owned()
+    } else {
+        label.to_owned()
+    }
+}
+
 /// What create and connect answer: E2B's `Sandbox`.
 fn sandbox_json(s: &E2bSandbox) -> Value {
     json!({
@@ -214,7 +249,7 @@ fn sandbox_json(s: &E2bSandbox) -> Value {
 }
 
 /// E2B's `ListedSandbox` (and, with more, `SandboxDetail`).
-fn listed_json(e2b: &E2b, s: &E2bSandbox) -> Option<Value> {
+pub(super) fn listed_json(e2b: &E2b, s: &E2bSandbox) -> Option<Value> {
     let rec = e2b.m.inspect(&s.vm).ok()?;
     let state = match rec.state {
         VmState::Paused | VmState::Pausing => "paused",
@@ -241,178 +276,6 @@ fn listed_json(e2b: &E2b, s: &E2bSandbox) -> Option<Value> {
         "envdVersion": ENVD_VERSION,
         "metadata": s.metadata,
     }))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct ListQuery {
-    metadata: Option<String>,
-    limit: Option<usize>,
-    next_token: Option<String>,
-    /// Only sandboxes of this template.
-    template: Option<String>,
-    /// RFC 3339: only sandboxes started at or after it.
-    started_after: Option<String>,
-    /// `asc` or `desc` by start time (default: newest first, as E2B).
-    order: Option<String>,
-}
-
-/// The states a list asks for: `state=a,b` (Python's SDK) or
-/// `state=a&state=b` (JavaScript's); running and paused when none.
-fn wanted_states(raw_query: &str) -> Vec<String> {
-    let states: Vec<String> = form_pairs(raw_query)
-        .into_iter()
-        .filter(|(k, _)| k == "state")
-        .flat_map(|(_, v)| {
-            v.split(',')
-                .map(|s| s.trim().to_owned())
-                .collect::<Vec<_>>()
-        })
-        .filter(|s| !s.is_empty())
-        .collect();
-    if states.is_empty() {
-        vec!["running".into(), "paused".into()]
-    } else {
-        states
-    }
-}
-
-/// Unix seconds of an RFC 3339 time.
-fn parse_rfc3339(text: &str) -> Option<i64> {
-    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
-        .ok()
-        .map(|t| t.unix_timestamp())
-}
-
-/// `k=v&k2=v2`, each key and value percent-encoded once more (the SDK
-/// quotes them before it encodes the whole query value).
-fn metadata_filter(text: &str) -> BTreeMap<String, String> {
-    form_pairs(text)
-        .into_iter()
-        .map(|(k, v)| (percent_decode(&k), percent_decode(&v)))
-        .collect()
-}
-
-fn form_pairs(text: &str) -> Vec<(String, String)> {
-    text.split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            (
-                percent_decode(&k.replace('+', " ")),
-                percent_decode(&v.replace('+', " ")),
-            )
-        })
-        .collect()
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-async fn list(
-    State(e2b): State<Arc<E2b>>,
-    headers: HeaderMap,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-    RawQuery(raw): RawQuery,
-) -> Result<Response, ApiError> {
-    let owner = owner(&e2b, &headers)?;
-    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let states = wanted_states(raw.as_deref().unwrap_or(""));
-    let wanted = q
-        .metadata
-        .as_deref()
-        .map(metadata_filter)
-        .unwrap_or_default();
-    let started_after = match q.started_after.as_deref() {
-        None | Some("") => None,
-        Some(t) => Some(parse_rfc3339(t).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "startedAfter {t:?} is not an RFC 3339 time (for example 2026-01-31T12:00:00Z)"
-                ),
-            )
-        })?),
-    };
-    let newest_first = match q.order.as_deref() {
-        None | Some("") | Some("desc") => true,
-        Some("asc") => false,
-        Some(o) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("order {o:?} is neither asc nor desc"),
-            ))
-        }
-    };
-    let limit = q.limit.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE);
-    let start: usize = match q.next_token.as_deref() {
-        None | Some("") => 0,
-        Some(t) => t.parse().map_err(|_| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("nextToken {t:?} is not one this API gave"),
-            )
-        })?,
-    };
-    let mut mine = e2b.m.store.e2b_of(&owner).map_err(internal)?;
-    mine.sort_by(|a, b| (a.started_at, &a.vm).cmp(&(b.started_at, &b.vm)));
-    if newest_first {
-        mine.reverse();
-    }
-    let all: Vec<Value> = mine
-        .iter()
-        .filter(|s| wanted.iter().all(|(k, v)| s.metadata.get(k) == Some(v)))
-        .filter(|s| {
-            q.template
-                .as_deref()
-                .is_none_or(|t| t.is_empty() || s.template == t)
-        })
-        .filter(|s| started_after.is_none_or(|t| s.started_at >= t))
-        .filter_map(|s| listed_json(&e2b, s))
-        .filter(|v| states.iter().any(|s| v["state"] == s.as_str()))
-        .collect();
-    let page: Vec<Value> = all.iter().skip(start).take(limit).cloned().collect();
-    let mut resp = Json(Value::Array(page)).into_response();
-    if start + limit < all.len() {
-        if let Ok(v) = HeaderValue::from_str(&(start + limit).to_string()) {
-            resp.headers_mut().insert("x-next-token", v);
-        }
-    }
-    Ok(resp)
-}
-
-/// The v1 list: running sandboxes only, all of them.
-async fn list_running(
-    State(e2b): State<Arc<E2b>>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let owner = owner(&e2b, &headers)?;
-    let all: Vec<Value> = e2b
-        .m
-        .store
-        .e2b_of(&owner)
-        .map_err(internal)?
-        .iter()
-        .filter_map(|s| listed_json(&e2b, s))
-        .filter(|v| v["state"] == "running")
-        .collect();
-    Ok(Json(Value::Array(all)))
 }
 
 async fn detail(
@@ -530,32 +393,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_metadata_filter_is_decoded_twice_as_the_sdk_encodes_it_twice() {
-        // {"k": "v w", "team": "a&b"} after the query's own decoding.
-        let f = metadata_filter("k=v%2520w&team=a%2526b");
-        assert_eq!(f.get("k").map(String::as_str), Some("v w"));
-        assert_eq!(f.get("team").map(String::as_str), Some("a&b"));
-        assert!(metadata_filter("").is_empty());
-        assert_eq!(percent_decode("100%"), "100%", "a lone % stays");
-    }
-
-    #[test]
-    fn list_states_come_comma_separated_or_repeated() {
-        assert_eq!(wanted_states(""), ["running", "paused"]);
-        assert_eq!(wanted_states("state=paused"), ["paused"]);
+    fn sandboxes_of_an_image_are_named_after_it() {
+        assert_eq!(vm_label("python:3.12-slim"), "python-3-12-slim");
+        assert_eq!(vm_label("ghcr.io/Org/App:1"), "ghcr-io-org-app-1");
         assert_eq!(
-            wanted_states("limit=2&state=running%2Cpaused"),
-            ["running", "paused"]
+            vm_label("a-very-long-image-name-indeed"),
+            "a-very-long-image-na"
         );
-        assert_eq!(
-            wanted_states("state=running&state=paused"),
-            ["running", "paused"]
-        );
-        assert_eq!(
-            parse_rfc3339("2026-01-31T12:00:00.5+01:00"),
-            Some(1_769_857_200)
-        );
-        assert_eq!(parse_rfc3339("yesterday"), None);
+        assert_eq!(vm_label("::"), "e2b");
+        for t in ["python:3.12-slim", "x/y:", "a-very-long-image-name-"] {
+            let name = format!("{}-abcdef", vm_label(t));
+            assert!(skiff_spec::check_name(&name).is_ok(), "{name}");
+        }
     }
 
     #[test]

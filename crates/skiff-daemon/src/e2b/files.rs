@@ -180,7 +180,9 @@ where
 {
     use futures_util::TryStreamExt;
     let compressed = tokio_util::io::StreamReader::new(body.map_err(std::io::Error::other));
-    let decoder = async_compression::tokio::bufread::GzipDecoder::new(compressed);
+    let mut decoder = async_compression::tokio::bufread::GzipDecoder::new(compressed);
+    // Every member, as gzip and Go's reader take them (not only the first).
+    decoder.multiple_members(true);
     tokio_util::io::ReaderStream::with_capacity(decoder, 64 * 1024)
 }
 
@@ -271,6 +273,13 @@ mod tests {
         let packed = gzip(&text).await;
         let inflated = collect(gunzip(chunked(packed.clone(), 7))).await;
         assert_eq!(inflated.expect("inflated"), text);
+        // Two members (`cat a.gz b.gz`) are both of the file.
+        let mut two = packed.clone();
+        two.extend(gzip(b"and more").await);
+        let inflated = collect(gunzip(chunked(two, 1000))).await;
+        let mut both = text.clone();
+        both.extend_from_slice(b"and more");
+        assert_eq!(inflated.expect("inflated"), both);
         // A cut-off or corrupt body is an error, never a shorter file.
         let cut = packed[..packed.len() / 2].to_vec();
         assert!(collect(gunzip(chunked(cut, 4096))).await.is_err());

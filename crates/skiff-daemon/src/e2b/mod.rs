@@ -12,6 +12,8 @@ mod envd;
 mod files;
 mod filesystem;
 pub mod keys;
+mod list;
+mod metrics;
 mod process;
 mod procs;
 pub mod store;

@@ -282,6 +282,40 @@ impl Manager {
         }
     }
 
+    /// A sandbox booted now from the cached image `image` (a cold start,
+    /// where a pool's take is warm), taken at once and removed at its
+    /// `ttl_secs` as a pool's. Its name starts with `label`.
+    pub async fn boot_sandbox(
+        self: &Arc<Self>,
+        image: &str,
+        label: &str,
+        ttl_secs: u64,
+    ) -> Result<Sandbox, ManagerError> {
+        let cache = crate::paths::cache_dir()
+            .map_err(|e| ManagerError::internal("find the image cache", e))?;
+        if skiff_oci::find_image(&cache, image).is_none() {
+            return Err(Invalid::NoImage(image.to_owned()).into());
+        }
+        let name = format!("{label}-{}", &crate::paths::new_vm_id()[..6]);
+        let mut spec = VmSpec::with_defaults(&name);
+        spec.image = Some(image.to_owned());
+        self.create(&spec)?;
+        // Taken before it boots: never counted as a pool's warm one.
+        if let Err(e) = self
+            .store
+            .insert_taken_sandbox(&name, label, ttl_secs.max(1))
+        {
+            let _ = self.remove(&name, true, true).await;
+            return Err(e.into());
+        }
+        if let Err(e) = self.start(&name).await {
+            let _ = self.remove(&name, true, true).await;
+            let _ = self.store.delete_sandbox(&name);
+            return Err(e);
+        }
+        self.sandbox_info(&name)
+    }
+
     fn sandbox_info(&self, vm: &str) -> Result<Sandbox, ManagerError> {
         let sandbox = self
             .store
